@@ -1,0 +1,3 @@
+from lit_llm.callbacks.throughput import TokenThroughput
+
+__all__ = ["TokenThroughput"]

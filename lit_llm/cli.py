@@ -1,0 +1,95 @@
+"""``python -m lit_llm``: LightningCLI for fit/validate/test/predict, plus extra commands (generate)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+from argparse import RawDescriptionHelpFormatter
+
+from jsonargparse import DefaultHelpFormatter, auto_cli
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import Logger
+
+from lit_llm.callbacks import TokenThroughput
+from lit_llm.data import PretrainDataModule
+from lit_llm.modules import LanguageModel
+
+DESCRIPTION = """lit_llm: train, evaluate and sample a from-scratch transformer.
+
+Lightning subcommands: fit, validate, test, predict (see `python -m lit_llm fit --help`).
+Extra commands:
+  generate   sample text from a checkpoint (`python -m lit_llm generate --help`)
+"""
+
+
+class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's formatter, keeping the line breaks of the description."""
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save config.yaml beside the run and also send the resolved config to the logger (e.g. the W&B run)."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if isinstance(trainer.logger, Logger):
+            trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False, format="json")})
+
+
+class LitLLMCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 1337)
+        kwargs.setdefault(
+            "parser_kwargs", {"description": DESCRIPTION, "prog": "python -m lit_llm", "formatter_class": _HelpFormatter}
+        )
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    # offline: no account, no network; set offline: false (and log in) to sync
+                    "init_args": {"project": "lit_llm", "offline": True},
+                }
+            },
+        )
+        super().__init__(LanguageModel, PretrainDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step}", "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(TokenThroughput, "throughput")
+        parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root = cfg.trainer.default_root_dir or "."
+        # keep everything a run writes inside its output directory
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = f"{root}/checkpoints"
+        logger = cfg.trainer.logger
+        if logger and not isinstance(logger, bool) and "save_dir" in getattr(logger, "init_args", {}):
+            if logger.class_path.endswith("WandbLogger") and logger.init_args.save_dir in (None, "."):
+                logger.init_args.save_dir = root
+
+
+EXTRA_COMMANDS: dict[str, Callable] = {}
+
+
+def _register_extra_commands() -> None:
+    from lit_llm.generate import generate
+
+    EXTRA_COMMANDS["generate"] = generate
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    _register_extra_commands()
+    if argv and argv[0] in EXTRA_COMMANDS:
+        auto_cli(EXTRA_COMMANDS[argv[0]], args=argv[1:])
+        return
+    LitLLMCLI(args=None if args is None else argv)

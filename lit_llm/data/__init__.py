@@ -1,0 +1,3 @@
+from lit_llm.data.pretrain import PretrainDataModule
+
+__all__ = ["PretrainDataModule"]

@@ -1,0 +1,103 @@
+"""Sampling from a trained checkpoint: ``python -m lit_llm generate --checkpoint PATH --prompt TEXT``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tokenizers import Tokenizer
+
+from lit_llm.data.tokenizer import decode, encode
+from lit_llm.model import GPT, ModelConfig
+from lit_llm.modules.language_model import CKPT_KEY
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, Tokenizer]:
+    """Rebuild the model and tokenizer from a lit_llm checkpoint alone (no config files needed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the .ckpt file that fit wrote (e.g. .../checkpoints/last.ckpt)")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    extra = ckpt.get(CKPT_KEY)
+    if extra is None or extra.get("tokenizer") is None:
+        raise ValueError(f"{path} carries no lit_llm model config and tokenizer; it was not written by `lit_llm fit`")
+    model = GPT(ModelConfig.from_dict(extra["model_config"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.to(device).eval(), Tokenizer.from_str(extra["tokenizer"])
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Pick the next token from (B, V) logits. temperature 0 is greedy; top-k then top-p (nucleus) filtering."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # keep the smallest prefix with mass >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T); the context is cropped to block_size."""
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -model.config.block_size :])[:, -1, :]  # (B, V)
+        idx = torch.cat([idx, sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
+    return idx
+
+
+def generate(
+    checkpoint: str,
+    prompt: str = "\n",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 200,
+    top_p: Optional[float] = None,
+    seed: int = 1337,
+    num_samples: int = 1,
+    device: str = "cpu",
+) -> list[str]:
+    """Sample text from a checkpoint written by ``lit_llm fit`` and print it.
+
+    Args:
+        checkpoint: path of the .ckpt file.
+        prompt: text the samples continue.
+        max_new_tokens: number of tokens to sample after the prompt.
+        temperature: softmax temperature; 0 means greedy decoding.
+        top_k: keep only the k most likely tokens (None: all).
+        top_p: nucleus sampling, keep the smallest set of tokens with probability mass >= top_p (None: off).
+        seed: random seed of the sampler.
+        num_samples: number of independent samples.
+        device: torch device to run on.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    model, tok = load_checkpoint(checkpoint, device)
+    ids = encode(tok, prompt)
+    if not ids:
+        raise ValueError("The prompt is empty; pass --prompt with at least one character")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    out = generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator)
+    texts = [decode(tok, row.tolist()) for row in out]
+    for i, text in enumerate(texts):
+        if num_samples > 1:
+            print(f"--- sample {i}")
+        print(text)
+    return texts

@@ -1,0 +1,4 @@
+from lit_llm.model.config import ModelConfig
+from lit_llm.model.transformer import GPT
+
+__all__ = ["GPT", "ModelConfig"]

@@ -1,0 +1,170 @@
+"""LightningModule for causal language modelling: model + loss + optimizer and schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from lit_llm.model import GPT, ModelConfig
+
+CKPT_KEY = "lit_llm"  # checkpoint entry with everything needed to rebuild the model without the config files
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup_steps``, cosine decay to ``min_ratio`` at ``decay_steps``,
+    constant after (the schedule of nanoGPT's ``get_lr``)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+
+class LanguageModel(L.LightningModule):
+    """Train a GPT-style decoder with next-token cross-entropy.
+
+    Args:
+        model: name of a model preset (see ``lit_llm.model.config.PRESETS``).
+        model_args: overrides of preset fields, e.g. ``{n_layer: 6, dropout: 0.1}``.
+        vocab_size: tokenizer size; the CLI links it from the data module.
+        block_size: context length; the CLI links it from the data module.
+        learning_rate: peak learning rate after warm-up.
+        min_lr: learning rate at the end of the cosine decay.
+        warmup_steps: optimizer steps of linear warm-up.
+        lr_decay_steps: optimizer step at which the cosine decay reaches ``min_lr``
+            (default: ``trainer.max_steps``). Set it explicitly to resume into a longer run.
+        weight_decay: AdamW weight decay, applied to matrices and embeddings only (not biases or norms).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+    """
+
+    def __init__(
+        self,
+        model: str = "quickstart",
+        model_args: Optional[dict[str, Any]] = None,
+        vocab_size: Optional[int] = None,
+        block_size: Optional[int] = None,
+        learning_rate: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_steps: int = 100,
+        lr_decay_steps: Optional[int] = None,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = dict(model_args or {})
+        if vocab_size is not None:
+            overrides["vocab_size"] = vocab_size
+        if block_size is not None:
+            overrides["block_size"] = block_size
+        self.config = ModelConfig.from_name(model, **overrides)  # validates names before any work
+        self.model: Optional[GPT] = None
+        self.tokenizer_json: Optional[str] = None  # set from the data module; saved in checkpoints
+        self.tokens_seen = 0
+        self.eval_loss = MeanMetric()
+        self.eval_ppl = Perplexity()
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = GPT(self.config)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "tokenizer"):
+            self.tokenizer_json = dm.tokenizer.to_str()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    # ------------------------------------------------------------------ steps
+    def _loss(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
+        logits = self.model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        return loss, logits, y
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss, _, y = self._loss(batch)
+        self.tokens_seen += y.numel() * self.trainer.world_size
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: torch.Tensor, prefix: str) -> None:
+        loss, logits, y = self._loss(batch)
+        self.eval_loss.update(loss, weight=y.numel())
+        self.eval_ppl.update(logits, y)
+        self.log(f"{prefix}_loss", self.eval_loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log(f"{prefix}_ppl", self.eval_ppl, prog_bar=True, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Mean next-token negative log-likelihood of each block, shape (B,)."""
+        x, y = batch[:, :-1], batch[:, 1:]
+        nll = F.cross_entropy(self.model(x).transpose(1, 2), y, reduction="none")  # (B, T)
+        return nll.mean(dim=1)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in params if p.dim() < 2]  # biases and norm weights
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+        )
+        decay_steps = hp.lr_decay_steps or self.trainer.max_steps
+        if decay_steps is None or decay_steps < 0:
+            raise ValueError("Set --trainer.max_steps or --model.lr_decay_steps: the cosine schedule needs a length")
+        if hp.warmup_steps > decay_steps:
+            raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
+        min_ratio = hp.min_lr / hp.learning_rate
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = {
+            "model_config": self.config.to_dict(),
+            "tokenizer": self.tokenizer_json,
+            "tokens_seen": self.tokens_seen,
+            "torch_rng_state": torch.get_rng_state(),  # dropout masks continue as in an uninterrupted run
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get(CKPT_KEY)
+        if extra is None:
+            raise ValueError("This checkpoint was not written by lit_llm's LanguageModel (no 'lit_llm' entry)")
+        saved_tok = extra.get("tokenizer")
+        if self.tokenizer_json is not None and saved_tok is not None and saved_tok != self.tokenizer_json:
+            raise ValueError(
+                "The data module's tokenizer does not match the tokenizer stored in the checkpoint. Use the corpus"
+                " and tokenizer the checkpoint was trained with, or start a new run without --ckpt_path."
+            )
+        if ModelConfig.from_dict(extra["model_config"]) != self.config:
+            raise ValueError(
+                f"The checkpoint's model config {extra['model_config']} differs from this run's"
+                f" {self.config.to_dict()}; pass the same model settings as the run that wrote it."
+            )
+        self.tokens_seen = extra.get("tokens_seen", 0)
+        if "torch_rng_state" in extra:
+            torch.set_rng_state(extra["torch_rng_state"])

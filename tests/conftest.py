@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """Token cache and W&B files go to the test's tmp folder; W&B stays offline and quiet."""
+    monkeypatch.setenv("LIT_LLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare (all 65-ish characters appear early on)."""
+    assert SHAKESPEARE.is_file(), f"tests need ../shared/data beside the checkout ({SHAKESPEARE})"
+    path = tmp_path / "small.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+def cli_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(LIT_LLM_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+    return env

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lit_llm.data import PretrainDataModule
+from lit_llm.data.corpora import resolve_corpus
+from lit_llm.data.pretrain import RandomBlocks, ResumableBlockSampler
+from lit_llm.data.tokenizer import decode, encode, train_char_tokenizer
+from lit_llm.data.tokens import read_manifest
+
+from conftest import SHAKESPEARE
+
+
+def test_named_corpus_is_found_offline_in_shared_data():
+    path = resolve_corpus("tinyshakespeare", download=False)
+    assert path.resolve() == SHAKESPEARE.resolve()
+
+
+def test_named_corpus_respects_data_dir_env(tmp_path, monkeypatch):
+    (tmp_path / "tinyshakespeare").mkdir()
+    (tmp_path / "tinyshakespeare" / "input.txt").write_text("hello")
+    monkeypatch.setenv("LIT_LLM_DATA_DIR", str(tmp_path))
+    assert resolve_corpus("tinyshakespeare", download=False) == tmp_path / "tinyshakespeare" / "input.txt"
+
+
+def test_missing_corpus_path_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.txt.*--data.corpus"):
+        PretrainDataModule(corpus=str(tmp_path / "nope.txt"))
+
+
+def test_non_utf8_and_empty_corpus_are_refused(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not valid UTF-8.*iconv"):
+        PretrainDataModule(corpus=str(bad), block_size=4).prepare_data()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ValueError, match="empty"):
+        PretrainDataModule(corpus=str(empty), block_size=4).prepare_data()
+    assert not any((tmp_path / "cache").glob("*/manifest.json"))  # nothing that looks valid was left
+
+
+def test_block_size_larger_than_split_is_refused(small_corpus):
+    dm = PretrainDataModule(corpus=str(small_corpus), block_size=5000)  # val split holds 2,000 tokens
+    with pytest.raises(ValueError, match=r"val split.*fewer than block_size \+ 1.*--data.block_size"):
+        dm.setup("fit")
+
+
+def test_char_tokenizer_round_trips_and_refuses_unknown_characters():
+    text = "First Citizen:\nBefore we proceed, hear me speak.\n\n"
+    tok = train_char_tokenizer(text)
+    ids = encode(tok, text)
+    assert len(ids) == len(text) and decode(tok, ids) == text
+    assert tok.get_vocab_size() == len(set(text))
+    with pytest.raises(ValueError, match=r"does not know: \['Z'\]"):
+        encode(tok, "Zeta")
+
+
+def test_token_files_are_memmapped_with_a_manifest_and_reused(small_corpus, tmp_path):
+    dm = PretrainDataModule(corpus=str(small_corpus), block_size=32)
+    dm.prepare_data()
+    manifest = read_manifest(dm.token_dir)
+    assert manifest["dtype"] == "uint16"
+    assert manifest["num_tokens"]["train"] == 18_000 and manifest["num_tokens"]["val"] == 2_000
+    dm.setup("fit")
+    assert isinstance(dm.splits["train"], np.memmap)
+    text = small_corpus.read_text()
+    assert decode(dm.tokenizer, dm.splits["val"][:50].tolist()) == text[18_000:18_050]
+    mtime = (dm.token_dir / "train.bin").stat().st_mtime_ns
+    again = PretrainDataModule(corpus=str(small_corpus), block_size=32)
+    assert again.token_dir == dm.token_dir
+    again.prepare_data()
+    assert (dm.token_dir / "train.bin").stat().st_mtime_ns == mtime  # reused, not rewritten
+    other = PretrainDataModule(corpus=str(small_corpus), block_size=32, val_fraction=0.2)
+    assert other.token_dir != dm.token_dir  # a changed split is a different cache entry
+    assert not [p for p in dm.token_dir.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_random_blocks_are_deterministic_and_independent_of_process_count():
+    tokens = np.arange(1000, dtype=np.uint16)
+    ds = RandomBlocks(tokens, block_size=8, seed=7)
+    one = list(ResumableBlockSampler(ds))
+    assert one == list(ResumableBlockSampler(RandomBlocks(tokens, 8, 7)))
+    rank0 = list(ResumableBlockSampler(ds, num_replicas=2, rank=0))
+    rank1 = list(ResumableBlockSampler(ds, num_replicas=2, rank=1))
+    batch = 4  # step s on one process with batch 8 == step s on two processes with batch 4 each
+    for s in range(len(rank0) // batch):
+        assert sorted(rank0[s * batch : (s + 1) * batch] + rank1[s * batch : (s + 1) * batch]) == one[s * 8 : (s + 1) * 8]
+    block = ds[5]
+    assert block.shape == (9,) and block.dtype == torch.int64
+    assert torch.equal(block, torch.arange(block[0], block[0] + 9))  # contiguous tokens
+    assert not torch.equal(RandomBlocks(tokens, 8, 8)[5], block)  # another seed, other blocks
+
+
+def test_sampler_skip_resumes_mid_epoch_then_starts_the_next_epoch_at_zero():
+    ds = RandomBlocks(np.arange(100, dtype=np.uint16), block_size=10, seed=0)  # 10 samples per epoch
+    full = list(ResumableBlockSampler(ds))
+    sampler = ResumableBlockSampler(ds, skip=4)
+    assert list(sampler) == full[4:]
+    sampler.set_epoch(1)
+    assert list(sampler) == [10 + i for i in range(10)]

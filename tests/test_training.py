@@ -1,0 +1,95 @@
+"""Training behaviour: overfitting one batch, the golden-loss sequence, and exact resume."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+import pytest
+import torch
+
+from lit_llm.data import PretrainDataModule
+from lit_llm.modules import LanguageModel
+from lit_llm.modules.language_model import cosine_with_warmup
+
+GOLDEN = Path(__file__).parent / "golden" / "debug_losses.json"
+
+
+class RecordLosses(L.Callback):
+    def __init__(self):
+        self.losses, self.first_tokens = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+        self.first_tokens.append(batch[:, :4].tolist())
+
+
+def _fit(corpus, max_steps, ckpt_path=None, ckpt_dir=None, every_n=5, dropout=0.0, **trainer_kw):
+    L.seed_everything(1337)
+    dm = PretrainDataModule(corpus=str(corpus), block_size=32, batch_size=4, val_fraction=0.1)
+    model = LanguageModel(
+        "debug", {"dropout": dropout}, vocab_size=dm.vocab_size, block_size=32,
+        warmup_steps=2, lr_decay_steps=20, learning_rate=3e-3,
+    )
+    callbacks = [rec := RecordLosses()]
+    if ckpt_dir:  # the CLI's checkpointing: every few steps and when training stops
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every_n, save_last=True))
+    trainer = L.Trainer(
+        max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=bool(ckpt_dir),
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, gradient_clip_val=1.0,
+        callbacks=callbacks, **trainer_kw,
+    )
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return rec, trainer
+
+
+def test_cosine_schedule_shape():
+    f = lambda s: cosine_with_warmup(s, warmup_steps=10, decay_steps=110, min_ratio=0.1)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)
+
+
+def test_a_few_steps_on_one_batch_drive_the_loss_down(small_corpus):
+    dm = PretrainDataModule(corpus=str(small_corpus), block_size=32, batch_size=8)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    module = LanguageModel("debug", vocab_size=dm.vocab_size, block_size=32)
+    module.configure_model()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss, _, _ = module._loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > math.log(dm.vocab_size) - 0.3
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_golden_loss_sequence_of_the_debug_config(small_corpus):
+    rec, _ = _fit(small_corpus, max_steps=10)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps({"debug_first_10_steps": rec.losses}, indent=1) + "\n")
+    expected = json.loads(GOLDEN.read_text())["debug_first_10_steps"]
+    assert rec.losses == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize(("every_n", "dropout"), [(5, 0.0), (5, 0.1), (8, 0.0)])
+def test_resumed_run_matches_an_uninterrupted_one(small_corpus, tmp_path, every_n, dropout):
+    # 18,000 train tokens / 32 = 562 blocks = 140 batches of 4 per epoch; limit it to 8 to cross epochs.
+    # The first run is "killed" after step 13; its last checkpoint is from step 10 (every_n=5, in the middle
+    # of epoch 2) or step 8 (every_n=8, the end of epoch 1).
+    kw = dict(limit_train_batches=8, dropout=dropout, every_n=every_n)
+    straight, _ = _fit(small_corpus, max_steps=20, **kw)
+    first, _ = _fit(small_corpus, max_steps=13, ckpt_dir=tmp_path, **kw)
+    assert first.losses == straight.losses[:13]
+    second, trainer = _fit(small_corpus, max_steps=20, ckpt_path=tmp_path / "last.ckpt", **kw)
+    resumed_at = 10 if every_n == 5 else 8
+    assert trainer.global_step == 20 and len(second.losses) == 20 - resumed_at
+    assert second.first_tokens == straight.first_tokens[resumed_at:]  # same data order
+    assert second.losses == pytest.approx(straight.losses[resumed_at:], rel=1e-5, abs=1e-6)
