@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from argparse import RawDescriptionHelpFormatter
 from typing import Callable, Optional
 
-from argparse import RawDescriptionHelpFormatter
-
-from jsonargparse import DefaultHelpFormatter, auto_cli
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from jsonargparse import ArgumentParser, DefaultHelpFormatter
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
-from lit_llm.callbacks import TokenThroughput
+from lit_llm.callbacks import LRMonitor, TokenThroughput
 from lit_llm.data import PretrainDataModule
+from lit_llm.generate import generate
 from lit_llm.modules import LanguageModel
 
 DESCRIPTION = """lit_llm: train, evaluate and sample a from-scratch transformer.
@@ -33,7 +34,8 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if isinstance(trainer.logger, Logger):
-            trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False, format="json")})
+            config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+            trainer.logger.log_hyperparams({"config": config})
 
 
 class LitLLMCLI(LightningCLI):
@@ -41,6 +43,8 @@ class LitLLMCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 1337)
+        # the optimizer and schedule are LanguageModel arguments; no separate --optimizer keys that would fight them
+        kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault(
             "parser_kwargs", {"description": DESCRIPTION, "prog": "python -m lit_llm", "formatter_class": _HelpFormatter}
         )
@@ -58,8 +62,16 @@ class LitLLMCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step}", "checkpoint.auto_insert_metric_name": False})
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                # a rerun into the same output directory replaces its checkpoints instead of adding last-v1.ckpt
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(LRMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.link_arguments("data.block_size", "model.block_size")
@@ -77,19 +89,17 @@ class LitLLMCLI(LightningCLI):
                 logger.init_args.save_dir = root
 
 
-EXTRA_COMMANDS: dict[str, Callable] = {}
-
-
-def _register_extra_commands() -> None:
-    from lit_llm.generate import generate
-
-    EXTRA_COMMANDS["generate"] = generate
+# commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
+EXTRA_COMMANDS: dict[str, Callable] = {"generate": generate}
 
 
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    _register_extra_commands()
     if argv and argv[0] in EXTRA_COMMANDS:
-        auto_cli(EXTRA_COMMANDS[argv[0]], args=argv[1:])
+        fn = EXTRA_COMMANDS[argv[0]]
+        summary = (fn.__doc__ or "").split("\n\n")[0]
+        parser = ArgumentParser(prog=f"python -m lit_llm {argv[0]}", description=summary, formatter_class=_HelpFormatter)
+        parser.add_function_arguments(fn, as_positional=False)  # every argument a --flag
+        fn(**parser.parse_args(argv[1:]).as_dict())
         return
     LitLLMCLI(args=None if args is None else argv)

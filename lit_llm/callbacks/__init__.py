@@ -1,3 +1,4 @@
+from lit_llm.callbacks.lr_monitor import LRMonitor
 from lit_llm.callbacks.throughput import TokenThroughput
 
-__all__ = ["TokenThroughput"]
+__all__ = ["LRMonitor", "TokenThroughput"]

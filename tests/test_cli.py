@@ -1,0 +1,123 @@
+"""End-to-end tests through the real entry point, ``python -m lit_llm``, as subprocesses."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, cli_env
+from wandb_offline import config as wandb_config
+from wandb_offline import history as wandb_history
+
+
+def run(args, tmp_path, check=True, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_llm", *args], cwd=REPO, env=cli_env(tmp_path),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lit_llm {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny fit through the CLI with the default (offline W&B) logger, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("fit")
+    out = tmp / "out"
+    proc = run(["fit", "--config", "configs/debug.yaml", "--trainer.default_root_dir", str(out)], tmp)
+    return tmp, out, proc
+
+
+def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
+    tmp, out, proc = trained
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "step20.ckpt").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["model"] == "debug" and saved["trainer"]["max_steps"] == 20
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "the W&B run directory sits inside the output directory"
+    rows = wandb_history(runs[0])
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    ppl = [r["val_ppl"] for r in rows if "val_ppl" in r]
+    assert len(val) == 2 and 1.0 < val[-1] < math.log(65) + 0.5  # validated at steps 10 and 20
+    assert ppl[-1] == pytest.approx(math.exp(val[-1]), rel=1e-4)
+    assert any("train_loss" in r for r in rows) and any(k.startswith("lr-AdamW") for r in rows for k in r)
+    assert any("tokens_per_sec" in r for r in rows) and any("tokens_seen" in r for r in rows)
+    cfg = wandb_config(runs[0])
+    assert cfg["model"] == "debug" and cfg["learning_rate"] == 3e-3  # hyperparameters
+    assert cfg["config"]["trainer"]["max_steps"] == 20  # and the resolved CLI config
+
+
+def test_generate_from_the_checkpoint(trained):
+    tmp, out, _ = trained
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    args = ["generate", "--checkpoint", ckpt, "--prompt", "ROMEO:", "--max_new_tokens", "40"]
+    a = run(args + ["--temperature", "0"], tmp).stdout
+    b = run(args + ["--temperature", "0", "--seed", "7"], tmp).stdout
+    assert a.startswith("ROMEO:") and len(a.rstrip("\n")) >= len("ROMEO:") + 30
+    assert a == b  # greedy ignores the seed
+    s1 = run(args + ["--temperature", "1.0", "--top_k", "20", "--top_p", "0.9", "--seed", "1"], tmp).stdout
+    assert s1.startswith("ROMEO:") and s1 != a
+
+
+def test_validate_test_predict_from_checkpoint_with_a_csv_logger(trained):
+    tmp, out, _ = trained
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    csv_dir = tmp / "csv"
+    common = ["--config", "configs/debug.yaml", "--ckpt_path", ckpt, "--trainer.default_root_dir", str(tmp / "eval"),
+              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(csv_dir)]
+    proc = run(["validate", *common], tmp)
+    assert "val_loss" in proc.stdout
+    metrics = next(csv_dir.glob("**/version_*/metrics.csv")).read_text()
+    assert "val_loss" in metrics and "val_ppl" in metrics
+    assert "test_loss" in run(["test", *common], tmp).stdout
+    run(["predict", *common], tmp)  # per-block losses; must run end to end
+
+
+def test_resume_through_the_cli_continues_from_the_checkpoint_step(trained):
+    tmp, out, _ = trained
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    proc = run(["fit", "--config", "configs/debug.yaml", "--trainer.max_steps", "30", "--ckpt_path", ckpt,
+                "--model.lr_decay_steps", "20", "--trainer.default_root_dir", str(tmp / "resumed"),
+                "--trainer.logger", "false"], tmp)
+    assert "Restored all states" in proc.stdout + proc.stderr
+    assert (tmp / "resumed" / "checkpoints" / "step30.ckpt").is_file()
+
+
+def test_help_and_print_config(tmp_path):
+    top = run(["--help"], tmp_path).stdout
+    assert "fit" in top and "generate" in top
+    fit_help = run(["fit", "--help"], tmp_path).stdout
+    assert "--model.learning_rate" in fit_help and "--data.corpus" in fit_help and "peak learning rate" in fit_help
+    gen_help = run(["generate", "--help"], tmp_path).stdout
+    assert "--top_p" in gen_help and "greedy" in gen_help
+    printed = yaml.safe_load(run(["fit", "--config", "configs/quickstart.yaml", "--print_config"], tmp_path).stdout)
+    assert printed["trainer"]["max_steps"] == 2000 and printed["data"]["block_size"] == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.model", "gpt5"], "Unknown model preset 'gpt5'"),
+        (["--data.corpus", "/no/such/file.txt"], "neither a named corpus"),
+        (["--data.block_size", "500000"], "fewer than block_size + 1"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(tmp_path, args, message):
+    proc = run(["fit", "--config", "configs/debug.yaml", "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path), *args], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not list(tmp_path.glob("**/*.ckpt"))
+
+
+def test_generate_bad_input(tmp_path, trained):
+    _, out, _ = trained
+    proc = run(["generate", "--checkpoint", str(tmp_path / "missing.ckpt")], tmp_path, check=False)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    proc = run(["generate", "--checkpoint", str(out / "checkpoints" / "last.ckpt"), "--prompt", "€"], tmp_path, check=False)
+    assert proc.returncode != 0 and "does not know" in proc.stderr
