@@ -14,14 +14,19 @@ from lightning.pytorch.loggers import Logger
 
 from lit_llm.callbacks import LRMonitor, TokenThroughput
 from lit_llm.data import PretrainDataModule
+from lit_llm.export import export, import_hf
 from lit_llm.generate import generate
 from lit_llm.modules import LanguageModel
+from lit_llm.size import size
 
 DESCRIPTION = """lit_llm: train, evaluate and sample a from-scratch transformer.
 
 Lightning subcommands: fit, validate, test, predict (see `python -m lit_llm fit --help`).
-Extra commands:
-  generate   sample text from a checkpoint (`python -m lit_llm generate --help`)
+Extra commands (each has --help):
+  generate   sample text from a checkpoint
+  export     write a checkpoint as a Hugging Face transformers directory (--format hf)
+  import-hf  turn a transformers GPT-2 / Llama / BERT directory into a lit_llm checkpoint
+  size       parameters, training FLOPs per token and memory per GPU of a model preset or YAML
 """
 
 
@@ -90,7 +95,7 @@ class LitLLMCLI(LightningCLI):
 
 
 # commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
-EXTRA_COMMANDS: dict[str, Callable] = {"generate": generate}
+EXTRA_COMMANDS: dict[str, Callable] = {"generate": generate, "export": export, "import-hf": import_hf, "size": size}
 
 
 def main(args: Optional[list[str]] = None) -> None:

@@ -9,11 +9,11 @@ import torch
 from tokenizers import Tokenizer
 
 from lit_llm.data.tokenizer import decode, encode
-from lit_llm.model import GPT, ModelConfig
+from lit_llm.model import GPT, ModelConfig, build_model
 from lit_llm.modules.language_model import CKPT_KEY
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, Tokenizer]:
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
     """Rebuild the model and tokenizer from a lit_llm checkpoint alone (no config files needed)."""
     path = Path(path)
     if not path.is_file():
@@ -22,7 +22,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, Tokeniz
     extra = ckpt.get(CKPT_KEY)
     if extra is None or extra.get("tokenizer") is None:
         raise ValueError(f"{path} carries no lit_llm model config and tokenizer; it was not written by `lit_llm fit`")
-    model = GPT(ModelConfig.from_dict(extra["model_config"]))
+    model = build_model(ModelConfig.from_dict(extra["model_config"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.to(device).eval(), Tokenizer.from_str(extra["tokenizer"])
@@ -48,10 +48,22 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
 @torch.no_grad()
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T); the context is cropped to block_size."""
+                    generator: Optional[torch.Generator] = None, use_cache: bool = True) -> torch.Tensor:
+    """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T).
+
+    With ``use_cache`` the prompt is run once and each new token reuses the cached keys and values. Once
+    the sequence outgrows ``block_size`` the context is cropped to the last ``block_size`` tokens, which
+    shifts every position, so from then on each step recomputes the cropped window (as without a cache).
+    """
+    block_size = model.config.block_size
+    cache = model.new_kv_cache(idx.size(0)) if use_cache else None
+    cached = 0  # positions already in the cache
     for _ in range(max_new_tokens):
-        logits = model(idx[:, -model.config.block_size :])[:, -1, :]  # (B, V)
+        if cache is not None and idx.size(1) <= block_size:
+            logits = model(idx[:, cached:], cache=cache, start_pos=cached)[:, -1, :]  # (B, V)
+            cached = idx.size(1)
+        else:
+            logits = model(idx[:, -block_size:])[:, -1, :]
         idx = torch.cat([idx, sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
     return idx
 
@@ -66,6 +78,7 @@ def generate(
     seed: int = 1337,
     num_samples: int = 1,
     device: str = "cpu",
+    use_cache: bool = True,
 ) -> list[str]:
     """Sample text from a checkpoint written by ``lit_llm fit`` and print it.
 
@@ -79,6 +92,7 @@ def generate(
         seed: random seed of the sampler.
         num_samples: number of independent samples.
         device: torch device to run on.
+        use_cache: reuse attention keys/values between steps (KV cache); the output is the same either way.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -89,12 +103,17 @@ def generate(
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
     model, tok = load_checkpoint(checkpoint, device)
+    if not model.config.causal:
+        raise ValueError(
+            f"{checkpoint} holds a {model.config.family} encoder, which does not generate text;"
+            " use a gpt2- or llama-family checkpoint"
+        )
     ids = encode(tok, prompt)
     if not ids:
         raise ValueError("The prompt is empty; pass --prompt with at least one character")
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    out = generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator)
+    out = generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
     texts = [decode(tok, row.tolist()) for row in out]
     for i, text in enumerate(texts):
         if num_samples > 1:

@@ -97,6 +97,7 @@ class PretrainDataModule(L.LightningDataModule):
             ``test`` and ``predict`` use the validation split.
         num_workers: DataLoader worker processes.
         seed: seed of the random block offsets.
+        special_tokens: tokens added after the characters, e.g. ``["[MASK]"]`` for a BERT-family model.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class PretrainDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         num_workers: int = 0,
         seed: int = 1337,
+        special_tokens: Optional[list[str]] = None,
     ) -> None:
         super().__init__()
         if block_size < 1 or batch_size < 1:
@@ -135,6 +137,7 @@ class PretrainDataModule(L.LightningDataModule):
             key = {
                 "corpus_md5": md5sum(self.corpus_path),
                 "tokenizer": "char",
+                "special_tokens": list(self.hparams.special_tokens or []),
                 "val_fraction": self.hparams.val_fraction,
                 "test_fraction": self.hparams.test_fraction,
             }
@@ -151,7 +154,7 @@ class PretrainDataModule(L.LightningDataModule):
         n = len(text)
         n_val, n_test = int(n * self.hparams.val_fraction), int(n * self.hparams.test_fraction)
         parts = {"train": text[: n - n_val - n_test], "test": text[n - n_val - n_test : n - n_val], "val": text[n - n_val :]}
-        tok = train_char_tokenizer(text)
+        tok = train_char_tokenizer(text, self.hparams.special_tokens or ())
         splits = {name: encode(tok, part) for name, part in parts.items()}
         manifest = {"corpus": str(self.corpus_path), **self._key, "tokenizer_hash": tokenizer_hash(tok)}
         write_token_dir(self.token_dir, tok, splits, manifest)

@@ -8,17 +8,21 @@ characters of the training text, a pre-tokenizer that isolates each character an
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 
-def train_char_tokenizer(text: str) -> Tokenizer:
-    """A character-level tokenizer over the characters that occur in ``text`` (ids in sorted order)."""
+def train_char_tokenizer(text: str, special_tokens: Sequence[str] = ()) -> Tokenizer:
+    """A character-level tokenizer over the characters that occur in ``text`` (ids in sorted order), followed
+    by ``special_tokens`` (e.g. ``[MASK]`` for masked-LM), which are matched whole before splitting."""
     vocab = {ch: i for i, ch in enumerate(sorted(set(text)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
     # Oniguruma: (?m) lets '.' match newlines too, so every character is its own piece
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m)."), behavior="isolated")
     tok.decoder = decoders.Fuse()
+    if special_tokens:
+        tok.add_special_tokens(list(special_tokens))
     return tok
 
 

@@ -1,12 +1,10 @@
-"""A GPT-style decoder in plain single-device PyTorch.
+"""The causal decoder (GPT-2 and Llama families) in plain single-device PyTorch.
 
-Pre-norm blocks (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"),
-causal self-attention through ``F.scaled_dot_product_attention`` with separate q/k/v/o projections,
-a GELU MLP, learned positions and optionally tied input/output embeddings. No distributed imports:
-parallelism is applied from outside (see DESIGN.md).
-
-Module names (``tok_embeddings``, ``layers.{i}.attention.wq`` ...) are chosen so that tensor-parallel
-plans stay short and weight conversion to other formats is a lookup table.
+Pre-norm blocks (Radford et al. 2019), attention through ``F.scaled_dot_product_attention``, optional
+grouped-query attention and rotary positions (Llama: Touvron et al. 2023), and a KV cache for decoding.
+No distributed imports: parallelism is applied from outside (DESIGN.md). ``forward`` tolerates a model
+cut into pipeline stages: a stage without ``tok_embeddings`` takes hidden states, one without ``output``
+returns them.
 """
 
 from __future__ import annotations
@@ -15,87 +13,58 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lit_llm.model.components import Attention, KVCache, build_mlp, build_norm, rope_cache
 from lit_llm.model.config import ModelConfig
 
 
-class CausalSelfAttention(nn.Module):
+class Block(nn.Module):
+    """Pre-norm residual block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        c = config.n_embd
-        self.n_head = config.n_head
-        self.head_dim = config.head_dim
-        self.dropout = config.dropout
-        self.wq = nn.Linear(c, c, bias=config.bias)
-        self.wk = nn.Linear(c, c, bias=config.bias)
-        self.wv = nn.Linear(c, c, bias=config.bias)
-        self.wo = nn.Linear(c, c, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        # (B, T, C) -> (B, n_head, T, head_dim); -1 keeps this valid when heads are sharded
-        q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, n_head, T, head_dim)
-        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, C)
-        return self.resid_dropout(self.wo(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)  # up
-        self.w2 = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)  # down
+        self.attention_norm = build_norm(config)
+        self.attention = Attention(config)
+        self.ffn_norm = build_norm(config)
+        self.feed_forward = build_mlp(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.gelu(self.w1(x))))
-
-
-class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-        self.attention = CausalSelfAttention(config)
-        self.ffn_norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-        self.feed_forward = MLP(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
+    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), rope, cache=cache, start_pos=start_pos))
+        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
 
 class GPT(nn.Module):
-    """Decoder-only transformer. ``forward(idx)`` maps (B, T) token ids to (B, T, vocab) logits."""
+    """Decoder-only transformer: (B, T) token ids -> (B, T, vocab) logits."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if not config.causal:
+            raise ValueError(f"GPT is a causal decoder; family {config.family!r} needs lit_llm.model.build_model")
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_embeddings = nn.Embedding(config.block_size, config.n_embd)
+        self.pos_embeddings = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
         # a ModuleDict keyed by layer index keeps names stable when a pipeline stage drops layers
         self.layers = nn.ModuleDict({str(i): Block(config) for i in range(config.n_layer)})
-        self.norm = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.norm = build_norm(config)
         self.output = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        if config.positions == "rope":
+            self.register_buffer("rope_cos", torch.empty(config.block_size, config.head_dim), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(config.block_size, config.head_dim), persistent=False)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
     @torch.no_grad()
     def init_weights(self, generator: Optional[torch.Generator] = None) -> None:
-        """GPT-2 init: N(0, 0.02) for weights, zeros for biases, and residual output projections
-        scaled by 1/sqrt(2 * n_layer) (Radford et al. 2019, section 2.3). Safe to call after the model
-        was built on the meta device and materialized with ``to_empty``."""
+        """GPT-2 init: N(0, 0.02) weights, zero biases, unit norms, and residual output projections scaled by
+        1/sqrt(2 * n_layer) (Radford et al. 2019, section 2.3). Also fills the rotary tables, so it is safe to
+        call after building on the meta device and materializing with ``to_empty``."""
+        if self.config.tie_embeddings and self.output is not None and self.tok_embeddings is not None:
+            self.output.weight = self.tok_embeddings.weight  # materializing from meta (to_empty) unties them
         std = 0.02
         resid_std = std / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
@@ -106,20 +75,47 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        if self.config.positions == "rope":
+            cos, sin = rope_cache(self.config.head_dim, self.config.block_size, self.config.rope_theta)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        B, T = idx.shape
-        if T > self.config.block_size:
+    def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None) -> nn.ModuleDict:
+        """Empty per-layer KV caches for incremental decoding of up to ``max_len`` (default block_size) tokens."""
+        c = self.config
+        ref = self.tok_embeddings.weight if self.tok_embeddings is not None else next(self.parameters())
+        return nn.ModuleDict({
+            name: KVCache(batch_size, c.n_kv_heads, max_len or c.block_size, c.head_dim, ref.dtype, ref.device)
+            for name in self.layers
+        })
+
+    def forward(
+        self, idx: torch.Tensor, cache: Optional[nn.ModuleDict] = None, start_pos: int = 0, return_hidden: bool = False
+    ) -> torch.Tensor:
+        """``idx``: (B, T) token ids, or (B, T, C) hidden states for a pipeline stage without embeddings.
+        With ``cache``, the T tokens sit at positions ``start_pos..start_pos+T`` after the cached ones."""
+        T = idx.size(1)
+        if start_pos + T > self.config.block_size:
             raise ValueError(
-                f"Sequence length {T} exceeds the model's block_size {self.config.block_size};"
+                f"Positions up to {start_pos + T} exceed the model's block_size {self.config.block_size};"
                 " crop the input or build the model with a larger block_size"
             )
-        pos = torch.arange(T, device=idx.device)
-        x = self.dropout(self.tok_embeddings(idx) + self.pos_embeddings(pos))  # (B, T, C)
-        for block in self.layers.values():
-            x = block(x)
-        return self.output(self.norm(x))  # (B, T, vocab)
+        if self.tok_embeddings is not None:
+            h = self.tok_embeddings(idx)  # (B, T, C)
+            if self.pos_embeddings is not None:
+                h = h + self.pos_embeddings(torch.arange(start_pos, start_pos + T, device=idx.device))
+            h = self.dropout(h)
+        else:
+            h = idx
+        rope = None
+        if self.config.positions == "rope":
+            rope = (self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T])
+        for name, block in self.layers.items():
+            h = block(h, rope, cache[name] if cache is not None else None, start_pos)
+        if self.norm is not None:
+            h = self.norm(h)
+        if return_hidden or self.output is None:
+            return h
+        return self.output(h)  # (B, T, vocab)

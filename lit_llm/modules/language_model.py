@@ -1,4 +1,4 @@
-"""LightningModule for causal language modelling: model + loss + optimizer and schedule."""
+"""LightningModule for language modelling (causal next-token or BERT masked-LM): model + loss + optimizer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lit_llm.model import GPT, ModelConfig
+from tokenizers import Tokenizer
+
+from lit_llm.data.masking import mask_tokens
+from lit_llm.model import ModelConfig, build_model
+from lit_llm.model.loss import IGNORE_INDEX, lm_loss
 
 CKPT_KEY = "lit_llm"  # checkpoint entry with everything needed to rebuild the model without the config files
 
@@ -28,7 +32,8 @@ def cosine_with_warmup(step: int, warmup_steps: int, decay_steps: int, min_ratio
 
 
 class LanguageModel(L.LightningModule):
-    """Train a GPT-style decoder with next-token cross-entropy.
+    """Train a transformer of any family: causal families on next-token prediction, the ``bert`` family on
+    masked-LM (BERT's 80/10/10 corruption of ``mask_prob`` of the tokens; needs a ``[MASK]`` token).
 
     Args:
         model: name of a model preset (see ``lit_llm.model.config.PRESETS``).
@@ -43,6 +48,11 @@ class LanguageModel(L.LightningModule):
         weight_decay: AdamW weight decay, applied to matrices and embeddings only (not biases or norms).
         betas: AdamW betas.
         eps: AdamW epsilon.
+        label_smoothing: cross-entropy label smoothing (training loss only; evaluation reports plain CE).
+        z_loss: coefficient of the z-loss, mean (log Z)^2 of the softmax normalizer (PaLM); 0 turns it off.
+        loss_chunk_size: compute the training loss this many tokens at a time without materializing the full
+            (tokens, vocab) logits (chunked cross-entropy); None computes it in one go.
+        mask_prob: fraction of tokens the masked-LM objective predicts (``bert`` family only).
     """
 
     def __init__(
@@ -58,6 +68,10 @@ class LanguageModel(L.LightningModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-8,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        loss_chunk_size: Optional[int] = None,
+        mask_prob: float = 0.15,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -67,57 +81,85 @@ class LanguageModel(L.LightningModule):
         if block_size is not None:
             overrides["block_size"] = block_size
         self.config = ModelConfig.from_name(model, **overrides)  # validates names before any work
-        self.model: Optional[GPT] = None
+        if not 0 <= label_smoothing < 1 or z_loss < 0 or (loss_chunk_size is not None and loss_chunk_size < 1):
+            raise ValueError(
+                f"Need 0 <= label_smoothing < 1, z_loss >= 0 and loss_chunk_size >= 1 or None; got {label_smoothing},"
+                f" {z_loss}, {loss_chunk_size}"
+            )
+        self.model: Optional[torch.nn.Module] = None
+        self.mask_id: Optional[int] = None  # masked-LM only, from the tokenizer
         self.tokenizer_json: Optional[str] = None  # set from the data module; saved in checkpoints
         self.tokens_seen = 0
         self.eval_loss = MeanMetric()
-        self.eval_ppl = Perplexity()
+        self.eval_ppl = Perplexity(ignore_index=IGNORE_INDEX)
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = GPT(self.config)
+            self.model = build_model(self.config)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "tokenizer"):
             self.tokenizer_json = dm.tokenizer.to_str()
+        if not self.config.causal and self.tokenizer_json is not None:
+            self.mask_id = Tokenizer.from_str(self.tokenizer_json).token_to_id("[MASK]")
+            if self.mask_id is None:
+                raise ValueError(
+                    "The bert family trains with masked-LM and needs a [MASK] token in the tokenizer;"
+                    " add it with --data.special_tokens '[\"[MASK]\"]'"
+                )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
     # ------------------------------------------------------------------ steps
-    def _loss(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
-        logits = self.model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        return loss, logits, y
+    def _inputs_targets(self, batch: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of a block of block_size + 1 tokens: shifted for causal models, masked for BERT."""
+        if self.config.causal:
+            return batch[:, :-1], batch[:, 1:]
+        special = () if self.mask_id is None else (self.mask_id,)
+        return mask_tokens(batch[:, :-1], self.mask_id, self.config.vocab_size, self.hparams.mask_prob, generator, special)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss, _, y = self._loss(batch)
+        x, y = self._inputs_targets(batch)
+        hp = self.hparams
+        kw = dict(label_smoothing=hp.label_smoothing, z_loss=hp.z_loss)
+        if hp.loss_chunk_size:
+            out = self.model.output
+            parts = lm_loss(self.model(x, return_hidden=True), y, out.weight, out.bias, chunk_size=hp.loss_chunk_size, **kw)
+        else:
+            parts = lm_loss(self.model(x), y, **kw)
         self.tokens_seen += y.numel() * self.trainer.world_size
         # one self.log per step: each call costs Lightning ~0.5 ms on a small CPU (tokens_seen and tokens/s are
-        # logged by lit_llm.callbacks.TokenThroughput at the logging interval)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+        # logged by lit_llm.callbacks.TokenThroughput at the logging interval); the loss parts only when they differ
+        self.log("train_loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        if hp.z_loss or hp.label_smoothing:
+            self.log_dict({"train_ce": parts["ce"], "train_z_loss": parts["z_loss"]}, on_step=True, on_epoch=False)
+        return parts["loss"]
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, "val", batch_idx)
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch, "test", batch_idx)
 
-    def _eval_step(self, batch: torch.Tensor, prefix: str) -> None:
-        loss, logits, y = self._loss(batch)
-        self.eval_loss.update(loss, weight=y.numel())
+    def _eval_step(self, batch: torch.Tensor, prefix: str, batch_idx: int) -> None:
+        # masked-LM evaluation masks the same positions every time: a generator seeded by the batch index
+        generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
+        x, y = self._inputs_targets(batch, generator)
+        logits = self.model(x)
+        loss = lm_loss(logits, y)["loss"]  # plain cross-entropy, whatever the training loss options
+        self.eval_loss.update(loss, weight=(y != IGNORE_INDEX).sum())
         self.eval_ppl.update(logits, y)
         self.log(f"{prefix}_loss", self.eval_loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log(f"{prefix}_ppl", self.eval_ppl, prog_bar=True, on_step=False, on_epoch=True)
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Mean next-token negative log-likelihood of each block, shape (B,)."""
-        x, y = batch[:, :-1], batch[:, 1:]
-        nll = F.cross_entropy(self.model(x).transpose(1, 2), y, reduction="none")  # (B, T)
-        return nll.mean(dim=1)
+        """Mean next-token (or masked-token) negative log-likelihood of each block, shape (B,)."""
+        generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
+        x, y = self._inputs_targets(batch, generator)
+        nll = F.cross_entropy(self.model(x).transpose(1, 2), y, reduction="none", ignore_index=IGNORE_INDEX)  # (B, T)
+        return nll.sum(dim=1) / (y != IGNORE_INDEX).sum(dim=1).clamp(min=1)
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""Parity with Hugging Face transformers after weight conversion (litgpt's test_against_hf style)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from lit_llm.convert_hf import from_hf_model, to_hf_config, to_hf_model  # noqa: E402
+from lit_llm.generate import generate_tokens  # noqa: E402
+from lit_llm.model import ModelConfig, build_model  # noqa: E402
+
+CASES = [
+    ("debug", {}),  # nanoGPT-style GPT-2 with exact GELU
+    ("debug", {"mlp": "gelu_tanh", "tie_embeddings": False}),  # GPT-2's own GELU, untied head
+    ("debug-llama", {}),  # RMSNorm, RoPE, SwiGLU, GQA 4/2
+    ("debug-llama", {"bias": True, "tie_embeddings": True, "rope_theta": 500000.0}),
+    ("debug-bert", {}),
+]
+
+
+def _random_model(name, **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(name, vocab_size=97, block_size=48, **kw)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a swapped or dropped one shows
+        for pname, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(1.0 if "norm" in pname and pname.endswith("weight") else 0.0, 0.1)
+    return cfg, model
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES, ids=lambda x: str(x))
+def test_logits_match_transformers(name, kw):
+    cfg, model = _random_model(name, **kw)
+    hf = to_hf_model(cfg, model.state_dict())
+    idx = torch.randint(0, 97, (3, 40))
+    with torch.no_grad():
+        ours, theirs = model(idx), hf(idx).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    if not cfg.causal:  # padding masks mean the same thing on both sides
+        keep = torch.ones_like(idx)
+        keep[:, 30:] = 0
+        with torch.no_grad():
+            torch.testing.assert_close(model(idx, attention_mask=keep)[:, :30],
+                                       hf(idx, attention_mask=keep).logits[:, :30], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES, ids=lambda x: str(x))
+def test_import_from_transformers_round_trips(name, kw):
+    cfg, model = _random_model(name, **kw)
+    back_cfg, state = from_hf_model(to_hf_model(cfg, model.state_dict()))
+    assert {**back_cfg.to_dict(), "name": cfg.name} == cfg.to_dict()
+    back = build_model(back_cfg).eval()
+    back.load_state_dict(state)
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(back(idx), model(idx), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["debug", "debug-llama"])
+def test_greedy_generation_matches_transformers(name):
+    cfg, model = _random_model(name)
+    hf = to_hf_model(cfg, model.state_dict())
+    prompt = torch.randint(0, 97, (1, 5))
+    ours = generate_tokens(model, prompt, 30, temperature=0)
+    theirs = hf.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(ours, theirs)
+
+
+def test_architectures_without_an_hf_equivalent_are_refused():
+    with pytest.raises(ValueError, match="no Hugging Face gpt2 equivalent"):
+        to_hf_config(ModelConfig.from_name("debug", positions="rope"))
+    with pytest.raises(ValueError, match="no Hugging Face llama equivalent"):
+        to_hf_config(ModelConfig.from_name("debug-llama", mlp="gelu"))
