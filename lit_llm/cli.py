@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from argparse import RawDescriptionHelpFormatter
 from typing import Callable, Optional
 
+import yaml
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -23,6 +25,7 @@ DESCRIPTION = """lit_llm: train, evaluate and sample a from-scratch transformer.
 
 Lightning subcommands: fit, validate, test, predict (see `python -m lit_llm fit --help`).
 Extra commands (each has --help):
+  prepare    run the data stage of a config: sources, cleaning, tokenizer, token files, report
   generate   sample text from a checkpoint
   export     write a checkpoint as a Hugging Face transformers directory (--format hf)
   import-hf  turn a transformers GPT-2 / Llama / BERT directory into a lit_llm checkpoint
@@ -94,8 +97,37 @@ class LitLLMCLI(LightningCLI):
                 logger.init_args.save_dir = root
 
 
+def prepare_command(config: str) -> Path:
+    """Run only the data preparation stage (sources, cleaning, tokenizer, token files, report) of a config.
+
+    It reads the same ``data:`` section that ``fit`` reads, so ``fit`` with that config reuses the result.
+
+    Args:
+        config: a YAML file with a ``data:`` section (a full fit config or a configs/data/ fragment).
+    """
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config {path} does not exist")
+    data = (yaml.safe_load(path.read_text()) or {}).get("data")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} has no data: section to prepare")
+    parser = ArgumentParser()
+    parser.add_class_arguments(PretrainDataModule, "data")
+    dm = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    dm.prepare_data()
+    r = dm.report
+    print(f"token folder: {dm.token_dir}")
+    print(f"documents: {r['documents_read']:,} read, {r['documents_kept']:,} kept; duplicates removed: {r['duplicates_removed']:,}")
+    for row in r["cleaning"]:
+        print(f"  {row['step']:<16s} in {row['in']:>10,}  out {row['out']:>10,}  removed {row['removed']:>8,}")
+    print("tokens: " + ", ".join(f"{k} {v:,}" for k, v in r["tokens"].items()) + f"; {r['bytes_per_token']:.3f} bytes/token")
+    return dm.token_dir
+
+
 # commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
-EXTRA_COMMANDS: dict[str, Callable] = {"generate": generate, "export": export, "import-hf": import_hf, "size": size}
+EXTRA_COMMANDS: dict[str, Callable] = {
+    "prepare": prepare_command, "generate": generate, "export": export, "import-hf": import_hf, "size": size,
+}
 
 
 def main(args: Optional[list[str]] = None) -> None:

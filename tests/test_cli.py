@@ -47,6 +47,11 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
     assert ppl[-1] == pytest.approx(math.exp(val[-1]), rel=1e-4)
     assert any("train_loss" in r for r in rows) and any(k.startswith("lr-AdamW") for r in rows for k in r)
     assert any("tokens_per_sec" in r for r in rows) and any("tokens_seen" in r for r in rows)
+    data = next(r for r in rows if "data/bytes_per_token" in r)  # the data report reaches the tracker
+    assert data["data/bytes_per_token"] == 1.0 and data["data/train_tokens"] == 1_003_855
+    image = next(r for r in rows if "data/doc_lengths/format" in r)  # the length histogram, as an image
+    assert image["data/doc_lengths/format"] == "png"
+    assert (runs[0].parent / "files" / image["data/doc_lengths/filenames"][0]).is_file()
     cfg = wandb_config(runs[0])
     assert cfg["model"] == "debug" and cfg["learning_rate"] == 3e-3  # hyperparameters
     assert cfg["config"]["trainer"]["max_steps"] == 20  # and the resolved CLI config
@@ -170,3 +175,19 @@ def test_size_prints_counts_flops_and_memory(tmp_path):
     assert "1.85 GiB" in text and "0.23 GiB" in text  # 16 B/param on each DDP rank; / 8 under FSDP
     assert "6,738,415,616" in run(["size", "--model", "llama-7b"], tmp_path).stdout
     assert "809,856" in run(["size", "--model", "configs/quickstart.yaml"], tmp_path).stdout
+
+
+def test_prepare_command_then_fit_reuses_it_and_logs_the_report(tmp_path):
+    proc = run(["prepare", "--config", "configs/data/reviews.yaml"], tmp_path)
+    assert "dedup_exact" in proc.stdout and "bytes/token" in proc.stdout
+    folder = proc.stdout.split("token folder: ")[1].split()[0]
+    csv_dir = tmp_path / "csv"
+    fit = run(["fit", "--config", "configs/debug.yaml", "--config", "configs/data/reviews.yaml",
+               "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.warmup_steps", "1",
+               "--trainer.default_root_dir", str(tmp_path / "out"),
+               "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(csv_dir)],
+              tmp_path)
+    assert "clean:" not in fit.stderr  # the prepared folder was reused, not rebuilt
+    metrics = next(csv_dir.glob("**/metrics.csv")).read_text()
+    assert "data/bytes_per_token" in metrics and "data/removed_by_dedup_exact" in metrics
+    assert (Path(folder) / "manifest.json").is_file()

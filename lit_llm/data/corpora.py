@@ -94,17 +94,3 @@ def _download(name: str, spec: NamedCorpus, dest: Path, searched: list[Path]) ->
         raise RuntimeError(f"Download of {spec.url} has MD5 {digest}, expected {spec.md5}; try again later.")
     os.replace(tmp, dest)  # atomic: a killed download never leaves a file that looks valid
     return dest
-
-
-def read_text(path: Path) -> str:
-    """Read a UTF-8 text file, with an error that names the file and the byte offset if it is not UTF-8."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not valid UTF-8 (byte {e.start}: {e.reason}). Convert it, e.g."
-            f" `iconv -f latin1 -t utf-8 {path} > out.txt`, and point --data.corpus at the result."
-        ) from e
-    if not text.strip():
-        raise ValueError(f"Corpus {path} is empty; point --data.corpus at a file with text in it.")
-    return text

@@ -8,12 +8,11 @@ and resumable mid-epoch (the sampler restarts at the first batch the loop has no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import numpy as np
@@ -22,12 +21,25 @@ from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lit_llm.data.corpora import md5sum, read_text, resolve_corpus
-from lit_llm.data.tokenizer import encode, tokenizer_hash, train_char_tokenizer
-from lit_llm.data.tokens import open_split, read_manifest, write_token_dir
+from lit_llm.data.cleaning import build_steps
+from lit_llm.data.corpora import CORPORA
+from lit_llm.data.prepare import prepare
+from lit_llm.data.sources import Source, resolve_files
+from lit_llm.data.tokenizer import TokenizerSpec
+from lit_llm.data.tokens import open_split
 
 _CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lit_llm" / "tokens"
 CACHE_DIR_ENV = "LIT_LLM_CACHE_DIR"
+
+
+def _existing_file(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"Corpus {path!r} is neither a named corpus ({', '.join(CORPORA)}) nor an existing file."
+            " Pass --data.corpus with a path to a UTF-8 text file or a named corpus."
+        )
+    return p
 
 
 def block_offset(seed: int, index: int, num_starts: int) -> int:
@@ -84,25 +96,39 @@ class ResumableBlockSampler(DistributedSampler):
 
 
 class PretrainDataModule(L.LightningDataModule):
-    """Text corpus -> character tokenizer -> cached token files -> blocks for causal LM training.
+    """Text -> cleaning -> tokenizer -> cached token files -> blocks for language-model training.
+
+    The ``prepare`` stage (``lit_llm.data.prepare``) runs once per data config; ``python -m lit_llm prepare
+    --config FILE`` runs it from the same ``data:`` section without training.
 
     Args:
-        corpus: a named corpus (``tinyshakespeare``) or the path of a UTF-8 text file.
+        corpus: shortcut for one source: a named corpus (``tinyshakespeare``) or a file path. Ignored when
+            ``sources`` is given.
+        sources: the corpora to read (files, globs or Hugging Face datasets), mixed by weight.
+        cleaning: ordered cleaning steps, e.g. ``[{unicode: {form: NFKC}}, whitespace, dedup_exact]``
+            (see ``lit_llm.data.cleaning.STEPS``); none by default.
+        tokenizer: the tokenizer to train or load (default: character level).
         data_dir: folder holding named corpora (also ``$LIT_LLM_DATA_DIR``); searched before downloading.
-        cache_dir: where token files are cached (default ``$LIT_LLM_CACHE_DIR`` or ``~/.cache/lit_llm/tokens``).
+        cache_dir: where token folders are cached (default ``$LIT_LLM_CACHE_DIR`` or ``~/.cache/lit_llm/tokens``).
         block_size: tokens of context per training example (each block holds ``block_size + 1`` tokens).
         batch_size: blocks per batch on each process.
-        val_fraction: fraction of the corpus, taken from its end, held out for validation.
+        val_fraction: fraction of the token stream, taken from its end, held out for validation.
         test_fraction: fraction held out for testing, taken from just before the validation part. With 0,
             ``test`` and ``predict`` use the validation split.
         num_workers: DataLoader worker processes.
-        seed: seed of the random block offsets.
-        special_tokens: tokens added after the characters, e.g. ``["[MASK]"]`` for a BERT-family model.
+        seed: seed of the random block offsets and of the source mixing.
+        encoding_errors: invalid UTF-8 in the sources: ``strict`` fails naming the file and byte offset,
+            ``replace`` substitutes U+FFFD (text files).
+        mixing: how several sources are mixed: ``all_exhausted_without_replacement`` (every document once),
+            ``all_exhausted`` (oversample to the weights) or ``first_exhausted`` (stop with the first source).
     """
 
     def __init__(
         self,
-        corpus: str = "tinyshakespeare",
+        corpus: Optional[str] = "tinyshakespeare",
+        sources: Optional[list[Source]] = None,
+        cleaning: Optional[list[Any]] = None,
+        tokenizer: Optional[TokenizerSpec] = None,
         data_dir: Optional[str] = None,
         cache_dir: Optional[str] = None,
         block_size: int = 64,
@@ -111,7 +137,8 @@ class PretrainDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         num_workers: int = 0,
         seed: int = 1337,
-        special_tokens: Optional[list[str]] = None,
+        encoding_errors: str = "strict",
+        mixing: str = "all_exhausted_without_replacement",
     ) -> None:
         super().__init__()
         if block_size < 1 or batch_size < 1:
@@ -122,7 +149,17 @@ class PretrainDataModule(L.LightningDataModule):
                 f" got val_fraction={val_fraction}, test_fraction={test_fraction}"
             )
         self.save_hyperparameters()
-        self.corpus_path = resolve_corpus(corpus, data_dir)  # fails fast on a missing file
+        if not sources:
+            if corpus is None:
+                raise ValueError("Give the data module a corpus or a list of sources")
+            sources = [Source(path=corpus if corpus in CORPORA else str(_existing_file(corpus)))]
+        self.sources = sources
+        for source in sources:  # fail fast on missing files, before any work
+            if source.path is not None:
+                resolve_files(source, data_dir)
+        self.cleaning = list(cleaning or [])
+        build_steps(self.cleaning)  # unknown steps or options fail here, not after reading the corpus
+        self.tokenizer_spec = tokenizer or TokenizerSpec()
         self.cache_root = Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or _CACHE)
         self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
         self._token_dir: Optional[Path] = None
@@ -130,40 +167,23 @@ class PretrainDataModule(L.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        """Build the token folder once (Lightning calls this on one process per node); reruns reuse it."""
+        hp = self.hparams
+        self._token_dir = prepare(
+            self.sources, self.cache_root, self.cleaning, self.tokenizer_spec, hp.val_fraction, hp.test_fraction,
+            hp.seed, hp.encoding_errors, hp.data_dir, progress=True, mixing=hp.mixing,
+        )
+
     @property
     def token_dir(self) -> Path:
-        """The cache folder for this corpus and split, named by the content hash of both."""
         if self._token_dir is None:
-            key = {
-                "corpus_md5": md5sum(self.corpus_path),
-                "tokenizer": "char",
-                "special_tokens": list(self.hparams.special_tokens or []),
-                "val_fraction": self.hparams.val_fraction,
-                "test_fraction": self.hparams.test_fraction,
-            }
-            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-            self._token_dir = self.cache_root / f"{self.corpus_path.stem}-{digest}"
-            self._key = key
+            self.prepare_data()  # returns at once when the folder exists
         return self._token_dir
-
-    def prepare_data(self) -> None:
-        """Tokenize the corpus into memmap files once; reruns with the same inputs reuse them."""
-        if read_manifest(self.token_dir) is not None:
-            return
-        text = read_text(self.corpus_path)
-        n = len(text)
-        n_val, n_test = int(n * self.hparams.val_fraction), int(n * self.hparams.test_fraction)
-        parts = {"train": text[: n - n_val - n_test], "test": text[n - n_val - n_test : n - n_val], "val": text[n - n_val :]}
-        tok = train_char_tokenizer(text, self.hparams.special_tokens or ())
-        splits = {name: encode(tok, part) for name, part in parts.items()}
-        manifest = {"corpus": str(self.corpus_path), **self._key, "tokenizer_hash": tokenizer_hash(tok)}
-        write_token_dir(self.token_dir, tok, splits, manifest)
-        rank_zero_info(f"Wrote token files to {self.token_dir}: " + ", ".join(f"{k}={len(v):,}" for k, v in splits.items()))
 
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self.prepare_data()
             self._tokenizer = Tokenizer.from_file(str(self.token_dir / "tokenizer.json"))
         return self._tokenizer
 
@@ -171,20 +191,39 @@ class PretrainDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
+    @property
+    def report(self) -> dict[str, Any]:
+        """What the preparation did: documents per cleaning step, duplicates, tokens per split, bytes/token."""
+        return json.loads((self.token_dir / "report.json").read_text())
+
     def setup(self, stage: str) -> None:
-        self.prepare_data()  # no-op when the files exist; covers processes that skipped prepare_data
+        if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
+            self._log_report()
         test_split = "test" if self.hparams.test_fraction > 0 else "val"
         needed = {"fit": ["train", "val"], "validate": ["val"], "test": [test_split], "predict": [test_split]}[stage]
         for split in needed:
             tokens = open_split(self.token_dir, split)
             if len(tokens) < self.block_size + 1:
                 raise ValueError(
-                    f"The {split} split of {self.corpus_path} has {len(tokens)} tokens, fewer than block_size + 1"
+                    f"The {split} split of {self.token_dir} has {len(tokens)} tokens, fewer than block_size + 1"
                     f" = {self.block_size + 1}. Lower --data.block_size or use a larger corpus / split fraction."
                 )
             self.splits[split] = tokens
         if stage in ("test", "predict") and test_split == "val":
             rank_zero_info("test_fraction is 0: evaluating on the validation split")
+
+    def _log_report(self) -> None:
+        """Send the data report's figures (and the length histogram, to W&B) to the run's loggers."""
+        r = self.report
+        metrics = {f"data/{k}_tokens": v for k, v in r["tokens"].items()}
+        metrics.update({"data/bytes_per_token": r["bytes_per_token"], "data/documents_kept": r["documents_kept"],
+                        "data/documents_read": r["documents_read"], "data/duplicates_removed": r["duplicates_removed"]})
+        for row in r["cleaning"]:
+            metrics[f"data/removed_by_{row['step']}"] = row["removed"]
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+            if hasattr(logger, "log_image"):  # WandbLogger
+                logger.log_image(key="data/doc_lengths", images=[str(self.token_dir / "doc_lengths.png")], step=0)
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:

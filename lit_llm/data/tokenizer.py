@@ -1,28 +1,97 @@
-"""Tokenizers, built with Hugging Face ``tokenizers`` so that every tokenizer is one ``tokenizer.json``
-string that can travel inside a checkpoint.
+"""Tokenizers, trained or loaded with Hugging Face ``tokenizers``. Every tokenizer is one ``tokenizer.json``
+string, saved beside the token files and carried in checkpoints.
 
-The quickstart uses a character-level tokenizer: a WordLevel model whose vocabulary is the sorted set of
-characters of the training text, a pre-tokenizer that isolates each character and a ``Fuse`` decoder.
+Kinds: ``char`` (one token per character: the quickstart's), byte-level ``bpe`` (GPT-2 style, lossless on
+any text), ``wordpiece`` (BERT style) and ``unigram`` (SentencePiece style).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# bos, eos, pad, unk, mask, cls, sep: what the model families need (causal: eos/bos; BERT: mask/cls/sep/pad)
+DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"]
 
 
-def train_char_tokenizer(text: str, special_tokens: Sequence[str] = ()) -> Tokenizer:
+@dataclass
+class TokenizerSpec:
+    """Which tokenizer to train or load.
+
+    Args:
+        kind: ``char``, ``bpe`` (byte-level BPE), ``wordpiece`` or ``unigram``.
+        vocab_size: target vocabulary size, special tokens included (not used by ``char``).
+        special_tokens: tokens added whole; default none for ``char`` and bos/eos/pad/unk/mask/cls/sep
+            (``[BOS]`` ...) for the trained kinds.
+        eos_token: the token written after every document, if the vocabulary has it.
+        min_frequency: pairs/pieces seen fewer times are not merged (bpe, wordpiece).
+        path: load this tokenizer.json instead of training one.
+    """
+
+    kind: str = "char"
+    vocab_size: int = 8192
+    special_tokens: Optional[list[str]] = None
+    eos_token: str = "[EOS]"
+    min_frequency: int = 2
+    path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("char", "bpe", "wordpiece", "unigram"):
+            raise ValueError(f"tokenizer kind must be char, bpe, wordpiece or unigram, got {self.kind!r}")
+        if self.special_tokens is None:
+            self.special_tokens = [] if self.kind == "char" else list(DEFAULT_SPECIAL_TOKENS)
+        if self.path is not None and not Path(self.path).is_file():
+            raise FileNotFoundError(f"Tokenizer file {self.path} does not exist; train one (drop tokenizer.path) or fix the path")
+        if self.kind == "wordpiece" and "[UNK]" not in self.special_tokens:
+            raise ValueError("A wordpiece tokenizer needs [UNK] among its special_tokens")
+
+
+def train_char_tokenizer(text: str | Iterable[str], special_tokens: Sequence[str] = ()) -> Tokenizer:
     """A character-level tokenizer over the characters that occur in ``text`` (ids in sorted order), followed
     by ``special_tokens`` (e.g. ``[MASK]`` for masked-LM), which are matched whole before splitting."""
-    vocab = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    chars: set[str] = set()
+    for piece in [text] if isinstance(text, str) else text:
+        chars.update(piece)
+    vocab = {ch: i for i, ch in enumerate(sorted(chars))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
     # Oniguruma: (?m) lets '.' match newlines too, so every character is its own piece
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m)."), behavior="isolated")
     tok.decoder = decoders.Fuse()
     if special_tokens:
         tok.add_special_tokens(list(special_tokens))
+    return tok
+
+
+def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str], length: Optional[int] = None) -> Tokenizer:
+    """Train (or load, with ``spec.path``) the tokenizer ``spec`` describes on an iterator of documents."""
+    if spec.path is not None:
+        return Tokenizer.from_file(spec.path)
+    specials = list(spec.special_tokens or [])
+    if spec.kind == "char":
+        return train_char_tokenizer(texts, specials)
+    if spec.kind == "bpe":  # Radford et al. 2019: byte-level, so no unknown tokens and exact round trips
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
+                                      special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif spec.kind == "wordpiece":  # Devlin et al. 2019
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
+                                            special_tokens=specials)
+    else:  # Kudo 2018, as in SentencePiece
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=spec.vocab_size, special_tokens=specials,
+                                          unk_token="[UNK]" if "[UNK]" in specials else None)
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
     return tok
 
 

@@ -101,12 +101,17 @@ class LanguageModel(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "tokenizer"):
             self.tokenizer_json = dm.tokenizer.to_str()
+            if dm.tokenizer.get_vocab_size() > self.config.vocab_size:
+                raise ValueError(
+                    f"The tokenizer has {dm.tokenizer.get_vocab_size():,} tokens but the model's embedding holds"
+                    f" {self.config.vocab_size:,}; use a smaller tokenizer or let the CLI link vocab_size from the data"
+                )
         if not self.config.causal and self.tokenizer_json is not None:
             self.mask_id = Tokenizer.from_str(self.tokenizer_json).token_to_id("[MASK]")
             if self.mask_id is None:
                 raise ValueError(
                     "The bert family trains with masked-LM and needs a [MASK] token in the tokenizer;"
-                    " add it with --data.special_tokens '[\"[MASK]\"]'"
+                    " add it with --data.tokenizer.special_tokens '[\"[MASK]\"]'"
                 )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

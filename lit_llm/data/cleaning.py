@@ -1,0 +1,256 @@
+"""Cleaning: an ordered list of small steps, configured in YAML as ``[{step_name: {options}}, ...]``.
+
+A step maps a document to a new document, or to ``None`` to drop it (the step's name is the reason).
+Steps that remember what they saw (deduplication) keep that state for one preparation run.
+
+Stop-word removal and stemming are available but stay off for LM pretraining: a language model has to
+learn to produce exactly those function words and inflections, and removing them makes text it will never
+be asked to continue. They help in bag-of-words baselines (TF-IDF + linear classifiers), where they shrink
+the vocabulary and merge word forms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from collections import Counter
+from typing import Any, Callable, Optional
+
+Step = Callable[[str], Optional[str]]
+
+
+class Unicode:
+    """Unicode normalization (NFC by default; NFKC also folds compatibility forms like full-width letters)."""
+
+    def __init__(self, form: str = "NFC") -> None:
+        if form not in ("NFC", "NFKC", "NFD", "NFKD"):
+            raise ValueError(f"unicode form must be NFC, NFKC, NFD or NFKD, got {form!r}")
+        self.form = form
+
+    def __call__(self, text: str) -> str:
+        return unicodedata.normalize(self.form, text)
+
+
+class StripHtml:
+    """Remove script/style blocks, comments and tags, then unescape entities (``&amp;`` -> ``&``)."""
+
+    _blocks = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
+    _tags = re.compile(r"</?[A-Za-z][^<>]*>")
+    _breaks = re.compile(r"<(br|/p|/div|/li|/h[1-6])\b[^<>]*>", re.I)
+
+    def __call__(self, text: str) -> str:
+        if "<" in text:
+            text = self._blocks.sub("", text)
+            text = self._breaks.sub("\n", text)
+            text = self._tags.sub("", text)
+        return html.unescape(text) if "&" in text else text
+
+
+class RemoveControl:
+    """Delete control characters (Unicode category Cc/Cf, except newline and tab) and any ``extra`` characters."""
+
+    def __init__(self, extra: str = "") -> None:
+        self.extra = extra
+        self._table: dict[int, None] = {ord(c): None for c in extra}
+        for cp in list(range(0x00, 0x20)) + list(range(0x7F, 0xA0)) + [0x200B, 0x200E, 0x200F, 0xFEFF, 0x2060]:
+            if chr(cp) not in "\n\t":
+                self._table[cp] = None
+
+    def __call__(self, text: str) -> str:
+        return text.translate(self._table)
+
+
+class Whitespace:
+    """Tabs and runs of spaces -> one space, no trailing spaces, at most one blank line, trimmed ends."""
+
+    _spaces = re.compile(r"[ \t\u00a0\u3000]+")
+    _trailing = re.compile(r" *\n *")
+    _blank = re.compile(r"\n{3,}")
+
+    def __call__(self, text: str) -> str:
+        text = self._spaces.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+        return self._blank.sub("\n\n", self._trailing.sub("\n", text)).strip()
+
+
+class RegexReplace:
+    """Replace every match of ``pattern`` with ``repl`` (Python ``re`` syntax, multiline mode), e.g. drop the
+    ``LABEL `` prefix of ``LABEL TEXT`` lines with ``{pattern: "^[01] ", repl: ""}``."""
+
+    def __init__(self, pattern: str, repl: str = "") -> None:
+        self.pattern, self.repl = re.compile(pattern, re.M), repl
+
+    def __call__(self, text: str) -> str:
+        return self.pattern.sub(self.repl, text)
+
+
+class Lowercase:
+    def __call__(self, text: str) -> str:
+        return text.lower()
+
+
+class Length:
+    """Drop documents shorter than ``min_chars`` / ``min_words`` or longer than ``max_chars``."""
+
+    def __init__(self, min_chars: int = 1, max_chars: Optional[int] = None, min_words: int = 0) -> None:
+        self.min_chars, self.max_chars, self.min_words = min_chars, max_chars, min_words
+
+    def __call__(self, text: str) -> Optional[str]:
+        if len(text) < self.min_chars or (self.max_chars is not None and len(text) > self.max_chars):
+            return None
+        if self.min_words and len(text.split()) < self.min_words:
+            return None
+        return text
+
+
+class DedupExact:
+    """Drop a document identical to one seen before (16-byte BLAKE2 digests are kept, not the texts)."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+
+    def __call__(self, text: str) -> Optional[str]:
+        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if digest in self.seen:
+            return None
+        self.seen.add(digest)
+        return text
+
+
+class DedupMinHash:
+    """Drop near-duplicates: documents whose estimated Jaccard similarity of word ``ngram`` shingles to an
+    earlier kept document is at least ``threshold`` (MinHash + LSH from datasketch; Broder 1997)."""
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> None:
+        try:
+            from datasketch import MinHash, MinHashLSH
+        except ImportError as e:
+            raise ImportError("dedup_minhash needs datasketch: pip install 'lit_llm[data]'") from e
+        self._minhash, self.num_perm, self.ngram, self.seed = MinHash, num_perm, ngram, seed
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._n = 0
+
+    def __call__(self, text: str) -> Optional[str]:
+        words = text.split()
+        shingles = {" ".join(words[i : i + self.ngram]) for i in range(max(1, len(words) - self.ngram + 1))}
+        m = self._minhash(num_perm=self.num_perm, seed=self.seed)
+        m.update_batch([s.encode() for s in shingles])
+        if self.lsh.query(m):
+            return None
+        self.lsh.insert(str(self._n), m)
+        self._n += 1
+        return text
+
+
+class Quality:
+    """Simple heuristic filters (in the spirit of Gopher's, Rae et al. 2021, appendix A): drop documents whose
+    symbol-to-letter ratio is above ``max_symbol_ratio`` or whose share of duplicated lines is above
+    ``max_repeated_lines``."""
+
+    def __init__(self, max_symbol_ratio: float = 0.5, max_repeated_lines: float = 0.3) -> None:
+        self.max_symbol_ratio, self.max_repeated_lines = max_symbol_ratio, max_repeated_lines
+
+    def __call__(self, text: str) -> Optional[str]:
+        letters = sum(c.isalpha() for c in text)
+        symbols = sum(not (c.isalnum() or c.isspace()) for c in text)
+        if symbols > self.max_symbol_ratio * max(letters, 1):
+            return None
+        lines = [line for line in text.split("\n") if line.strip()]
+        if len(lines) > 1:
+            repeated = sum(n for n in Counter(lines).values() if n > 1)
+            if repeated / len(lines) > self.max_repeated_lines:
+                return None
+        return text
+
+
+class StopWords:
+    """Remove stop words (lists from the ``stop-words`` package). Off for LM pretraining; see the module doc."""
+
+    def __init__(self, language: str = "english") -> None:
+        try:
+            from stop_words import get_stop_words
+        except ImportError as e:
+            raise ImportError("stopwords needs the stop-words package: pip install 'lit_llm[data]'") from e
+        self.words = set(get_stop_words(language))
+
+    def __call__(self, text: str) -> str:
+        return "\n".join(" ".join(w for w in line.split(" ") if w.lower() not in self.words) for line in text.split("\n"))
+
+
+class Stem:
+    """Replace each word by its Snowball stem (``snowballstemmer``). Off for LM pretraining; see the module doc."""
+
+    def __init__(self, language: str = "english") -> None:
+        try:
+            import snowballstemmer
+        except ImportError as e:
+            raise ImportError("stem needs snowballstemmer: pip install 'lit_llm[data]'") from e
+        self.stemmer = snowballstemmer.stemmer(language)
+
+    def __call__(self, text: str) -> str:
+        return "\n".join(" ".join(self.stemmer.stemWords(line.split(" "))) for line in text.split("\n"))
+
+
+STEPS: dict[str, type] = {
+    "unicode": Unicode,
+    "strip_html": StripHtml,
+    "remove_control": RemoveControl,
+    "whitespace": Whitespace,
+    "regex_replace": RegexReplace,
+    "lowercase": Lowercase,
+    "length": Length,
+    "dedup_exact": DedupExact,
+    "dedup_minhash": DedupMinHash,
+    "quality": Quality,
+    "stopwords": StopWords,
+    "stem": Stem,
+}
+
+# What `cleaning: default` means: cheap, safe steps that keep text a language model should see.
+DEFAULT_CLEANING: list[dict[str, Any]] = [
+    {"unicode": {"form": "NFC"}},
+    {"remove_control": {}},
+    {"whitespace": {}},
+    {"length": {"min_chars": 1}},
+    {"dedup_exact": {}},
+]
+
+
+def build_steps(spec: list[Any]) -> list[tuple[str, Step]]:
+    """``[{"whitespace": {}}, "lowercase", ...]`` -> [(name, step)], with errors that list the valid steps."""
+    steps = []
+    for i, item in enumerate(spec):
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError(f"cleaning[{i}] must be a step name or a one-key mapping {{name: options}}, got {item!r}")
+        (name, options), = item.items()
+        if name not in STEPS:
+            raise ValueError(f"cleaning[{i}]: unknown step {name!r}. Steps: {', '.join(STEPS)}")
+        try:
+            steps.append((name, STEPS[name](**(options or {}))))
+        except TypeError as e:
+            raise ValueError(f"cleaning[{i}] ({name}): {e}") from e
+    return steps
+
+
+class Cleaner:
+    """Runs the steps in order and counts, per step, documents in, out and dropped."""
+
+    def __init__(self, spec: list[Any]) -> None:
+        self.steps = build_steps(spec)
+        self.counts = [[0, 0] for _ in self.steps]  # per step: documents in, documents out
+
+    def __call__(self, text: str) -> Optional[str]:
+        for (_, step), count in zip(self.steps, self.counts):
+            count[0] += 1
+            text = step(text)
+            if text is None:
+                return None
+            count[1] += 1
+        return text
+
+    def report(self) -> list[dict[str, Any]]:
+        return [{"step": name, "in": n_in, "out": n_out, "removed": n_in - n_out}
+                for (name, _), (n_in, n_out) in zip(self.steps, self.counts)]

@@ -1,0 +1,238 @@
+"""The preparation stage: sources -> cleaning -> tokenizer -> token files + manifest + report.
+
+Run as ``python -m lit_llm prepare --config FILE`` or from ``PretrainDataModule.prepare_data``; both read
+the config's ``data:`` section. Work streams document by document, so memory stays well below the corpus
+size:
+
+1. read and clean every document, writing the survivors to a temporary JSONL file;
+2. train the tokenizer on that file (or load ``tokenizer.path``);
+3. tokenize it in batches (``encode_batch`` runs on all cores), an EOS token after each document, into one
+   uint16/uint32 stream, then cut the stream into train / test / val by position (val last, as nanoGPT does).
+
+The output folder is named by a hash of everything that determines its content (source fingerprints,
+cleaning, tokenizer, split), built under a temporary name and renamed into place, so a rerun with the
+same config reuses it at once and a killed run never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lit_llm.data.cleaning import Cleaner
+from lit_llm.data.sources import (
+    MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format,
+)
+from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
+from lit_llm.data.tokens import MANIFEST, read_manifest, token_dtype
+
+FORMAT_VERSION = 1
+ENCODE_BATCH = 512  # documents per encode_batch call
+
+
+def check_utf8(path: Path) -> None:
+    """Fail on the first invalid UTF-8 byte, naming the file and the byte offset (streams; any file size)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path} is not valid UTF-8 at byte {offset + e.start} ({e.reason}). Convert it (e.g. `iconv -f"
+                    f" latin1 -t utf-8`), or set encoding_errors: replace on the data config to substitute U+FFFD."
+                ) from e
+            offset += len(chunk)
+        decoder.decode(b"", final=True)
+
+
+def cache_key(sources: list[Source], cleaning: list[Any], tokenizer: TokenizerSpec, val_fraction: float,
+              test_fraction: float, seed: int, encoding_errors: str, data_dir: Optional[str],
+              mixing: str) -> dict[str, Any]:
+    tok = asdict(tokenizer)
+    if tokenizer.path:
+        tok["file_sha"] = fingerprint_hash(Path(tokenizer.path).read_text())
+    return {
+        "version": FORMAT_VERSION, "sources": [fingerprint(s, data_dir) for s in sources], "cleaning": cleaning,
+        "tokenizer": tok, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+        "encoding_errors": encoding_errors, "mixing": mixing if len(sources) > 1 else None,
+    }
+
+
+def prepare(
+    sources: list[Source],
+    out_root: Path,
+    cleaning: Optional[list[Any]] = None,
+    tokenizer: Optional[TokenizerSpec] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 1337,
+    encoding_errors: str = "strict",
+    data_dir: Optional[str] = None,
+    name: Optional[str] = None,
+    progress: bool = True,
+    mixing: str = MIXING[0],
+) -> Path:
+    """Build (or reuse) the token folder for this data config and return its path."""
+    tokenizer = tokenizer or TokenizerSpec()
+    cleaning = list(cleaning or [])
+    cleaner = Cleaner(cleaning)  # validates step names and options before any work
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"encoding_errors must be strict or replace, got {encoding_errors!r}")
+    if mixing not in MIXING:
+        raise ValueError(f"mixing must be one of {MIXING}, got {mixing!r}")
+    key = cache_key(sources, cleaning, tokenizer, val_fraction, test_fraction, seed, encoding_errors, data_dir, mixing)
+    stem = name or Path(sources[0].path or sources[0].hf_name).stem.replace("*", "")
+    out_dir = Path(out_root) / f"{stem or 'corpus'}-{fingerprint_hash(key)}"
+    if read_manifest(out_dir) is not None:
+        return out_dir
+    for s in sources:  # text-based files (not parquet, which is binary) are checked before any work
+        if s.path is not None and encoding_errors == "strict":
+            files = resolve_files(s, data_dir)
+            if source_format(s, files) != "parquet":
+                for f in files:
+                    check_utf8(f)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+    try:
+        t0 = time.perf_counter()
+        docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
+        stats = _clean_to_jsonl(docs, cleaner, tmp / "cleaned.jsonl", progress)
+        t_clean = time.perf_counter() - t0
+        if stats["documents"] == 0:
+            removed = ", ".join(f"{r['step']} removed {r['removed']}" for r in cleaner.report() if r["removed"])
+            raise ValueError(
+                f"The corpus is empty after cleaning: {stats['read']} documents read,"
+                f" {removed or 'none with any text in them'}. Loosen those steps or check the sources."
+            )
+        tok = train_tokenizer(tokenizer, _read_jsonl(tmp / "cleaned.jsonl"), length=stats["documents"])
+        tok.save(str(tmp / "tokenizer.json"))
+        t_tok = time.perf_counter() - t0 - t_clean
+        eos = tok.token_to_id(tokenizer.eos_token)
+        dtype = token_dtype(tok.get_vocab_size())
+        doc_tokens = _tokenize(tok, tmp / "cleaned.jsonl", tmp / "all.bin", dtype, eos, stats["documents"], progress,
+                               by_line=tokenizer.kind == "char")
+        counts = _split(tmp / "all.bin", tmp, dtype, val_fraction, test_fraction)
+        np.save(tmp / "doc_lengths.npy", doc_tokens)  # tokens per document (EOS included), in stream order
+        (tmp / "cleaned.jsonl").unlink()
+        (tmp / "all.bin").unlink()
+        n_tokens = int(doc_tokens.sum())
+        report = {
+            "documents_read": stats["read"], "documents_kept": stats["documents"], "cleaning": cleaner.report(),
+            "duplicates_removed": sum(r["removed"] for r in cleaner.report() if r["step"].startswith("dedup")),
+            "tokens": counts, "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / max(n_tokens, 1),
+            "seconds": {"clean": round(t_clean, 2), "tokenizer": round(t_tok, 2),
+                        "tokenize_and_write": round(time.perf_counter() - t0 - t_clean - t_tok, 2)},
+        }
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        _length_histogram(doc_tokens, tmp / "doc_lengths.png")
+        manifest = {
+            **key, "dtype": dtype.name, "vocab_size": tok.get_vocab_size(), "num_tokens": counts,
+            "tokenizer_hash": tokenizer_hash(tok), "eos_id": eos, "documents": stats["documents"],
+            "document_lengths": "doc_lengths.npy", "splits_by": "position in the token stream: train, test, val",
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if read_manifest(out_dir) is None:  # not a concurrent writer that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _clean_to_jsonl(docs: Iterator[str], cleaner: Cleaner, path: Path, progress: bool) -> dict[str, int]:
+    read = kept = n_bytes = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for text in tqdm(docs, desc="clean", unit="doc", disable=not progress, mininterval=1.0):
+            read += 1
+            text = cleaner(text)
+            if text is None or not text.strip():  # blank documents carry nothing to learn
+                continue
+            kept += 1
+            n_bytes += len(text.encode("utf-8"))
+            f.write(json.dumps(text, ensure_ascii=False))
+            f.write("\n")
+    return {"read": read, "documents": kept, "bytes": n_bytes}
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _batches(path: Path, size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in _read_jsonl(path):
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _tokenize(tok, src: Path, dst: Path, dtype, eos: Optional[int], n_docs: int, progress: bool,
+              by_line: bool = False) -> np.ndarray:
+    """Encode documents in batches (encode_batch uses every core) into one stream; return tokens per document.
+    ``by_line`` encodes a document's lines as separate inputs, which gives the same ids for the character
+    tokenizer and lets one long document use every core too."""
+    lengths = np.zeros(n_docs, dtype=np.int64)
+    eos_arr = np.array([] if eos is None else [eos], dtype=dtype)
+    i = 0
+    with open(dst, "wb") as out, tqdm(total=n_docs, desc="tokenize", unit="doc", disable=not progress,
+                                      mininterval=1.0) as bar:
+        for batch in _batches(src, ENCODE_BATCH):
+            for text in batch if by_line else [None]:
+                pieces = text.splitlines(keepends=True) if by_line else batch
+                arrays = [np.asarray(e.ids, dtype=dtype) for e in tok.encode_batch(pieces, add_special_tokens=False)]
+                docs = [np.concatenate(arrays + [eos_arr])] if by_line else [np.concatenate([a, eos_arr]) for a in arrays]
+                for d in docs:
+                    d.tofile(out)
+                    lengths[i] = len(d)
+                    i += 1
+            bar.update(len(batch))
+    return lengths
+
+
+def _split(all_path: Path, out: Path, dtype, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Cut the token stream by position: train first, then test, then the last val_fraction as val."""
+    n = all_path.stat().st_size // dtype.itemsize
+    n_val, n_test = int(n * val_fraction), int(n * test_fraction)
+    bounds = {"train": (0, n - n_val - n_test), "test": (n - n_val - n_test, n - n_val), "val": (n - n_val, n)}
+    piece = 1 << 22  # copy in 4M-token pieces with plain reads (no mapping), so memory stays flat
+    for split, (a, b) in bounds.items():
+        with open(out / f"{split}.bin", "wb") as f:
+            for start in range(a, b, piece):
+                np.fromfile(all_path, dtype=dtype, count=min(piece, b - start), offset=start * dtype.itemsize).tofile(f)
+    return {split: b - a for split, (a, b) in bounds.items()}
+
+
+def _length_histogram(lengths: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(lengths, bins=min(50, max(1, len(np.unique(lengths)))), log=len(lengths) > 100)
+    ax.set_xlabel("tokens per document")
+    ax.set_ylabel("documents")
+    ax.set_title(f"{len(lengths):,} documents, {int(lengths.sum()):,} tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
