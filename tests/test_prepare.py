@@ -142,3 +142,34 @@ def test_bad_input_gives_clear_errors_before_work(tmp_path, docs):
     assert "\ufffd" in decode(train_tokenizer(TokenizerSpec(path=str(out / "tokenizer.json")), []),
                               open_split(out, "val").tolist())
     assert not [p for p in (tmp_path / "c").iterdir() if ".tmp" in p.name]
+
+
+def test_other_local_ranks_wait_for_rank_zero_instead_of_preparing(tmp_path, docs, monkeypatch):
+    import threading
+
+    src = _jsonl(tmp_path / "a.jsonl", docs)
+    kw = dict(sources=[Source(path=str(src))], cache_dir=str(tmp_path / "c"), block_size=8)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    waiting = PretrainDataModule(**kw)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("dir", waiting.token_dir))
+    t.start()
+    t.join(timeout=0.5)
+    assert t.is_alive() and not list((tmp_path / "c").glob("*/manifest.json"))  # rank 1 did not prepare
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    rank0 = PretrainDataModule(**kw)
+    rank0.prepare_data()
+    t.join(timeout=30)
+    assert result["dir"] == rank0.token_dir
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(small_corpus):
+    import lightning as L
+
+    from lit_llm.modules import LanguageModel
+
+    dm = PretrainDataModule(corpus=str(small_corpus), block_size=16)
+    model = LanguageModel("debug", vocab_size=20, block_size=16)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model's embedding holds 20"):
+        trainer.fit(model, dm)

@@ -70,6 +70,40 @@ def cache_key(sources: list[Source], cleaning: list[Any], tokenizer: TokenizerSp
     }
 
 
+def token_folder(
+    sources: list[Source],
+    out_root: Path,
+    cleaning: Optional[list[Any]] = None,
+    tokenizer: Optional[TokenizerSpec] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 1337,
+    encoding_errors: str = "strict",
+    data_dir: Optional[str] = None,
+    name: Optional[str] = None,
+    mixing: str = MIXING[0],
+) -> tuple[Path, dict[str, Any]]:
+    """Where ``prepare`` with these arguments puts its output, and the inputs that name it (no work done)."""
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"encoding_errors must be strict or replace, got {encoding_errors!r}")
+    if mixing not in MIXING:
+        raise ValueError(f"mixing must be one of {MIXING}, got {mixing!r}")
+    key = cache_key(sources, list(cleaning or []), tokenizer or TokenizerSpec(), val_fraction, test_fraction, seed,
+                    encoding_errors, data_dir, mixing)
+    stem = name or Path(sources[0].path or sources[0].hf_name).stem.replace("*", "")
+    return Path(out_root) / f"{stem or 'corpus'}-{fingerprint_hash(key)}", key
+
+
+def wait_for(out_dir: Path, timeout_s: float = 24 * 3600, poll_s: float = 2.0) -> Path:
+    """Wait until another process has finished preparing ``out_dir`` (ranks that must not prepare)."""
+    deadline = time.monotonic() + timeout_s
+    while read_manifest(out_dir) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Waited {timeout_s:.0f} s for {out_dir} to be prepared by local rank 0")
+        time.sleep(poll_s)
+    return out_dir
+
+
 def prepare(
     sources: list[Source],
     out_root: Path,
@@ -88,13 +122,8 @@ def prepare(
     tokenizer = tokenizer or TokenizerSpec()
     cleaning = list(cleaning or [])
     cleaner = Cleaner(cleaning)  # validates step names and options before any work
-    if encoding_errors not in ("strict", "replace"):
-        raise ValueError(f"encoding_errors must be strict or replace, got {encoding_errors!r}")
-    if mixing not in MIXING:
-        raise ValueError(f"mixing must be one of {MIXING}, got {mixing!r}")
-    key = cache_key(sources, cleaning, tokenizer, val_fraction, test_fraction, seed, encoding_errors, data_dir, mixing)
-    stem = name or Path(sources[0].path or sources[0].hf_name).stem.replace("*", "")
-    out_dir = Path(out_root) / f"{stem or 'corpus'}-{fingerprint_hash(key)}"
+    out_dir, key = token_folder(sources, out_root, cleaning, tokenizer, val_fraction, test_fraction, seed,
+                                encoding_errors, data_dir, name, mixing)
     if read_manifest(out_dir) is not None:
         return out_dir
     for s in sources:  # text-based files (not parquet, which is binary) are checked before any work

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_llm.data.cleaning import build_steps
 from lit_llm.data.corpora import CORPORA
-from lit_llm.data.prepare import prepare
+from lit_llm.data.prepare import prepare, token_folder, wait_for
 from lit_llm.data.sources import Source, resolve_files
 from lit_llm.data.tokenizer import TokenizerSpec
 from lit_llm.data.tokens import open_split
@@ -167,18 +167,24 @@ class PretrainDataModule(L.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ preparation
+    def _args(self) -> tuple:
+        hp = self.hparams
+        return (self.sources, self.cache_root, self.cleaning, self.tokenizer_spec, hp.val_fraction, hp.test_fraction,
+                hp.seed, hp.encoding_errors, hp.data_dir)
+
     def prepare_data(self) -> None:
         """Build the token folder once (Lightning calls this on one process per node); reruns reuse it."""
-        hp = self.hparams
-        self._token_dir = prepare(
-            self.sources, self.cache_root, self.cleaning, self.tokenizer_spec, hp.val_fraction, hp.test_fraction,
-            hp.seed, hp.encoding_errors, hp.data_dir, progress=True, mixing=hp.mixing,
-        )
+        self._token_dir = prepare(*self._args(), progress=True, mixing=self.hparams.mixing)
 
     @property
     def token_dir(self) -> Path:
+        """The prepared folder. Local rank 0 prepares it; other ranks of a job whose processes all start at
+        once (torchrun, srun) wait for it instead of repeating the work."""
         if self._token_dir is None:
-            self.prepare_data()  # returns at once when the folder exists
+            if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+                self._token_dir = wait_for(token_folder(*self._args(), mixing=self.hparams.mixing)[0])
+            else:
+                self.prepare_data()  # returns at once when the folder exists
         return self._token_dir
 
     @property
