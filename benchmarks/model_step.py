@@ -30,6 +30,7 @@ import torch
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import lm_loss
+from peak_memory import peak_rss_mb
 
 FAMILIES = ("gpt2", "llama", "bert")
 
@@ -61,20 +62,13 @@ def loss_memory(mode: str, tokens: int = 8192, width: int = 512, vocab: int = 32
     h = torch.randn(tokens, width, requires_grad=True)
     w = torch.randn(vocab, width, requires_grad=True)
     t = torch.randint(0, vocab, (tokens,))
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
-    if mode == "plain":
-        loss = lm_loss(h @ w.t(), t)["loss"]
-    else:
-        loss = lm_loss(h, t, w, chunk_size=chunk)["loss"]
-    loss.backward()
-    return {"mode": mode, "loss": loss.item(), "peak_mb": round((_status_kib("VmHWM") - before) / 1024, 1)}
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+    with peak_rss_mb({"mode": mode}) as result:
+        if mode == "plain":
+            loss = lm_loss(h @ w.t(), t)["loss"]
+        else:
+            loss = lm_loss(h, t, w, chunk_size=chunk)["loss"]
+        loss.backward()
+    return {**result, "loss": loss.item()}
 
 
 def main() -> None:

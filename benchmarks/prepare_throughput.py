@@ -32,6 +32,7 @@ from lit_llm.data.corpora import resolve_corpus
 from lit_llm.data.prepare import ENCODE_BATCH, prepare
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
+from peak_memory import peak_rss_mb
 
 
 def build_corpus(path: Path, target_mb: float) -> int:
@@ -51,11 +52,6 @@ def build_corpus(path: Path, target_mb: float) -> int:
                 size += len(text.encode())
             copy += 1
     return size
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
 def main() -> None:
@@ -93,13 +89,11 @@ def main() -> None:
     import datasets  # noqa: F401  fixed import costs are not part of the pipeline's working memory
     import matplotlib.pyplot  # noqa: F401
 
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
-    t0 = time.perf_counter()
-    out = prepare([Source(path=str(corpus))], out_root, cleaning=DEFAULT_CLEANING, tokenizer=spec, progress=False)
-    pipeline_s = time.perf_counter() - t0
-    peak_mb = (_status_kib("VmHWM") - before) / 1024
+    with peak_rss_mb({}) as mem:
+        t0 = time.perf_counter()
+        out = prepare([Source(path=str(corpus))], out_root, cleaning=DEFAULT_CLEANING, tokenizer=spec, progress=False)
+        pipeline_s = time.perf_counter() - t0
+    peak_mb = mem["peak_mb"]
     report = json.loads((out / "report.json").read_text())
 
     t0 = time.perf_counter()

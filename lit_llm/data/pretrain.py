@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_llm.data.cleaning import build_steps
-from lit_llm.data.corpora import CORPORA
+from lit_llm.data.corpora import CORPORA, resolve_corpus
 from lit_llm.data.prepare import prepare, token_folder, wait_for
 from lit_llm.data.sources import Source, resolve_files
 from lit_llm.data.tokenizer import TokenizerSpec
@@ -30,16 +30,6 @@ from lit_llm.data.tokens import open_split
 
 _CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lit_llm" / "tokens"
 CACHE_DIR_ENV = "LIT_LLM_CACHE_DIR"
-
-
-def _existing_file(path: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"Corpus {path!r} is neither a named corpus ({', '.join(CORPORA)}) nor an existing file."
-            " Pass --data.corpus with a path to a UTF-8 text file or a named corpus."
-        )
-    return p
 
 
 def block_offset(seed: int, index: int, num_starts: int) -> int:
@@ -152,7 +142,8 @@ class PretrainDataModule(L.LightningDataModule):
         if not sources:
             if corpus is None:
                 raise ValueError("Give the data module a corpus or a list of sources")
-            sources = [Source(path=corpus if corpus in CORPORA else str(_existing_file(corpus)))]
+            # a named corpus stays a name (found or downloaded at prepare time); a path must exist now
+            sources = [Source(path=corpus if corpus in CORPORA else str(resolve_corpus(corpus, data_dir)))]
         self.sources = sources
         for source in sources:  # fail fast on missing files, before any work
             if source.path is not None:
