@@ -227,9 +227,11 @@ class PretrainDataModule(L.LightningDataModule):
         dataset = RandomBlocks(self.splits["train"], self.block_size, self.seed)
         sampler = ResumableBlockSampler(dataset)
         if self.trainer is not None:
-            sampler = ResumableBlockSampler(
-                dataset, self.trainer.world_size, self.trainer.global_rank, self._resume_skip(len(sampler))
-            )
+            # the data-parallel size and rank: all processes under DDP/FSDP, the dp dimension of a 2D mesh
+            # (tensor-parallel peers share their batch)
+            kw = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {}
+            replicas, rank = kw.get("num_replicas", 1), kw.get("rank", 0)
+            sampler = ResumableBlockSampler(dataset, replicas, rank, self._resume_skip(len(sampler) // replicas))
         # own generator: creating a loader iterator must not draw from the global RNG (dropout), or a resumed
         # run's dropout masks would drift from an uninterrupted run's
         generator = torch.Generator().manual_seed(self.seed)

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
+from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
 
 CKPT_KEY = "lit_llm"  # checkpoint entry with everything needed to rebuild the model without the config files
 
@@ -53,6 +54,10 @@ class LanguageModel(L.LightningModule):
         loss_chunk_size: compute the training loss this many tokens at a time without materializing the full
             (tokens, vocab) logits (chunked cross-entropy); None computes it in one go.
         mask_prob: fraction of tokens the masked-LM objective predicts (``bert`` family only).
+        activation_checkpointing: ``none``, ``full`` (every block) or ``selective`` (every ``ac_every``-th).
+        ac_every: with selective checkpointing, checkpoint every this many blocks.
+        compile: ``torch.compile`` each block.
+        fsdp_param_dtype: FSDP2 mixed-precision compute dtype, e.g. ``bfloat16`` (under ModelParallelStrategy).
     """
 
     def __init__(
@@ -72,6 +77,10 @@ class LanguageModel(L.LightningModule):
         z_loss: float = 0.0,
         loss_chunk_size: Optional[int] = None,
         mask_prob: float = 0.15,
+        activation_checkpointing: str = "none",
+        ac_every: int = 2,
+        compile: bool = False,
+        fsdp_param_dtype: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -86,6 +95,10 @@ class LanguageModel(L.LightningModule):
                 f"Need 0 <= label_smoothing < 1, z_loss >= 0 and loss_chunk_size >= 1 or None; got {label_smoothing},"
                 f" {z_loss}, {loss_chunk_size}"
             )
+        if activation_checkpointing not in ("none", "full", "selective"):
+            raise ValueError(f"activation_checkpointing must be none, full or selective, got {activation_checkpointing!r}")
+        if fsdp_param_dtype is not None and not isinstance(getattr(torch, fsdp_param_dtype, None), torch.dtype):
+            raise ValueError(f"fsdp_param_dtype must name a torch dtype such as bfloat16, got {fsdp_param_dtype!r}")
         self.model: Optional[torch.nn.Module] = None
         self.mask_id: Optional[int] = None  # masked-LM only, from the tokenizer
         self.tokenizer_json: Optional[str] = None  # set from the data module; saved in checkpoints
@@ -94,8 +107,30 @@ class LanguageModel(L.LightningModule):
         self.eval_ppl = Perplexity(ignore_index=IGNORE_INDEX)
 
     def configure_model(self) -> None:
-        if self.model is None:
-            self.model = build_model(self.config)
+        """Build the model, then apply parallelism from outside it. Under Lightning's ModelParallelStrategy
+        ``self.device_mesh`` has "data_parallel" and "tensor_parallel" dimensions: tensor + sequence parallel
+        first, then activation checkpointing and compile per block, then FSDP2 over data parallel. The full
+        model is built (seeded) before it is sharded, so every layout starts from the same weights as one
+        process."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        model = build_model(self.config)
+        mesh = self.device_mesh
+        if mesh is not None:
+            dims = ParallelDims(world_size=mesh.size(), dp_shard=mesh["data_parallel"].size(),
+                                tp=mesh["tensor_parallel"].size())
+            dims.check_model(self.config)
+            if dims.tp > 1:
+                apply_tp(model, mesh["tensor_parallel"])
+        if hp.activation_checkpointing != "none":
+            apply_ac(model, hp.activation_checkpointing, hp.ac_every)
+        if hp.compile:
+            apply_compile(model)
+        if mesh is not None:
+            dtype = getattr(torch, hp.fsdp_param_dtype) if hp.fsdp_param_dtype else None
+            apply_fsdp(model, mesh["data_parallel"], param_dtype=dtype)
+        self.model = model
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -137,7 +172,9 @@ class LanguageModel(L.LightningModule):
         self.tokens_seen += y.numel() * self.trainer.world_size
         # one self.log per step: each call costs Lightning ~0.5 ms on a small CPU (tokens_seen and tokens/s are
         # logged by lit_llm.callbacks.TokenThroughput at the logging interval); the loss parts only when they differ
-        self.log("train_loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        # with several processes, the mean over all of them: the loss of the global batch
+        self.log("train_loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=False,
+                 sync_dist=self.trainer.world_size > 1)
         if hp.z_loss or hp.label_smoothing:
             self.log_dict({"train_ce": parts["ce"], "train_z_loss": parts["z_loss"]}, on_step=True, on_epoch=False)
         return parts["loss"]

@@ -1,0 +1,98 @@
+"""Functions that parallelize a single-device model in place (torchtitan's parallelize functions).
+
+Called from ``LanguageModel.configure_model`` with the device mesh Lightning's ``ModelParallelStrategy``
+builds: tensor + sequence parallelism first, then activation checkpointing and compilation per block,
+then FSDP2 over the data-parallel dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from lit_llm.model.transformer import GPT
+
+
+def apply_tp(model: GPT, tp_mesh) -> None:
+    """Megatron-style tensor parallelism with sequence parallelism (Korthikanti et al. 2022).
+
+    Attention heads and the MLP's hidden units are split over ``tp_mesh`` (q/k/v and w1/w3 column-wise,
+    o and w2 row-wise); between blocks the activations are split along the sequence, and the norms run on
+    their sequence shard. Every parameter becomes a DTensor, which gradient clipping needs (it fails on a
+    mix of DTensors and plain tensors).
+    """
+    if not model.config.causal:
+        raise ValueError("Tensor-parallel plans are defined for the causal families (gpt2, llama)")
+    tied = model.config.tie_embeddings
+    root_plan = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+        "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+    }
+    if model.pos_embeddings is not None:  # (T, C) table lookups: the sequence is dim 0
+        root_plan["pos_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(0))
+    parallelize_module(model, tp_mesh, root_plan)
+    if tied:  # both sides were sharded the same way (vocab rows); make them one parameter again
+        model.output.weight = model.tok_embeddings.weight
+    for block in model.layers.values():
+        plan = {
+            "attention_norm": SequenceParallel(),
+            # (x, rope): gather the sequence before the projections; rope tables stay plain tensors
+            "attention": PrepareModuleInput(input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)),
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "ffn_norm": SequenceParallel(),
+            "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+        }
+        if hasattr(block.feed_forward, "w3"):
+            plan["feed_forward.w3"] = ColwiseParallel()
+        parallelize_module(block, tp_mesh, plan)
+
+
+def apply_ac(model: nn.Module, mode: str = "full", every: int = 2) -> None:
+    """Activation checkpointing of whole blocks: ``full`` wraps every block, ``selective`` every ``every``-th.
+
+    Uses torch's ``checkpoint_wrapper`` (as torchtitan does), which keeps state-dict names unchanged.
+    """
+    if mode not in ("full", "selective"):
+        raise ValueError(f"activation_checkpointing must be none, full or selective, got {mode!r}")
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper  # torch's own
+
+    for i, name in enumerate(list(model.layers.keys())):
+        if mode == "full" or i % every == 0:
+            model.layers[name] = checkpoint_wrapper(model.layers[name], preserve_rng_state=True)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """``torch.compile`` each block in place (repeated blocks compile once and keep module names)."""
+    for block in model.layers.values():
+        block.compile()
+
+
+def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: Optional[torch.dtype] = None,
+               reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True) -> None:
+    """FSDP2 (``fully_shard``) per block, then the root (embeddings, final norm, head), over ``dp_mesh``.
+
+    ``param_dtype`` (e.g. bfloat16) is the mixed-precision compute dtype; gradients are reduced in
+    ``reduce_dtype`` and the sharded master weights stay float32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for block in model.layers.values():
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
