@@ -19,6 +19,7 @@ from lit_llm.data import PretrainDataModule
 from lit_llm.export import export, import_hf
 from lit_llm.generate import generate
 from lit_llm.modules import LanguageModel
+from lit_llm.parallel.checkpoint import consolidate
 from lit_llm.size import size
 
 DESCRIPTION = """lit_llm: train, evaluate and sample a from-scratch transformer.
@@ -30,6 +31,7 @@ Extra commands (each has --help):
   export     write a checkpoint as a Hugging Face transformers directory (--format hf)
   import-hf  turn a transformers GPT-2 / Llama / BERT directory into a lit_llm checkpoint
   size       parameters, training FLOPs per token and memory per GPU of a model preset or YAML
+  consolidate  merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file
 """
 
 
@@ -127,6 +129,7 @@ def prepare_command(config: str) -> Path:
 # commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
 EXTRA_COMMANDS: dict[str, Callable] = {
     "prepare": prepare_command, "generate": generate, "export": export, "import-hf": import_hf, "size": size,
+    "consolidate": consolidate,
 }
 
 

@@ -58,6 +58,18 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
     losses = _losses(tmp_path, corpus, family, extra, batch, layout)
     assert len(losses) == 10
     assert losses == pytest.approx(single[family], rel=1e-4)
+    if layout in ("fsdp", "tp"):  # the sharded checkpoint loads as one process's: same weights as the baseline
+        merged = tmp_path / "merged.ckpt"
+        proc = subprocess.run([sys.executable, "-m", "lit_llm", "consolidate", "--checkpoint",
+                               str(tmp_path / layout / "checkpoints" / "last.ckpt"), "--out", str(merged)],
+                              cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        from lit_llm.generate import load_checkpoint
+
+        sharded_model, _ = load_checkpoint(merged)
+        single_model, _ = load_checkpoint(baselines[0] / f"single-{family}" / "checkpoints" / "last.ckpt")
+        for (name, a), (_, b) in zip(sharded_model.state_dict().items(), single_model.state_dict().items()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_degrees_that_do_not_fit_the_job_are_refused(tmp_path, baselines):
