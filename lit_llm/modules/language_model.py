@@ -17,6 +17,7 @@ from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
 from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
+from lit_llm.parallel.pipeline import build_schedule, clip_across_stages, split_stage
 
 CKPT_KEY = "lit_llm"  # checkpoint entry with everything needed to rebuild the model without the config files
 
@@ -58,6 +59,8 @@ class LanguageModel(L.LightningModule):
         ac_every: with selective checkpointing, checkpoint every this many blocks.
         compile: ``torch.compile`` each block.
         fsdp_param_dtype: FSDP2 mixed-precision compute dtype, e.g. ``bfloat16`` (under ModelParallelStrategy).
+        pipeline_schedule: ``gpipe`` or ``1f1b`` (with ``lit_llm.parallel.ModelParallel(pipeline_parallel_size>1)``).
+        microbatches: microbatches per batch in the pipeline schedule (must divide the batch size).
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class LanguageModel(L.LightningModule):
         ac_every: int = 2,
         compile: bool = False,
         fsdp_param_dtype: Optional[str] = None,
+        pipeline_schedule: str = "1f1b",
+        microbatches: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -100,6 +105,7 @@ class LanguageModel(L.LightningModule):
         if fsdp_param_dtype is not None and not isinstance(getattr(torch, fsdp_param_dtype, None), torch.dtype):
             raise ValueError(f"fsdp_param_dtype must name a torch dtype such as bfloat16, got {fsdp_param_dtype!r}")
         self.model: Optional[torch.nn.Module] = None
+        self._pipeline = None  # (schedule, stage index, number of stages, pp process group) under pipeline parallel
         self.mask_id: Optional[int] = None  # masked-LM only, from the tokenizer
         self.tokenizer_json: Optional[str] = None  # set from the data module; saved in checkpoints
         self.tokens_seen = 0
@@ -117,10 +123,16 @@ class LanguageModel(L.LightningModule):
         hp = self.hparams
         model = build_model(self.config)
         mesh = self.device_mesh
+        names = mesh.mesh_dim_names if mesh is not None else ()
+        pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
         if mesh is not None:
             dims = ParallelDims(world_size=mesh.size(), dp_shard=mesh["data_parallel"].size(),
-                                tp=mesh["tensor_parallel"].size())
+                                tp=mesh["tensor_parallel"].size(), pp=pp)
             dims.check_model(self.config)
+            if dims.tp > 1 and pp > 1:
+                raise ValueError("Pipeline parallel does not combine with tensor parallel here yet; use pp x dp")
+            if pp > 1:
+                split_stage(model, mesh["pipeline_parallel"].get_local_rank(), pp)
             if dims.tp > 1:
                 apply_tp(model, mesh["tensor_parallel"])
         if hp.activation_checkpointing != "none":
@@ -131,6 +143,17 @@ class LanguageModel(L.LightningModule):
             dtype = getattr(torch, hp.fsdp_param_dtype) if hp.fsdp_param_dtype else None
             apply_fsdp(model, mesh["data_parallel"], param_dtype=dtype)
         self.model = model
+        if pp > 1:
+            pp_mesh = mesh["pipeline_parallel"]
+            stage = pp_mesh.get_local_rank()
+            schedule = build_schedule(model, stage, pp, self.trainer.strategy.root_device, pp_mesh.get_group(),
+                                      hp.microbatches, hp.pipeline_schedule, self._pipeline_loss)
+            self._pipeline = (schedule, stage, pp, pp_mesh.get_group())
+            self.automatic_optimization = False  # the schedule runs forward and backward itself
+
+    def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hp = self.hparams
+        return lm_loss(logits, targets, label_smoothing=hp.label_smoothing, z_loss=hp.z_loss)["loss"]
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -161,6 +184,8 @@ class LanguageModel(L.LightningModule):
         return mask_tokens(batch[:, :-1], self.mask_id, self.config.vocab_size, self.hparams.mask_prob, generator, special)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        if self._pipeline is not None:
+            return self._pipeline_training_step(batch)
         x, y = self._inputs_targets(batch)
         hp = self.hparams
         kw = dict(label_smoothing=hp.label_smoothing, z_loss=hp.z_loss)
@@ -185,11 +210,43 @@ class LanguageModel(L.LightningModule):
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._eval_step(batch, "test", batch_idx)
 
+    def _pipeline_training_step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One optimizer step through the pipeline schedule (manual optimization)."""
+        schedule, stage, n_stages, group = self._pipeline
+        x, y = self._inputs_targets(batch)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        losses: list[torch.Tensor] = []
+        if stage == 0:
+            schedule.step(x)
+        elif stage == n_stages - 1:
+            schedule.step(target=y, losses=losses)
+        else:
+            schedule.step()
+        loss = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=batch.device)
+        torch.distributed.broadcast(loss, group=group, group_src=n_stages - 1)  # every stage logs the same loss
+        if self.trainer.gradient_clip_val:  # Lightning leaves clipping to manual optimization: clip over all stages
+            clip_across_stages(self.parameters(), self.trainer.gradient_clip_val, group)
+        optimizer.step()
+        scheduler.step()
+        self.tokens_seen += y.numel() * self.trainer.world_size // n_stages
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
+        return loss
+
     def _eval_step(self, batch: torch.Tensor, prefix: str, batch_idx: int) -> None:
         # masked-LM evaluation masks the same positions every time: a generator seeded by the batch index
         generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
         x, y = self._inputs_targets(batch, generator)
-        logits = self.model(x)
+        if self._pipeline is not None:
+            schedule, stage, n_stages, _ = self._pipeline
+            # every stage takes part; the last one gets the targets (without them a stage waits forever)
+            logits = schedule.eval(x) if stage == 0 else schedule.eval(target=y, losses=[]) if stage == n_stages - 1 else schedule.eval()
+            if stage != n_stages - 1:  # metrics are summed over processes: other stages add nothing
+                self.log(f"{prefix}_loss", self.eval_loss, prog_bar=True, on_step=False, on_epoch=True)
+                self.log(f"{prefix}_ppl", self.eval_ppl, prog_bar=True, on_step=False, on_epoch=True)
+                return
+        else:
+            logits = self.model(x)
         loss = lm_loss(logits, y)["loss"]  # plain cross-entropy, whatever the training loss options
         self.eval_loss.update(loss, weight=(y != IGNORE_INDEX).sum())
         self.eval_ppl.update(logits, y)
@@ -198,6 +255,8 @@ class LanguageModel(L.LightningModule):
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean next-token (or masked-token) negative log-likelihood of each block, shape (B,)."""
+        if self._pipeline is not None:
+            raise NotImplementedError("predict under pipeline parallelism: consolidate the checkpoint and predict on one process")
         generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
         x, y = self._inputs_targets(batch, generator)
         nll = F.cross_entropy(self.model(x).transpose(1, 2), y, reduction="none", ignore_index=IGNORE_INDEX)  # (B, T)

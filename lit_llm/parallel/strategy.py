@@ -1,34 +1,74 @@
-"""Lightning's ModelParallelStrategy with degrees that resolve against each other and are validated."""
+"""Lightning's ModelParallelStrategy with a pipeline degree, and degrees that resolve against each other."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Literal, Optional, Union
+
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.constants import default_pg_timeout
 
 from lit_llm.parallel.dims import ParallelDims
 
 
 class ModelParallel(ModelParallelStrategy):
-    """``ModelParallelStrategy`` (FSDP2 x tensor parallel on a 2D device mesh) where ``"auto"`` for one degree
-    means "what the other leaves": ``data_parallel_size = world_size / tensor_parallel_size`` and vice versa.
-    (Lightning's own ``"auto"`` means one data-parallel group per node.) Degrees that do not multiply to the
-    number of processes are refused with an error that says how to fix them, before any process group work.
+    """``ModelParallelStrategy`` (FSDP2 x tensor parallel) plus pipeline parallelism, on one device mesh.
+
+    ``"auto"`` for the data- or tensor-parallel degree means "what the other degrees leave":
+    ``data_parallel_size = world_size / (tensor_parallel_size * pipeline_parallel_size)``. (Lightning's own
+    ``"auto"`` means one data-parallel group per node.) Degrees that do not multiply to the number of
+    processes are refused with an error that says how to fix them. With ``pipeline_parallel_size > 1`` the
+    mesh has dimensions ("pipeline_parallel", "data_parallel", "tensor_parallel") and the LightningModule
+    runs the pipeline schedule (see ``lit_llm.parallel.pipeline``).
+
+    Args:
+        data_parallel_size: FSDP2 degree, or ``auto``.
+        tensor_parallel_size: tensor(+sequence)-parallel degree, or ``auto`` (all processes of a node when
+            both are ``auto``).
+        pipeline_parallel_size: number of pipeline stages.
+        save_distributed_checkpoint: save sharded checkpoint folders (``consolidate`` merges them).
+        process_group_backend: ``nccl``, ``gloo``... (default: chosen by device).
+        timeout: collective timeout.
     """
+
+    def __init__(
+        self,
+        data_parallel_size: Union[Literal["auto"], int] = "auto",
+        tensor_parallel_size: Union[Literal["auto"], int] = "auto",
+        pipeline_parallel_size: int = 1,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: Optional[str] = None,
+        timeout: Optional[timedelta] = default_pg_timeout,
+    ) -> None:
+        super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint,
+                         process_group_backend, timeout)
+        self._pipeline_parallel_size = pipeline_parallel_size
 
     def setup_environment(self) -> None:
         world = self.num_nodes * self.num_processes
-        dp, tp = self._data_parallel_size, self._tensor_parallel_size
+        dp, tp, pp = self._data_parallel_size, self._tensor_parallel_size, self._pipeline_parallel_size
         if dp == "auto" and tp == "auto":
-            tp = self.num_processes  # tensor parallel within a node, data parallel across nodes
+            tp = self.num_processes if pp == 1 else 1  # TP within a node, DP across nodes
         if dp == "auto":
-            dp = world // tp if world % tp == 0 else world / tp
+            dp = world / (tp * pp)
         if tp == "auto":
-            tp = world // dp if world % dp == 0 else world / dp
+            tp = world / (dp * pp)
         if not float(dp).is_integer() or not float(tp).is_integer():
             raise ValueError(
-                f"tensor_parallel_size={self._tensor_parallel_size} and data_parallel_size={self._data_parallel_size}"
-                f" do not divide the {world} processes; pick degrees whose product is"
-                " --trainer.devices x --trainer.num_nodes"
+                f"data_parallel_size={self._data_parallel_size}, tensor_parallel_size={self._tensor_parallel_size}"
+                f" and pipeline_parallel_size={pp} do not divide the {world} processes; pick degrees whose product"
+                " is --trainer.devices x --trainer.num_nodes"
             )
-        ParallelDims(world_size=world, dp_shard=int(dp), tp=int(tp))  # raises with the fix when the product is off
-        self._data_parallel_size, self._tensor_parallel_size = int(dp), int(tp)
+        dims = ParallelDims(world_size=world, dp_shard=int(dp), tp=int(tp), pp=pp)  # raises with the fix
+        # Lightning builds a (data, tensor) mesh; pipeline stages ride along the data dimension until the 3D
+        # mesh below replaces it
+        self._data_parallel_size, self._tensor_parallel_size = dims.dp * dims.pp, dims.tp
         super().setup_environment()
+        self._data_parallel_size = dims.dp
+        if dims.pp > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(self.root_device.type, (dims.pp, dims.dp, dims.tp),
+                                    mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+            self._device_mesh = mesh
+            self.lightning_module._device_mesh = mesh

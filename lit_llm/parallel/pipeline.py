@@ -1,0 +1,65 @@
+"""Pipeline parallelism with ``torch.distributed.pipelining`` (Lightning has no pipeline strategy: its
+issue 17180). The model is cut into consecutive stages, one per pipeline rank, and a schedule (GPipe or
+1F1B, Narayanan et al. 2021) runs microbatches through them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lit_llm.model.transformer import GPT
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def split_stage(model: GPT, stage: int, num_stages: int) -> GPT:
+    """Keep this stage's part of ``model`` in place: an even run of consecutive blocks, the embeddings on the
+    first stage, the final norm and the head on the last. ``GPT.forward`` runs on any such part."""
+    if not model.config.causal:
+        raise ValueError("Pipeline parallelism is defined for the causal families (gpt2, llama)")
+    if model.config.tie_embeddings and num_stages > 1:
+        raise ValueError(
+            "Tied embeddings cannot be split across pipeline stages (the embedding is on the first stage, the"
+            " head on the last); train with --model.model_args '{tie_embeddings: false}'"
+        )
+    names = list(model.layers.keys())
+    keep = {names[i] for i in np.array_split(np.arange(len(names)), num_stages)[stage]}
+    for name in names:
+        if name not in keep:
+            del model.layers[name]
+    if stage > 0:
+        model.tok_embeddings, model.pos_embeddings = None, None
+    if stage < num_stages - 1:
+        model.norm, model.output = None, None
+    return model
+
+
+def build_schedule(stage_module: nn.Module, stage: int, num_stages: int, device: torch.device, group,
+                   microbatches: int, schedule: str, loss_fn: Callable):
+    """A ``PipelineStage`` for this rank and the schedule that drives it."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"pipeline_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    pipe_stage = PipelineStage(stage_module, stage, num_stages, device, group=group)
+    cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+    return cls(pipe_stage, n_microbatches=microbatches, loss_fn=loss_fn)
+
+
+@torch.no_grad()
+def clip_across_stages(parameters, max_norm: float, group) -> torch.Tensor:
+    """Clip gradients by the global norm over every stage's parameters (each process sees only its stage),
+    as ``clip_grad_norm_`` does on one process. Returns the total norm."""
+    params = [p for p in parameters if p.grad is not None]
+    local = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+    if hasattr(local, "full_tensor"):  # FSDP's DTensor gradients
+        local = local.full_tensor()
+    squared = local.pow(2)
+    torch.distributed.all_reduce(squared, group=group)
+    total = squared.sqrt()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
