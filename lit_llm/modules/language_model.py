@@ -17,7 +17,7 @@ from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
 from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
-from lit_llm.parallel.pipeline import build_schedule, clip_across_stages, split_stage
+from lit_llm.parallel.pipeline import SCHEDULES, build_schedule, clip_across_stages, split_stage
 
 CKPT_KEY = "lit_llm"  # checkpoint entry with everything needed to rebuild the model without the config files
 
@@ -104,6 +104,9 @@ class LanguageModel(L.LightningModule):
             raise ValueError(f"activation_checkpointing must be none, full or selective, got {activation_checkpointing!r}")
         if fsdp_param_dtype is not None and not isinstance(getattr(torch, fsdp_param_dtype, None), torch.dtype):
             raise ValueError(f"fsdp_param_dtype must name a torch dtype such as bfloat16, got {fsdp_param_dtype!r}")
+        if pipeline_schedule not in SCHEDULES or microbatches < 1:
+            raise ValueError(f"pipeline_schedule must be one of {SCHEDULES} and microbatches >= 1; got"
+                             f" {pipeline_schedule!r}, {microbatches}")
         self.model: Optional[torch.nn.Module] = None
         self._pipeline = None  # (schedule, stage index, number of stages, pp process group) under pipeline parallel
         self.mask_id: Optional[int] = None  # masked-LM only, from the tokenizer
@@ -114,8 +117,9 @@ class LanguageModel(L.LightningModule):
 
     def configure_model(self) -> None:
         """Build the model, then apply parallelism from outside it. Under Lightning's ModelParallelStrategy
-        ``self.device_mesh`` has "data_parallel" and "tensor_parallel" dimensions: tensor + sequence parallel
-        first, then activation checkpointing and compile per block, then FSDP2 over data parallel. The full
+        ``self.device_mesh`` has "data_parallel" and "tensor_parallel" dimensions (and "pipeline_parallel" under
+        lit_llm's ModelParallel): the pipeline stage is cut first, then tensor + sequence parallel, activation
+        checkpointing and compile per block, then FSDP2 over data parallel. The full
         model is built (seeded) before it is sharded, so every layout starts from the same weights as one
         process."""
         if self.model is not None:
@@ -132,6 +136,9 @@ class LanguageModel(L.LightningModule):
             if dims.tp > 1 and pp > 1:
                 raise ValueError("Pipeline parallel does not combine with tensor parallel here yet; use pp x dp")
             if pp > 1:
+                batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+                if batch is not None and batch % hp.microbatches:
+                    raise ValueError(f"--data.batch_size {batch} is not divisible by --model.microbatches {hp.microbatches}")
                 split_stage(model, mesh["pipeline_parallel"].get_local_rank(), pp)
             if dims.tp > 1:
                 apply_tp(model, mesh["tensor_parallel"])
