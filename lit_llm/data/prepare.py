@@ -57,19 +57,6 @@ def check_utf8(path: Path) -> None:
         decoder.decode(b"", final=True)
 
 
-def cache_key(sources: list[Source], cleaning: list[Any], tokenizer: TokenizerSpec, val_fraction: float,
-              test_fraction: float, seed: int, encoding_errors: str, data_dir: Optional[str],
-              mixing: str) -> dict[str, Any]:
-    tok = asdict(tokenizer)
-    if tokenizer.path:
-        tok["file_sha"] = fingerprint_hash(Path(tokenizer.path).read_text())
-    return {
-        "version": FORMAT_VERSION, "sources": [fingerprint(s, data_dir) for s in sources], "cleaning": cleaning,
-        "tokenizer": tok, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-        "encoding_errors": encoding_errors, "mixing": mixing if len(sources) > 1 else None,
-    }
-
-
 def token_folder(
     sources: list[Source],
     out_root: Path,
@@ -88,8 +75,16 @@ def token_folder(
         raise ValueError(f"encoding_errors must be strict or replace, got {encoding_errors!r}")
     if mixing not in MIXING:
         raise ValueError(f"mixing must be one of {MIXING}, got {mixing!r}")
-    key = cache_key(sources, list(cleaning or []), tokenizer or TokenizerSpec(), val_fraction, test_fraction, seed,
-                    encoding_errors, data_dir, mixing)
+    tokenizer = tokenizer or TokenizerSpec()
+    tok = asdict(tokenizer)
+    if tokenizer.path:
+        tok["file_sha"] = fingerprint_hash(Path(tokenizer.path).read_text())
+    key = {  # everything that decides the folder's content
+        "version": FORMAT_VERSION, "sources": [fingerprint(s, data_dir) for s in sources],
+        "cleaning": list(cleaning or []), "tokenizer": tok, "val_fraction": val_fraction,
+        "test_fraction": test_fraction, "seed": seed, "encoding_errors": encoding_errors,
+        "mixing": mixing if len(sources) > 1 else None,
+    }
     stem = name or Path(sources[0].path or sources[0].hf_name).stem.replace("*", "")
     return Path(out_root) / f"{stem or 'corpus'}-{fingerprint_hash(key)}", key
 
