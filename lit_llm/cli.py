@@ -1,11 +1,11 @@
-"""``python -m lit_llm``: LightningCLI for fit/validate/test/predict, plus extra commands (generate)."""
+"""``python -m lit_llm``: LightningCLI for fit/validate/test/predict, plus the commands in ``EXTRA_COMMANDS``."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from argparse import RawDescriptionHelpFormatter
+from pathlib import Path
 from typing import Callable, Optional
 
 import yaml
