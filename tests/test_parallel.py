@@ -90,22 +90,24 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_degrees_that_do_not_fit_the_job_are_refused(tmp_path, baselines):
-    _, corpus, _ = baselines
+def _failed_fit(tmp_path, corpus, *extra) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/debug.yaml", "--data.corpus", str(corpus),
-           "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), "--config",
-           "configs/strategy/fsdp_tp.yaml", "--trainer.devices", "2", "--trainer.strategy.init_args.data_parallel_size", "2"]
-    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "but the job has 2 processes" in proc.stderr
+           "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    return proc
+
+
+def test_degrees_that_do_not_fit_the_job_are_refused(tmp_path, baselines):
+    proc = _failed_fit(tmp_path, baselines[1], "--config", "configs/strategy/fsdp_tp.yaml", "--trainer.devices", "2",
+                       "--trainer.strategy.init_args.data_parallel_size", "2")
+    assert "but the job has 2 processes" in proc.stderr
 
 
 def test_pipeline_refuses_tied_embeddings_with_the_fix(tmp_path, baselines):
-    _, corpus, _ = baselines
-    cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/debug.yaml", "--data.corpus", str(corpus),
-           "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), "--config",
-           "configs/strategy/pp.yaml", "--trainer.devices", "2", "--data.batch_size", "8"]
-    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=180)
-    assert proc.returncode != 0 and "tie_embeddings: false" in proc.stderr
+    proc = _failed_fit(tmp_path, baselines[1], "--config", "configs/strategy/pp.yaml", "--trainer.devices", "2",
+                       "--data.batch_size", "8")
+    assert "tie_embeddings: false" in proc.stderr
 
 
 def test_parallel_dims_validation():
