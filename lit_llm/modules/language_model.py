@@ -190,6 +190,12 @@ class LanguageModel(L.LightningModule):
         special = () if self.mask_id is None else (self.mask_id,)
         return mask_tokens(batch[:, :-1], self.mask_id, self.config.vocab_size, self.hparams.mask_prob, generator, special)
 
+    def _eval_inputs_targets(self, batch: torch.Tensor, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``_inputs_targets``, but masked-LM evaluation masks the same positions every time (a generator
+        seeded by the batch index), so evaluations compare."""
+        generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
+        return self._inputs_targets(batch, generator)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         if self._pipeline is not None:
             return self._pipeline_training_step(batch)
@@ -241,9 +247,7 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: torch.Tensor, prefix: str, batch_idx: int) -> None:
-        # masked-LM evaluation masks the same positions every time: a generator seeded by the batch index
-        generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
-        x, y = self._inputs_targets(batch, generator)
+        x, y = self._eval_inputs_targets(batch, batch_idx)
         if self._pipeline is not None:
             schedule, stage, n_stages, _ = self._pipeline
             # every stage takes part; the last one gets the targets (without them a stage waits forever)
@@ -264,8 +268,7 @@ class LanguageModel(L.LightningModule):
         """Mean next-token (or masked-token) negative log-likelihood of each block, shape (B,)."""
         if self._pipeline is not None:
             raise NotImplementedError("predict under pipeline parallelism: consolidate the checkpoint and predict on one process")
-        generator = None if self.config.causal else torch.Generator(batch.device).manual_seed(batch_idx)
-        x, y = self._inputs_targets(batch, generator)
+        x, y = self._eval_inputs_targets(batch, batch_idx)
         nll = F.cross_entropy(self.model(x).transpose(1, 2), y, reduction="none", ignore_index=IGNORE_INDEX)  # (B, T)
         return nll.sum(dim=1) / (y != IGNORE_INDEX).sum(dim=1).clamp(min=1)
 
