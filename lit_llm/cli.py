@@ -10,11 +10,12 @@ from typing import Callable, Optional
 
 import yaml
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
-from lit_llm.callbacks import LRMonitor, TokenThroughput
+from lit_llm.callbacks import EvaluationReport, LRMonitor, TokenThroughput
 from lit_llm.data import PretrainDataModule
 from lit_llm.export import export, import_hf
 from lit_llm.generate import generate
@@ -68,9 +69,16 @@ class LitLLMCLI(LightningCLI):
                 }
             },
         )
-        super().__init__(LanguageModel, PretrainDataModule, *args, **kwargs)
+        # any LightningModule / DataModule by class_path (SequenceClassifier + ClassificationDataModule for
+        # fine-tuning); a config without class_path means LanguageModel + PretrainDataModule
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
+                         subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({
+            "model": {"class_path": f"{LanguageModel.__module__}.{LanguageModel.__name__}"},
+            "data": {"class_path": f"{PretrainDataModule.__module__}.{PretrainDataModule.__name__}"},
+        })
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -84,8 +92,14 @@ class LitLLMCLI(LightningCLI):
         parser.add_lightning_class_args(LRMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
-        parser.link_arguments("data.block_size", "model.block_size")
-        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.add_lightning_class_args(EvaluationReport, "evaluation")
+        # language modelling: the data decides the context and the vocabulary (links that do not apply to the
+        # chosen classes, e.g. a classifier's, are skipped)
+        parser.link_arguments("data.init_args.block_size", "model.init_args.block_size")
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        # classification: the model decides the classes
+        parser.link_arguments("model.init_args.num_classes", "data.init_args.num_classes")
+        parser.link_arguments("model.init_args.label_names", "data.init_args.label_names")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -113,6 +127,10 @@ def prepare_command(config: str) -> Path:
     data = (yaml.safe_load(path.read_text()) or {}).get("data")
     if not isinstance(data, dict):
         raise ValueError(f"{path} has no data: section to prepare")
+    if "class_path" in data:
+        if not data["class_path"].endswith("PretrainDataModule"):
+            raise ValueError(f"prepare runs the language-model data stage; {path}'s data is {data['class_path']}")
+        data = data.get("init_args") or {}
     parser = ArgumentParser()
     parser.add_class_arguments(PretrainDataModule, "data")
     dm = parser.instantiate_classes(parser.parse_object({"data": data})).data

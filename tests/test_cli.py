@@ -37,7 +37,7 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "checkpoints" / "step20.ckpt").is_file()
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model"]["model"] == "debug" and saved["trainer"]["max_steps"] == 20
+    assert saved["model"]["init_args"]["model"] == "debug" and saved["trainer"]["max_steps"] == 20
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, "the W&B run directory sits inside the output directory"
     rows = wandb_history(runs[0])
@@ -97,11 +97,15 @@ def test_help_and_print_config(tmp_path):
     top = run(["--help"], tmp_path).stdout
     assert "fit" in top and "generate" in top
     fit_help = run(["fit", "--help"], tmp_path).stdout
-    assert "--model.learning_rate" in fit_help and "--data.corpus" in fit_help and "peak learning rate" in fit_help
+    assert "--model CONFIG | CLASS_PATH_OR_NAME" in fit_help and "--evaluation.dirpath" in fit_help
+    model_help = run(["fit", "--model.help", "LanguageModel"], tmp_path).stdout
+    assert "--model.learning_rate" in model_help and "peak learning rate" in model_help
+    assert "--data.corpus" in run(["fit", "--data.help", "PretrainDataModule"], tmp_path).stdout
+    assert "--model.layer_decay" in run(["fit", "--model.help", "SequenceClassifier"], tmp_path).stdout
     gen_help = run(["generate", "--help"], tmp_path).stdout
     assert "--top_p" in gen_help and "greedy" in gen_help
     printed = yaml.safe_load(run(["fit", "--config", "configs/quickstart.yaml", "--print_config"], tmp_path).stdout)
-    assert printed["trainer"]["max_steps"] == 2000 and printed["data"]["block_size"] == 64
+    assert printed["trainer"]["max_steps"] == 2000 and printed["data"]["init_args"]["block_size"] == 64
 
 
 @pytest.mark.parametrize(

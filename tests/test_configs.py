@@ -34,7 +34,7 @@ def test_hub_config_parses(path: Path, tmp_path, monkeypatch, capsys):
         LitLLMCLI(args=["fit", *_args(path, tmp_path), "--print_config"], run=True)
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["sources"][0]["hf_name"] == "wikimedia/wikipedia"
+    assert printed["data"]["init_args"]["sources"][0]["hf_name"] == "wikimedia/wikipedia"
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK], ids=lambda p: str(p.relative_to(REPO)))

@@ -1,4 +1,6 @@
+from lit_llm.callbacks.evaluation import EvaluationReport
+from lit_llm.callbacks.finetuning import StagedFinetuning
 from lit_llm.callbacks.lr_monitor import LRMonitor
 from lit_llm.callbacks.throughput import TokenThroughput
 
-__all__ = ["LRMonitor", "TokenThroughput"]
+__all__ = ["EvaluationReport", "LRMonitor", "StagedFinetuning", "TokenThroughput"]

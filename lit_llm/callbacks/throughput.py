@@ -33,7 +33,8 @@ class TokenThroughput(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._batches += 1
-        self._tokens += batch[:, 1:].numel()  # predicted tokens in this process's batch
+        # predicted tokens of a language-model block; padded ids of a classification batch
+        self._tokens += batch["input_ids"].numel() if isinstance(batch, dict) else batch[:, 1:].numel()
         self._meter.update(
             time=time.perf_counter() - self._t0, batches=self._batches, samples=self._batches, lengths=self._tokens
         )

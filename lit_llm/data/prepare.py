@@ -33,7 +33,7 @@ from lit_llm.data.cleaning import Cleaner
 from lit_llm.data.sources import (
     MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format,
 )
-from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
+from lit_llm.data.tokenizer import TokenizerSpec, load_tokenizer, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import MANIFEST, read_manifest, token_dtype
 
 FORMAT_VERSION = 1
@@ -78,7 +78,7 @@ def token_folder(
     tokenizer = tokenizer or TokenizerSpec()
     tok = asdict(tokenizer)
     if tokenizer.path:
-        tok["file_sha"] = fingerprint_hash(Path(tokenizer.path).read_text())
+        tok["file_sha"] = fingerprint_hash(load_tokenizer(tokenizer.path).to_str())  # a .json or a .ckpt
     key = {  # everything that decides the folder's content
         "version": FORMAT_VERSION, "sources": [fingerprint(s, data_dir) for s in sources],
         "cleaning": list(cleaning or []), "tokenizer": tok, "val_fraction": val_fraction,

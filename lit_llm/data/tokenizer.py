@@ -29,7 +29,8 @@ class TokenizerSpec:
             (``[BOS]`` ...) for the trained kinds.
         eos_token: the token written after every document, if the vocabulary has it.
         min_frequency: pairs/pieces seen fewer times are not merged (bpe, wordpiece).
-        path: load this tokenizer.json instead of training one.
+        path: load this tokenizer instead of training one: a tokenizer.json, or a lit_llm checkpoint (.ckpt),
+            whose stored tokenizer is used (continued pretraining of that checkpoint needs its vocabulary).
     """
 
     kind: str = "char"
@@ -69,7 +70,7 @@ def train_char_tokenizer(text: str | Iterable[str], special_tokens: Sequence[str
 def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str], length: Optional[int] = None) -> Tokenizer:
     """Train (or load, with ``spec.path``) the tokenizer ``spec`` describes on an iterator of documents."""
     if spec.path is not None:
-        return Tokenizer.from_file(spec.path)
+        return load_tokenizer(spec.path)
     specials = list(spec.special_tokens or [])
     if spec.kind == "char":
         return train_char_tokenizer(texts, specials)
@@ -93,6 +94,21 @@ def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str], length: Optional[
                                           unk_token="[UNK]" if "[UNK]" in specials else None)
     tok.train_from_iterator(texts, trainer=trainer, length=length)
     return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer from a tokenizer.json, or the one stored in a lit_llm checkpoint (``.ckpt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Tokenizer file {path} does not exist; give a tokenizer.json or a lit_llm .ckpt")
+    if path.suffix != ".ckpt":
+        return Tokenizer.from_file(str(path))
+    import torch
+
+    extra = torch.load(path, map_location="cpu", weights_only=True).get("lit_llm") or {}
+    if not extra.get("tokenizer"):
+        raise ValueError(f"{path} stores no tokenizer; it was not written by lit_llm fit")
+    return Tokenizer.from_str(extra["tokenizer"])
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

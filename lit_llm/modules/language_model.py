@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -61,6 +62,10 @@ class LanguageModel(L.LightningModule):
         fsdp_param_dtype: FSDP2 mixed-precision compute dtype, e.g. ``bfloat16`` (under ModelParallelStrategy).
         pipeline_schedule: ``gpipe`` or ``1f1b`` (with ``lit_llm.parallel.ModelParallel(pipeline_parallel_size>1)``).
         microbatches: microbatches per batch in the pipeline schedule (must divide the batch size).
+        init_from: start from the weights of this lit_llm checkpoint (continued or domain-adaptive pretraining)
+            with a fresh optimizer and schedule; unlike ``--ckpt_path``, nothing else is resumed. Its model
+            config is used (``model_args`` may change dropout only), and the data must use its tokenizer
+            (``data.tokenizer.path`` set to the same checkpoint).
     """
 
     def __init__(
@@ -86,15 +91,20 @@ class LanguageModel(L.LightningModule):
         fsdp_param_dtype: Optional[str] = None,
         pipeline_schedule: str = "1f1b",
         microbatches: int = 2,
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        overrides = dict(model_args or {})
-        if vocab_size is not None:
-            overrides["vocab_size"] = vocab_size
-        if block_size is not None:
-            overrides["block_size"] = block_size
-        self.config = ModelConfig.from_name(model, **overrides)  # validates names before any work
+        self.init_tokenizer: Optional[str] = None  # the tokenizer of init_from, which the data must match
+        if init_from is not None:
+            self.config, self.init_tokenizer = self._init_config(init_from, model_args, vocab_size, block_size)
+        else:
+            overrides = dict(model_args or {})
+            if vocab_size is not None:
+                overrides["vocab_size"] = vocab_size
+            if block_size is not None:
+                overrides["block_size"] = block_size
+            self.config = ModelConfig.from_name(model, **overrides)  # validates names before any work
         if not 0 <= label_smoothing < 1 or z_loss < 0 or (loss_chunk_size is not None and loss_chunk_size < 1):
             raise ValueError(
                 f"Need 0 <= label_smoothing < 1, z_loss >= 0 and loss_chunk_size >= 1 or None; got {label_smoothing},"
@@ -112,8 +122,28 @@ class LanguageModel(L.LightningModule):
         self.mask_id: Optional[int] = None  # masked-LM only, from the tokenizer
         self.tokenizer_json: Optional[str] = None  # set from the data module; saved in checkpoints
         self.tokens_seen = 0
+        self.bytes_per_token: Optional[float] = None  # of the prepared corpus, for bits per byte
+        self.last_report: dict[str, Any] = {}
         self.eval_loss = MeanMetric()
         self.eval_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+
+    @staticmethod
+    def _init_config(path: str, model_args, vocab_size, block_size) -> tuple[ModelConfig, str]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_from checkpoint {path} does not exist; pass the .ckpt that `lit_llm fit` wrote")
+        extra = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(CKPT_KEY) or {}
+        if extra.get("task", "lm") != "lm" or "model_config" not in extra or not extra.get("tokenizer"):
+            raise ValueError(f"{path} is not a lit_llm language-model checkpoint (no model config and tokenizer)")
+        cfg = extra["model_config"]
+        changed = sorted(set(model_args or {}) - {"dropout"})
+        if changed:
+            raise ValueError(f"model_args {changed} would change the architecture of init_from; only dropout may be set")
+        if vocab_size is not None and vocab_size > cfg["vocab_size"]:
+            raise ValueError(f"The data's tokenizer has {vocab_size:,} tokens, more than the {cfg['vocab_size']:,} of"
+                             f" init_from; set data.tokenizer.path to {path} to use its tokenizer")
+        if block_size is not None and block_size > cfg["block_size"]:
+            raise ValueError(f"data.block_size {block_size} exceeds the block_size {cfg['block_size']} of init_from")
+        return ModelConfig.from_dict({**cfg, **(model_args or {})}), extra["tokenizer"]
 
     def configure_model(self) -> None:
         """Build the model, then apply parallelism from outside it. Under Lightning's ModelParallelStrategy
@@ -126,6 +156,9 @@ class LanguageModel(L.LightningModule):
             return
         hp = self.hparams
         model = build_model(self.config)
+        if hp.init_from is not None:
+            ckpt = torch.load(hp.init_from, map_location="cpu", weights_only=True, mmap=True)
+            model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
         mesh = self.device_mesh
         names = mesh.mesh_dim_names if mesh is not None else ()
         pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
@@ -166,6 +199,13 @@ class LanguageModel(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "tokenizer"):
             self.tokenizer_json = dm.tokenizer.to_str()
+            if self.init_tokenizer is not None and self.init_tokenizer != self.tokenizer_json:
+                raise ValueError(
+                    "The data's tokenizer differs from the one of model.init_from. Continued pretraining must keep the"
+                    f" vocabulary: set data.tokenizer.path to {self.hparams.init_from}"
+                )
+            report = getattr(dm, "report", None) or {}
+            self.bytes_per_token = report.get("bytes_per_token")
             if dm.tokenizer.get_vocab_size() > self.config.vocab_size:
                 raise ValueError(
                     f"The tokenizer has {dm.tokenizer.get_vocab_size():,} tokens but the model's embedding holds"
@@ -263,6 +303,23 @@ class LanguageModel(L.LightningModule):
         self.eval_ppl.update(logits, y)
         self.log(f"{prefix}_loss", self.eval_loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log(f"{prefix}_ppl", self.eval_ppl, prog_bar=True, on_step=False, on_epoch=True)
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        """Bits per byte (causal models): the loss in bits over the bytes of text per token, so models with
+        different tokenizers compare (the corpus's bytes/token from the prepare report; validation blocks are
+        a random sample of the same text). Also keeps the figures for the JSON report."""
+        loss = self.eval_loss.compute().item()
+        metrics = {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, 80.0))}
+        if self.config.causal and self.bytes_per_token:
+            metrics[f"{prefix}_bpb"] = loss / math.log(2) / self.bytes_per_token
+            self.log(f"{prefix}_bpb", metrics[f"{prefix}_bpb"], on_step=False, on_epoch=True)
+        self.last_report = {"stage": prefix, "step": self.global_step, "tokens_seen": self.tokens_seen, "metrics": metrics}
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean next-token (or masked-token) negative log-likelihood of each block, shape (B,)."""

@@ -1,0 +1,310 @@
+"""Labelled text for sequence classification: reading, seeded splits (files, random or k-fold), batching.
+
+Formats:
+- ``label_text``: one example per line, ``LABEL TEXT`` (the SST-2 and CR files in ``../shared/data/sentiment``);
+- ``csv`` and ``json`` (JSON lines) with configurable text and label fields, read through ``datasets``.
+
+Labels are integers ``0 .. num_classes - 1``, or strings mapped through ``label_names``.
+
+The tokenizer is the one of the model being fine-tuned: ``ClassificationDataModule`` takes it from the
+LightningModule in ``setup`` (a ``SequenceClassifier`` carries the tokenizer of its pretrained checkpoint),
+so a fine-tune cannot silently use another vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from lit_llm.data.prepare import check_utf8
+from lit_llm.data.sources import FORMATS, Source, resolve_files
+from lit_llm.data.tokenizer import load_tokenizer
+
+SPLIT_MODES = ("files", "random", "kfold")
+
+
+def read_labelled(path: str, format: Optional[str] = None, text_field: str = "text", label_field: str = "label",
+                  label_names: Optional[list[str]] = None, num_classes: int = 2, data_dir: Optional[str] = None,
+                  encoding_errors: str = "strict") -> tuple[list[str], list[int]]:
+    """(texts, labels) of one labelled file. A relative path is looked up in the data dirs, like corpora."""
+    files = resolve_files(Source(path=path), data_dir)
+    fmt = format or FORMATS.get(files[0].suffix.lower(), "label_text")
+    if fmt == "text":  # .txt holding LABEL TEXT lines
+        fmt = "label_text"
+    texts: list[str] = []
+    raw: list[Any] = []
+    if fmt == "label_text":
+        for f in files:
+            if encoding_errors == "strict":
+                check_utf8(f)
+            for n, line in enumerate(f.read_text(encoding="utf-8", errors=encoding_errors).splitlines(), 1):
+                if not line.strip():
+                    continue
+                label, _, text = line.strip().partition(" ")
+                if not text:
+                    raise ValueError(f"{f}:{n}: expected 'LABEL TEXT', got {line[:80]!r}")
+                raw.append(label)
+                texts.append(text)
+    elif fmt in ("csv", "json"):
+        from datasets import load_dataset
+
+        ds = load_dataset(fmt, data_files=[str(f) for f in files], split="train", streaming=True)
+        for n, row in enumerate(ds):
+            if text_field not in row or label_field not in row:
+                raise ValueError(
+                    f"{path}: row {n} has fields {sorted(row)}; set text_field / label_field (now {text_field!r} /"
+                    f" {label_field!r})"
+                )
+            texts.append(str(row[text_field]))
+            raw.append(row[label_field])
+    else:
+        raise ValueError(f"Unknown labelled format {fmt!r} for {path}; use label_text, csv or json")
+    if not texts:
+        raise ValueError(f"{path} holds no labelled examples")
+    return texts, [_label_id(v, label_names, num_classes, path) for v in raw]
+
+
+def _label_id(value: Any, names: Optional[list[str]], num_classes: int, path: str) -> int:
+    if names is not None and str(value) in names:
+        return names.index(str(value))
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{path}: label {value!r} is neither an integer nor one of label_names {names}; set label_names"
+        ) from None
+    if not 0 <= label < num_classes:
+        raise ValueError(f"{path}: label {label} is outside 0..{num_classes - 1}; set num_classes")
+    return label
+
+
+def kfold_indices(n: int, num_folds: int, seed: int) -> list[np.ndarray]:
+    """``num_folds`` disjoint index sets that together cover ``range(n)``, from a seeded permutation."""
+    if not 2 <= num_folds <= n:
+        raise ValueError(f"num_folds must be between 2 and the number of examples ({n}), got {num_folds}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(f) for f in np.array_split(perm, num_folds)]
+
+
+def _carve(idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, held) with ``round(fraction * len)`` held out, seeded."""
+    perm = np.random.default_rng(seed).permutation(idx)
+    k = int(round(fraction * len(idx)))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def split_indices(n: int, mode: str, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                  num_folds: int = 10, fold: int = 0) -> dict[str, np.ndarray]:
+    """Indices of train/val/test in one labelled set of ``n`` examples.
+
+    - ``random``: a seeded split with the given val and test fractions;
+    - ``kfold``: fold ``fold`` of ``num_folds`` is the test set, and ``val_fraction`` of the other folds is
+      held out for validation (model selection never sees the test fold).
+    """
+    if mode == "random":
+        rest, test = _carve(np.arange(n), test_fraction, seed)
+    elif mode == "kfold":
+        if not 0 <= fold < num_folds:
+            raise ValueError(f"fold must be in 0..{num_folds - 1}, got {fold}")
+        folds = kfold_indices(n, num_folds, seed)
+        test = folds[fold]
+        rest = np.sort(np.concatenate([f for i, f in enumerate(folds) if i != fold]))
+    else:
+        raise ValueError(f"split must be one of {SPLIT_MODES}, got {mode!r}")
+    train, val = _carve(rest, val_fraction, seed + 1)
+    return {"train": train, "val": val, "test": test}
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Labelled text -> token ids -> padded batches ``{input_ids, attention_mask, labels}``.
+
+    Args:
+        train: file (or glob) of training examples; with ``split: random`` or ``kfold``, the whole labelled set.
+        val: validation file (``split: files``). Without it, ``val_fraction`` of ``train`` is held out, seeded.
+        test: test file (``split: files``).
+        format: ``label_text``, ``csv`` or ``json``; by default from the extension (``label_text`` otherwise).
+        text_field: csv/json field holding the text.
+        label_field: csv/json field holding the label.
+        label_names: names of the classes, in id order; string labels are mapped through it. The CLI links
+            it from the model's.
+        num_classes: number of classes (the CLI links it from the model's).
+        split: ``files`` (given files), ``random`` (seeded val/test fractions of ``train``) or ``kfold``.
+        num_folds: folds for ``kfold``.
+        fold: which fold is the test set for ``kfold``.
+        val_fraction: share of the training examples held out for validation when no val file is given.
+        test_fraction: share held out for testing with ``split: random``.
+        seed: seed of the splits and of the shuffling.
+        max_length: tokens per example, special tokens included; longer texts are cut at the end.
+        batch_size: examples per batch on each process.
+        num_workers: DataLoader worker processes.
+        data_dir: folder searched for relative paths (also ``$LIT_LLM_DATA_DIR`` and ``../shared/data``).
+        tokenizer_path: a tokenizer.json (or a lit_llm checkpoint) to use instead of the model's. Normally
+            left empty; given while the model has its own, the two must be identical.
+        causal: how examples are framed: causal models get ``[EOS]`` appended (pooled as the last token),
+            encoders ``[CLS] ... [SEP]``, where the tokenizer has those tokens. None: from the model.
+        encoding_errors: invalid UTF-8 in label_text files: ``strict`` (error naming the byte) or ``replace``.
+    """
+
+    def __init__(
+        self,
+        train: str,
+        val: Optional[str] = None,
+        test: Optional[str] = None,
+        format: Optional[str] = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        label_names: Optional[list[str]] = None,
+        num_classes: int = 2,
+        split: str = "files",
+        num_folds: int = 10,
+        fold: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 1337,
+        max_length: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        data_dir: Optional[str] = None,
+        tokenizer_path: Optional[str] = None,
+        causal: Optional[bool] = None,
+        encoding_errors: str = "strict",
+    ) -> None:
+        super().__init__()
+        if split not in SPLIT_MODES:
+            raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
+        if split != "files" and (val or test):
+            raise ValueError(f"split: {split} cuts val and test from `train`; drop val/test files or use split: files")
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
+            raise ValueError(f"val_fraction and test_fraction must be in [0, 1), got {val_fraction}, {test_fraction}")
+        if max_length < 2 or batch_size < 1 or num_classes < 2:
+            raise ValueError(f"Need max_length >= 2, batch_size >= 1, num_classes >= 2; got {max_length}, {batch_size}, {num_classes}")
+        if label_names is not None and len(label_names) != num_classes:
+            raise ValueError(f"label_names has {len(label_names)} names but num_classes is {num_classes}")
+        self.save_hyperparameters()
+        for path in (train, val, test):  # fail on missing files now, before any model is built
+            if path is not None:
+                resolve_files(Source(path=path), data_dir)
+        if split == "kfold":
+            if not 2 <= num_folds or not 0 <= fold < num_folds:
+                raise ValueError(f"Need num_folds >= 2 and 0 <= fold < num_folds, got {num_folds} and {fold}")
+        self._tokenizer: Optional[Tokenizer] = None
+        if tokenizer_path is not None:
+            self._tokenizer = load_tokenizer(tokenizer_path)
+        self.examples: dict[str, tuple[list[str], list[int]]] = {}
+        self.encoded: dict[str, list[tuple[list[int], int]]] = {}
+
+    # ------------------------------------------------------------------ reading and splitting
+    def _read(self, path: str) -> tuple[list[str], list[int]]:
+        hp = self.hparams
+        return read_labelled(path, hp.format, hp.text_field, hp.label_field, hp.label_names, hp.num_classes,
+                             hp.data_dir, hp.encoding_errors)
+
+    def load_examples(self) -> dict[str, tuple[list[str], list[int]]]:
+        """(texts, labels) per split: train, val and, where there is one, test."""
+        if self.examples:
+            return self.examples
+        hp = self.hparams
+        texts, labels = self._read(hp.train)
+        if hp.split == "files":
+            out = {}
+            if hp.val is None:
+                idx = split_indices(len(texts), "random", hp.seed, hp.val_fraction, 0.0)
+                out["train"], out["val"] = _take(texts, labels, idx["train"]), _take(texts, labels, idx["val"])
+            else:
+                out["train"], out["val"] = (texts, labels), self._read(hp.val)
+            if hp.test is not None:
+                out["test"] = self._read(hp.test)
+        else:
+            idx = split_indices(len(texts), hp.split, hp.seed, hp.val_fraction, hp.test_fraction, hp.num_folds, hp.fold)
+            out = {name: _take(texts, labels, i) for name, i in idx.items()}
+        for name, (t, _) in out.items():
+            if not t:
+                raise ValueError(f"The {name} split is empty; lower the held-out fractions or give a {name} file")
+        self.examples = out
+        return out
+
+    def texts(self, split: str = "train") -> list[str]:
+        """The texts of one split without their labels (e.g. for domain-adaptive pretraining on the training fold)."""
+        return self.load_examples()[split][0]
+
+    # ------------------------------------------------------------------ tokenizing
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise ValueError("The classification data module has no tokenizer: use it with a SequenceClassifier"
+                             " (it brings its checkpoint's tokenizer) or pass tokenizer_path: PATH")
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        model_tok: Optional[Tokenizer] = getattr(module, "tokenizer", None)
+        if model_tok is not None:
+            if self._tokenizer is not None and self._tokenizer.to_str() != model_tok.to_str():
+                raise ValueError(
+                    "data.tokenizer_path differs from the tokenizer of the model's checkpoint; a fine-tune must use"
+                    " the vocabulary the model was trained with. Drop data.tokenizer_path to use the model's."
+                )
+            self._tokenizer = model_tok
+        hp = self.hparams
+        causal = hp.causal if hp.causal is not None else getattr(getattr(module, "config", None), "causal", True)
+        block = getattr(getattr(module, "config", None), "block_size", None)
+        if block is not None and hp.max_length > block:
+            raise ValueError(f"data.max_length {hp.max_length} exceeds the model's block_size {block}; lower max_length")
+        examples = self.load_examples()
+        for name, (texts, labels) in examples.items():
+            if name not in self.encoded:
+                self.encoded[name] = list(zip(self.encode(texts, causal), labels))
+        lengths = [len(ids) for ids, _ in self.encoded["train"]]
+        cut = sum(n >= hp.max_length for n in lengths)
+        rank_zero_info(
+            "classification data: " + ", ".join(f"{k} {len(v):,}" for k, v in self.encoded.items())
+            + f" examples; train tokens/example mean {np.mean(lengths):.1f}, {cut:,} cut at max_length {hp.max_length}"
+        )
+
+    def encode(self, texts: list[str], causal: bool = True) -> list[list[int]]:
+        """Token ids of each text, framed for the model (``[EOS]`` after for causal models, ``[CLS] .. [SEP]``
+        for encoders, where the vocabulary has them) and cut to ``max_length``."""
+        tok = self.tokenizer
+        head = [i for i in [None if causal else tok.token_to_id("[CLS]")] if i is not None]
+        tail = [i for i in [tok.token_to_id("[EOS]" if causal else "[SEP]")] if i is not None]
+        room = self.hparams.max_length - len(head) - len(tail)
+        return [head + e.ids[:room] + tail for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+    def collate(self, batch: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        pad = self.tokenizer.token_to_id("[PAD]") or 0
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.bool)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = True
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.tensor([y for _, y in batch])}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.encoded:
+            raise ValueError(f"This data config has no {split} split; give data.{split} or use split: random/kfold")
+        gen = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        return DataLoader(self.encoded[split], batch_size=self.hparams.batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=self.collate, num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.encoded else "val", shuffle=False)
+
+
+def _take(texts: list[str], labels: list[int], idx: np.ndarray) -> tuple[list[str], list[int]]:
+    return [texts[i] for i in idx], [labels[i] for i in idx]

@@ -1,0 +1,336 @@
+"""Sequence classification on a lit_llm backbone: a pretrained checkpoint (any family) plus a linear head.
+
+Pooling: the last non-pad token for causal decoders (the only position that has seen the whole text), the
+``[CLS]`` position or the masked mean for the encoder. The tokenizer comes from the pretrained checkpoint
+and travels in every classifier checkpoint, so data, training and serving use one vocabulary.
+
+Fine-tuning stages (head-only warm-up, gradual unfreezing) are callbacks (``lit_llm.callbacks.finetuning``);
+layer-wise learning-rate decay is set here, because it shapes the optimizer's parameter groups. LoRA
+adapters come from peft, which injects them into our ``nn.Linear`` projections by name and merges them
+back for export (``merge_lora``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from lit_llm.data.tokenizer import load_tokenizer
+from lit_llm.model import ModelConfig, build_model
+from lit_llm.modules.language_model import CKPT_KEY, cosine_with_warmup
+
+POOLINGS = ("auto", "last", "cls", "mean")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (Hu et al. 2021) on the attention and MLP projections, via peft.
+
+    Args:
+        rank: adapter rank r.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter input.
+        targets: names of the ``nn.Linear`` modules to adapt (lit_llm names: wq, wk, wv, wo, w1, w2, w3).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
+
+
+def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+    """(config, backbone state, tokenizer) of a lit_llm checkpoint: a language-model checkpoint from ``fit``,
+    one consolidated by ``lit_llm consolidate``, or a classifier checkpoint (its backbone)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Pretrained checkpoint {path} does not exist; pass the .ckpt that `lit_llm fit` wrote")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    extra = ckpt.get(CKPT_KEY)
+    if extra is None or extra.get("tokenizer") is None:
+        raise ValueError(f"{path} carries no lit_llm model config and tokenizer; it was not written by `lit_llm fit`")
+    prefix = "backbone." if extra.get("task") == "classification" else "model."
+    state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if extra.get("task") == "classification" and any(".base_layer." in k for k in state):
+        raise ValueError(f"{path} holds unmerged LoRA adapters; merge them first (SequenceClassifier.merge_lora)")
+    return ModelConfig.from_dict(extra["model_config"]), state, Tokenizer.from_str(extra["tokenizer"])
+
+
+class SequenceClassifier(L.LightningModule):
+    """Classify texts with a lit_llm transformer and a linear head.
+
+    Args:
+        checkpoint: the pretrained lit_llm checkpoint to start from (any family). Its config and tokenizer
+            are used. None trains from scratch (then give ``model`` and ``tokenizer``).
+        model: model preset when training from scratch.
+        model_args: overrides of the preset (from scratch), or of ``dropout`` only (from a checkpoint).
+        tokenizer: tokenizer.json or .ckpt whose tokenizer to use when training from scratch.
+        num_classes: number of classes.
+        label_names: class names in id order (reports and serving).
+        pooling: ``last`` (last non-pad token), ``cls`` (first token) or ``mean``; ``auto``: last for causal
+            models, cls for the encoder.
+        head_dropout: dropout before the head.
+        learning_rate: peak learning rate of the head (the top of the layer-wise decay).
+        min_lr: learning rate at the end of the cosine schedule.
+        warmup_steps: linear warm-up steps.
+        lr_decay_steps: length of the cosine schedule (default: trainer.max_steps).
+        weight_decay: AdamW weight decay on matrices.
+        betas: AdamW betas.
+        layer_decay: layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): block i from the
+            top trains at ``learning_rate * layer_decay ** i``, the embeddings at ``layer_decay ** (n_layer + 1)``.
+        lora: train LoRA adapters and the head instead of the whole backbone.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Optional[str] = None,
+        model: str = "debug",
+        model_args: Optional[dict[str, Any]] = None,
+        tokenizer: Optional[str] = None,
+        num_classes: int = 2,
+        label_names: Optional[list[str]] = None,
+        pooling: str = "auto",
+        head_dropout: float = 0.1,
+        learning_rate: float = 1e-3,
+        min_lr: float = 0.0,
+        warmup_steps: int = 0,
+        lr_decay_steps: Optional[int] = None,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        layer_decay: float = 1.0,
+        lora: Optional[LoraSpec] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if num_classes < 2 or not 0 < layer_decay <= 1:
+            raise ValueError(f"Need num_classes >= 2 and 0 < layer_decay <= 1; got {num_classes}, {layer_decay}")
+        if label_names is not None and len(label_names) != num_classes:
+            raise ValueError(f"label_names has {len(label_names)} names but num_classes is {num_classes}")
+        state = None
+        if checkpoint is not None:
+            config, state, self.tokenizer = load_pretrained(checkpoint)
+            extra = set(model_args or {}) - {"dropout"}
+            if extra:
+                raise ValueError(f"model_args {sorted(extra)} would change the pretrained architecture; only dropout may be set")
+            config = ModelConfig.from_dict({**config.to_dict(), **(model_args or {})})
+        else:
+            if tokenizer is None:
+                raise ValueError("A classifier trained from scratch needs model.tokenizer (a tokenizer.json or .ckpt);"
+                                 " or give model.checkpoint to fine-tune a pretrained model")
+            self.tokenizer = load_tokenizer(tokenizer)
+            config = ModelConfig.from_name(model, **{"vocab_size": self.tokenizer.get_vocab_size(), **(model_args or {})})
+        if self.tokenizer.get_vocab_size() > config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {self.tokenizer.get_vocab_size():,} tokens but the model's embedding holds"
+                f" {config.vocab_size:,}: the checkpoint and tokenizer do not belong together"
+            )
+        self.config = config
+        self.pooling = pooling if pooling != "auto" else ("last" if config.causal else "cls")
+        if config.causal and self.pooling == "cls":
+            raise ValueError("cls pooling needs the encoder: in a causal model the first token sees only itself; use last")
+        backbone = build_model(config)
+        if state is not None:
+            backbone.load_state_dict(state)
+        self._drop_lm_head(backbone)
+        self.backbone: nn.Module = backbone
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(config.n_embd, num_classes))
+        if lora is not None:
+            self._add_lora(lora)
+        kw = dict(num_classes=num_classes)
+        metrics = MetricCollection({
+            "acc": MulticlassAccuracy(average="micro", **kw), "f1_macro": MulticlassF1Score(average="macro", **kw),
+            "precision": MulticlassPrecision(average="macro", **kw), "recall": MulticlassRecall(average="macro", **kw),
+            **({"f1": BinaryF1Score()} if num_classes == 2 else {}),
+        })
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val_"), metrics.clone(prefix="test_")
+        self.val_confusion = MulticlassConfusionMatrix(**kw)
+        self.test_confusion = MulticlassConfusionMatrix(**kw)
+        self.eval_loss = MeanMetric()
+        self.last_report: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ model
+    @staticmethod
+    def _drop_lm_head(backbone: nn.Module) -> None:
+        """The language-model head is not used for classification (and would get no gradient under DDP)."""
+        backbone.output = None
+        if hasattr(backbone, "head_dense"):  # BERT's MLM transform
+            backbone.head_dense = backbone.head_norm = None
+
+    def _add_lora(self, spec: LoraSpec) -> None:
+        from peft import LoraConfig, LoraModel
+
+        cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
+        self.backbone = LoraModel(self.backbone, cfg, "default")  # freezes every non-adapter backbone weight
+
+    @property
+    def core(self) -> nn.Module:
+        """The transformer itself (inside peft's wrapper when LoRA is on)."""
+        return self.backbone.model if self.hparams.lora is not None and hasattr(self.backbone, "peft_config") else self.backbone
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA updates into the projection weights and drop the adapters (same logits, plain modules)."""
+        if not hasattr(self.backbone, "peft_config"):
+            raise ValueError("This classifier has no LoRA adapters to merge")
+        self.backbone = self.backbone.merge_and_unload()
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        core = self.core
+        return [core.layers[k] for k in sorted(core.layers, key=int)]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class logits (B, num_classes). ``attention_mask`` (B, T) is True on real tokens (right padding)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        if self.config.causal:
+            h = self.core(input_ids, return_hidden=True)  # right padding never reaches earlier positions
+        else:
+            h = self.core.encode(input_ids, attention_mask=attention_mask)
+        if self.pooling == "last":
+            last = attention_mask.long().sum(1).clamp(min=1) - 1
+            pooled = h[torch.arange(h.size(0), device=h.device), last]
+        elif self.pooling == "cls":
+            pooled = h[:, 0]
+        else:
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.head(pooled)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, confusion) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        self.eval_loss.update(F.cross_entropy(logits, batch["labels"], reduction="sum") / logits.size(0), logits.size(0))
+        preds = logits.argmax(-1)
+        metrics.update(preds, batch["labels"])
+        confusion.update(preds, batch["labels"])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, self.val_confusion)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, self.test_confusion)
+
+    def _eval_epoch_end(self, stage: str, metrics: MetricCollection, confusion) -> None:
+        values = {k: v.item() for k, v in metrics.compute().items()}
+        values[f"{stage}_loss"] = self.eval_loss.compute().item()
+        self.log_dict(values, prog_bar=True, sync_dist=False)  # torchmetrics already reduced over processes
+        self.last_report = {
+            "stage": stage, "step": self.global_step, "examples": int(confusion.confmat.sum().item()),
+            "metrics": values, "confusion_matrix": confusion.compute().tolist(),
+            "label_names": self.hparams.label_names or [str(i) for i in range(self.hparams.num_classes)],
+        }
+        self._confusion = confusion
+        metrics.reset()
+        confusion.reset()
+        self.eval_loss.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_metrics, self.val_confusion)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_metrics, self.test_confusion)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self(batch["input_ids"], batch["attention_mask"]).softmax(-1)
+        return {"probs": probs, "labels": probs.argmax(-1)}
+
+    # ------------------------------------------------------------------ optimizer
+    def _depth(self, name: str) -> int:
+        """Distance from the top for layer-wise LR decay: 0 for the head and final norm, i + 1 for the i-th
+        block from the top, n_layer + 1 for the embeddings."""
+        if name.startswith("head."):
+            return 0
+        parts = name.split(".")
+        if "layers" in parts:
+            return self.config.n_layer - int(parts[parts.index("layers") + 1])
+        if any(p in ("norm",) for p in parts[-2:-1]):
+            return 0
+        return self.config.n_layer + 1
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        # the schedule spans the run: max_steps, or the steps that max_epochs make
+        decay_steps = hp.lr_decay_steps or int(self.trainer.estimated_stepping_batches)
+        if hp.warmup_steps > decay_steps:
+            raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
+        groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            # LoRA freezes the base weights for good; staged fine-tuning freezes and unfreezes later, so every
+            # other parameter is in the optimizer from the start (a frozen one has no gradient and is skipped)
+            if hp.lora is not None and not p.requires_grad:
+                continue
+            groups.setdefault((self._depth(name), p.dim() >= 2), []).append(p)
+        param_groups = [
+            {"params": ps, "lr": hp.learning_rate * hp.layer_decay**depth, "weight_decay": hp.weight_decay if decay else 0.0,
+             "depth": depth}
+            for (depth, decay), ps in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        min_ratio = hp.min_lr / hp.learning_rate
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = {
+            "task": "classification", "model_config": self.config.to_dict(), "tokenizer": self.tokenizer.to_str(),
+            "num_classes": self.hparams.num_classes, "label_names": self.hparams.label_names, "pooling": self.pooling,
+            "lora": asdict(self.hparams.lora) if self.hparams.lora is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get(CKPT_KEY) or {}
+        if extra.get("task") != "classification":
+            raise ValueError("This is not a classifier checkpoint; fine-tune from it with model.checkpoint instead of --ckpt_path")
+        if extra["tokenizer"] != self.tokenizer.to_str():
+            raise ValueError("The checkpoint's tokenizer differs from this model's; use the model config the checkpoint was trained with")
+        if ModelConfig.from_dict(extra["model_config"]) != self.config or extra["num_classes"] != self.hparams.num_classes:
+            raise ValueError(
+                f"The checkpoint's model ({extra['model_config']}, {extra['num_classes']} classes) differs from this"
+                f" run's ({self.config.to_dict()}, {self.hparams.num_classes} classes)"
+            )
+
+    @classmethod
+    def restore(cls, path: str | Path, map_location: str = "cpu") -> "SequenceClassifier":
+        """A classifier checkpoint alone back into a model (for serving and export): the pretrained file it
+        started from is not needed."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Classifier checkpoint {path} does not exist")
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        extra = ckpt.get(CKPT_KEY) or {}
+        if extra.get("task") != "classification":
+            raise ValueError(f"{path} is not a classifier checkpoint (it has no classification entry)")
+        hp = ckpt.get("hyper_parameters", {})
+        kept = {k: hp[k] for k in ("label_names", "head_dropout") if k in hp}
+        with tempfile.TemporaryDirectory() as d:  # the from-scratch path, with the stored config and tokenizer
+            tok_path = Path(d) / "tokenizer.json"
+            tok_path.write_text(extra["tokenizer"])
+            # every field of the stored config overrides the preset, its name included
+            model = cls(model="debug", model_args=extra["model_config"],
+                        tokenizer=str(tok_path), num_classes=extra["num_classes"], pooling=extra["pooling"],
+                        lora=LoraSpec(**extra["lora"]) if extra.get("lora") else None, **kept)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
