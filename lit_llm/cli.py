@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import Logger
 
 from lit_llm.callbacks import EvaluationReport, LRMonitor, TokenThroughput
+from lit_llm.crossval import crossval
 from lit_llm.data import PretrainDataModule
 from lit_llm.export import export, import_hf
 from lit_llm.generate import generate
@@ -33,6 +34,7 @@ Extra commands (each has --help):
   import-hf  turn a transformers GPT-2 / Llama / BERT directory into a lit_llm checkpoint
   size       parameters, training FLOPs per token and memory per GPU of a model preset or YAML
   consolidate  merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file
+  crossval   k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)
 """
 
 
@@ -49,8 +51,40 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             trainer.logger.log_hyperparams({"config": config})
 
 
+def chosen_class(argv: list[str], key: str) -> Optional[str]:
+    """The class_path that ``argv`` chooses for ``key`` (model or data), from ``--config`` files or ``--key X``;
+    the last one wins, as in parsing. None when none is chosen."""
+    chosen = None
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if flag in ("--config", "-c") and Path(value).is_file():
+            section = (yaml.safe_load(Path(value).read_text()) or {}).get(key)
+            if isinstance(section, dict) and section.get("class_path"):
+                chosen = section["class_path"]
+        elif flag == f"--{key}" and value and not value.lstrip().startswith(("{", "[")) and not Path(value).is_file():
+            chosen = value
+    return chosen
+
+
 class LitLLMCLI(LightningCLI):
-    def __init__(self, *args, **kwargs) -> None:
+    """LightningCLI taking any LightningModule and DataModule by class_path. The default is LanguageModel +
+    PretrainDataModule, so a config without class_path trains a language model.
+
+    Args:
+        model_class_path: the class the model section defaults to. ``main`` passes the class that the
+            arguments choose: jsonargparse keeps a previous class's init_args that the new class shares when
+            the class_path changes, so a LanguageModel default would lend its learning rate, warm-up and
+            weight decay defaults to a SequenceClassifier.
+        data_class_path: likewise for the data section.
+    """
+
+    def __init__(self, *args, model_class_path: Optional[str] = None, data_class_path: Optional[str] = None,
+                 **kwargs) -> None:
+        self.default_classes = {
+            "model": model_class_path or f"{LanguageModel.__module__}.{LanguageModel.__name__}",
+            "data": data_class_path or f"{PretrainDataModule.__module__}.{PretrainDataModule.__name__}",
+        }
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 1337)
@@ -75,10 +109,7 @@ class LitLLMCLI(LightningCLI):
                          subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.set_defaults({
-            "model": {"class_path": f"{LanguageModel.__module__}.{LanguageModel.__name__}"},
-            "data": {"class_path": f"{PretrainDataModule.__module__}.{PretrainDataModule.__name__}"},
-        })
+        parser.set_defaults({key: {"class_path": path} for key, path in self.default_classes.items()})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -108,9 +139,11 @@ class LitLLMCLI(LightningCLI):
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = f"{root}/checkpoints"
         logger = cfg.trainer.logger
-        if logger and not isinstance(logger, bool) and "save_dir" in getattr(logger, "init_args", {}):
-            if logger.class_path.endswith("WandbLogger") and logger.init_args.save_dir in (None, "."):
-                logger.init_args.save_dir = root
+        for lg in logger if isinstance(logger, list) else [logger]:
+            # W&B, CSV and TensorBoard logs go inside the run's folder unless a save_dir is given
+            if lg and not isinstance(lg, bool) and "save_dir" in getattr(lg, "init_args", {}):
+                if lg.init_args.save_dir in (None, "."):
+                    lg.init_args.save_dir = root
 
 
 def prepare_command(config: str) -> Path:
@@ -147,7 +180,7 @@ def prepare_command(config: str) -> Path:
 # commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
 EXTRA_COMMANDS: dict[str, Callable] = {
     "prepare": prepare_command, "generate": generate, "export": export, "import-hf": import_hf, "size": size,
-    "consolidate": consolidate,
+    "consolidate": consolidate, "crossval": crossval,
 }
 
 
@@ -160,4 +193,5 @@ def main(args: Optional[list[str]] = None) -> None:
         parser.add_function_arguments(fn, as_positional=False)  # every argument a --flag
         fn(**parser.parse_args(argv[1:]).as_dict())
         return
-    LitLLMCLI(args=None if args is None else argv)
+    LitLLMCLI(args=None if args is None else argv, model_class_path=chosen_class(argv, "model"),
+              data_class_path=chosen_class(argv, "data"))

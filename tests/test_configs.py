@@ -1,6 +1,8 @@
 """Every YAML in configs/ is parsed and instantiated by the CLI (DESIGN.md, example 9).
 
 Top-level files are complete configs; files in sub-folders are fragments composed onto configs/debug.yaml.
+configs/experiment/ holds the stages of the sentiment experiment: each reads the checkpoint an earlier stage
+writes, so they are parsed here (and their mechanics run at toy size in tests/test_finetune.py).
 """
 
 from pathlib import Path
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_llm.cli import LitLLMCLI
+from lit_llm.cli import LitLLMCLI, main
 
 from conftest import REPO
 
@@ -25,6 +27,7 @@ def _args(path: Path, tmp_path: Path) -> list[str]:
 
 
 NEEDS_NETWORK = {"wikipedia.yaml"}  # hub corpora: parsed here, not prepared
+EXPERIMENT = REPO / "configs" / "experiment"
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name in NEEDS_NETWORK], ids=lambda p: p.name)
@@ -37,7 +40,8 @@ def test_hub_config_parses(path: Path, tmp_path, monkeypatch, capsys):
     assert printed["data"]["init_args"]["sources"][0]["hf_name"] == "wikimedia/wikipedia"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK], ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK and p.parent != EXPERIMENT],
+                         ids=lambda p: str(p.relative_to(REPO)))
 def test_config_parses_and_instantiates(path: Path, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     args = _args(path, tmp_path)
@@ -47,3 +51,41 @@ def test_config_parses_and_instantiates(path: Path, tmp_path, monkeypatch):
     assert cli.model.config.vocab_size == cli.datamodule.vocab_size  # linked from the data
     assert cli.model.config.block_size == cli.datamodule.block_size
     assert cli.trainer.max_steps > 0
+
+
+def _printed(args: list[str], capsys) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("data", ["sst2.yaml", "cr.yaml"])
+@pytest.mark.parametrize("init", ["init_scratch.yaml", "init_pretrained.yaml", "init_dapt_sst2.yaml"])
+def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    cfg = _printed([a for f in ("classifier.yaml", data, init) for a in ("--config", str(EXPERIMENT / f))], capsys)
+    model, dm = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    assert cfg["model"]["class_path"] == "lit_llm.modules.SequenceClassifier"
+    # the classifier's own defaults, not a LanguageModel's carried over by jsonargparse
+    assert model["learning_rate"] == 5e-4 and model["warmup_steps"] == 100 and model["betas"] == [0.9, 0.999]
+    assert model["label_names"] == ["negative", "positive"] and model["num_classes"] == 2
+    assert "num_classes" not in dm and "label_names" not in dm  # link targets: they come from the model
+    assert (dm["split"] == "kfold") == (data == "cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
+    if init == "init_scratch.yaml":  # random weights, the pretraining run's tokenizer
+        assert model["checkpoint"] is None and model["tokenizer"] == "runs/experiment/pretrain/checkpoints/last.ckpt"
+    else:
+        stage = "dapt_sst2" if "dapt" in init else "pretrain"
+        assert model["checkpoint"] == f"runs/experiment/{stage}/checkpoints/last.ckpt"
+    staged = [c["class_path"] for c in cfg["trainer"]["callbacks"] or []]
+    assert staged == ([] if init == "init_scratch.yaml" else ["lit_llm.callbacks.StagedFinetuning"])
+
+
+@pytest.mark.parametrize("name", ["pretrain.yaml", "dapt_sst2.yaml", "dapt_cr.yaml"])
+def test_experiment_lm_configs_parse(name, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    cfg = _printed(["--config", str(EXPERIMENT / name)], capsys)
+    assert cfg["model"]["class_path"] == "lit_llm.modules.LanguageModel"
+    sources = cfg["data"]["init_args"]["sources"]
+    # no CR text and no SST-2 dev/test text feeds language-model training before evaluation
+    assert all("custrev" not in s["path"] and ".dev" not in s["path"] and ".test" not in s["path"] for s in sources or [])

@@ -13,6 +13,7 @@ so a fine-tune cannot silently use another vocabulary.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import lightning as L
@@ -39,6 +40,7 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
         fmt = "label_text"
     texts: list[str] = []
     raw: list[Any] = []
+    no_text = 0
     if fmt == "label_text":
         for f in files:
             if encoding_errors == "strict":
@@ -47,7 +49,10 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
                 if not line.strip():
                     continue
                 label, _, text = line.strip().partition(" ")
-                if not text:
+                if not text.strip():
+                    if label.lstrip("-").isdigit() or (label_names and label in label_names):
+                        no_text += 1  # a label with no text (CR has one): nothing to classify
+                        continue
                     raise ValueError(f"{f}:{n}: expected 'LABEL TEXT', got {line[:80]!r}")
                 raw.append(label)
                 texts.append(text)
@@ -65,6 +70,8 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
             raw.append(row[label_field])
     else:
         raise ValueError(f"Unknown labelled format {fmt!r} for {path}; use label_text, csv or json")
+    if no_text:
+        warnings.warn(f"{path}: skipped {no_text} line(s) with a label but no text")
     if not texts:
         raise ValueError(f"{path} holds no labelled examples")
     return texts, [_label_id(v, label_names, num_classes, path) for v in raw]

@@ -12,6 +12,7 @@ back for export (``merge_lora``).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,7 +134,11 @@ class SequenceClassifier(L.LightningModule):
                 raise ValueError("A classifier trained from scratch needs model.tokenizer (a tokenizer.json or .ckpt);"
                                  " or give model.checkpoint to fine-tune a pretrained model")
             self.tokenizer = load_tokenizer(tokenizer)
-            config = ModelConfig.from_name(model, **{"vocab_size": self.tokenizer.get_vocab_size(), **(model_args or {})})
+            args = {"vocab_size": self.tokenizer.get_vocab_size(), **(model_args or {})}
+            label = args.pop("name", None)  # a stored config (``restore``) carries its own name
+            config = ModelConfig.from_name(model, **args)
+            if label is not None:
+                config = dataclasses.replace(config, name=label)
         if self.tokenizer.get_vocab_size() > config.vocab_size:
             raise ValueError(
                 f"The tokenizer has {self.tokenizer.get_vocab_size():,} tokens but the model's embedding holds"

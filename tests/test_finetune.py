@@ -1,0 +1,311 @@
+"""Fine-tuning and evaluation: classifier, splits, staged unfreezing, LoRA, metrics, reports, refusals."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, cli_env
+from lit_llm.callbacks import StagedFinetuning
+from lit_llm.crossval import summarize
+from lit_llm.data.labelled import ClassificationDataModule, kfold_indices, read_labelled, split_indices
+from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
+from lit_llm.model import ModelConfig, build_model
+from lit_llm.modules import LoraSpec, SequenceClassifier
+
+SENTIMENT = REPO.parent / "shared" / "data" / "sentiment"
+SST2_TRAIN = SENTIMENT / "sst2" / "stsa.binary.train"
+
+
+def sst2_texts(n: int) -> list[str]:
+    return [line.split(" ", 1)[1] for line in SST2_TRAIN.read_text().splitlines()[:n]]
+
+
+def write_lm_checkpoint(path: Path, family: str = "debug", vocab: int = 300, seed: int = 0, **overrides) -> Path:
+    """A lit_llm language-model checkpoint (random weights, a BPE tokenizer trained on SST-2 text) in the
+    format that ``fit`` writes: what fine-tuning reads from it."""
+    tok = train_tokenizer(TokenizerSpec(kind="bpe", vocab_size=vocab), sst2_texts(3000))
+    cfg = ModelConfig.from_name(family, vocab_size=tok.get_vocab_size(), block_size=64, **overrides)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "lit_llm": {"model_config": cfg.to_dict(), "tokenizer": tok.to_str()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm_ckpt(tmp_path_factory) -> Path:
+    return write_lm_checkpoint(tmp_path_factory.mktemp("lm") / "lm.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def test_metrics_match_hand_computed_values(lm_ckpt):
+    clf = SequenceClassifier(checkpoint=str(lm_ckpt))
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    preds = torch.tensor([0, 1, 1, 1, 0])
+    clf.val_metrics.update(preds, labels)
+    clf.val_confusion.update(preds, labels)
+    m = {k: v.item() for k, v in clf.val_metrics.compute().items()}
+    # class 1: tp 2, fp 1, fn 1 -> P = R = F1 = 2/3; class 0: tp 1, fp 1, fn 1 -> 1/2; macro 7/12
+    assert m["val_acc"] == pytest.approx(3 / 5)
+    assert m["val_f1"] == pytest.approx(2 / 3)
+    assert m["val_f1_macro"] == pytest.approx(7 / 12)
+    assert m["val_precision"] == pytest.approx(7 / 12) and m["val_recall"] == pytest.approx(7 / 12)
+    assert clf.val_confusion.compute().tolist() == [[1, 1], [1, 2]]  # rows true, columns predicted
+
+
+def test_crossval_summary_mean_and_sample_std():
+    s = summarize([{"fold": 0, "checkpoint": "a", "test_acc": 0.8}, {"fold": 1, "checkpoint": "b", "test_acc": 0.6}])
+    assert s["metrics"]["test_acc"]["mean"] == pytest.approx(0.7)
+    assert s["metrics"]["test_acc"]["std"] == pytest.approx(math.sqrt(0.02))  # sample std of (0.8, 0.6)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_kfold_splits_are_disjoint_and_cover_the_data():
+    folds = kfold_indices(103, 10, seed=3)
+    joined = np.concatenate(folds)
+    assert len(joined) == 103 and set(joined.tolist()) == set(range(103))
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    tests = []
+    for k in range(10):
+        s = split_indices(103, "kfold", seed=3, val_fraction=0.1, num_folds=10, fold=k)
+        parts = [set(s[n].tolist()) for n in ("train", "val", "test")]
+        assert sum(map(len, parts)) == 103 and set().union(*parts) == set(range(103))
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        tests.append(parts[2])
+    assert set().union(*tests) == set(range(103)) and sum(map(len, tests)) == 103
+    assert split_indices(103, "kfold", seed=3, num_folds=10, fold=4)["test"].tolist() == folds[4].tolist()
+    with pytest.raises(ValueError, match="fold must be in 0..9"):
+        split_indices(103, "kfold", seed=3, num_folds=10, fold=10)
+
+
+def test_reading_labelled_formats_and_bad_labels(tmp_path):
+    texts, labels = read_labelled(str(SENTIMENT / "cr" / "custrev.all"))
+    assert len(texts) == 3771 and sum(labels) == 2405  # 4 CR lines hold a label and no text
+    (tmp_path / "r.jsonl").write_text('{"review": "great", "stars": "pos"}\n{"review": "awful", "stars": "neg"}\n')
+    t, y = read_labelled(str(tmp_path / "r.jsonl"), text_field="review", label_field="stars", label_names=["neg", "pos"])
+    assert t == ["great", "awful"] and y == [1, 0]
+    (tmp_path / "r.csv").write_text("text,label\nfine,1\nbad,0\n")
+    assert read_labelled(str(tmp_path / "r.csv")) == (["fine", "bad"], [1, 0])
+    with pytest.raises(ValueError, match="has fields"):
+        read_labelled(str(tmp_path / "r.jsonl"))
+    (tmp_path / "bad.txt").write_text("2 three classes?\n")
+    with pytest.raises(ValueError, match="outside 0..1; set num_classes"):
+        read_labelled(str(tmp_path / "bad.txt"))
+    (tmp_path / "latin1.txt").write_bytes("1 caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not valid UTF-8 at byte 5"):
+        read_labelled(str(tmp_path / "latin1.txt"))
+    with pytest.raises(FileNotFoundError):
+        ClassificationDataModule(train="sentiment/nope.txt")
+
+
+# ---------------------------------------------------------------------------------------------- model
+@pytest.mark.parametrize("family", ["debug", "debug-llama", "debug-bert"])
+def test_classifier_loads_any_family_and_pools_ignoring_padding(tmp_path, family):
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt", family)
+    clf = SequenceClassifier(checkpoint=str(ckpt), head_dropout=0.0).eval()
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    for name, p in clf.backbone.state_dict().items():  # the pretrained weights arrive unchanged
+        assert torch.equal(p, saved[f"model.{name}"])
+    assert clf.pooling == ("cls" if family == "debug-bert" else "last")
+    ids = torch.randint(5, 200, (1, 9))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    mask = torch.arange(13)[None] < 9
+    torch.testing.assert_close(clf(padded, mask), clf(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_layerwise_learning_rates(lm_ckpt):
+    clf = SequenceClassifier(checkpoint=str(lm_ckpt), learning_rate=1e-3, layer_decay=0.5)
+    clf.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)  # for the schedule length
+    groups = clf.configure_optimizers()["optimizer"].param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    core = clf.core
+    assert lr_of[id(clf.head[1].weight)] == pytest.approx(1e-3)
+    assert lr_of[id(core.norm.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(core.layers["1"].attention.wq.weight)] == pytest.approx(0.5e-3)  # top block
+    assert lr_of[id(core.layers["0"].attention.wq.weight)] == pytest.approx(0.25e-3)
+    assert lr_of[id(core.tok_embeddings.weight)] == pytest.approx(0.125e-3)  # n_layer + 1 = 3 below the head
+    assert sum(len(g["params"]) for g in groups) == len(list(clf.parameters()))
+
+
+class _Recorder(L.Callback):
+    """Per optimizer step: which parameters changed, and which had a gradient."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        self.grads.append({n for n, p in pl_module.named_parameters() if p.grad is not None})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.changed.append({n for n, p in pl_module.named_parameters() if not torch.equal(p, self.before[n])})
+
+    def on_train_start(self, trainer, pl_module):
+        self.changed, self.grads = [], []
+
+
+def _tiny_fit(clf, callbacks, steps, tmp_path):
+    dm = ClassificationDataModule(train=str(SST2_TRAIN), max_length=32, batch_size=8)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=tmp_path)
+    trainer.fit(clf, dm)
+    return trainer
+
+
+def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckpt, tmp_path):
+    torch.manual_seed(0)
+    clf = SequenceClassifier(checkpoint=str(lm_ckpt), learning_rate=1e-2)
+    rec = _Recorder()
+    _tiny_fit(clf, [StagedFinetuning(head_only_steps=3, top_blocks=1, top_blocks_steps=2), rec], 7, tmp_path)
+    names = [n for n, _ in clf.named_parameters()]
+    head = {n for n in names if n.startswith("head.")}
+    top = head | {n for n in names if n.startswith("backbone.layers.1.") or n.startswith("backbone.norm.")}
+    for step in range(3):  # the backbone is frozen: unchanged and without gradients
+        assert rec.changed[step] == head and rec.grads[step] == head, step
+    for step in (3, 4):  # the top block and the final norm join
+        assert rec.changed[step] == top and rec.grads[step] == top, step
+    for step in (5, 6):  # everything trains, the embeddings included
+        assert rec.changed[step] == set(names) and rec.grads[step] == set(names), step
+
+
+def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):
+    torch.manual_seed(0)
+    clf = SequenceClassifier(checkpoint=str(lm_ckpt), lora=LoraSpec(rank=4, alpha=8, targets=["wq", "wv", "w1"]),
+                             learning_rate=1e-2, head_dropout=0.0)
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    rec = _Recorder()
+    _tiny_fit(clf, [rec], 3, tmp_path)
+    assert all(n in trainable for n in rec.changed[-1]) and any("lora_B" in n for n in rec.changed[-1])
+    clf.eval()
+    ids = torch.randint(5, 200, (3, 12))
+    before = clf(ids)
+    clf.merge_lora()
+    assert not any("lora_" in n for n, _ in clf.named_parameters())
+    torch.testing.assert_close(clf(ids), before, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, SequenceClassifier(checkpoint=str(lm_ckpt), head_dropout=0.0).eval()(ids))
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
+    other = write_lm_checkpoint(tmp_path / "other.ckpt", vocab=280)
+    # the data module told to use another tokenizer than the model's checkpoint
+    clf = SequenceClassifier(checkpoint=str(lm_ckpt))
+    dm = ClassificationDataModule(train=str(SST2_TRAIN), tokenizer_path=str(other))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="differs from the tokenizer of the model's checkpoint"):
+        trainer.fit(clf, dm)
+    # a classifier checkpoint loaded into a model built on another pretrained checkpoint
+    path = tmp_path / "clf.ckpt"
+    _tiny_fit(SequenceClassifier(checkpoint=str(lm_ckpt)), [], 1, tmp_path).save_checkpoint(path)
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        trainer.validate(SequenceClassifier(checkpoint=str(other)),
+                         ClassificationDataModule(train=str(SST2_TRAIN), max_length=32), ckpt_path=path)
+    # a tokenizer larger than the checkpoint's embedding
+    ck = torch.load(lm_ckpt, weights_only=True)
+    ck["lit_llm"]["tokenizer"] = torch.load(other, weights_only=True)["lit_llm"]["tokenizer"]
+    ck["lit_llm"]["model_config"]["vocab_size"] = 100
+    torch.save(ck, tmp_path / "small_vocab.ckpt")
+    with pytest.raises(ValueError, match="do not belong together"):
+        SequenceClassifier(checkpoint=str(tmp_path / "small_vocab.ckpt"))
+    with pytest.raises(ValueError, match="only dropout may be set"):
+        SequenceClassifier(checkpoint=str(lm_ckpt), model_args={"n_layer": 4})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SequenceClassifier(checkpoint=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(ValueError, match="cls pooling needs the encoder"):
+        SequenceClassifier(checkpoint=str(lm_ckpt), pooling="cls")
+
+
+# ---------------------------------------------------------------------------------------------- CLI end to end
+def run(args, cwd, tmp_path, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "lit_llm", *args], cwd=cwd, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"lit_llm {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
+    """The whole story at toy size: LM pretraining on SST-2 train text, domain-adaptive continuation,
+    a staged fine-tune, validate/test JSON reports, the restored classifier, and 2 folds of CR."""
+    pre = {
+        "trainer": {"max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None, "limit_val_batches": 2,
+                    "default_root_dir": str(tmp_path / "pre"), "logger": False, "enable_progress_bar": False},
+        "model": {"model": "debug", "warmup_steps": 1},
+        "data": {"corpus": None, "block_size": 32, "batch_size": 4,
+                 "sources": [{"path": "sentiment/sst2/stsa.binary.train", "format": "text", "sample_by": "line"}],
+                 "cleaning": [{"regex_replace": {"pattern": "^[01] ", "repl": ""}}],
+                 "tokenizer": {"kind": "bpe", "vocab_size": 400}},
+    }
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(pre))
+    run(["fit", "--config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
+    lm = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    report = json.loads((tmp_path / "pre" / "eval" / "val.json").read_text())["metrics"]
+    assert report["val_bpb"] > 0 and report["val_ppl"] == pytest.approx(math.exp(report["val_loss"]), rel=1e-5)
+
+    # domain-adaptive continuation: the checkpoint's weights and tokenizer, fresh optimizer
+    dapt = ["fit", "--config", str(tmp_path / "pre.yaml"), "--model.init_from", str(lm),
+            "--trainer.default_root_dir", str(tmp_path / "dapt")]
+    bad = subprocess.run([sys.executable, "-m", "lit_llm", *dapt, "--data.tokenizer.vocab_size", "300"], cwd=tmp_path, env=cli_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "set data.tokenizer.path" in bad.stderr  # another tokenizer is refused
+    run(dapt + ["--data.tokenizer.path", str(lm)], tmp_path, tmp_path)
+    dapt_ckpt = tmp_path / "dapt" / "checkpoints" / "last.ckpt"
+    assert torch.load(dapt_ckpt, weights_only=True)["lit_llm"]["tokenizer"] == torch.load(lm, weights_only=True)["lit_llm"]["tokenizer"]
+
+    cls = {
+        "trainer": {"max_steps": 8, "val_check_interval": 4, "limit_val_batches": 3, "limit_test_batches": 3,
+                    "default_root_dir": str(tmp_path / "cls"), "enable_progress_bar": False,
+                    "callbacks": [{"class_path": "lit_llm.callbacks.StagedFinetuning",
+                                   "init_args": {"head_only_steps": 2, "top_blocks": 1, "top_blocks_steps": 2}}]},
+        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
+                  "init_args": {"checkpoint": str(dapt_ckpt), "label_names": ["negative", "positive"], "layer_decay": 0.8}},
+        "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
+                 "init_args": {"train": "sentiment/sst2/stsa.binary.train", "val": "sentiment/sst2/stsa.binary.dev",
+                               "test": "sentiment/sst2/stsa.binary.test", "max_length": 32, "batch_size": 8}},
+        "checkpoint": {"monitor": "val_acc", "mode": "max", "filename": "best"},
+    }
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cls))
+    proc = run(["fit", "--config", str(tmp_path / "cls.yaml")], tmp_path, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert "from step 2, training the top 1 blocks" in out and "from step 4, training the whole backbone" in out
+    best = tmp_path / "cls" / "checkpoints" / "best.ckpt"
+    ev = tmp_path / "cls" / "eval"
+    assert {"val_step4.json", "val_step8.json", "val.json", "val_step8_confusion.png"} <= {p.name for p in ev.iterdir()}
+    run(["test", "--config", str(tmp_path / "cls.yaml"), "--ckpt_path", str(best)], tmp_path, tmp_path)
+    test = json.loads((ev / "test.json").read_text())
+    assert test["examples"] == 24 and np.sum(test["confusion_matrix"]) == 24 and test["checkpoint"] == str(best)
+    assert set(test["metrics"]) == {"test_acc", "test_f1", "test_f1_macro", "test_precision", "test_recall", "test_loss"}
+    assert test["label_names"] == ["negative", "positive"] and (ev / "test_confusion.png").stat().st_size > 1000
+    run(["validate", "--config", str(tmp_path / "cls.yaml"), "--ckpt_path", str(best)], tmp_path, tmp_path)
+    assert json.loads((ev / "val.json").read_text())["examples"] == 24
+    # the W&B run (offline, the default logger) got the confusion matrix as an image
+    assert list((tmp_path / "cls" / "wandb").glob("offline-run-*/files/media/images/val_confusion_matrix_*.png"))
+
+    # a classifier checkpoint alone is enough to rebuild the model (serving, export)
+    restored = SequenceClassifier.restore(best)
+    state = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[k]) for k, v in restored.state_dict().items())
+
+    # k-fold cross-validation of CR with domain-adaptive pretraining inside each fold
+    cr = dict(cls, trainer=dict(cls["trainer"], callbacks=[], default_root_dir=str(tmp_path / "cr"), logger=False),
+              model={"class_path": "lit_llm.modules.SequenceClassifier", "init_args": {"checkpoint": str(lm)}},
+              data={"class_path": "lit_llm.data.labelled.ClassificationDataModule",
+                    "init_args": {"train": "sentiment/cr/custrev.all", "max_length": 32, "batch_size": 8}})
+    (tmp_path / "cr.yaml").write_text(yaml.safe_dump(cr))
+    run(["crossval", "--config", f"[{tmp_path / 'cr.yaml'}]", "--num_folds", "10", "--folds", "[0, 1]",
+         "--dapt_config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
+    summary = json.loads((tmp_path / "cr" / "crossval.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == [0, 1] and set(summary["metrics"]["test_acc"]) == {"mean", "std", "folds"}
+    texts, _ = read_labelled(str(SENTIMENT / "cr" / "custrev.all"))
+    fold0 = set(kfold_indices(len(texts), 10, seed=1337)[0].tolist())
+    training_text = {texts[i] for i in range(len(texts)) if i not in fold0}
+    dapt_lines = (tmp_path / "cr" / "fold0" / "dapt_text.txt").read_text().splitlines()
+    # the DAPT text of fold 0 is exactly its training folds' sentences: none of the held-out fold's (except
+    # sentences that CR repeats across folds)
+    assert len(dapt_lines) == len(texts) - len(fold0) and set(dapt_lines) <= training_text
