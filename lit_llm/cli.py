@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 
-from lit_llm.callbacks import EvaluationReport, LRMonitor, TokenThroughput
+from lit_llm.callbacks import EvaluationReport, LRMonitor, Preemption, SampleGenerations, TokenThroughput
+from lit_llm.callbacks.preemption import slurm_job_id
 from lit_llm.crossval import crossval
 from lit_llm.data import PretrainDataModule
 from lit_llm.export import export, import_hf
@@ -23,6 +24,8 @@ from lit_llm.generate import generate
 from lit_llm.modules import LanguageModel
 from lit_llm.parallel.checkpoint import consolidate
 from lit_llm.size import size
+from lit_llm.slurm import submit
+from lit_llm.tracking import run_metadata
 
 DESCRIPTION = """lit_llm: train, evaluate and sample a from-scratch transformer.
 
@@ -35,6 +38,7 @@ Extra commands (each has --help):
   size       parameters, training FLOPs per token and memory per GPU of a model preset or YAML
   consolidate  merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file
   crossval   k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)
+  submit     write the SLURM job script for a config and sbatch it (--dry_run prints it)
 """
 
 
@@ -48,7 +52,8 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if isinstance(trainer.logger, Logger):
             config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
-            trainer.logger.log_hyperparams({"config": config})
+            # the code version, the hardware and the prepared data's hashes beside the resolved config
+            trainer.logger.log_hyperparams({"config": config, "run": run_metadata(trainer, trainer.datamodule)})
 
 
 def chosen_class(argv: list[str], key: str) -> Optional[str]:
@@ -124,6 +129,8 @@ class LitLLMCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(EvaluationReport, "evaluation")
+        parser.add_lightning_class_args(Preemption, "preemption")  # acts only under SLURM
+        parser.add_lightning_class_args(SampleGenerations, "samples")  # causal language models only
         # language modelling: the data decides the context and the vocabulary (links that do not apply to the
         # chosen classes, e.g. a classifier's, are skipped)
         parser.link_arguments("data.init_args.block_size", "model.init_args.block_size")
@@ -139,7 +146,12 @@ class LitLLMCLI(LightningCLI):
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = f"{root}/checkpoints"
         logger = cfg.trainer.logger
+        job = slurm_job_id()
         for lg in logger if isinstance(logger, list) else [logger]:
+            # a requeued SLURM job keeps its job id: as the W&B run id it continues the same run (resume="allow")
+            if job and lg and not isinstance(lg, bool) and lg.class_path.endswith("WandbLogger"):
+                if lg.init_args.get("id") is None and lg.init_args.get("version") is None:
+                    lg.init_args.id = f"slurm-{job}"
             # W&B, CSV and TensorBoard logs go inside the run's folder unless a save_dir is given
             if lg and not isinstance(lg, bool) and "save_dir" in getattr(lg, "init_args", {}):
                 if lg.init_args.save_dir in (None, "."):
@@ -180,7 +192,7 @@ def prepare_command(config: str) -> Path:
 # commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
 EXTRA_COMMANDS: dict[str, Callable] = {
     "prepare": prepare_command, "generate": generate, "export": export, "import-hf": import_hf, "size": size,
-    "consolidate": consolidate, "crossval": crossval,
+    "consolidate": consolidate, "crossval": crossval, "submit": submit,
 }
 
 

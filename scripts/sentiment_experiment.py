@@ -6,7 +6,7 @@ Runs, each on SST-2 (official test set) and CR (10-fold cross-validation):
   (c) dapt:       from that model after domain-adaptive pretraining (SST-2: dapt_sst2.yaml on SST-2 train
                   text; CR: dapt_cr.yaml on each fold's training-fold text, inside crossval).
 
-    python scripts/sentiment_experiment.py                      # everything (~25 min on 2 cores)
+    python scripts/sentiment_experiment.py                      # everything (~40 min on 2 cores)
     python scripts/sentiment_experiment.py --stages sst2 cr     # reuse the pretraining checkpoints
 
 Prints a markdown table, writes runs/experiment/results.json and ends with one JSON line.

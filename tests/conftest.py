@@ -14,6 +14,9 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    for key in list(os.environ):  # leftover SLURM variables would switch Lightning into SLURM mode
+        if key.startswith("SLURM_"):
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture
@@ -26,6 +29,6 @@ def small_corpus(tmp_path) -> Path:
 
 
 def cli_env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(LIT_LLM_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     return env

@@ -55,6 +55,10 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
     cfg = wandb_config(runs[0])
     assert cfg["model"] == "debug" and cfg["learning_rate"] == 3e-3  # hyperparameters
     assert cfg["config"]["trainer"]["max_steps"] == 20  # and the resolved CLI config
+    run = cfg["run"]  # code version, hardware and the prepared data's hashes
+    assert len(run["code"]["git_sha"]) == 40 and run["hardware"]["world_size"] == 1 and run["data"]["tokenizer_hash"]
+    tables = list((runs[0].parent / "files" / "media" / "table").glob("samples_*.table.json"))
+    assert tables and '"sample"' in tables[-1].read_text()  # sample generations as a table
 
 
 def test_generate_from_the_checkpoint(trained):

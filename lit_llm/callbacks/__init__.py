@@ -1,6 +1,8 @@
 from lit_llm.callbacks.evaluation import EvaluationReport
 from lit_llm.callbacks.finetuning import StagedFinetuning
 from lit_llm.callbacks.lr_monitor import LRMonitor
+from lit_llm.callbacks.preemption import Preemption
+from lit_llm.callbacks.samples import SampleGenerations
 from lit_llm.callbacks.throughput import TokenThroughput
 
-__all__ = ["EvaluationReport", "LRMonitor", "StagedFinetuning", "TokenThroughput"]
+__all__ = ["EvaluationReport", "LRMonitor", "Preemption", "SampleGenerations", "StagedFinetuning", "TokenThroughput"]

@@ -1,0 +1,102 @@
+"""Pre-emption on SLURM: checkpoint at a step boundary on the warning signal, then requeue the job.
+
+SLURM sends ``--signal=USR1@90`` (the job scripts in ``slurm/`` ask for it) some time before the time limit,
+and ``scancel --signal=USR1`` sends it on demand. Lightning's own SLURM auto-requeue saves its checkpoint
+inside the signal handler, at whatever point the step has reached (between an optimizer update and the
+step counter, say), and under DDP the ranks enter that collective save from different places. Here the
+handler only records the signal. At the end of the step the ranks agree (one all-reduce of a flag), save
+``hpc_ckpt_N.ckpt`` in ``default_root_dir``, written under a temporary name and renamed, and rank 0 calls
+``scontrol requeue``. The requeued job runs the same command, and Lightning resumes from the newest
+``hpc_ckpt_*.ckpt`` on SLURM. The data position, LR schedule and RNG continue exactly as in an uninterrupted
+run, and the CLI gives the W&B run the SLURM job id as its id, so the requeued job continues the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+
+def slurm_job_id() -> str | None:
+    """The id that ``scontrol requeue`` takes: ``ARRAYJOB_TASK`` for array jobs, else the job id."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class Preemption(L.Callback):
+    """Checkpoint and requeue on SLURM's warning signal (active only when Lightning detects SLURM).
+
+    Args:
+        signal_name: the warning signal, as in ``#SBATCH --signal=USR1@90``.
+        requeue: requeue the job after the checkpoint (``scontrol requeue``); False only saves and stops.
+    """
+
+    def __init__(self, signal_name: str = "USR1", requeue: bool = True) -> None:
+        self.signum = getattr(signal, f"SIG{signal_name.upper().removeprefix('SIG')}", None)
+        if self.signum is None:
+            raise ValueError(f"Unknown signal {signal_name!r}; use e.g. USR1 or USR2")
+        self.requeue = requeue
+        self.active = False
+        self._signalled = False
+        self._previous: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        env = trainer._accelerator_connector.cluster_environment
+        self.active = stage == "fit" and isinstance(env, SLURMEnvironment)
+        if self.active:
+            env.auto_requeue = False  # Lightning's handler would save from inside the signal handler
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.active:
+            self._signalled = False
+            self._previous = signal.signal(self.signum, self._handler)
+            rank_zero_info(f"Pre-emption: on SIG{signal.Signals(self.signum).name.removeprefix('SIG')}, checkpoint at"
+                           " the end of the step and requeue")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self.active:
+            return
+        flag = torch.tensor(float(self._signalled), device=pl_module.device)
+        if trainer.world_size > 1:  # every rank stops at the same step, whichever got the signal first
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if flag.item() == 0:
+            return
+        root = Path(trainer.default_root_dir)
+        versions = [int(m.group(1)) for p in root.glob("hpc_ckpt_*.ckpt") if (m := re.match(r"hpc_ckpt_(\d+)\.ckpt$", p.name))]
+        final = root / f"hpc_ckpt_{max(versions, default=0) + 1}.ckpt"
+        tmp = root / f".{final.name}.partial"
+        trainer.save_checkpoint(tmp)  # collective; a killed save leaves only the .partial name
+        if trainer.is_global_zero:
+            if final.exists():
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+            os.replace(tmp, final)
+        trainer.strategy.barrier("preemption-checkpoint")
+        rank_zero_info(f"Pre-emption: saved {final} at step {trainer.global_step}")
+        trainer.should_stop = True
+        if self.requeue and trainer.is_global_zero:
+            job = slurm_job_id()
+            result = subprocess.call(["scontrol", "requeue", job]) if job else 1
+            if result == 0:
+                rank_zero_info(f"Pre-emption: requeued SLURM job {job}")
+            else:
+                rank_zero_warn(f"Pre-emption: `scontrol requeue {job}` failed ({result}); resubmit the job to resume")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.active and self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None

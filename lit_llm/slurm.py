@@ -1,0 +1,125 @@
+"""``python -m lit_llm submit``: write the SLURM job script for a config and submit it with sbatch.
+
+One task per GPU (``--ntasks-per-node`` = GPUs per node), ``srun`` starting ``python -m lit_llm fit`` in each,
+and Lightning's SLURM environment taking ranks and the rendezvous from SLURM's variables. The job asks for
+the warning signal ``--signal=USR1@<seconds>`` and is requeueable. On the signal,
+``lit_llm.callbacks.Preemption`` checkpoints and requeues it, and the requeued job resumes from that
+checkpoint with the same W&B run. The scripts in ``slurm/`` are this function's output for three layouts,
+and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+
+FIRST_NODE = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+
+
+def render_script(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
+                  cpus_per_task: int = 8, time: str = "01:00:00", partition: Optional[str] = None,
+                  account: Optional[str] = None, job_name: str = "lit_llm", output_dir: str = "slurm_logs",
+                  signal_seconds: int = 90, master_addr: Optional[str] = None, python: str = "python",
+                  args: Optional[list[str]] = None) -> str:
+    """The sbatch script text (see ``submit`` for the arguments)."""
+    if nodes < 1 or gpus_per_node < 0 or tasks_per_node < 1 or cpus_per_task < 1:
+        raise ValueError("nodes, tasks_per_node and cpus_per_task must be >= 1 and gpus_per_node >= 0")
+    if job_name in ("bash", "interactive"):
+        raise ValueError(f"job name {job_name!r} turns off Lightning's SLURM detection; choose another")
+    if not config:
+        raise ValueError("Give at least one --config")
+    tasks = gpus_per_node or tasks_per_node  # one process per GPU, or per requested CPU task
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --ntasks-per-node={tasks}",  # Lightning checks it against trainer.devices
+        f"#SBATCH --cpus-per-task={cpus_per_task}",
+    ]
+    if gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
+    lines += [f"#SBATCH --time={time}"]  # always set: a hung job cannot outlive it
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    if account:
+        lines.append(f"#SBATCH --account={account}")
+    lines += [
+        f"#SBATCH --signal=USR1@{signal_seconds}",  # the warning before the time limit: checkpoint and requeue
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",  # a requeued job appends to the same log
+        f"#SBATCH --output={output_dir}/%x-%j.out",
+        "",
+        "set -euo pipefail",
+        "# rendezvous: the first node of the allocation (Lightning reads MASTER_ADDR / MASTER_PORT)",
+        f"export MASTER_ADDR={shlex.quote(master_addr) if master_addr else FIRST_NODE}",
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+        'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, rendezvous $MASTER_ADDR:$MASTER_PORT"',
+        "",
+    ]
+    cmd = [python, "-m", "lit_llm", "fit"] + [a for c in config for a in ("--config", c)]
+    cmd += ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(tasks)]
+    if gpus_per_node:
+        cmd += ["--trainer.accelerator", "gpu"]
+    cmd += list(args or [])
+    lines.append("srun " + " ".join(shlex.quote(c) for c in cmd))
+    return "\n".join(lines) + "\n"
+
+
+def submit(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
+           cpus_per_task: int = 8, time: str = "01:00:00", partition: Optional[str] = None,
+           account: Optional[str] = None, job_name: str = "lit_llm", output_dir: str = "slurm_logs",
+           signal_seconds: int = 90, master_addr: Optional[str] = None, python: str = "python",
+           args: Optional[list[str]] = None, script: Optional[str] = None, dry_run: bool = False,
+           wait: bool = False) -> Optional[str]:
+    """Write the SLURM job script that runs ``fit`` on a config, and submit it with sbatch.
+
+    Args:
+        config: the config file(s), as for ``fit --config`` (several are composed in order).
+        nodes: number of nodes.
+        gpus_per_node: GPUs per node; one task (process) each. 0 makes a CPU job with ``tasks_per_node``.
+        tasks_per_node: processes per node of a CPU job (DDP over gloo).
+        cpus_per_task: CPU cores per process (also OMP_NUM_THREADS).
+        time: time limit, ``HH:MM:SS`` or ``D-HH:MM:SS``.
+        partition: SLURM partition.
+        account: SLURM account.
+        job_name: job name (not ``bash`` or ``interactive``, which hide SLURM from Lightning).
+        output_dir: folder of the job's log (``<job_name>-<job id>.out``).
+        signal_seconds: seconds before the time limit at which SLURM sends USR1 (checkpoint and requeue).
+        master_addr: rendezvous address; default the first node of the allocation.
+        python: the Python that has lit_llm installed.
+        args: further ``fit`` arguments, e.g. ``["--trainer.max_steps", "5000"]``.
+        script: where to write the job script (default ``<output_dir>/<job_name>.sbatch``).
+        dry_run: print the script and submit nothing.
+        wait: wait for the job to end (``sbatch --wait``).
+    """
+    for c in config:
+        if not Path(c).is_file():
+            raise FileNotFoundError(f"Config {c} does not exist")
+    text = render_script(config, nodes, gpus_per_node, tasks_per_node, cpus_per_task, time, partition, account,
+                         job_name, output_dir, signal_seconds, master_addr, python, args)
+    if dry_run:
+        print(text, end="")
+        return None
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(script or Path(output_dir) / f"{job_name}.sbatch")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    Path(f.name).replace(path)
+    cmd = ["sbatch", "--parsable"] + (["--wait"] if wait else []) + [str(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError("sbatch was not found: submit runs on a SLURM login node (or see slurm/local_cluster.sh)") from None
+    job = out.stdout.strip().split(";")[0]
+    if out.returncode != 0 and not (wait and job):
+        raise RuntimeError(f"sbatch failed ({out.returncode}): {out.stderr.strip()}")
+    print(f"submitted job {job}: {path}; log {output_dir}/{job_name}-{job}.out")
+    if wait and out.returncode != 0:
+        raise RuntimeError(f"job {job} failed (sbatch --wait exited {out.returncode}); see its log")
+    return job

@@ -1,0 +1,174 @@
+"""Jobs on a real SLURM: a single-host cluster (slurmctld + 2 slurmd faking 2 nodes, munge) started by
+slurm/local_cluster.sh, which installs Debian's slurm-wlm and munge when they are missing.
+
+(a) 2 tasks DDP on one node, (b) 2 nodes x 1 task, (c) pre-emption: USR1 mid-run -> checkpoint at a step
+boundary, requeue, resume -> the same final weights as the uninterrupted run (a), and the same W&B run id.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, cli_env
+from lit_llm.slurm import render_script
+from wandb_offline import config as wandb_config
+from wandb_offline import history as wandb_history
+
+SCRIPT = REPO / "slurm" / "local_cluster.sh"
+pytestmark = pytest.mark.skipif(
+    shutil.which("slurmctld") is None and (shutil.which("apt-get") is None or os.geteuid() != 0),
+    reason="needs slurm-wlm and munge, or root with apt-get to install them (slurm/local_cluster.sh)",
+)
+STEPS = 300  # long enough (a few seconds) for the signal to land mid-run
+
+
+def _free_port_base() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1] // 10 * 10
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    env = cli_env(state)
+    env.update(LIT_LLM_SLURM_DIR=str(state), LIT_LLM_SLURM_PORT=str(_free_port_base()))
+    up = subprocess.run(["bash", str(SCRIPT), "start", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, f"local SLURM cluster did not start:\n{up.stdout}\n{up.stderr}"
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    yield env
+    subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def submit(env, tmp_path, name, *extra, wait=True, nodes=1, tasks=2):
+    """``python -m lit_llm submit`` of the debug config (DDP over gloo), output under tmp_path/name."""
+    out = tmp_path / name
+    args = [sys.executable, "-m", "lit_llm", "submit", "--config", f"[{REPO}/configs/debug.yaml, {REPO}/configs/strategy/ddp.yaml]",
+            "--nodes", str(nodes), "--tasks_per_node", str(tasks), "--cpus_per_task", "1", "--time", "00:05:00",
+            "--job_name", name, "--output_dir", str(tmp_path / "logs"), "--master_addr", "127.0.0.1",
+            "--python", sys.executable, "--args",
+            f'["--trainer.default_root_dir", "{out}", "--trainer.max_steps", "{STEPS}", "--data.data_dir", "{REPO.parent / "shared" / "data"}"]']
+    proc = subprocess.run(args + list(extra) + (["--wait", "true"] if wait else []), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    job = re.search(r"submitted job (\d+)", proc.stdout)
+    log = tmp_path / "logs" / f"{name}-{job.group(1)}.out" if job else None
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{log.read_text() if log and log.exists() else ''}"
+    return job.group(1), out, log
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _wandb_runs(out: Path) -> list[Path]:
+    return sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("a")
+    return submit(cluster, tmp, "ddp2")
+
+
+def test_a_two_task_ddp_job(uninterrupted):
+    job, out, log = uninterrupted
+    text = log.read_text()
+    assert f"job {job} (restart 0)" in text
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    runs = _wandb_runs(out)
+    assert len(runs) == 1 and runs[0].name == f"run-slurm-{job}.wandb"  # one offline run, id from the job
+    meta = wandb_config(runs[0])["run"]
+    hw = meta["hardware"]
+    assert hw["world_size"] == 2 and hw["slurm_job_id"] == job and hw["slurm_restart_count"] == 0
+    assert meta["code"]["git_sha"] and meta["data"]["tokenizer_hash"] and meta["data"]["cache_key"]
+    assert any("val_loss" in row for row in wandb_history(runs[0]))
+
+
+def test_b_two_fake_nodes_one_task_each(cluster, tmp_path, uninterrupted):
+    job, out, log = submit(cluster, tmp_path, "nodes2", nodes=2, tasks=1)
+    text = log.read_text()
+    assert re.search(r"on node\[1-2\]", text), text[-2000:]
+    # same global batch and seed as (a): 2 nodes x 1 process trains exactly like 1 node x 2 processes
+    a = _weights(uninterrupted[1] / "checkpoints" / "last.ckpt")
+    b = _weights(out / "checkpoints" / "last.ckpt")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+
+
+def _job_state(env, job) -> tuple[str, int]:
+    info = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    state = re.search(r"JobState=(\w+)", info)
+    restarts = re.search(r"Restarts=(\d+)", info)
+    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
+
+
+def test_c_preemption_requeues_and_resumes_exactly(cluster, tmp_path, uninterrupted):
+    job, out, log = submit(cluster, tmp_path, "preempt", wait=False)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step10.ckpt").exists():  # mid-run
+        assert time.time() < deadline and _job_state(cluster, job)[0] in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
+    hurried = False
+    while True:
+        state, restarts = _job_state(cluster, job)
+        if state == "PENDING" and restarts >= 1 and not hurried:
+            # slurmctld holds a requeued job back (BeginTime about 2 minutes on); a test need not wait for it
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True)
+            hurried = True
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") and restarts >= 1:
+            break
+        assert time.time() < deadline, f"job {job} still {state} after {restarts} restarts:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+    text = log.read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert "Pre-emption: saved" in text and f"Pre-emption: requeued SLURM job {job}" in text
+    assert f"job {job} (restart 1)" in text and "Restoring states from the checkpoint path" in text
+    hpc = out / "hpc_ckpt_1.ckpt"
+    assert hpc.is_file() and not list(out.glob(".hpc_ckpt_*"))
+    stopped_at = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
+    assert 10 <= stopped_at < STEPS
+    # the resumed job ends with exactly the weights of the uninterrupted run
+    a = _weights(uninterrupted[1] / "checkpoints" / "last.ckpt")
+    c = _weights(out / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    # both parts of the job logged to one W&B run id
+    runs = _wandb_runs(out)
+    assert len(runs) == 2 and {r.name for r in runs} == {f"run-slurm-{job}.wandb"}
+    steps = [row.get("trainer/global_step") for r in runs for row in wandb_history(r) if "val_loss" in row]
+    assert steps and max(steps) >= STEPS - 1
+
+
+def test_rendered_examples_are_current():
+    sys.path.insert(0, str(REPO / "slurm"))
+    from render_examples import EXAMPLES
+
+    for name, kw in EXAMPLES.items():
+        assert (REPO / "slurm" / name).read_text() == render_script(**kw), f"run python slurm/render_examples.py ({name})"
+
+
+def test_submit_dry_run_and_bad_input(tmp_path):
+    env = cli_env(tmp_path)
+    cfg = str(REPO / "configs" / "debug.yaml")
+    proc = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", f"[{cfg}]", "--nodes", "2",
+                           "--gpus_per_node", "4", "--partition", "p", "--account", "acc", "--dry_run", "true"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --time=01:00:00",
+                 "#SBATCH --partition=p", "#SBATCH --account=acc", "#SBATCH --signal=USR1@90", "#SBATCH --requeue"):
+        assert line in text
+    assert "--trainer.num_nodes 2 --trainer.devices 4 --trainer.accelerator gpu" in text
+    assert not (tmp_path / "slurm_logs").exists()  # a dry run writes nothing
+    with pytest.raises(ValueError, match="turns off Lightning's SLURM detection"):
+        render_script([cfg], job_name="bash")
+    bad = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", "[missing.yaml]", "--dry_run", "true"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "missing.yaml does not exist" in bad.stderr
