@@ -72,7 +72,9 @@ def crossval(config: list[str], num_folds: int = 10, folds: Optional[list[int]] 
         common = base + ["--data.split", "kfold", "--data.num_folds", str(num_folds), "--data.fold", str(k),
                          "--trainer.default_root_dir", str(fold_dir)] + list(args or [])
         if dapt_config:
-            common += ["--model.checkpoint", str(_dapt(fold_dir, dapt_config, model["checkpoint"], data, num_folds, k))]
+            labels = {"label_names": model.get("label_names"), "num_classes": model.get("num_classes", 2)}
+            dapt_ckpt = _dapt(fold_dir, dapt_config, model["checkpoint"], {**data, **labels}, num_folds, k)
+            common += ["--model.checkpoint", str(dapt_ckpt)]
         _run(["fit"] + common)
         ckpts = fold_dir / "checkpoints"
         best = ckpts / "best.ckpt" if (ckpts / "best.ckpt").is_file() else ckpts / "last.ckpt"

@@ -238,7 +238,8 @@ class SequenceClassifier(L.LightningModule):
     def _eval_epoch_end(self, stage: str, metrics: MetricCollection, confusion) -> None:
         values = {k: v.item() for k, v in metrics.compute().items()}
         values[f"{stage}_loss"] = self.eval_loss.compute().item()
-        self.log_dict(values, prog_bar=True, sync_dist=False)  # torchmetrics already reduced over processes
+        # torchmetrics already reduced over processes, so every rank holds the same values
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         self.last_report = {
             "stage": stage, "step": self.global_step, "examples": int(confusion.confmat.sum().item()),
             "metrics": values, "confusion_matrix": confusion.compute().tolist(),

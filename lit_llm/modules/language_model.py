@@ -312,7 +312,8 @@ class LanguageModel(L.LightningModule):
         metrics = {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, 80.0))}
         if self.config.causal and self.bytes_per_token:
             metrics[f"{prefix}_bpb"] = loss / math.log(2) / self.bytes_per_token
-            self.log(f"{prefix}_bpb", metrics[f"{prefix}_bpb"], on_step=False, on_epoch=True)
+            # the same value on every rank (from the synced loss); sync_dist only keeps Lightning from warning
+            self.log(f"{prefix}_bpb", metrics[f"{prefix}_bpb"], on_step=False, on_epoch=True, sync_dist=True)
         self.last_report = {"stage": prefix, "step": self.global_step, "tokens_seen": self.tokens_seen, "metrics": metrics}
 
     def on_validation_epoch_end(self) -> None:
