@@ -19,31 +19,31 @@ def export(checkpoint: str, out: str, format: str = "hf") -> Path:
 
     ``--format hf`` writes a directory that ``transformers``' Auto classes load (GPT2LMHeadModel,
     LlamaForCausalLM or BertForMaskedLM) with safetensors weights, and the tokenizer files for AutoTokenizer.
+    ``--format onnx`` writes ``model.onnx`` (a language model's forward: input_ids -> logits; a classifier's:
+    input_ids, attention_mask -> class logits, LoRA merged), ``tokenizer.json`` and ``lit_llm.json``, and
+    checks onnxruntime's output against PyTorch's.
 
     Args:
-        checkpoint: the .ckpt file written by ``lit_llm fit``.
+        checkpoint: the .ckpt file written by ``lit_llm fit`` (a language model or a classifier for onnx).
         out: output directory (replaced if it exists; written under a temporary name, then renamed).
-        format: ``hf`` (Hugging Face transformers).
+        format: ``hf`` (Hugging Face transformers) or ``onnx``.
     """
+    if format == "onnx":
+        return export_onnx(checkpoint, out)
     if format != "hf":
-        raise ValueError(f"Unknown export format {format!r}; supported: hf")
+        raise ValueError(f"Unknown export format {format!r}; supported: hf, onnx")
     tf = _require_transformers()
     model, tok = load_checkpoint(checkpoint)
     hf_model = to_hf_model(model.config, model.state_dict())
-    out_dir = Path(out)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         hf_model.save_pretrained(tmp)
         vocab = tok.get_vocab()
         special = {k: t for k, t in (("mask_token", "[MASK]"), ("pad_token", "[PAD]"), ("unk_token", "[UNK]"),
                                      ("cls_token", "[CLS]"), ("sep_token", "[SEP]")) if t in vocab}
         tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    out_dir = _write_dir(out, write)
     print(f"Wrote {type(hf_model).__name__} and its tokenizer to {out_dir}")
     return out_dir
 
@@ -79,3 +79,92 @@ def import_hf(hf_dir: str, out: str) -> Path:
     os.replace(tmp, out_path)  # never a half-written checkpoint under the final name
     print(f"Wrote {out_path} ({cfg.family}, {cfg.num_parameters():,} parameters)")
     return out_path
+
+
+def _write_dir(out: str, write) -> Path:
+    """Call ``write(tmp_dir)``, then move the finished folder to ``out`` (replacing it): never half a folder."""
+    out_dir = Path(out)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def export_onnx(checkpoint: str, out: str, opset: int = 18, tolerance: float = 1e-4) -> Path:
+    """ONNX export of a language model's or a classifier's forward, with an onnxruntime parity check.
+
+    Batch and sequence length are dynamic (up to the model's block_size). The KV cache is not part of the
+    graph: a generation loop over it recomputes the prefix (serving uses PyTorch with the cache).
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'lit_llm[onnx]'") from None
+    import json
+
+    import numpy as np
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist")
+    extra = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(CKPT_KEY) or {}
+    if extra.get("task") == "classification":
+        from lit_llm.modules.classifier import SequenceClassifier
+
+        model = SequenceClassifier.restore(path)
+        if hasattr(model.backbone, "peft_config"):
+            model.merge_lora()
+        config, tok = model.config, model.tokenizer
+        names, outputs = ["input_ids", "attention_mask"], ["logits"]
+        meta = {"task": "classification", "label_names": model.hparams.label_names, "pooling": model.pooling,
+                "num_classes": model.hparams.num_classes}
+    else:
+        model, tok = load_checkpoint(path)
+        config = model.config
+        names, outputs = ["input_ids"], ["logits"]
+        meta = {"task": "language_model"}
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=2, max=config.block_size)
+
+    def example(b: int, t: int, seed: int) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, tok.get_vocab_size(), (b, t), generator=g)
+        if len(names) == 1:
+            return (ids,)
+        mask = torch.arange(t)[None, :] < torch.randint(1, t + 1, (b, 1), generator=g)  # right padding
+        return ids, mask
+
+    args = example(2, min(8, config.block_size), 0)
+    dyn = tuple({0: batch, 1: seq} for _ in names)
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(model, args, tmp / "model.onnx", dynamo=True, dynamic_shapes=dyn, input_names=names,
+                          output_names=outputs, opset_version=opset, verbose=False)
+        (tmp / "tokenizer.json").write_text(tok.to_str())
+        (tmp / "lit_llm.json").write_text(json.dumps({**meta, "inputs": names, "outputs": outputs,
+                                                       "model_config": config.to_dict()}, indent=2) + "\n")
+        # parity on another shape than the traced one: the dynamic axes really are dynamic
+        check = example(3, min(config.block_size, 13), 1)
+        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, check)})[0]
+        with torch.no_grad():
+            want = model(*check).numpy()
+        diff = float(np.abs(got - want).max())
+        meta["onnxruntime_max_abs_diff"] = diff
+        if diff > tolerance:
+            raise RuntimeError(f"onnxruntime differs from PyTorch by {diff:.2e} (> {tolerance}); not writing {out}")
+        (tmp / "lit_llm.json").write_text(json.dumps({**meta, "inputs": names, "outputs": outputs,
+                                                       "model_config": config.to_dict()}, indent=2) + "\n")
+
+    out_dir = _write_dir(out, write)
+    print(f"Wrote {out_dir / 'model.onnx'} ({meta['task']}); onnxruntime vs PyTorch max |diff| "
+          f"{meta['onnxruntime_max_abs_diff']:.2e}")
+    return out_dir

@@ -53,6 +53,10 @@ class LoraSpec:
     targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
 
 
+# hyper_parameters hold a LoraSpec; allow it in torch.load(weights_only=True) of classifier checkpoints
+torch.serialization.add_safe_globals([LoraSpec])
+
+
 def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
     """(config, backbone state, tokenizer) of a lit_llm checkpoint: a language-model checkpoint from ``fit``,
     one consolidated by ``lit_llm consolidate``, or a classifier checkpoint (its backbone)."""

@@ -1,0 +1,54 @@
+"""ONNX export of language models and classifiers, checked against onnxruntime on shapes other than the traced one."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from lit_llm.export import export
+from lit_llm.generate import load_checkpoint
+from lit_llm.modules import LoraSpec, SequenceClassifier
+from test_finetune import _tiny_fit, write_lm_checkpoint
+
+
+@pytest.mark.parametrize("family", ["debug", "debug-llama"])
+def test_language_model_onnx_matches_pytorch(tmp_path, family):
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt", family)
+    out = export(str(ckpt), str(tmp_path / "onnx"), format="onnx")
+    meta = json.loads((out / "lit_llm.json").read_text())
+    assert meta["task"] == "language_model" and meta["onnxruntime_max_abs_diff"] < 1e-4
+    model, _ = load_checkpoint(ckpt)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for b, t in ((1, 5), (4, 64)):  # batch and length vary, up to block_size
+        ids = torch.randint(0, 250, (b, t))
+        got = session.run(None, {"input_ids": ids.numpy()})[0]
+        np.testing.assert_allclose(got, model(ids).detach().numpy(), atol=1e-4, rtol=1e-4)
+    assert not list(tmp_path.glob("onnx.tmp*"))  # written under a temporary name, then renamed
+
+
+@pytest.mark.parametrize("family,lora", [("debug", None), ("debug-bert", LoraSpec(rank=4, targets=["wq", "wv"]))])
+def test_classifier_onnx_matches_pytorch(tmp_path, family, lora):
+    lm = write_lm_checkpoint(tmp_path / "lm.ckpt", family)
+    clf = SequenceClassifier(checkpoint=str(lm), label_names=["neg", "pos"], lora=lora, learning_rate=1e-2)
+    trainer = _tiny_fit(clf, [], 2, tmp_path)
+    trainer.save_checkpoint(tmp_path / "clf.ckpt")
+    out = export(str(tmp_path / "clf.ckpt"), str(tmp_path / "onnx"), format="onnx")
+    meta = json.loads((out / "lit_llm.json").read_text())
+    assert meta["task"] == "classification" and meta["label_names"] == ["neg", "pos"]
+    assert meta["inputs"] == ["input_ids", "attention_mask"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = torch.randint(5, 250, (5, 20))
+    mask = torch.arange(20)[None, :] < torch.tensor([[20], [3], [11], [1], [17]])  # right padding
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    reference = SequenceClassifier.restore(tmp_path / "clf.ckpt")  # unmerged LoRA: the merge is exact
+    with torch.no_grad():
+        np.testing.assert_allclose(got, reference(ids, mask).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_export_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"), format="onnx")
+    with pytest.raises(ValueError, match="supported: hf, onnx"):
+        export(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"), format="tflite")
