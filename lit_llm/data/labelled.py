@@ -2,7 +2,8 @@
 
 Formats:
 - ``label_text``: one example per line, ``LABEL TEXT`` (the SST-2 and CR files in ``../shared/data/sentiment``);
-- ``csv`` and ``json`` (JSON lines) with configurable text and label fields, read through ``datasets``.
+- ``csv`` and ``json`` (JSON lines) with configurable text and label fields, read through ``datasets``;
+- ``feedback``: a ``lit_llm.feedback`` store, whose corrected labels become training examples.
 
 Labels are integers ``0 .. num_classes - 1``, or strings mapped through ``label_names``.
 
@@ -56,6 +57,13 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
                     raise ValueError(f"{f}:{n}: expected 'LABEL TEXT', got {line[:80]!r}")
                 raw.append(label)
                 texts.append(text)
+    elif fmt == "feedback":  # lit_llm.feedback's store: the requests with the labels users corrected
+        from lit_llm.feedback import labelled_examples
+
+        for f in files:
+            t, y = labelled_examples(f)
+            texts += t
+            raw += y
     elif fmt in ("csv", "json"):
         from datasets import load_dataset
 
@@ -69,7 +77,7 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
             texts.append(str(row[text_field]))
             raw.append(row[label_field])
     else:
-        raise ValueError(f"Unknown labelled format {fmt!r} for {path}; use label_text, csv or json")
+        raise ValueError(f"Unknown labelled format {fmt!r} for {path}; use label_text, csv, json or feedback")
     if no_text:
         warnings.warn(f"{path}: skipped {no_text} line(s) with a label but no text")
     if not texts:
@@ -135,7 +143,8 @@ class ClassificationDataModule(L.LightningDataModule):
         train: file (or glob) of training examples; with ``split: random`` or ``kfold``, the whole labelled set.
         val: validation file (``split: files``). Without it, ``val_fraction`` of ``train`` is held out, seeded.
         test: test file (``split: files``).
-        format: ``label_text``, ``csv`` or ``json``; by default from the extension (``label_text`` otherwise).
+        format: ``label_text``, ``csv``, ``json`` or ``feedback``; by default from the extension (``label_text``
+            otherwise).
         text_field: csv/json field holding the text.
         label_field: csv/json field holding the label.
         label_names: names of the classes, in id order; string labels are mapped through it. The CLI links
