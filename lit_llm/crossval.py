@@ -11,13 +11,14 @@ standard deviation in ``crossval.json``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from lit_llm.io import write_text_atomic
 
 
 def _run(args: list[str]) -> None:
@@ -83,10 +84,7 @@ def crossval(config: list[str], num_folds: int = 10, folds: Optional[list[int]] 
         results.append({"fold": k, "checkpoint": str(best), **report["metrics"]})
     summary = summarize(results)
     summary.update(config=config, dapt_config=dapt_config, num_folds=num_folds)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".crossval.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, root / "crossval.json")
+    write_text_atomic(root / "crossval.json", json.dumps(summary, indent=2) + "\n")
     print(f"cross-validation over {len(results)} folds ({root / 'crossval.json'}):")
     for name, s in summary["metrics"].items():
         print(f"  {name:<16s} {s['mean']:.4f} ± {s['std']:.4f}")
@@ -112,11 +110,7 @@ def _dapt(fold_dir: Path, dapt_config: str, pretrained: str, data: dict[str, Any
                                                    "num_classes", "seed", "val_fraction", "data_dir", "encoding_errors")}
     dm = ClassificationDataModule(**keep, split="kfold", num_folds=num_folds, fold=fold)
     texts = dm.texts("train") + dm.texts("val")  # every training fold; the held-out fold stays unseen
-    text_file = fold_dir / "dapt_text.txt"
-    text_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = text_file.with_name(f".{text_file.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
-    os.replace(tmp, text_file)
+    text_file = write_text_atomic(fold_dir / "dapt_text.txt", "\n".join(t.replace("\n", " ") for t in texts) + "\n")
     out = fold_dir / "dapt"
     sources = json.dumps([{"path": str(text_file.resolve()), "format": "text", "sample_by": "line"}])
     _run(["fit", "--config", dapt_config, "--data.corpus", "null", "--data.sources", sources,

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Optional
+
+from lit_llm.io import write_text_atomic
 
 
 FIRST_NODE = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
@@ -106,11 +107,7 @@ def submit(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_
         print(text, end="")
         return None
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(script or Path(output_dir) / f"{job_name}.sbatch")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    Path(f.name).replace(path)
+    path = write_text_atomic(script or Path(output_dir) / f"{job_name}.sbatch", text)
     cmd = ["sbatch", "--parsable"] + (["--wait"] if wait else []) + [str(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True)

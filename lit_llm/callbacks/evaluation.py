@@ -9,13 +9,14 @@ During fit the validation loop runs every ``trainer.val_check_interval`` steps; 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from lit_llm.io import write_text_atomic
 
 
 class EvaluationReport(L.Callback):
@@ -42,7 +43,7 @@ class EvaluationReport(L.Callback):
         report["checkpoint"] = str(ckpt) if ckpt else None
         names = [f"{stage}_step{report['step']}", stage] if trainer.state.fn == "fit" else [stage]
         for name in names:
-            _atomic_write(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
+            write_text_atomic(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
             self.written.append(out / f"{name}.json")
         if self.confusion_image and "confusion_matrix" in report:
             self._log_confusion(trainer, report, out / f"{names[0]}_confusion.png")
@@ -71,8 +72,3 @@ class EvaluationReport(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from lit_llm.data.tokenizer import decode, encode
 from lit_llm.generate import generate_tokens
+from lit_llm.io import write_text_atomic
 
 
 class SampleGenerations(L.Callback):
@@ -68,7 +69,5 @@ class SampleGenerations(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the whole table so far, so the latest version shows every step
                 logger.log_text(key="samples", columns=["step", "prompt", "sample"], data=self.rows)
-        out_dir = Path(trainer.default_root_dir) / "eval"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"samples_step{trainer.global_step}.json").write_text(
-            json.dumps([dict(zip(["step", "prompt", "sample"], r)) for r in rows], indent=2) + "\n")
+        write_text_atomic(Path(trainer.default_root_dir) / "eval" / f"samples_step{trainer.global_step}.json",
+                          json.dumps([dict(zip(["step", "prompt", "sample"], r)) for r in rows], indent=2) + "\n")
