@@ -189,7 +189,7 @@ class SequenceClassifier(L.LightningModule):
     @property
     def core(self) -> nn.Module:
         """The transformer itself (inside peft's wrapper when LoRA is on)."""
-        return self.backbone.model if self.hparams.lora is not None and hasattr(self.backbone, "peft_config") else self.backbone
+        return self.backbone.model if hasattr(self.backbone, "peft_config") else self.backbone
 
     def merge_lora(self) -> None:
         """Fold the LoRA updates into the projection weights and drop the adapters (same logits, plain modules)."""
@@ -244,12 +244,12 @@ class SequenceClassifier(L.LightningModule):
         values[f"{stage}_loss"] = self.eval_loss.compute().item()
         # torchmetrics already reduced over processes, so every rank holds the same values
         self.log_dict(values, prog_bar=True, sync_dist=True)
+        matrix = confusion.compute()
         self.last_report = {
-            "stage": stage, "step": self.global_step, "examples": int(confusion.confmat.sum().item()),
-            "metrics": values, "confusion_matrix": confusion.compute().tolist(),
+            "stage": stage, "step": self.global_step, "examples": int(matrix.sum().item()),
+            "metrics": values, "confusion_matrix": matrix.tolist(),
             "label_names": self.hparams.label_names or [str(i) for i in range(self.hparams.num_classes)],
         }
-        self._confusion = confusion
         metrics.reset()
         confusion.reset()
         self.eval_loss.reset()
