@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from tokenizers import Tokenizer
@@ -46,10 +46,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
 
 
 @torch.no_grad()
-def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                    top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    generator: Optional[torch.Generator] = None, use_cache: bool = True) -> torch.Tensor:
-    """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T).
+def iter_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                top_k: Optional[int] = None, top_p: Optional[float] = None,
+                generator: Optional[torch.Generator] = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield ``max_new_tokens`` sampled tokens (B, 1) one at a time after ``idx`` (B, T); the caller may stop early.
 
     With ``use_cache`` the prompt is run once and each new token reuses the cached keys and values. Once
     the sequence outgrows ``block_size`` the context is cropped to the last ``block_size`` tokens, which
@@ -64,8 +64,17 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
             cached = idx.size(1)
         else:
             logits = model(idx[:, -block_size:])[:, -1, :]
-        idx = torch.cat([idx, sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
-    return idx
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        idx = torch.cat([idx, token], dim=1)
+        yield token
+
+
+def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    generator: Optional[torch.Generator] = None, use_cache: bool = True) -> torch.Tensor:
+    """``idx`` (B, T) with ``max_new_tokens`` sampled tokens appended (see ``iter_tokens``)."""
+    new = list(iter_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache))
+    return torch.cat([idx, *new], dim=1)
 
 
 def generate(

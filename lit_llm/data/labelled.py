@@ -99,6 +99,28 @@ def _label_id(value: Any, names: Optional[list[str]], num_classes: int, path: st
     return label
 
 
+def frame_examples(tok: Tokenizer, texts: list[str], causal: bool, max_length: int) -> list[list[int]]:
+    """Token ids of each text as a classifier sees it: ``[EOS]`` appended for causal models (pooled as the last
+    token), ``[CLS] ... [SEP]`` for encoders, where the vocabulary has those tokens; cut to ``max_length``.
+    Training (``ClassificationDataModule``) and serving (``lit_llm serve``) both frame text here."""
+    head = [i for i in [None if causal else tok.token_to_id("[CLS]")] if i is not None]
+    tail = [i for i in [tok.token_to_id("[EOS]" if causal else "[SEP]")] if i is not None]
+    room = max_length - len(head) - len(tail)
+    return [head + e.ids[:room] + tail for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def pad_examples(tok: Tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` (B, T) and the ``attention_mask`` (True on real tokens) of ragged rows."""
+    pad = tok.token_to_id("[PAD]") or 0
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = True
+    return input_ids, mask
+
+
 def kfold_indices(n: int, num_folds: int, seed: int) -> list[np.ndarray]:
     """``num_folds`` disjoint index sets that together cover ``range(n)``, from a seeded permutation."""
     if not 2 <= num_folds <= n:
@@ -284,22 +306,11 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
     def encode(self, texts: list[str], causal: bool = True) -> list[list[int]]:
-        """Token ids of each text, framed for the model (``[EOS]`` after for causal models, ``[CLS] .. [SEP]``
-        for encoders, where the vocabulary has them) and cut to ``max_length``."""
-        tok = self.tokenizer
-        head = [i for i in [None if causal else tok.token_to_id("[CLS]")] if i is not None]
-        tail = [i for i in [tok.token_to_id("[EOS]" if causal else "[SEP]")] if i is not None]
-        room = self.hparams.max_length - len(head) - len(tail)
-        return [head + e.ids[:room] + tail for e in tok.encode_batch(texts, add_special_tokens=False)]
+        """Token ids of each text, framed for the model and cut to ``max_length`` (see ``frame_examples``)."""
+        return frame_examples(self.tokenizer, texts, causal, self.hparams.max_length)
 
     def collate(self, batch: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        pad = self.tokenizer.token_to_id("[PAD]") or 0
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.bool)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = True
+        input_ids, mask = pad_examples(self.tokenizer, [ids for ids, _ in batch])
         return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.tensor([y for _, y in batch])}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -34,7 +34,9 @@ class Source:
         hf_config: its configuration, e.g. ``20231101.en``.
         split: which split to read.
         text_field: column or JSON field holding the text (txt files: one text per document).
-        format: ``text``, ``json``, ``csv`` or ``parquet``; by default taken from the file extension.
+        format: ``text``, ``json``, ``csv``, ``parquet`` or ``feedback`` (a ``lit_llm serve`` feedback store:
+            corrected completions and those rated good, see ``lit_llm.feedback.feedback_texts``); by default
+            taken from the file extension.
         sample_by: for text files, what one document is: ``document`` (the whole file), ``paragraph`` or ``line``.
         weight: relative share of documents drawn from this source when several are mixed.
         max_documents: read at most this many documents (None: all).
@@ -84,7 +86,7 @@ def source_format(source: Source, files: list[Path]) -> str:
     if None in kinds or len(kinds) != 1:
         raise ValueError(
             f"Cannot tell the format of {source.path!r} from its extensions {sorted({f.suffix for f in files})};"
-            f" set format to one of text, json, csv, parquet"
+            f" set format to one of text, json, csv, parquet, feedback"
         )
     return kinds.pop()
 
@@ -111,6 +113,11 @@ def load_source(source: Source, data_dir: Optional[str] = None, encoding_errors:
     else:
         files = resolve_files(source, data_dir)
         fmt = source_format(source, files)
+        if fmt == "feedback":  # users' corrections and approved answers from the serving endpoint
+            return _limit(datasets.IterableDataset.from_generator(
+                _feedback_rows, gen_kwargs={"paths": [str(f) for f in files]},
+                features=datasets.Features({"text": datasets.Value("string")}),
+            ), source)
         kw: dict = {}
         if fmt == "text":
             kw = {"sample_by": source.sample_by, "encoding": "utf-8", "encoding_errors": encoding_errors}
@@ -125,9 +132,19 @@ def load_source(source: Source, data_dir: Optional[str] = None, encoding_errors:
     if source.text_field != "text":
         ds = ds.rename_column(source.text_field, "text")
     ds = ds.select_columns(["text"]).cast(datasets.Features({"text": datasets.Value("string")}))  # one schema to mix
-    if source.max_documents is not None:
-        ds = ds.take(source.max_documents)
-    return ds
+    return _limit(ds, source)
+
+
+def _limit(ds, source: Source):
+    return ds.take(source.max_documents) if source.max_documents is not None else ds
+
+
+def _feedback_rows(paths: list[str]) -> Iterator[dict]:
+    from lit_llm.feedback import feedback_texts
+
+    for path in paths:
+        for text in feedback_texts(path):
+            yield {"text": text}
 
 
 MIXING = ("all_exhausted_without_replacement", "all_exhausted", "first_exhausted")
