@@ -24,6 +24,7 @@ from lit_llm.generate import generate
 from lit_llm.modules import LanguageModel
 from lit_llm.parallel.checkpoint import consolidate
 from lit_llm.size import size
+from lit_llm.serve import serve
 from lit_llm.slurm import submit
 from lit_llm.tracking import run_metadata
 
@@ -39,6 +40,7 @@ Extra commands (each has --help):
   consolidate  merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file
   crossval   k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)
   submit     write the SLURM job script for a config and sbatch it (--dry_run prints it)
+  serve      serve a checkpoint over HTTP (OpenAI-compatible completions/chat, or /v1/classify) with feedback
 """
 
 
@@ -192,7 +194,7 @@ def prepare_command(config: str) -> Path:
 # commands that are not Trainer methods: each is a typed function whose signature and docstring are its CLI
 EXTRA_COMMANDS: dict[str, Callable] = {
     "prepare": prepare_command, "generate": generate, "export": export, "import-hf": import_hf, "size": size,
-    "consolidate": consolidate, "crossval": crossval, "submit": submit,
+    "consolidate": consolidate, "crossval": crossval, "submit": submit, "serve": serve,
 }
 
 

@@ -1,0 +1,257 @@
+"""The HTTP server (``lit_llm serve``) tested as clients see it: a real server in a subprocess on a loopback port,
+driven by the ``openai`` client and raw HTTP; and the feedback loop serve -> feedback -> fine-tune -> serve."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+import yaml
+
+from conftest import cli_env
+from lit_llm.data.sources import Source, iter_documents
+from lit_llm.data.tokenizer import encode
+from lit_llm.feedback import FeedbackStore
+from lit_llm.generate import generate_tokens, load_checkpoint
+from lit_llm.modules import SequenceClassifier
+from lit_llm.serve import ServerProcess, _held_back, stream_completion
+from test_finetune import SST2_TRAIN, run, write_lm_checkpoint
+
+KEY = "test-key-123"
+
+
+# ---------------------------------------------------------------------------------------------- no server
+def test_stop_strings_are_held_back_until_they_cannot_match():
+    assert _held_back("hello wor", ["world"]) == len("hello ")  # "wor" may still become "world"
+    assert _held_back("hello", ["xyz"]) == 5
+    assert _held_back("ab\ufffd", []) == 2  # half a UTF-8 character waits for its other bytes
+
+
+def test_stream_completion_matches_generate_and_stops(tmp_path):
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    model, tok = load_checkpoint(ckpt)
+    ids = encode(tok, "the film is")
+    greedy = generate_tokens(model, torch.tensor([ids]), 20, temperature=0)[0, len(ids):].tolist()
+    chunks = list(stream_completion(model, tok, ids, 20, temperature=0))
+    assert "".join(c["text"] for c in chunks) == tok.decode(greedy)
+    assert chunks[-1]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 20, "total_tokens": len(ids) + 20}
+    full = tok.decode(greedy)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    chunks = list(stream_completion(model, tok, ids, 20, temperature=0, stops=[stop]))
+    assert "".join(c["text"] for c in chunks) == full[: full.index(stop)]
+    assert chunks[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"] <= 20
+
+
+def test_feedback_store_is_a_prepare_source(tmp_path):
+    store = FeedbackStore(tmp_path / "fb.jsonl")
+    store.append({"kind": "completion", "request": "Q1 ", "response": "bad", "corrected_text": "good answer"})
+    store.append({"kind": "completion", "request": "Q2 ", "response": "fine", "rating": 1})
+    store.append({"kind": "completion", "request": "Q3 ", "response": "wrong", "rating": -1})
+    docs = list(iter_documents([Source(path=str(store.path), format="feedback")]))
+    assert docs == ["Q1 good answer", "Q2 fine"]  # corrections and approved answers; the rejected one is left out
+
+
+# ---------------------------------------------------------------------------------------------- a language model
+@pytest.fixture(scope="module")
+def lm_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve_lm")
+    ckpt = write_lm_checkpoint(tmp / "lm.ckpt")
+    env = {**cli_env(tmp), "LIT_LLM_API_KEY": KEY}
+    server = ServerProcess(ckpt, ["--max_tokens", "32", "--max_prompt_tokens", "48", "--feedback_store",
+                                  str(tmp / "feedback.jsonl")], env=env, log=tmp / "server.log")
+    with server:
+        yield server, ckpt, tmp
+
+
+@pytest.fixture(scope="module")
+def client(lm_server):
+    server, _, _ = lm_server
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_completion_matches_local_greedy_generation_with_true_usage(lm_server, client):
+    _, ckpt, _ = lm_server
+    model, tok = load_checkpoint(ckpt)
+    prompt = "the acting is"
+    ids = encode(tok, prompt)
+    local = tok.decode(generate_tokens(model, torch.tensor([ids]), 12, temperature=0)[0, len(ids):].tolist())
+    r = client.completions.create(model="lm", prompt=prompt, max_tokens=12, temperature=0)
+    assert r.choices[0].text == local and r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (len(ids), 12, len(ids) + 12)
+    assert r.model == "lm" and r.object == "text_completion"
+
+
+def test_seed_top_p_and_stop(client):
+    kw = dict(model="lm", prompt="a story about", max_tokens=16, temperature=1.0, top_p=0.9)
+    a, b = (client.completions.create(**kw, seed=7).choices[0].text for _ in range(2))
+    others = {client.completions.create(**kw, seed=s).choices[0].text for s in (8, 9, 10)}
+    assert a == b  # the same seed, the same sample
+    assert others - {a}  # other seeds, other samples
+    full = client.completions.create(model="lm", prompt="a story about", max_tokens=16, temperature=0).choices[0].text
+    stop = full[6:8]
+    r = client.completions.create(model="lm", prompt="a story about", max_tokens=16, temperature=0, stop=[stop, "\x00"])
+    assert r.choices[0].text == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
+
+
+def test_streaming_completion_and_chat_give_the_same_text(client):
+    kw = dict(model="lm", prompt="the plot", max_tokens=20, temperature=0.8, seed=3)
+    whole = client.completions.create(**kw).choices[0].text
+    chunks = list(client.completions.create(**kw, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "how was the movie"}]
+    chat = client.chat.completions.create(model="lm", messages=messages, max_tokens=10, seed=5)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens <= 10
+    stream = list(client.chat.completions.create(model="lm", messages=messages, max_tokens=10, seed=5, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == chat.choices[0].message.content
+    counts = lambda u: (u.prompt_tokens, u.completion_tokens, u.total_tokens)  # noqa: E731
+    assert counts(stream[-1].usage) == counts(chat.usage)
+    assert [m.id for m in client.models.list()] == ["lm"]
+
+
+def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_server, client):
+    server, _, _ = lm_server
+    url, auth = f"{server.base_url}/v1/completions", {"Authorization": f"Bearer {KEY}"}
+
+    def post(body, headers=auth):
+        r = httpx.post(url, content=body if isinstance(body, str) else json.dumps(body),
+                       headers={"Content-Type": "application/json", **headers}, timeout=30)
+        return r.status_code, r.json()["error"]["message"]
+
+    status, msg = post('{"prompt": "x", ')
+    assert status == 400 and "not valid JSON" in msg
+    status, msg = post({"prompt": "x", "max_tokens": 4, "best_of": 3})
+    assert status == 400 and "Unknown field 'best_of'" in msg
+    status, msg = post({"prompt": "the " * 60, "max_tokens": 4})
+    assert status == 400 and "accepts at most 48" in msg and "max_prompt_tokens" in msg
+    status, msg = post({"prompt": "x", "max_tokens": -3})
+    assert status == 400 and "max_tokens" in msg
+    status, msg = post({"prompt": "x", "max_tokens": 33})
+    assert status == 400 and "limit of 32" in msg
+    status, msg = post({"prompt": "x", "model": "gpt-4"})
+    assert status == 404 and "serves 'lm'" in msg
+    status, msg = post({"prompt": "x"}, headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and "API key" in msg
+    status, _ = post({"prompt": "x"}, headers={})
+    assert status == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="lm", prompt="x", max_tokens=0)
+    assert httpx.get(f"{server.base_url}/health").status_code == 200  # no key needed by load balancers
+    assert client.completions.create(model="lm", prompt="still", max_tokens=3).usage.completion_tokens == 3
+
+
+def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(client):
+    def one(i):
+        r = client.completions.create(model="lm", prompt="same prompt", max_tokens=8, temperature=1.0, seed=i % 2)
+        return i, r.choices[0].text, r.usage.completion_tokens
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert len(results) == 50 and all(n == 8 for _, _, n in results)
+    by_seed = [{text for i, text, _ in results if i % 2 == s} for s in (0, 1)]
+    assert len(by_seed[0]) == 1 and len(by_seed[1]) == 1  # each answer belongs to its own request
+
+
+def test_feedback_endpoint_appends_to_the_store(lm_server):
+    server, _, tmp = lm_server
+    url, auth = f"{server.base_url}/v1/feedback", {"Authorization": f"Bearer {KEY}"}
+    ok = httpx.post(url, json={"request": "Q ", "response": "A", "corrected_text": "better"}, headers=auth)
+    assert ok.status_code == 200 and ok.json()["object"] == "feedback"
+    bad = httpx.post(url, json={"request": "Q ", "response": "A", "rating": 3}, headers=auth)
+    assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
+    wrong_kind = httpx.post(url, json={"kind": "classification", "request": "Q", "corrected_label": 1}, headers=auth)
+    assert wrong_kind.status_code == 400 and "completion" in wrong_kind.json()["error"]["message"]
+    records = list(FeedbackStore(tmp / "feedback.jsonl").records())
+    assert [r["id"] for r in records] == [ok.json()["id"]]
+    assert records[0]["kind"] == "completion" and records[0]["model"] == "lm"
+
+
+# ---------------------------------------------------------------------------------------------- a classifier
+def _classify(server: ServerProcess, texts, timeout=60) -> dict:
+    r = httpx.post(f"{server.base_url}/v1/classify", json={"input": texts}, timeout=timeout)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _classifier_config(tmp: Path, lm: Path, root: Path, train: str, max_steps: int, fmt=None) -> Path:
+    data = {"train": train, "val": train, "max_length": 32, "batch_size": 8}
+    if fmt:
+        data["format"] = fmt
+    cfg = {
+        "trainer": {"max_steps": max_steps, "limit_val_batches": 1, "check_val_every_n_epoch": None,
+                    "val_check_interval": max_steps, "default_root_dir": str(root), "enable_progress_bar": False,
+                    "logger": False, "enable_model_summary": False},
+        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
+                  "init_args": {"checkpoint": str(lm), "label_names": ["negative", "positive"], "learning_rate": 3e-3,
+                                "warmup_steps": 0, "head_dropout": 0.0}},
+        "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule", "init_args": data},
+    }
+    path = tmp / f"{root.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_classifier_serving_batches_and_the_feedback_loop_corrects_it(tmp_path):
+    """serve a classifier -> a user corrects one answer through /v1/feedback -> fit --ckpt_path continues on
+    the feedback store -> serve the new checkpoint -> the corrected example gets the corrected label."""
+    lm = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    first = _classifier_config(tmp_path, lm, tmp_path / "v1", str(SST2_TRAIN), 20)
+    run(["fit", "--config", str(first)], tmp_path, tmp_path)
+    v1 = tmp_path / "v1" / "checkpoints" / "last.ckpt"
+    store = tmp_path / "feedback.jsonl"
+    texts = [line.split(" ", 1)[1] for line in SST2_TRAIN.read_text().splitlines()[:12]]
+    args = ["--feedback_store", str(store), "--max_batch_size", "8", "--batch_timeout", "0.3"]
+    reference = SequenceClassifier.restore(v1)
+    with ServerProcess(v1, args, env=cli_env(tmp_path), log=tmp_path / "v1.log") as server:
+        one = _classify(server, texts[0])
+        many = _classify(server, texts)
+        # texts are cut to block_size (64) with [EOS] kept, as training cuts them to max_length
+        lengths = [min(len(encode(reference.tokenizer, t)) + 1, 64) for t in texts]
+        assert many["usage"]["prompt_tokens"] == sum(lengths)
+        assert [d["truncated"] for d in many["data"]] == [len(encode(reference.tokenizer, t)) + 1 > 64 for t in texts]
+        assert any(d["truncated"] for d in many["data"])
+        with ThreadPoolExecutor(max_workers=12) as pool:  # concurrent requests: LitServe batches them
+            single = list(pool.map(lambda t: _classify(server, t), texts))
+        assert max(r["batch_requests"] for r in single) > 1
+        assert one["data"][0]["label"] == single[0]["data"][0]["label"] == many["data"][0]["label"]
+        for i, r in enumerate(single):  # padding with other requests' texts changes nothing
+            for name, p in r["data"][0]["probs"].items():
+                assert p == pytest.approx(many["data"][i]["probs"][name], abs=1e-5)
+        # the server's probabilities are the restored model's
+        from lit_llm.data.labelled import frame_examples, pad_examples
+        ids, mask = pad_examples(reference.tokenizer, frame_examples(reference.tokenizer, texts, True, 64))
+        with torch.no_grad():
+            local = reference.eval()(ids, mask).softmax(-1)
+        got = torch.tensor([[d["probs"]["negative"], d["probs"]["positive"]] for d in many["data"]])
+        torch.testing.assert_close(got, local, atol=1e-5, rtol=1e-4)
+
+        target = texts[0]
+        predicted = one["data"][0]["label"]
+        corrected = "positive" if predicted == "negative" else "negative"
+        fb = httpx.post(f"{server.base_url}/v1/feedback", json={"request": target, "response": predicted,
+                                                                "corrected_label": corrected})
+        assert fb.status_code == 200
+        unknown = httpx.post(f"{server.base_url}/v1/feedback", json={"request": target, "corrected_label": "neutral"})
+        assert unknown.status_code == 400 and "not a class" in unknown.json()["error"]["message"]
+        bad = httpx.post(f"{server.base_url}/v1/classify", json={"input": []})
+        assert bad.status_code == 400 and "1 to 32 texts" in bad.json()["error"]["message"]
+        bad = httpx.post(f"{server.base_url}/v1/classify", json={"input": "ok", "top_k": 2})
+        assert bad.status_code == 400 and "top_k" in bad.json()["error"]["message"]
+
+    # continue training the served checkpoint (optimizer, step and all) on what users corrected
+    second = _classifier_config(tmp_path, lm, tmp_path / "v2", str(store), 50, fmt="feedback")
+    run(["fit", "--config", str(second), "--ckpt_path", str(v1)], tmp_path, tmp_path)
+    v2 = tmp_path / "v2" / "checkpoints" / "last.ckpt"
+    assert torch.load(v2, weights_only=True)["global_step"] == 50  # resumed at 20, not restarted
+    with ServerProcess(v2, args, env=cli_env(tmp_path), log=tmp_path / "v2.log") as server:
+        after = _classify(server, target)["data"][0]
+    assert after["label"] == corrected and after["probs"][corrected] > 0.5
