@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from tokenizers import Tokenizer
@@ -48,8 +48,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
 @torch.no_grad()
 def iter_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                 top_k: Optional[int] = None, top_p: Optional[float] = None,
-                generator: Optional[torch.Generator] = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+                generator: Optional[torch.Generator] = None, use_cache: bool = True,
+                sample: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` sampled tokens (B, 1) one at a time after ``idx`` (B, T); the caller may stop early.
+    ``sample`` replaces the temperature / top-k / top-p sampling: (B, V) logits -> (B, 1) tokens.
 
     With ``use_cache`` the prompt is run once and each new token reuses the cached keys and values. Once
     the sequence outgrows ``block_size`` the context is cropped to the last ``block_size`` tokens, which
@@ -64,9 +66,51 @@ def iter_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature:
             cached = idx.size(1)
         else:
             logits = model(idx[:, -block_size:])[:, -1, :]
-        token = sample_next(logits, temperature, top_k, top_p, generator)
+        token = sample(logits) if sample is not None else sample_next(logits, temperature, top_k, top_p, generator)
         idx = torch.cat([idx, token], dim=1)
         yield token
+
+
+@torch.no_grad()
+def iter_batch_tokens(model: GPT, prompts: list[list[int]], max_new_tokens: int,
+                      sample: Callable[[torch.Tensor], torch.Tensor], use_cache: bool = True,
+                      pad_id: int = 0) -> Iterator[torch.Tensor]:
+    """Decode prompts of different lengths together: yield (B,) next tokens ``max_new_tokens`` times.
+
+    The prompts are left-padded to a common length P, so every row writes the same cache slot at each step.
+    Each row has its own positions (slot minus its padding) and a mask that hides its padding, so a row's
+    logits are those it would get alone (up to float rounding). ``sample`` turns (B, V) logits into (B, 1)
+    tokens (rows may sample differently). P + ``max_new_tokens`` must fit in ``block_size``.
+    """
+    device = next(model.parameters()).device
+    B, P = len(prompts), max(len(ids) for ids in prompts)
+    total = P + max_new_tokens
+    if total > model.config.block_size:
+        raise ValueError(f"{P} prompt + {max_new_tokens} new tokens exceed the block_size {model.config.block_size}")
+    pad = torch.tensor([P - len(ids) for ids in prompts], device=device)
+    idx = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    for row, ids in enumerate(prompts):
+        idx[row, P - len(ids):] = torch.tensor(ids, device=device)
+    slots = torch.arange(total, device=device)
+    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, total)
+    real = slots[None, :] >= pad[:, None]  # (B, total): slots holding a real token
+
+    def mask(start: int, end: int) -> torch.Tensor:  # (B, 1, T, end): queries at slots start..end
+        q, k = slots[start:end, None], slots[None, :end]
+        # causal over real keys; a padding query sees itself, so no row of the softmax is empty
+        return ((real[:, None, :end] & (k <= q)) | (k == q))[:, None]
+
+    cache = model.new_kv_cache(B, total) if use_cache else None
+    done = 0  # slots already in the cache
+    for _ in range(max_new_tokens):
+        end = idx.size(1)
+        start = done if cache is not None else 0
+        logits = model(idx[:, start:], cache=cache, start_pos=start, positions=positions[:, start:end],
+                       attn_mask=mask(start, end))[:, -1, :]
+        done = end
+        token = sample(logits)
+        idx = torch.cat([idx, token], dim=1)
+        yield token[:, 0]
 
 
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -6,8 +6,9 @@ is ours is the OpenAI-compatible protocol, written as two LitServe specs:
 
 - a causal language model gets ``POST /v1/completions`` and ``POST /v1/chat/completions`` (with ``stream``
   over server-sent events, ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed`` and the token usage
-  as counted by the model's tokenizer). Generation runs one request at a time per worker with the KV cache;
-  ``--workers`` runs several workers;
+  as counted by the model's tokenizer). Requests that arrive together are batched by LitServe
+  (``--max_batch_size``, ``--batch_timeout``) and decoded together with the KV cache, left-padded with a
+  mask, each with its own sampling settings and seed; ``--workers`` runs several model workers;
 - a classifier (``SequenceClassifier``) checkpoint gets ``POST /v1/classify``: ``{"input": text or [texts]}``
   gives each text's label and class probabilities. Concurrent requests are batched by LitServe
   (``--max_batch_size``, ``--batch_timeout``) and padded together into one forward pass;
@@ -36,7 +37,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Literal, Optional, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
 
 import litserve as ls
 import torch
@@ -52,7 +53,7 @@ from tokenizers import Tokenizer
 from lit_llm.data.labelled import frame_examples, pad_examples
 from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
-from lit_llm.generate import iter_tokens, load_checkpoint
+from lit_llm.generate import iter_batch_tokens, iter_tokens, load_checkpoint, sample_next
 from lit_llm.model import ModelConfig
 from lit_llm.modules.language_model import CKPT_KEY
 
@@ -204,43 +205,97 @@ def _held_back(text: str, stops: list[str]) -> int:
     return safe
 
 
-def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, temperature: float = 1.0,
-                      top_p: float = 1.0, stops: Optional[list[str]] = None, seed: Optional[int] = None,
-                      use_cache: bool = True) -> Iterator[dict[str, Any]]:
-    """Generate after ``ids``, yielding ``{"text": delta}`` as text becomes final and, last,
-    ``{"text", "finish_reason", "usage"}``. It ends at ``[EOS]`` or a stop string (``"stop"``; the stop string
-    is not returned) or after ``max_tokens`` tokens (``"length"``). ``completion_tokens`` counts every token
-    the model sampled."""
-    device = next(model.parameters()).device
-    stops = stops or []
+class CompletionText:
+    """One completion's text as its tokens arrive: where it ends ([EOS], a stop string, ``max_tokens``) and
+    which text is final and may be sent.
+
+    ``push`` returns ``{"text": delta}`` (``{}`` while nothing new is final) and, once the completion ends, the
+    last message ``{"text", "finish_reason", "usage"}``. The stop string itself is not returned, and
+    ``completion_tokens`` counts every token the model sampled."""
+
+    def __init__(self, tok: Tokenizer, prompt_tokens: int, max_tokens: int, stops: Optional[list[str]] = None) -> None:
+        self.tok, self.prompt_tokens, self.max_tokens, self.stops = tok, prompt_tokens, max_tokens, stops or []
+        self.eos = tok.token_to_id("[EOS]")
+        self.ids: list[int] = []
+        self.sampled, self.sent, self.text = 0, 0, ""
+        self.finish: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+    def push(self, token: int) -> dict[str, Any]:
+        self.sampled += 1
+        if token == self.eos:
+            return self._end("stop")
+        self.ids.append(token)
+        self.text = self.tok.decode(self.ids)  # special tokens ([UNK], [PAD], ...) are not text
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return self._end("stop")
+        if self.sampled >= self.max_tokens:
+            return self._end("length")
+        safe = _held_back(self.text, self.stops)
+        if safe <= self.sent:
+            return {}
+        delta, self.sent = self.text[self.sent : safe], safe
+        return {"text": delta}
+
+    def _end(self, reason: str) -> dict[str, Any]:
+        self.finish = reason
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.sampled,
+                 "total_tokens": self.prompt_tokens + self.sampled}
+        return {"text": self.text[self.sent :], "finish_reason": reason, "usage": usage}
+
+
+def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(1, V) logits -> (1, 1) token with this request's settings and its own seeded generator."""
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
-    eos = tok.token_to_id("[EOS]")
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out: list[int] = []
-    sampled, sent, text, finish = 0, 0, "", "length"
-    for token in iter_tokens(model, idx, max_tokens, temperature, None, top_p if top_p < 1 else None, generator,
-                             use_cache):
-        sampled += 1
-        t = int(token)
-        if t == eos:
-            finish = "stop"
-            break
-        out.append(t)
-        text = tok.decode(out)  # special tokens ([UNK], [PAD], ...) are not text
-        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-        if hits:
-            text, finish = text[: min(hits)], "stop"
-            break
-        safe = _held_back(text, stops)
-        if safe > sent:
-            yield {"text": text[sent:safe]}
-            sent = safe
-    usage = {"prompt_tokens": len(ids), "completion_tokens": sampled, "total_tokens": len(ids) + sampled}
-    yield {"text": text[sent:], "finish_reason": finish, "usage": usage}
+    return lambda logits: sample_next(logits, temperature, None, top_p if top_p < 1 else None, generator)
+
+
+def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, temperature: float = 1.0,
+                      top_p: float = 1.0, stops: Optional[list[str]] = None, seed: Optional[int] = None,
+                      use_cache: bool = True) -> Iterator[dict[str, Any]]:
+    """One completion after ``ids``, as ``CompletionText`` messages (empty ones left out). Past
+    ``block_size`` the context slides (``iter_tokens``)."""
+    state = CompletionText(tok, len(ids), max_tokens, stops)
+    device = next(model.parameters()).device
+    sample = _sampler(temperature, top_p, seed, device)
+    for token in iter_tokens(model, torch.tensor([ids], device=device), max_tokens, use_cache=use_cache, sample=sample):
+        message = state.push(int(token))
+        if message:
+            yield message
+        if state.done:
+            return
+
+
+def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True) -> Iterator[list[dict[str, Any]]]:
+    """Several completions decoded together (``iter_batch_tokens``): per step, one message per job (``{}`` for
+    nothing new or a finished job). Each job samples with its own settings and seed, so its tokens are those
+    it would get alone. Stops early once every job has ended."""
+    device = next(model.parameters()).device
+    states = [CompletionText(tok, len(j["ids"]), j["max_tokens"], j["stop"]) for j in jobs]
+    samplers = [_sampler(j["temperature"], j["top_p"], j["seed"], device) for j in jobs]
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([f(logits[r : r + 1]) for r, f in enumerate(samplers)])
+
+    pad = tok.token_to_id("[PAD]") or 0
+    steps = max(j["max_tokens"] for j in jobs)
+    for tokens in iter_batch_tokens(model, [j["ids"] for j in jobs], steps, sample, use_cache, pad):
+        yield [{} if st.done else st.push(int(t)) for st, t in zip(states, tokens.tolist())]
+        if all(st.done for st in states):
+            return
+
+
+def _fits_together(jobs: list[dict], block_size: int) -> bool:
+    return max(len(j["ids"]) for j in jobs) + max(j["max_tokens"] for j in jobs) <= block_size
 
 
 class _KeyAuth:
@@ -266,10 +321,14 @@ class _KeyAuth:
 
 
 class GenerationAPI(_KeyAuth, ls.LitAPI):
-    """The model worker of a causal checkpoint: one request at a time, streamed token by token."""
+    """The model worker of a causal checkpoint. LitServe hands it up to ``max_batch_size`` requests that
+    arrived within ``batch_timeout`` of each other; they are decoded together with the KV cache and each
+    streams its own text. A batch whose longest prompt plus largest ``max_tokens`` exceeds ``block_size``
+    runs one request after the other instead (each then slides its context past the block)."""
 
-    def __init__(self, checkpoint: str, spec: "CompletionSpec", api_key: Optional[str] = None, use_cache: bool = True):
-        super().__init__(stream=True, spec=spec)
+    def __init__(self, checkpoint: str, spec: "CompletionSpec", api_key: Optional[str] = None, use_cache: bool = True,
+                 max_batch_size: int = 8, batch_timeout: float = 0.005):
+        super().__init__(spec=spec, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.checkpoint, self.api_key, self.use_cache = checkpoint, api_key, use_cache
 
     def setup(self, device: str) -> None:
@@ -279,17 +338,41 @@ class GenerationAPI(_KeyAuth, ls.LitAPI):
     def decode_request(self, request: dict) -> dict:
         return request  # the front end already tokenized and checked it
 
-    def predict(self, job: dict) -> Iterator[dict]:
-        chunks = stream_completion(self.model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
-                                   job["top_p"], job["stop"], job["seed"], self.use_cache)
-        if job["stream"]:
-            yield from chunks
-            return
-        # a client that does not stream gets one message from the worker instead of one per token
-        chunks = list(chunks)
-        yield {**chunks[-1], "text": "".join(c["text"] for c in chunks)}
+    def batch(self, jobs: list[dict]) -> list[dict]:
+        return jobs
 
-    def encode_response(self, outputs: Iterator[dict]) -> Iterator[dict]:
+    def _one(self, job: dict) -> Iterator[dict]:
+        return stream_completion(self.model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
+                                 job["top_p"], job["stop"], job["seed"], self.use_cache)
+
+    def _steps(self, jobs: list[dict]) -> Iterator[list[dict]]:
+        """Per step, one message per job."""
+        if len(jobs) > 1 and _fits_together(jobs, self.model.config.block_size):
+            yield from stream_batch(self.model, self.tokenizer, jobs, self.use_cache)
+            return
+        for i, job in enumerate(jobs):
+            for message in self._one(job):
+                yield [message if k == i else {} for k in range(len(jobs))]
+
+    def predict(self, jobs: Union[dict, list[dict]]) -> Iterator:
+        single = isinstance(jobs, dict)  # max_batch_size 1: LitServe's unbatched loop
+        jobs = [jobs] if single else jobs
+        # a client that does not stream gets one message from the worker instead of one per token
+        parts: list[list[str]] = [[] for _ in jobs]
+        for step in self._steps(jobs):
+            out = []
+            for job, part, message in zip(jobs, parts, step):
+                if message and not job["stream"]:
+                    part.append(message["text"])
+                    message = {**message, "text": "".join(part)} if "usage" in message else {}
+                out.append(message)
+            if any(out):  # LitServe sends one message per request of each list: skip steps with nothing to say
+                yield out[0] if single else out
+
+    def unbatch(self, steps: Iterator) -> Iterator:
+        return steps
+
+    def encode_response(self, outputs: Iterator) -> Iterator:
         yield from outputs
 
 
@@ -298,7 +381,7 @@ class ClassifierAPI(_KeyAuth, ls.LitAPI):
     requests at once, whose texts are padded into one forward pass."""
 
     def __init__(self, checkpoint: str, spec: "ClassifySpec", api_key: Optional[str] = None, max_batch_size: int = 8,
-                 batch_timeout: float = 0.01):
+                 batch_timeout: float = 0.005):
         super().__init__(spec=spec, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.checkpoint, self.api_key = checkpoint, api_key
 
@@ -493,7 +576,11 @@ class CompletionSpec(_Spec):
             async for data, status in self.data_streamer(item.response_queue, item.event, send_status=True):
                 if status == LitAPIStatus.ERROR:
                     _raise_worker_error(data)
-                yield json.loads(data)
+                message = json.loads(data)
+                if message:  # {}: nothing new for this request in a step of its batch
+                    yield message
+                if "usage" in message:  # its last message; the rest of its batch may still be running
+                    return
         finally:
             self.response_buffer.pop(uid, None)
 
@@ -600,7 +687,7 @@ def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optiona
 
 def build_server(checkpoint: str, api_key: Optional[str] = None, model_name: Optional[str] = None,
                  feedback_store: str = "feedback.jsonl", max_prompt_tokens: Optional[int] = None, max_tokens: int = 256,
-                 max_inputs: int = 32, max_batch_size: int = 8, batch_timeout: float = 0.01, workers: int = 1,
+                 max_inputs: int = 32, max_batch_size: int = 8, batch_timeout: float = 0.005, workers: int = 1,
                  accelerator: str = "auto", use_cache: bool = True, timeout: float = 60.0,
                  max_payload_bytes: int = 1 << 20) -> tuple[ls.LitServer, Served]:
     """The LitServer for a checkpoint (see ``serve``), not yet running."""
@@ -609,7 +696,7 @@ def build_server(checkpoint: str, api_key: Optional[str] = None, model_name: Opt
     if served.task == "classification":
         api = ClassifierAPI(checkpoint, ClassifySpec(served, store), api_key, max_batch_size, batch_timeout)
     else:
-        api = GenerationAPI(checkpoint, CompletionSpec(served, store), api_key, use_cache)
+        api = GenerationAPI(checkpoint, CompletionSpec(served, store), api_key, use_cache, max_batch_size, batch_timeout)
     api.cpu_threads = max(1, (os.cpu_count() or 1) // workers)
     server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
                           max_payload_size=max_payload_bytes, model_metadata={"name": served.name, "task": served.task})
@@ -628,7 +715,7 @@ def serve(
     max_tokens: int = 256,
     max_inputs: int = 32,
     max_batch_size: int = 8,
-    batch_timeout: float = 0.01,
+    batch_timeout: float = 0.005,
     workers: int = 1,
     accelerator: str = "auto",
     use_cache: bool = True,
@@ -652,8 +739,9 @@ def serve(
             and marks them ``truncated``.
         max_tokens: most tokens one completion may ask for; also the default when a chat request names none.
         max_inputs: most texts in one /v1/classify request.
-        max_batch_size: classifier: most concurrent requests LitServe batches into one forward pass.
-        batch_timeout: classifier: seconds LitServe waits to fill a batch.
+        max_batch_size: most concurrent requests LitServe batches together: decoded together (generation) or
+            padded into one forward pass (classification). 1 turns batching off.
+        batch_timeout: seconds LitServe waits to fill a batch.
         workers: model worker processes (each holds a copy of the model).
         accelerator: auto, cpu, cuda or mps.
         use_cache: generate with the KV cache (the output is the same without it, only slower).

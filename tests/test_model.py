@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_llm.generate import generate_tokens
+from lit_llm.generate import generate_tokens, iter_batch_tokens
 from lit_llm.model import PRESETS, ModelConfig, build_model
 
 CAUSAL = ["debug", "debug-llama"]
@@ -128,6 +128,28 @@ def test_kv_cache_gives_the_same_logits_and_greedy_tokens(name):
     cached = generate_tokens(model, idx, 40, temperature=0, use_cache=True)
     plain = generate_tokens(model, idx, 40, temperature=0, use_cache=False)
     assert torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize("name", ["debug", "debug-llama"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_decoding_of_ragged_prompts_matches_each_prompt_alone(name, use_cache):
+    """Left-padded prompts decoded together: every row's logits at every step are those of its own sequence
+    run alone (learned positions and RoPE both start at the row's first real token)."""
+    model = _model(name)
+    prompts = [[5, 6, 7], list(range(1, 12)), [42]]
+    seen = []
+
+    def greedy(logits):
+        seen.append(logits)
+        return logits.argmax(-1, keepdim=True)
+
+    tokens = torch.stack(list(iter_batch_tokens(model, prompts, 8, greedy, use_cache=use_cache)), 1)
+    for row, ids in enumerate(prompts):
+        seq = torch.tensor([ids + tokens[row].tolist()])
+        alone = model(seq)[0, len(ids) - 1 : -1]  # the logits that chose each new token
+        torch.testing.assert_close(torch.stack([step[row] for step in seen]), alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="block_size"):
+        next(iter_batch_tokens(model, prompts, 30, greedy))  # 11 + 30 > 32
 
 
 def test_sequence_longer_than_block_size_is_refused():

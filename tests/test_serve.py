@@ -17,7 +17,7 @@ from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.modules import SequenceClassifier
-from lit_llm.serve import ServerProcess, _held_back, stream_completion
+from lit_llm.serve import CompletionSpec, GenerationAPI, ServerProcess, _held_back, read_served, stream_completion
 from test_finetune import SST2_TRAIN, run, write_lm_checkpoint
 
 KEY = "test-key-123"
@@ -44,6 +44,41 @@ def test_stream_completion_matches_generate_and_stops(tmp_path):
     chunks = list(stream_completion(model, tok, ids, 20, temperature=0, stops=[stop]))
     assert "".join(c["text"] for c in chunks) == full[: full.index(stop)]
     assert chunks[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"] <= 20
+
+
+def _texts(messages: list[dict]) -> tuple[str, dict]:
+    return "".join(m.get("text", "") for m in messages), messages[-1]
+
+
+def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    served = read_served(str(ckpt), None, None, 64, 8)
+    api = GenerationAPI(str(ckpt), CompletionSpec(served, FeedbackStore(tmp_path / "fb.jsonl")))
+    api.setup("cpu")
+    tok = api.tokenizer
+
+    def job(prompt, max_tokens, stream=True, **kw):
+        return {"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [],
+                "seed": None, "stream": stream, **kw}
+
+    greedy_text = _texts(list(api.predict(job("it is", 12))))[0]
+    jobs = [job("a long film about a family", 12), job("bad", 5, stream=False),
+            job("it is", 12, stop=[greedy_text[4:6]]),
+            job("the best", 9, temperature=1.0, top_p=0.9, seed=11)]
+    steps = list(api.predict(jobs))
+    assert all(len(step) == len(jobs) for step in steps)
+    for row, j in enumerate(jobs):
+        alone = list(api.predict(j))  # LitServe's unbatched loop hands predict one job
+        together = [step[row] for step in steps if step[row]]
+        assert _texts(together) == _texts(alone)
+        assert "usage" in together[-1] and together[-1]["usage"]["completion_tokens"] <= j["max_tokens"]
+    assert len([s[1] for s in steps if s[1]]) == 1  # a client that does not stream gets one message
+    assert _texts([s[2] for s in steps if s[2]])[1]["finish_reason"] == "stop"
+    # a batch that does not fit block_size together (60 + 10 > 64) runs one request after the other
+    long = {**job("x", 10), "ids": encode(tok, "the film " * 30)[:58]}
+    steps = list(api.predict([long, jobs[0]]))
+    assert _texts([s[0] for s in steps if s[0]]) == _texts(list(api.predict(long)))
+    assert _texts([s[1] for s in steps if s[1]]) == _texts(list(api.predict(jobs[0])))
 
 
 def test_feedback_store_is_a_prepare_source(tmp_path):
@@ -149,16 +184,31 @@ def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_serve
     assert client.completions.create(model="lm", prompt="still", max_tokens=3).usage.completion_tokens == 3
 
 
-def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(client):
+def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(lm_server, client):
     def one(i):
         r = client.completions.create(model="lm", prompt="same prompt", max_tokens=8, temperature=1.0, seed=i % 2)
         return i, r.choices[0].text, r.usage.completion_tokens
 
+    prompts = ["the film", "a very long and rather boring movie about", "it", "what a"]
+
+    def greedy(i):
+        prompt = prompts[i % len(prompts)]
+        return prompt, client.completions.create(model="lm", prompt=prompt, max_tokens=6 + i % 5, temperature=0)
+
     with ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(one, range(50)))
-    assert len(results) == 50 and all(n == 8 for _, _, n in results)
+        sampled = pool.map(one, range(25))
+        greedy_results = pool.map(greedy, range(25))
+        results, greedy_results = list(sampled), list(greedy_results)
+    assert len(results) == 25 and all(n == 8 for _, _, n in results)
     by_seed = [{text for i, text, _ in results if i % 2 == s} for s in (0, 1)]
     assert len(by_seed[0]) == 1 and len(by_seed[1]) == 1  # each answer belongs to its own request
+    # prompts of different lengths decoded in the same batches give what each gives alone
+    _, ckpt, _ = lm_server
+    model, tok = load_checkpoint(ckpt)
+    for i, (prompt, r) in enumerate(greedy_results):
+        ids = encode(tok, prompt)
+        n = 6 + i % 5
+        assert r.choices[0].text == tok.decode(generate_tokens(model, torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist())
 
 
 def test_feedback_endpoint_appends_to_the_store(lm_server):

@@ -64,7 +64,8 @@ def rope_cache(head_dim: int, length: int, theta: float, device=None) -> tuple[t
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, n_head, T, head_dim) queries or keys by position; cos/sin are (T, head_dim)."""
+    """Rotate (B, n_head, T, head_dim) queries or keys by position; cos/sin are (T, head_dim), or
+    (B, 1, T, head_dim) when each row has its own positions."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -110,7 +111,10 @@ class Attention(nn.Module):
         key_padding_mask: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
         start_pos: int = 0,
+        attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """``attn_mask`` (B, 1, T, S), True = attend, replaces the causal mask: batched decoding of left-padded
+        prompts, where each row's keys start at its own slot."""
         B, T, _ = x.shape
         # (B, T, heads * hd) -> (B, heads, T, hd); -1 keeps this valid when heads are sharded
         q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)
@@ -127,6 +131,8 @@ class Attention(nn.Module):
                 is_causal = False
         if key_padding_mask is not None:  # (B, S), True = attend; bidirectional encoders
             mask = key_padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            mask = attn_mask
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=k.size(1) != q.size(1),

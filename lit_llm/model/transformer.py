@@ -30,8 +30,10 @@ class Block(nn.Module):
         self.feed_forward = build_mlp(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, start_pos: int = 0) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), rope, cache=cache, start_pos=start_pos))
+    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, start_pos: int = 0,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), rope, cache=cache, start_pos=start_pos,
+                                            attn_mask=attn_mask))
         return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -92,10 +94,15 @@ class GPT(nn.Module):
         })
 
     def forward(
-        self, idx: torch.Tensor, cache: Optional[nn.ModuleDict] = None, start_pos: int = 0, return_hidden: bool = False
+        self, idx: torch.Tensor, cache: Optional[nn.ModuleDict] = None, start_pos: int = 0, return_hidden: bool = False,
+        positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``idx``: (B, T) token ids, or (B, T, C) hidden states for a pipeline stage without embeddings.
-        With ``cache``, the T tokens sit at positions ``start_pos..start_pos+T`` after the cached ones."""
+        With ``cache``, the T tokens sit in cache slots ``start_pos..start_pos+T`` after the cached ones.
+
+        Batched decoding of prompts of different lengths (``lit_llm.generate.iter_batch_tokens``) gives each
+        row its own ``positions`` (B, T) and an ``attn_mask`` (B, 1, T, S) that hides its padding; by default
+        position = slot and the mask is causal."""
         T = idx.size(1)
         if start_pos + T > self.config.block_size:
             raise ValueError(
@@ -105,15 +112,18 @@ class GPT(nn.Module):
         if self.tok_embeddings is not None:
             h = self.tok_embeddings(idx)  # (B, T, C)
             if self.pos_embeddings is not None:
-                h = h + self.pos_embeddings(torch.arange(start_pos, start_pos + T, device=idx.device))
+                pos = torch.arange(start_pos, start_pos + T, device=idx.device) if positions is None else positions
+                h = h + self.pos_embeddings(pos)
             h = self.dropout(h)
         else:
             h = idx
         rope = None
-        if self.config.positions == "rope":
+        if self.config.positions == "rope" and positions is None:
             rope = (self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T])
+        elif self.config.positions == "rope":  # (B, 1, T, head_dim): one row of positions per sequence
+            rope = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
         for name, block in self.layers.items():
-            h = block(h, rope, cache[name] if cache is not None else None, start_pos)
+            h = block(h, rope, cache[name] if cache is not None else None, start_pos, attn_mask)
         if self.norm is not None:
             h = self.norm(h)
         if return_hidden or self.output is None:
