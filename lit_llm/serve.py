@@ -693,6 +693,12 @@ def build_server(checkpoint: str, api_key: Optional[str] = None, model_name: Opt
     """The LitServer for a checkpoint (see ``serve``), not yet running."""
     served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs)
     store = FeedbackStore(feedback_store)
+    folder = store.path.resolve().parent
+    while not folder.exists():  # the store's folder is created on the first append: check where it would be
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"Cannot write the feedback store {store.path} ({folder} is not writable);"
+                              " pass --feedback_store PATH somewhere writable")
     if served.task == "classification":
         api = ClassifierAPI(checkpoint, ClassifySpec(served, store), api_key, max_batch_size, batch_timeout)
     else:
@@ -753,15 +759,15 @@ def serve(
         raise ValueError(f"host must be one of {HOSTS} (LitServe binds those), got {host!r}")
     if not 1024 <= port <= 65535:
         raise ValueError(f"port must be in 1024..65535, got {port}")
+    api_key = api_key or os.environ.get("LIT_LLM_API_KEY") or None
+    server, served = build_server(checkpoint, api_key, model_name, feedback_store, max_prompt_tokens, max_tokens,
+                                  max_inputs, max_batch_size, batch_timeout, workers, accelerator, use_cache, timeout,
+                                  max_payload_bytes)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
         except OSError as e:
             raise OSError(f"Cannot listen on {host}:{port} ({e.strerror}); another server holds it: pass --port") from e
-    api_key = api_key or os.environ.get("LIT_LLM_API_KEY") or None
-    server, served = build_server(checkpoint, api_key, model_name, feedback_store, max_prompt_tokens, max_tokens,
-                                  max_inputs, max_batch_size, batch_timeout, workers, accelerator, use_cache, timeout,
-                                  max_payload_bytes)
     routes = "/v1/classify" if served.task == "classification" else "/v1/completions, /v1/chat/completions"
     print(f"serving '{served.name}' ({served.task}) on http://{host}:{port}: {routes}, /v1/models, /v1/feedback,"
           f" /health; feedback -> {Path(feedback_store).resolve()}; API key {'required' if api_key else 'off'}",

@@ -2,6 +2,7 @@
 driven by the ``openai`` client and raw HTTP; and the feedback loop serve -> feedback -> fine-tune -> serve."""
 
 import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.modules import SequenceClassifier
-from lit_llm.serve import CompletionSpec, GenerationAPI, ServerProcess, _held_back, read_served, stream_completion
+from lit_llm.serve import (CompletionSpec, GenerationAPI, ServerProcess, _held_back, free_port, read_served, serve,
+                           stream_completion)
 from test_finetune import SST2_TRAIN, run, write_lm_checkpoint
 
 KEY = "test-key-123"
@@ -88,6 +90,23 @@ def test_feedback_store_is_a_prepare_source(tmp_path):
     store.append({"kind": "completion", "request": "Q3 ", "response": "wrong", "rating": -1})
     docs = list(iter_documents([Source(path=str(store.path), format="feedback")]))
     assert docs == ["Q1 good answer", "Q2 fine"]  # corrections and approved answers; the rejected one is left out
+
+
+def test_serve_refuses_bad_setups_before_starting(tmp_path):
+    lm = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        serve(str(tmp_path / "missing.ckpt"))
+    with pytest.raises(ValueError, match="does not generate text"):
+        serve(str(write_lm_checkpoint(tmp_path / "bert.ckpt", "debug-bert")), port=free_port())
+    with pytest.raises(ValueError, match="max_prompt_tokens must be in 1..64"):
+        serve(str(lm), port=free_port(), max_prompt_tokens=65)
+    with pytest.raises(ValueError, match="host must be one of"):
+        serve(str(lm), host="example.com")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="pass --port"):
+            serve(str(lm), port=taken.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------- a language model
