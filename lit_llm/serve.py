@@ -793,12 +793,14 @@ class ServerProcess:
         args: more ``serve`` flags, e.g. ``["--max_batch_size", "4"]``.
         env: the environment (default: this one).
         log: file that receives the server's stdout and stderr (default: discarded).
+        cwd: the server's working directory (a relative ``--feedback_store`` is found there).
         startup_timeout: seconds to wait for /health to answer 200.
     """
 
     def __init__(self, checkpoint: str | Path, args: Optional[list[str]] = None, env: Optional[dict] = None,
-                 log: Optional[str | Path] = None, startup_timeout: float = 180.0) -> None:
-        self.checkpoint, self.args, self.env, self.log = str(checkpoint), list(args or []), env, log
+                 log: Optional[str | Path] = None, cwd: Optional[str | Path] = None,
+                 startup_timeout: float = 180.0) -> None:
+        self.checkpoint, self.args, self.env, self.log, self.cwd = str(checkpoint), list(args or []), env, log, cwd
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.proc = None
@@ -815,7 +817,8 @@ class ServerProcess:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         cmd = [sys.executable, "-m", "lit_llm", "serve", "--checkpoint", self.checkpoint, "--host", "127.0.0.1",
                "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                     start_new_session=True)  # its own process group: stop() ends it whole
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -18,7 +18,8 @@ from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.modules import SequenceClassifier
-from lit_llm.serve import (CompletionSpec, GenerationAPI, ServerProcess, _held_back, free_port, read_served, serve,
+from lit_llm.serve import (CompletionSpec, GenerationAPI, ServerProcess, _group_alive, _held_back, free_port, read_served,
+                           serve,
                            stream_completion)
 from test_finetune import SST2_TRAIN, run, write_lm_checkpoint
 
@@ -116,9 +117,11 @@ def lm_server(tmp_path_factory):
     ckpt = write_lm_checkpoint(tmp / "lm.ckpt")
     env = {**cli_env(tmp), "LIT_LLM_API_KEY": KEY}
     server = ServerProcess(ckpt, ["--max_tokens", "32", "--max_prompt_tokens", "48", "--feedback_store",
-                                  str(tmp / "feedback.jsonl")], env=env, log=tmp / "server.log")
+                                  "feedback.jsonl"], env=env, log=tmp / "server.log", cwd=tmp)
     with server:
         yield server, ckpt, tmp
+    assert not _group_alive(server.proc.pid)  # the front end and the model workers are all gone
+    assert not (tmp / "client.py").exists()  # LitServe's client-file generation stays off
 
 
 @pytest.fixture(scope="module")
