@@ -33,7 +33,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
     """Pick the next token from (B, V) logits. temperature 0 is greedy; top-k then top-p (nucleus) filtering."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # shifted so the largest logit is 0 first: the same softmax, and a tiny temperature gives -inf, not inf/nan
+    logits = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

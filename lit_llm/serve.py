@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import pickle
 import secrets
 import socket
 import time
@@ -58,6 +60,7 @@ from lit_llm.model import ModelConfig
 from lit_llm.modules.language_model import CKPT_KEY
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe can bind
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -108,7 +111,12 @@ def install_error_handlers(app) -> None:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error_response(exc.status_code, str(exc.detail))
 
+    async def on_other(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in %s", request.url.path)
+        return _error_response(500, "Internal server error; see the server log")
+
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(Exception, on_other)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
 
@@ -123,20 +131,21 @@ class StreamOptions(_Strict):
 
 
 class _Sampling(_Strict):
+    # null means the default, as in OpenAI's API
     model: Optional[str] = None
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
-    stream: bool = False
+    seed: Optional[int] = Field(None, ge=-(2**63), lt=2**63)  # what torch.Generator.manual_seed takes
+    stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
-    n: int = 1
+    n: Optional[int] = None
     user: Optional[str] = None
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
+    def _one_choice(cls, n: Optional[int]) -> Optional[int]:
+        if n not in (None, 1):
             raise ValueError("only n=1 is supported; send several requests for several samples")
         return n
 
@@ -154,13 +163,21 @@ class _Sampling(_Strict):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str]]
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=1)  # None: 16 (OpenAI's default), at most the server's limit
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
     name: Optional[str] = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -186,7 +203,7 @@ class FeedbackRequest(_Strict):
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
     """The plain transcript a base model continues: one ``role: content`` line per message, then ``assistant:``."""
-    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+    return "".join(f"{m.role}: {m.text()}\n" for m in messages) + "assistant:"
 
 
 # ---------------------------------------------------------------------------------------------- model side
@@ -213,8 +230,12 @@ class CompletionText:
     last message ``{"text", "finish_reason", "usage"}``. The stop string itself is not returned, and
     ``completion_tokens`` counts every token the model sampled."""
 
-    def __init__(self, tok: Tokenizer, prompt_tokens: int, max_tokens: int, stops: Optional[list[str]] = None) -> None:
-        self.tok, self.prompt_tokens, self.max_tokens, self.stops = tok, prompt_tokens, max_tokens, stops or []
+    def __init__(self, tok: Tokenizer, prompt: list[int], max_tokens: int, stops: Optional[list[str]] = None) -> None:
+        self.tok, self.prompt, self.max_tokens, self.stops = tok, prompt, max_tokens, stops or []
+        self.prompt_tokens = len(prompt)
+        # the completion is decoded after its prompt: WordPiece and Metaspace (unigram) decoders drop the
+        # space before a sequence's first word, which here is not the first word
+        self.prefix = tok.decode(prompt)
         self.eos = tok.token_to_id("[EOS]")
         self.ids: list[int] = []
         self.sampled, self.sent, self.text = 0, 0, ""
@@ -229,7 +250,7 @@ class CompletionText:
         if token == self.eos:
             return self._end("stop")
         self.ids.append(token)
-        self.text = self.tok.decode(self.ids)  # special tokens ([UNK], [PAD], ...) are not text
+        self.text = self._decode()
         hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
@@ -241,6 +262,11 @@ class CompletionText:
             return {}
         delta, self.sent = self.text[self.sent : safe], safe
         return {"text": delta}
+
+    def _decode(self) -> str:
+        """The completion's text (special tokens such as [UNK] and [PAD] are not text)."""
+        full = self.tok.decode(self.prompt + self.ids)
+        return full[len(self.prefix) :] if full.startswith(self.prefix) else self.tok.decode(self.ids)
 
     def _end(self, reason: str) -> dict[str, Any]:
         self.finish = reason
@@ -264,7 +290,7 @@ def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, te
                       use_cache: bool = True) -> Iterator[dict[str, Any]]:
     """One completion after ``ids``, as ``CompletionText`` messages (empty ones left out). Past
     ``block_size`` the context slides (``iter_tokens``)."""
-    state = CompletionText(tok, len(ids), max_tokens, stops)
+    state = CompletionText(tok, ids, max_tokens, stops)
     device = next(model.parameters()).device
     sample = _sampler(temperature, top_p, seed, device)
     for token in iter_tokens(model, torch.tensor([ids], device=device), max_tokens, use_cache=use_cache, sample=sample):
@@ -280,7 +306,7 @@ def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True
     nothing new or a finished job). Each job samples with its own settings and seed, so its tokens are those
     it would get alone. Stops early once every job has ended."""
     device = next(model.parameters()).device
-    states = [CompletionText(tok, len(j["ids"]), j["max_tokens"], j["stop"]) for j in jobs]
+    states = [CompletionText(tok, j["ids"], j["max_tokens"], j["stop"]) for j in jobs]
     samplers = [_sampler(j["temperature"], j["top_p"], j["seed"], device) for j in jobs]
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
@@ -499,9 +525,18 @@ class _Spec(LitSpec):
 
 
 def _raise_worker_error(response: Any) -> None:
-    if isinstance(response, StarletteHTTPException):
-        raise APIError(response.status_code, str(response.detail))
-    raise APIError(500, f"The model worker failed: {response!r}", code="internal_error")
+    """A worker's error (LitServe sends it pickled) as an answer: its own status if it has one, else a 500
+    whose detail goes to the server log, not to the client."""
+    if isinstance(response, bytes):
+        try:
+            response = pickle.loads(response)
+        except Exception:  # noqa: BLE001 - an unreadable error is still an error
+            pass
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        raise APIError(status, str(getattr(response, "detail", response)))
+    logger.error("model worker failed: %r", response)
+    raise APIError(500, "The model worker failed; see the server log", code="internal_error")
 
 
 class CompletionSpec(_Spec):
@@ -531,14 +566,16 @@ class CompletionSpec(_Spec):
         if max_tokens > s.max_tokens:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit of {s.max_tokens}"
                            " (serve --max_tokens)", "max_tokens")
-        return {"ids": ids, "max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
-                "stop": body.stops(), "seed": body.seed, "stream": body.stream}
+        return {"ids": ids, "max_tokens": max_tokens, "stop": body.stops(), "seed": body.seed,
+                "temperature": 1.0 if body.temperature is None else body.temperature,
+                "top_p": 1.0 if body.top_p is None else body.top_p, "stream": bool(body.stream)}
 
     async def completions(self, body: CompletionRequest):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise APIError(400, f"Send one prompt per request (got {len(prompts)})", "prompt")
-        job = self._job(body, prompts[0], body.max_tokens, "prompt")
+        limit = body.max_tokens if body.max_tokens is not None else min(16, self.served.max_tokens)
+        job = self._job(body, prompts[0], limit, "prompt")
         return await self._answer(job, body, chat=False)
 
     async def chat_completions(self, body: ChatCompletionRequest):

@@ -14,14 +14,14 @@ import yaml
 
 from conftest import cli_env
 from lit_llm.data.sources import Source, iter_documents
-from lit_llm.data.tokenizer import encode
+from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.feedback import FeedbackStore
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.modules import SequenceClassifier
-from lit_llm.serve import (CompletionSpec, GenerationAPI, ServerProcess, _group_alive, _held_back, free_port, read_served,
+from lit_llm.serve import (CompletionSpec, CompletionText, GenerationAPI, ServerProcess, _group_alive, _held_back, free_port, read_served,
                            serve,
                            stream_completion)
-from test_finetune import SST2_TRAIN, run, write_lm_checkpoint
+from test_finetune import SST2_TRAIN, run, sst2_texts, write_lm_checkpoint
 
 KEY = "test-key-123"
 
@@ -31,6 +31,17 @@ def test_stop_strings_are_held_back_until_they_cannot_match():
     assert _held_back("hello wor", ["world"]) == len("hello ")  # "wor" may still become "world"
     assert _held_back("hello", ["xyz"]) == 5
     assert _held_back("ab\ufffd", []) == 2  # half a UTF-8 character waits for its other bytes
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram", "bpe"])
+def test_completion_text_keeps_the_space_after_the_prompt(kind):
+    """WordPiece and Metaspace decoders drop the space before a sequence's first word; a completion's first
+    word is not the first word, so its text is decoded after the prompt's."""
+    tok = train_tokenizer(TokenizerSpec(kind=kind, vocab_size=300), sst2_texts(2000))
+    prompt, rest = encode(tok, "the film"), encode(tok, "the film is good")[len(encode(tok, "the film")):]
+    state = CompletionText(tok, prompt, max_tokens=len(rest))
+    text = "".join(state.push(t).get("text", "") for t in rest)
+    assert tok.decode(prompt) + text == tok.decode(prompt + rest) and text.startswith(" ")
 
 
 def test_stream_completion_matches_generate_and_stops(tmp_path):
@@ -194,6 +205,10 @@ def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_serve
     assert status == 400 and "limit of 32" in msg
     status, msg = post({"prompt": "x", "model": "gpt-4"})
     assert status == 404 and "serves 'lm'" in msg
+    status, msg = post({"prompt": "x", "seed": 2**70})
+    assert status == 400 and "seed" in msg
+    status, msg = post({"prompt": "x", "n": 2})
+    assert status == 400 and "n=1" in msg
     status, msg = post({"prompt": "x"}, headers={"Authorization": "Bearer wrong"})
     assert status == 401 and "API key" in msg
     status, _ = post({"prompt": "x"}, headers={})
@@ -204,6 +219,17 @@ def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_serve
         client.completions.create(model="lm", prompt="x", max_tokens=0)
     assert httpx.get(f"{server.base_url}/health").status_code == 200  # no key needed by load balancers
     assert client.completions.create(model="lm", prompt="still", max_tokens=3).usage.completion_tokens == 3
+    # OpenAI-style nulls mean the defaults; a near-zero temperature is (nearly) greedy, not a crash
+    r = httpx.post(url, json={"prompt": "x", "temperature": None, "top_p": None, "n": None}, headers=auth).json()
+    assert r["usage"]["completion_tokens"] == 16 and r["choices"][0]["finish_reason"] == "length"
+    tiny = client.completions.create(model="lm", prompt="the plot", max_tokens=5, temperature=1e-30)
+    greedy = client.completions.create(model="lm", prompt="the plot", max_tokens=5, temperature=0)
+    assert tiny.choices[0].text == greedy.choices[0].text
+    parts = client.chat.completions.create(model="lm", max_tokens=4, seed=1, messages=[
+        {"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]}])
+    plain = client.chat.completions.create(model="lm", max_tokens=4, seed=1, messages=[
+        {"role": "developer", "content": "be brief"}])
+    assert parts.choices[0].message.content == plain.choices[0].message.content
 
 
 def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(lm_server, client):
