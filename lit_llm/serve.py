@@ -324,9 +324,9 @@ def _fits_together(jobs: list[dict], block_size: int) -> bool:
     return max(len(j["ids"]) for j in jobs) + max(j["max_tokens"] for j in jobs) <= block_size
 
 
-class _KeyAuth:
-    """The optional API key, checked by LitServe on every route it registers (``LitAPI.authorize``), and the
-    CPU threads of a worker: ``serve`` splits the cores between the workers (each torch process would
+class _WorkerAPI:
+    """What both model workers share: the optional API key, checked by LitServe on every route it registers
+    (``LitAPI.authorize``), and the CPU threads of a worker: ``serve`` splits the cores between the workers (each torch process would
     otherwise take them all, and N workers would fight over them)."""
 
     api_key: Optional[str] = None
@@ -346,7 +346,7 @@ class _KeyAuth:
                            " api_key) or 'X-API-Key: KEY'", code="invalid_api_key")
 
 
-class GenerationAPI(_KeyAuth, ls.LitAPI):
+class GenerationAPI(_WorkerAPI, ls.LitAPI):
     """The model worker of a causal checkpoint. LitServe hands it up to ``max_batch_size`` requests that
     arrived within ``batch_timeout`` of each other; they are decoded together with the KV cache and each
     streams its own text. A batch whose longest prompt plus largest ``max_tokens`` exceeds ``block_size``
@@ -402,7 +402,7 @@ class GenerationAPI(_KeyAuth, ls.LitAPI):
         yield from outputs
 
 
-class ClassifierAPI(_KeyAuth, ls.LitAPI):
+class ClassifierAPI(_WorkerAPI, ls.LitAPI):
     """The model worker of a classifier checkpoint: LitServe hands it up to ``max_batch_size`` concurrent
     requests at once, whose texts are padded into one forward pass."""
 
@@ -722,31 +722,6 @@ def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optiona
                   max_inputs=max_inputs, label_names=labels)
 
 
-def build_server(checkpoint: str, api_key: Optional[str] = None, model_name: Optional[str] = None,
-                 feedback_store: str = "feedback.jsonl", max_prompt_tokens: Optional[int] = None, max_tokens: int = 256,
-                 max_inputs: int = 32, max_batch_size: int = 8, batch_timeout: float = 0.005, workers: int = 1,
-                 accelerator: str = "auto", use_cache: bool = True, timeout: float = 60.0,
-                 max_payload_bytes: int = 1 << 20) -> tuple[ls.LitServer, Served]:
-    """The LitServer for a checkpoint (see ``serve``), not yet running."""
-    served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs)
-    store = FeedbackStore(feedback_store)
-    folder = store.path.resolve().parent
-    while not folder.exists():  # the store's folder is created on the first append: check where it would be
-        folder = folder.parent
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"Cannot write the feedback store {store.path} ({folder} is not writable);"
-                              " pass --feedback_store PATH somewhere writable")
-    if served.task == "classification":
-        api = ClassifierAPI(checkpoint, ClassifySpec(served, store), api_key, max_batch_size, batch_timeout)
-    else:
-        api = GenerationAPI(checkpoint, CompletionSpec(served, store), api_key, use_cache, max_batch_size, batch_timeout)
-    api.cpu_threads = max(1, (os.cpu_count() or 1) // workers)
-    server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
-                          max_payload_size=max_payload_bytes, model_metadata={"name": served.name, "task": served.task})
-    install_error_handlers(server.app)
-    return server, served
-
-
 def serve(
     checkpoint: str,
     host: str = "127.0.0.1",
@@ -797,9 +772,22 @@ def serve(
     if not 1024 <= port <= 65535:
         raise ValueError(f"port must be in 1024..65535, got {port}")
     api_key = api_key or os.environ.get("LIT_LLM_API_KEY") or None
-    server, served = build_server(checkpoint, api_key, model_name, feedback_store, max_prompt_tokens, max_tokens,
-                                  max_inputs, max_batch_size, batch_timeout, workers, accelerator, use_cache, timeout,
-                                  max_payload_bytes)
+    served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs)
+    store = FeedbackStore(feedback_store)
+    folder = store.path.resolve().parent
+    while not folder.exists():  # the store's folder is created on the first append: check where it would be
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"Cannot write the feedback store {store.path} ({folder} is not writable);"
+                              " pass --feedback_store PATH somewhere writable")
+    if served.task == "classification":
+        api = ClassifierAPI(checkpoint, ClassifySpec(served, store), api_key, max_batch_size, batch_timeout)
+    else:
+        api = GenerationAPI(checkpoint, CompletionSpec(served, store), api_key, use_cache, max_batch_size, batch_timeout)
+    api.cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+    server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
+                          max_payload_size=max_payload_bytes, model_metadata={"name": served.name, "task": served.task})
+    install_error_handlers(server.app)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))
