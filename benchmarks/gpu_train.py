@@ -1,12 +1,12 @@
 """GPT-2 124M training throughput and MFU on one GPU: bf16 mixed precision, eager and with torch.compile.
 
-Runs the product's own path: ``LanguageModel(model="gpt2-124m")`` under a Lightning ``Trainer``
+Runs the product's own path: ``LanguageModel(preset="gpt2-124m")`` under a Lightning ``Trainer``
 (``precision="bf16-mixed"``, gradient clipping on, the warm-up + cosine schedule, AdamW), with
-``compile=True`` compiling each transformer block as the CLI's ``--model.compile true`` does. The data are
+``parallel=ParallelConfig(compile=True)`` compiling each transformer block as the CLI's ``--model.parallel.compile true`` does. The data are
 random token blocks (throughput does not depend on the text), vocabulary 50,304 (GPT-2's 50,257 padded to a
 multiple of 64, as nanoGPT does).
 
-MFU = tokens/s x training FLOPs per token / peak, with FLOPs per token from ``lit_llm.size.estimate``
+MFU = tokens/s x training FLOPs per token / peak, with FLOPs per token from ``lit_llm.model.costs.estimate``
 (6 N_matmul + 12 L d T) and two peaks: the bf16 matmul rate measured here (8192^3 ``torch.mm``, median of
 10 after 3 warm-ups) and, where the card is known, its datasheet dense bf16 peak.
 
@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_llm.model import ModelConfig
-from lit_llm.modules.language_model import LanguageModel
-from lit_llm.size import estimate
+from lit_llm.tasks import LanguageModel, ParallelConfig
+from lit_llm.model.costs import estimate
 
 DATASHEET_BF16 = {"H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 VOCAB = 50304
@@ -81,8 +81,8 @@ def matmul_peak(n: int = 8192, reps: int = 10) -> float:
 def run(compile: bool, batch_size: int, block_size: int, steps: int, skip: int) -> dict:
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
-    module = LanguageModel(model="gpt2-124m", vocab_size=VOCAB, block_size=block_size, learning_rate=6e-4,
-                           min_lr=6e-5, warmup_steps=min(10, skip + steps), compile=compile)
+    module = LanguageModel(preset="gpt2-124m", vocab_size=VOCAB, block_size=block_size, learning_rate=6e-4,
+                           min_lr=6e-5, warmup_steps=min(10, skip + steps), parallel=ParallelConfig(compile=compile))
     timer = StepTimer(skip)
     trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_steps=skip + steps,
                         gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,

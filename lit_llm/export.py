@@ -6,15 +6,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from lit_llm import checkpoint as ckpt_format
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
-from lit_llm.modules.language_model import CKPT_KEY
 
 
-def export(checkpoint: str, out: str, format: str = "hf") -> Path:
+def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf") -> Path:
     """Export a lit_llm checkpoint.
 
     ``--format hf`` writes a directory that ``transformers``' Auto classes load (GPT2LMHeadModel,
@@ -32,8 +33,8 @@ def export(checkpoint: str, out: str, format: str = "hf") -> Path:
         return export_onnx(checkpoint, out)
     if format != "hf":
         raise ValueError(f"Unknown export format {format!r}; supported: hf, onnx")
+    model, tok = load_checkpoint(checkpoint, purpose="export --format hf")  # refuses a classifier, with the fix
     tf = _require_transformers()
-    model, tok = load_checkpoint(checkpoint)
     hf_model = to_hf_model(model.config, model.state_dict())
 
     def write(tmp: Path) -> None:
@@ -68,15 +69,9 @@ def import_hf(hf_dir: str, out: str) -> Path:
         raise ValueError(f"{src} holds a {hf_config.model_type!r} model; lit_llm imports gpt2, llama and bert")
     hf_model = cls.from_pretrained(src, dtype=torch.float32)
     cfg, state = from_hf_model(hf_model)
-    ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in state.items()},
-        CKPT_KEY: {"model_config": cfg.to_dict(), "tokenizer": (src / "tokenizer.json").read_text(), "tokens_seen": 0},
-    }
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out_path)  # never a half-written checkpoint under the final name
+    info = ckpt_format.CheckpointInfo(task="language_model", model_config=cfg.to_dict(),
+                                      tokenizer=(src / "tokenizer.json").read_text())
+    out_path = ckpt_format.save(out, {f"model.{k}": v for k, v in state.items()}, info)
     print(f"Wrote {out_path} ({cfg.family}, {cfg.num_parameters():,} parameters)")
     return out_path
 
@@ -112,11 +107,8 @@ def export_onnx(checkpoint: str, out: str, opset: int = 18, tolerance: float = 1
     import numpy as np
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist")
-    extra = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(CKPT_KEY) or {}
-    if extra.get("task") == "classification":
-        from lit_llm.modules.classifier import SequenceClassifier
+    if ckpt_format.read_info(path, purpose="export --format onnx").task == "classification":
+        from lit_llm.tasks.classifier import SequenceClassifier
 
         model = SequenceClassifier.restore(path)
         if hasattr(model.backbone, "peft_config"):
@@ -126,7 +118,7 @@ def export_onnx(checkpoint: str, out: str, opset: int = 18, tolerance: float = 1
         meta = {"task": "classification", "label_names": model.hparams.label_names, "pooling": model.pooling,
                 "num_classes": model.hparams.num_classes}
     else:
-        model, tok = load_checkpoint(path)
+        model, tok = load_checkpoint(path, purpose="export --format onnx")
         config = model.config
         names, outputs = ["input_ids"], ["logits"]
         meta = {"task": "language_model"}

@@ -9,23 +9,17 @@ import torch
 from tokenizers import Tokenizer
 
 from lit_llm.data.tokenizer import decode, encode
-from lit_llm.model import GPT, ModelConfig, build_model
-from lit_llm.modules.language_model import CKPT_KEY
+from lit_llm import checkpoint as ckpt_format
+from lit_llm.model import Decoder, build_model
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
-    """Rebuild the model and tokenizer from a lit_llm checkpoint alone (no config files needed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the .ckpt file that fit wrote (e.g. .../checkpoints/last.ckpt)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    extra = ckpt.get(CKPT_KEY)
-    if extra is None or extra.get("tokenizer") is None:
-        raise ValueError(f"{path} carries no lit_llm model config and tokenizer; it was not written by `lit_llm fit`")
-    model = build_model(ModelConfig.from_dict(extra["model_config"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+def load_checkpoint(path: str | Path, device: str = "cpu",
+                    purpose: str = "generation") -> tuple[torch.nn.Module, Tokenizer]:
+    """Rebuild a language model and its tokenizer from a lit_llm checkpoint alone (no config files needed)."""
+    config, state, tok = ckpt_format.load_network(path, expect="language_model", purpose=purpose)
+    model = build_model(config)
     model.load_state_dict(state)
-    return model.to(device).eval(), Tokenizer.from_str(extra["tokenizer"])
+    return model.to(device).eval(), tok
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
@@ -47,7 +41,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
 
 
 @torch.no_grad()
-def iter_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def iter_tokens(model: Decoder, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                 top_k: Optional[int] = None, top_p: Optional[float] = None,
                 generator: Optional[torch.Generator] = None, use_cache: bool = True,
                 sample: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Iterator[torch.Tensor]:
@@ -73,7 +67,7 @@ def iter_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature:
 
 
 @torch.no_grad()
-def iter_batch_tokens(model: GPT, prompts: list[list[int]], max_new_tokens: int,
+def iter_batch_tokens(model: Decoder, prompts: list[list[int]], max_new_tokens: int,
                       sample: Callable[[torch.Tensor], torch.Tensor], use_cache: bool = True,
                       pad_id: int = 0) -> Iterator[torch.Tensor]:
     """Decode prompts of different lengths together: yield (B,) next tokens ``max_new_tokens`` times.
@@ -114,7 +108,7 @@ def iter_batch_tokens(model: GPT, prompts: list[list[int]], max_new_tokens: int,
         yield token[:, 0]
 
 
-def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate_tokens(model: Decoder, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None,
                     generator: Optional[torch.Generator] = None, use_cache: bool = True) -> torch.Tensor:
     """``idx`` (B, T) with ``max_new_tokens`` sampled tokens appended (see ``iter_tokens``)."""

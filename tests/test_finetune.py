@@ -14,11 +14,11 @@ import yaml
 
 from conftest import REPO, cli_env
 from lit_llm.callbacks import StagedFinetuning
-from lit_llm.crossval import summarize
+from lit_llm.commands.crossval import summarize
 from lit_llm.data.labelled import ClassificationDataModule, kfold_indices, read_labelled, split_indices
 from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
 from lit_llm.model import ModelConfig, build_model
-from lit_llm.modules import LoraSpec, SequenceClassifier
+from lit_llm.tasks import LoraSpec, SequenceClassifier
 
 SENTIMENT = REPO.parent / "shared" / "data" / "sentiment"
 SST2_TRAIN = SENTIMENT / "sst2" / "stsa.binary.train"
@@ -230,13 +230,14 @@ def run(args, cwd, tmp_path, timeout=600):
     return proc
 
 
+@pytest.mark.slow
 def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
     """The whole story at toy size: LM pretraining on SST-2 train text, domain-adaptive continuation,
     a staged fine-tune, validate/test JSON reports, the restored classifier, and 2 folds of CR."""
     pre = {
         "trainer": {"max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None, "limit_val_batches": 2,
                     "default_root_dir": str(tmp_path / "pre"), "logger": False, "enable_progress_bar": False},
-        "model": {"model": "debug", "warmup_steps": 1},
+        "model": {"preset": "debug", "warmup_steps": 1},
         "data": {"corpus": None, "block_size": 32, "batch_size": 4,
                  "sources": [{"path": "sentiment/sst2/stsa.binary.train", "format": "text", "sample_by": "line"}],
                  "cleaning": [{"regex_replace": {"pattern": "^[01] ", "repl": ""}}],
@@ -263,7 +264,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
                     "default_root_dir": str(tmp_path / "cls"), "enable_progress_bar": False,
                     "callbacks": [{"class_path": "lit_llm.callbacks.StagedFinetuning",
                                    "init_args": {"head_only_steps": 2, "top_blocks": 1, "top_blocks_steps": 2}}]},
-        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
+        "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
                   "init_args": {"checkpoint": str(dapt_ckpt), "label_names": ["negative", "positive"], "layer_decay": 0.8}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                  "init_args": {"train": "sentiment/sst2/stsa.binary.train", "val": "sentiment/sst2/stsa.binary.dev",
@@ -294,11 +295,11 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
 
     # k-fold cross-validation of CR with domain-adaptive pretraining inside each fold
     cr = dict(cls, trainer=dict(cls["trainer"], callbacks=[], default_root_dir=str(tmp_path / "cr"), logger=False),
-              model={"class_path": "lit_llm.modules.SequenceClassifier", "init_args": {"checkpoint": str(lm)}},
+              model={"class_path": "lit_llm.tasks.SequenceClassifier", "init_args": {"checkpoint": str(lm)}},
               data={"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                     "init_args": {"train": "sentiment/cr/custrev.all", "max_length": 32, "batch_size": 8}})
     (tmp_path / "cr.yaml").write_text(yaml.safe_dump(cr))
-    run(["crossval", "--config", f"[{tmp_path / 'cr.yaml'}]", "--num_folds", "10", "--folds", "[0, 1]",
+    run(["crossval", "--config", str(tmp_path / "cr.yaml"), "--num_folds", "10", "--folds", "[0, 1]",
          "--dapt_config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
     summary = json.loads((tmp_path / "cr" / "crossval.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [0, 1] and set(summary["metrics"]["test_acc"]) == {"mean", "std", "folds"}
@@ -309,3 +310,12 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
     # the DAPT text of fold 0 is exactly its training folds' sentences: none of the held-out fold's (except
     # sentences that CR repeats across folds)
     assert len(dapt_lines) == len(texts) - len(fold0) and set(dapt_lines) <= training_text
+
+
+def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckpt):
+    from lit_llm.parallel import ParallelDims
+
+    clf = SequenceClassifier(checkpoint=str(lm_ckpt), lora=LoraSpec(rank=2))
+    with pytest.raises(ValueError, match="LoRA adapters are not sharded here: fine-tune with LoRA under configs/strategy/ddp.yaml"):
+        clf.check_parallel(ParallelDims(world_size=2, dp_shard=2))
+    assert not SequenceClassifier.supports_pipeline  # configure_model refuses pp > 1 for it, naming the YAMLs to use

@@ -1,7 +1,7 @@
 import torch
 
 from lit_llm.generate import generate_tokens, sample_next
-from lit_llm.model import GPT, ModelConfig
+from lit_llm.model import Decoder, ModelConfig
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy():
@@ -25,7 +25,7 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
 
 def test_sampling_is_reproducible_for_a_seed_and_crops_the_context():
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_name("debug", vocab_size=20, block_size=8)).eval()
+    model = Decoder(ModelConfig.from_name("debug", vocab_size=20, block_size=8)).eval()
     idx = torch.zeros(2, 3, dtype=torch.long)
     run = lambda seed: generate_tokens(model, idx, 12, 1.0, None, None, torch.Generator().manual_seed(seed))
     a, b, c = run(1), run(1), run(2)

@@ -9,7 +9,7 @@ import torch
 
 from lit_llm.export import export
 from lit_llm.generate import load_checkpoint
-from lit_llm.modules import LoraSpec, SequenceClassifier
+from lit_llm.tasks import LoraSpec, SequenceClassifier
 from test_finetune import _tiny_fit, write_lm_checkpoint
 
 

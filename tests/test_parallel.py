@@ -22,21 +22,21 @@ LAYOUTS = {  # name: (extra args, per-process batch size)
     "fsdp": (["--config", "configs/strategy/fsdp.yaml", "--trainer.devices", "2"], 4),
     "tp": (["--config", "configs/strategy/tp.yaml", "--trainer.devices", "2"], 8),
     "fsdp_tp": (["--config", "configs/strategy/fsdp_tp.yaml", "--trainer.devices", "4"], 4),
-    "pp_gpipe": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.pipeline_schedule", "gpipe"], 8),
-    "pp_1f1b": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.pipeline_schedule", "1f1b"], 8),
+    "pp_gpipe": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "gpipe"], 8),
+    "pp_1f1b": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "1f1b"], 8),
     "pp_dp": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "4"], 4),
 }
 FOUR_PROCESSES = {"fsdp_tp", "pp_dp"}
 
 
 FAMILY_ARGS = {  # the gpt2 family with its own head, so that it can be cut into pipeline stages
-    "debug-untied": ["--model.model", "debug", "--model.model_args", "{tie_embeddings: false}"],
+    "debug-untied": ["--model.preset", "debug", "--model.model_args", "{tie_embeddings: false}"],
 }
 
 
 def _losses(tmp_path, corpus, family, extra, batch, name, timeout=240):
     out = tmp_path / name
-    model_args = FAMILY_ARGS.get(family, ["--model.model", family])
+    model_args = FAMILY_ARGS.get(family, ["--model.preset", family])
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/debug.yaml", *model_args,
            "--data.corpus", str(corpus), "--data.batch_size", str(batch), "--trainer.max_steps", "10",
            "--trainer.val_check_interval", "5", "--trainer.limit_val_batches", "2",
@@ -62,6 +62,7 @@ def baselines(tmp_path_factory):
     return tmp, corpus, {f: _losses(tmp, corpus, f, [], 8, f"single-{f}") for f in families}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("family", ["debug", "debug-llama", "debug-untied"])
 def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout):
@@ -98,12 +99,14 @@ def _failed_fit(tmp_path, corpus, *extra) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_degrees_that_do_not_fit_the_job_are_refused(tmp_path, baselines):
     proc = _failed_fit(tmp_path, baselines[1], "--config", "configs/strategy/fsdp_tp.yaml", "--trainer.devices", "2",
                        "--trainer.strategy.init_args.data_parallel_size", "2")
     assert "but the job has 2 processes" in proc.stderr
 
 
+@pytest.mark.slow
 def test_pipeline_refuses_tied_embeddings_with_the_fix(tmp_path, baselines):
     proc = _failed_fit(tmp_path, baselines[1], "--config", "configs/strategy/pp.yaml", "--trainer.devices", "2",
                        "--data.batch_size", "8")
@@ -146,3 +149,56 @@ def test_compile_wraps_every_block_in_place():
     apply_compile(model)
     assert all(getattr(block, "_compiled_call_impl", None) is not None for block in model.layers.values())
     assert set(model.state_dict()) == names  # names (and so checkpoints) are unchanged
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+CLASSIFIER_LAYOUTS = {  # name: (extra args, per-process batch size); the global batch is 8 in each
+    "ddp": (["--config", "configs/strategy/ddp.yaml", "--trainer.devices", "2"], 4),
+    "fsdp": (["--config", "configs/strategy/fsdp.yaml", "--trainer.devices", "2"], 4),
+    "tp": (["--config", "configs/strategy/tp.yaml", "--trainer.devices", "2"], 8),
+}
+
+
+def _classifier_metrics(tmp_path, lm_ckpt, extra, batch, name):
+    """8 steps of fine-tuning a classifier on SST-2 from ``lm_ckpt`` (validation after 4 and 8): the training
+    losses, then the validation loss and accuracy of each validation."""
+    from test_finetune import SENTIMENT
+
+    out = tmp_path / name
+    cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/classifier.yaml",
+           "--model.checkpoint", str(lm_ckpt), "--model.head_dropout", "0.0", "--model.layer_decay", "0.8",
+           "--model.warmup_steps", "2",
+           "--data", "lit_llm.data.labelled.ClassificationDataModule",
+           "--data.train", str(SENTIMENT / "sst2" / "stsa.binary.train"), "--data.val", str(SENTIMENT / "sst2" / "stsa.binary.dev"),
+           "--data.max_length", "32", "--data.batch_size", str(batch),
+           "--trainer.max_steps", "8", "--trainer.max_epochs", "-1", "--trainer.val_check_interval", "4",
+           "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+           "--trainer.default_root_dir", str(out), "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step}",
+           *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader(open(next(out.glob("**/metrics.csv")))))
+    return ([float(r["train_loss"]) for r in rows if r.get("train_loss")]
+            + [float(r[k]) for r in rows for k in ("val_loss", "val_acc") if r.get(k)])
+
+
+@pytest.fixture(scope="module")
+def classifier_baseline(tmp_path_factory):
+    from test_finetune import write_lm_checkpoint
+
+    tmp = tmp_path_factory.mktemp("clf")
+    lm = write_lm_checkpoint(tmp / "lm.ckpt", family="debug-llama", vocab=300, seed=0)
+    return tmp, lm, _classifier_metrics(tmp, lm, [], 8, "single")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(CLASSIFIER_LAYOUTS))
+def test_classifier_fine_tunes_under_every_strategy_like_one_process(classifier_baseline, tmp_path, layout):
+    """The shared TransformerModule gives the classifier configure_model: the strategy YAMLs that train a
+    language model fine-tune a classifier too, with the same losses and accuracies as one process."""
+    _, lm, single = classifier_baseline
+    extra, batch = CLASSIFIER_LAYOUTS[layout]
+    got = _classifier_metrics(tmp_path, lm, extra, batch, layout)
+    assert len(got) == len(single) == 8 + 2 * 2
+    assert got == pytest.approx(single, rel=1e-4, abs=1e-6)

@@ -166,7 +166,7 @@ def test_other_local_ranks_wait_for_rank_zero_instead_of_preparing(tmp_path, doc
 def test_a_tokenizer_larger_than_the_model_is_refused(small_corpus):
     import lightning as L
 
-    from lit_llm.modules import LanguageModel
+    from lit_llm.tasks import LanguageModel
 
     dm = PretrainDataModule(corpus=str(small_corpus), block_size=16)
     model = LanguageModel("debug", vocab_size=20, block_size=16)

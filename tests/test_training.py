@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lit_llm.data import PretrainDataModule
-from lit_llm.modules import LanguageModel
+from lit_llm.tasks import LanguageModel
 from lit_llm.model.loss import lm_loss
-from lit_llm.modules.language_model import cosine_with_warmup
+from lit_llm.tasks.base import cosine_with_warmup
 
 GOLDEN = Path(__file__).parent / "golden" / "debug_losses.json"
 
@@ -103,7 +103,7 @@ def test_loss_options_change_training_as_configured(small_corpus, monkeypatch):
     assert chunked.losses == pytest.approx(plain.losses, rel=1e-5)  # same loss, computed chunk by chunk
     z, _ = _fit(small_corpus, max_steps=1, module_kw={"z_loss": 1.0})
     assert z.losses[0] > plain.losses[0] + 10  # (log Z)^2 ~ 17 at init is added to the same CE
-    import lit_llm.modules.language_model as lm  # label smoothing barely moves a near-uniform model's loss,
+    import lit_llm.tasks.language_model as lm  # label smoothing barely moves a near-uniform model's loss,
     seen = []  # so check that the option reaches the loss (whose maths tests/test_loss.py checks)
     monkeypatch.setattr(lm, "lm_loss", lambda *a, **kw: seen.append(kw) or lm_loss(*a, **kw))
     _fit(small_corpus, max_steps=1, module_kw={"label_smoothing": 0.1})

@@ -45,7 +45,7 @@ class SampleGenerations(L.Callback):
         config = getattr(pl_module, "config", None)
         if config is None or not config.causal or getattr(pl_module, "model", None) is None:
             return False
-        if getattr(pl_module, "tokenizer_json", None) is None or getattr(pl_module, "_pipeline", None) is not None:
+        if getattr(pl_module, "tokenizer_json", None) is None or getattr(pl_module, "pipeline", None) is not None:
             return False
         # the whole model on this rank: one process or DDP replicas, not FSDP / tensor-parallel shards
         return not any(isinstance(p, DTensor) for p in pl_module.model.parameters())

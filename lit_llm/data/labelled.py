@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_llm.data.prepare import check_utf8
 from lit_llm.data.sources import FORMATS, Source, resolve_files
@@ -316,9 +316,19 @@ class ClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.encoded:
             raise ValueError(f"This data config has no {split} split; give data.{split} or use split: random/kfold")
-        gen = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(self.encoded[split], batch_size=self.hparams.batch_size, shuffle=shuffle, generator=gen,
-                          collate_fn=self.collate, num_workers=self.hparams.num_workers)
+        data = self.encoded[split]
+        kw: dict = {}
+        if shuffle:
+            # one seeded permutation per epoch, dealt out to the data-parallel ranks (all processes under DDP/FSDP,
+            # the dp dimension of a 2D mesh): the global batch is the same whatever the layout, so every strategy
+            # trains like one process. Lightning keeps a DistributedSampler it finds and calls its set_epoch.
+            replicas, rank = 1, 0
+            if self.trainer is not None:
+                dist_kw = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {}
+                replicas, rank = dist_kw.get("num_replicas", 1), dist_kw.get("rank", 0)
+            kw["sampler"] = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=True, seed=self.hparams.seed)
+        return DataLoader(data, batch_size=self.hparams.batch_size, collate_fn=self.collate,
+                          num_workers=self.hparams.num_workers, **kw)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,7 +1,7 @@
-"""LightningDataModule for causal language-model pretraining on one text corpus.
+"""LightningDataModule for language-model pretraining (causal or masked) on one or more text sources.
 
-raw text -> character tokenizer -> token files (memmap, cached by content hash) -> blocks of
-``block_size + 1`` tokens. Training draws random blocks; sample ``g`` of the run always starts at the
+raw text -> cleaning steps -> tokenizer (character, BPE, WordPiece or unigram; trained or loaded) -> token
+files (memmap, cached by content hash) -> blocks of ``block_size + 1`` tokens. Training draws random blocks; sample ``g`` of the run always starts at the
 same offset for a given seed, so the order is reproducible, independent of the number of processes,
 and resumable mid-epoch (the sampler restarts at the first batch the loop has not trained on).
 """

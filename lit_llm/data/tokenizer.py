@@ -103,12 +103,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"Tokenizer file {path} does not exist; give a tokenizer.json or a lit_llm .ckpt")
     if path.suffix != ".ckpt":
         return Tokenizer.from_file(str(path))
-    import torch
+    from lit_llm.checkpoint import load_tokenizer as from_checkpoint
 
-    extra = torch.load(path, map_location="cpu", weights_only=True).get("lit_llm") or {}
-    if not extra.get("tokenizer"):
-        raise ValueError(f"{path} stores no tokenizer; it was not written by lit_llm fit")
-    return Tokenizer.from_str(extra["tokenizer"])
+    return from_checkpoint(path)
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

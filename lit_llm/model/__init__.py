@@ -2,12 +2,12 @@ from torch import nn
 
 from lit_llm.model.bert import Bert
 from lit_llm.model.config import PRESETS, ModelConfig
-from lit_llm.model.transformer import GPT
+from lit_llm.model.transformer import Decoder
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The module for ``config.family``: ``GPT`` for causal decoders, ``Bert`` for the encoder."""
-    return GPT(config) if config.causal else Bert(config)
+    """The module for ``config.family``: ``Decoder`` for causal decoders, ``Bert`` for the encoder."""
+    return Decoder(config) if config.causal else Bert(config)
 
 
-__all__ = ["GPT", "Bert", "ModelConfig", "PRESETS", "build_model"]
+__all__ = ["Decoder", "Bert", "ModelConfig", "PRESETS", "build_model"]

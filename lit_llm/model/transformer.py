@@ -2,7 +2,7 @@
 
 Pre-norm blocks (Radford et al. 2019), attention through ``F.scaled_dot_product_attention``, optional
 grouped-query attention and rotary positions (Llama: Touvron et al. 2023), and a KV cache for decoding.
-No distributed imports: parallelism is applied from outside (DESIGN.md). ``forward`` tolerates a model
+No distributed imports: parallelism is applied from outside (lit_llm.parallel, docs/architecture.md). ``forward`` tolerates a model
 cut into pipeline stages: a stage without ``tok_embeddings`` takes hidden states, one without ``output``
 returns them.
 """
@@ -37,13 +37,13 @@ class Block(nn.Module):
         return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
 
-class GPT(nn.Module):
+class Decoder(nn.Module):
     """Decoder-only transformer: (B, T) token ids -> (B, T, vocab) logits."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if not config.causal:
-            raise ValueError(f"GPT is a causal decoder; family {config.family!r} needs lit_llm.model.build_model")
+            raise ValueError(f"Decoder is the causal (gpt2/llama) transformer; family {config.family!r} needs lit_llm.model.build_model")
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_embeddings = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None

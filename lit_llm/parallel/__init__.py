@@ -1,4 +1,4 @@
-"""Parallelism applied from outside the model (DESIGN.md): degrees, device mesh, TP/SP, FSDP2, AC, compile."""
+"""Parallelism applied from outside the model (docs/architecture.md): degrees, device mesh, TP/SP, FSDP2, AC, compile."""
 
 from lit_llm.parallel.dims import ParallelDims
 from lit_llm.parallel.parallelize import apply_ac, apply_compile, apply_fsdp, apply_tp

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from lit_llm.checkpoint import load_sharded_meta
+
 
 def consolidate(checkpoint: str, out: str) -> Path:
     """Merge a sharded checkpoint written under FSDP or tensor parallelism into one .ckpt file.
@@ -34,7 +36,7 @@ def consolidate(checkpoint: str, out: str) -> Path:
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         tensors = Path(tmp) / "tensors.pt"
         dcp_to_torch_save(src, tensors)
-        ckpt = torch.load(src / "meta.pt", map_location="cpu", weights_only=False)
+        ckpt = load_sharded_meta(src)  # weights-only: a folder from someone else cannot run code
         ckpt["state_dict"] = torch.load(tensors, map_location="cpu", weights_only=True)["state_dict"]
         torch.save(ckpt, Path(tmp) / "out.ckpt")
         os.replace(Path(tmp) / "out.ckpt", dst)  # never a half-written file under the final name

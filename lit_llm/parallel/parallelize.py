@@ -1,13 +1,13 @@
 """Functions that parallelize a single-device model in place (torchtitan's parallelize functions).
 
-Called from ``LanguageModel.configure_model`` with the device mesh Lightning's ``ModelParallelStrategy``
+Called from ``TransformerModule.configure_model`` (``lit_llm.tasks.base``) with the device mesh Lightning's ``ModelParallelStrategy``
 builds: tensor + sequence parallelism first, then activation checkpointing and compilation per block,
 then FSDP2 over the data-parallel dimension.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -15,15 +15,16 @@ from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
 )
 
-from lit_llm.model.transformer import GPT
+from lit_llm.model.transformer import Decoder
 
 
-def apply_tp(model: GPT, tp_mesh) -> None:
+def apply_tp(model: Decoder, tp_mesh) -> None:
     """Megatron-style tensor parallelism with sequence parallelism (Korthikanti et al. 2022).
 
     Attention heads and the MLP's hidden units are split over ``tp_mesh`` (q/k/v and w1/w3 column-wise,
@@ -33,16 +34,20 @@ def apply_tp(model: GPT, tp_mesh) -> None:
     """
     if not model.config.causal:
         raise ValueError("Tensor-parallel plans are defined for the causal families (gpt2, llama)")
-    tied = model.config.tie_embeddings
     root_plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
-        "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
     }
+    if model.output is not None:
+        root_plan["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())
     if model.pos_embeddings is not None:  # (T, C) table lookups: the sequence is dim 0
         root_plan["pos_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(0))
     parallelize_module(model, tp_mesh, root_plan)
-    if tied:  # both sides were sharded the same way (vocab rows); make them one parameter again
+    if model.output is None:
+        # a task without the LM head (a classifier pools the hidden states) gets them whole on every rank
+        parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(output_layouts=Shard(1),
+                                                                    desired_output_layouts=Replicate()))
+    elif model.config.tie_embeddings:  # both sides were sharded the same way (vocab rows); one parameter again
         model.output.weight = model.tok_embeddings.weight
     for block in model.layers.values():
         plan = {
@@ -84,8 +89,10 @@ def apply_compile(model: nn.Module) -> None:
 
 
 def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: Optional[torch.dtype] = None,
-               reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True) -> None:
-    """FSDP2 (``fully_shard``) per block, then the root (embeddings, final norm, head), over ``dp_mesh``.
+               reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True,
+               extra: Sequence[nn.Module] = ()) -> None:
+    """FSDP2 (``fully_shard``) per block, then each ``extra`` module (a task's head outside the network), then
+    the root (embeddings, final norm, LM head), over ``dp_mesh``.
 
     ``param_dtype`` (e.g. bfloat16) is the mixed-precision compute dtype; gradients are reduced in
     ``reduce_dtype`` and the sharded master weights stay float32.
@@ -95,4 +102,6 @@ def apply_fsdp(model: nn.Module, dp_mesh, param_dtype: Optional[torch.dtype] = N
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for module in extra:
+        fully_shard(module, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)

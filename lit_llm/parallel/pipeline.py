@@ -11,14 +11,50 @@ import numpy as np
 import torch
 from torch import nn
 
-from lit_llm.model.transformer import GPT
+from lit_llm.model.transformer import Decoder
 
 SCHEDULES = ("gpipe", "1f1b")
 
 
-def split_stage(model: GPT, stage: int, num_stages: int) -> GPT:
+class PipelineRunner:
+    """This rank's pipeline stage and the schedule that drives it: what a task's steps call instead of the
+    model under pipeline parallelism. Only the last stage computes the loss and the logits."""
+
+    def __init__(self, schedule, stage: int, num_stages: int, group) -> None:
+        self.schedule, self.stage, self.num_stages, self.group = schedule, stage, num_stages, group
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.num_stages - 1
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of every microbatch; the mean loss, the same on every stage."""
+        losses: list[torch.Tensor] = []
+        if self.stage == 0:
+            self.schedule.step(x)
+        elif self.is_last:
+            self.schedule.step(target=y, losses=losses)
+        else:
+            self.schedule.step()
+        loss = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=x.device)
+        torch.distributed.broadcast(loss, group=self.group, group_src=self.num_stages - 1)
+        return loss
+
+    def eval(self, x: torch.Tensor, y: torch.Tensor):
+        """The logits on the last stage, None on the others. Every stage takes part; the last one gets the
+        targets (without them a stage waits forever)."""
+        if self.stage == 0:
+            out = self.schedule.eval(x)
+            return out if self.is_last else None
+        if self.is_last:
+            return self.schedule.eval(target=y, losses=[])
+        self.schedule.eval()
+        return None
+
+
+def split_stage(model: Decoder, stage: int, num_stages: int) -> Decoder:
     """Keep this stage's part of ``model`` in place: an even run of consecutive blocks, the embeddings on the
-    first stage, the final norm and the head on the last. ``GPT.forward`` runs on any such part."""
+    first stage, the final norm and the head on the last. ``Decoder.forward`` runs on any such part."""
     if not model.config.causal:
         raise ValueError("Pipeline parallelism is defined for the causal families (gpt2, llama)")
     if model.config.tie_embeddings and num_stages > 1:

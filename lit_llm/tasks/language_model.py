@@ -1,45 +1,31 @@
-"""LightningModule for language modelling (causal next-token or BERT masked-LM): model + loss + optimizer."""
+"""Language modelling (causal next-token or BERT masked-LM) on the shared ``TransformerModule``: the loss,
+the metrics (loss, perplexity, bits per byte) and the optimizer's parameter groups."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from tokenizers import Tokenizer
-
+from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
-from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
-from lit_llm.parallel.pipeline import SCHEDULES, build_schedule, clip_across_stages, split_stage
-
-CKPT_KEY = "lit_llm"  # checkpoint entry with everything needed to rebuild the model without the config files
+from lit_llm.parallel.pipeline import PipelineRunner, build_schedule, clip_across_stages, split_stage
+from lit_llm.tasks.base import ParallelConfig, TransformerModule
 
 
-def cosine_with_warmup(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up over ``warmup_steps``, cosine decay to ``min_ratio`` at ``decay_steps``,
-    constant after (the schedule of nanoGPT's ``get_lr``)."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    if step >= decay_steps:
-        return min_ratio
-    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
-    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
-
-
-class LanguageModel(L.LightningModule):
+class LanguageModel(TransformerModule):
     """Train a transformer of any family: causal families on next-token prediction, the ``bert`` family on
     masked-LM (BERT's 80/10/10 corruption of ``mask_prob`` of the tokens; needs a ``[MASK]`` token).
 
     Args:
-        model: name of a model preset (see ``lit_llm.model.config.PRESETS``).
+        preset: name of a model preset (see ``lit_llm.model.config.PRESETS``).
         model_args: overrides of preset fields, e.g. ``{n_layer: 6, dropout: 0.1}``.
         vocab_size: tokenizer size; the CLI links it from the data module.
         block_size: context length; the CLI links it from the data module.
@@ -47,7 +33,7 @@ class LanguageModel(L.LightningModule):
         min_lr: learning rate at the end of the cosine decay.
         warmup_steps: optimizer steps of linear warm-up.
         lr_decay_steps: optimizer step at which the cosine decay reaches ``min_lr``
-            (default: ``trainer.max_steps``). Set it explicitly to resume into a longer run.
+            (default: the run's length, ``trainer.max_steps``). Set it explicitly to resume into a longer run.
         weight_decay: AdamW weight decay, applied to matrices and embeddings only (not biases or norms).
         betas: AdamW betas.
         eps: AdamW epsilon.
@@ -56,21 +42,18 @@ class LanguageModel(L.LightningModule):
         loss_chunk_size: compute the training loss this many tokens at a time without materializing the full
             (tokens, vocab) logits (chunked cross-entropy); None computes it in one go.
         mask_prob: fraction of tokens the masked-LM objective predicts (``bert`` family only).
-        activation_checkpointing: ``none``, ``full`` (every block) or ``selective`` (every ``ac_every``-th).
-        ac_every: with selective checkpointing, checkpoint every this many blocks.
-        compile: ``torch.compile`` each block.
-        fsdp_param_dtype: FSDP2 mixed-precision compute dtype, e.g. ``bfloat16`` (under ModelParallelStrategy).
-        pipeline_schedule: ``gpipe`` or ``1f1b`` (with ``lit_llm.parallel.ModelParallel(pipeline_parallel_size>1)``).
-        microbatches: microbatches per batch in the pipeline schedule (must divide the batch size).
+        parallel: activation checkpointing, compile, FSDP dtype and pipeline schedule (see ``ParallelConfig``).
         init_from: start from the weights of this lit_llm checkpoint (continued or domain-adaptive pretraining)
             with a fresh optimizer and schedule; unlike ``--ckpt_path``, nothing else is resumed. Its model
             config is used (``model_args`` may change dropout only), and the data must use its tokenizer
             (``data.tokenizer.path`` set to the same checkpoint).
     """
 
+    supports_pipeline = True
+
     def __init__(
         self,
-        model: str = "quickstart",
+        preset: str = "quickstart",
         model_args: Optional[dict[str, Any]] = None,
         vocab_size: Optional[int] = None,
         block_size: Optional[int] = None,
@@ -85,16 +68,12 @@ class LanguageModel(L.LightningModule):
         z_loss: float = 0.0,
         loss_chunk_size: Optional[int] = None,
         mask_prob: float = 0.15,
-        activation_checkpointing: str = "none",
-        ac_every: int = 2,
-        compile: bool = False,
-        fsdp_param_dtype: Optional[str] = None,
-        pipeline_schedule: str = "1f1b",
-        microbatches: int = 2,
+        parallel: Optional[ParallelConfig] = None,
         init_from: Optional[str] = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(parallel)
+        self.save_hyperparameters(ignore=["parallel"])
+        self._keep_parallel_as_dict()
         self.init_tokenizer: Optional[str] = None  # the tokenizer of init_from, which the data must match
         if init_from is not None:
             self.config, self.init_tokenizer = self._init_config(init_from, model_args, vocab_size, block_size)
@@ -104,21 +83,13 @@ class LanguageModel(L.LightningModule):
                 overrides["vocab_size"] = vocab_size
             if block_size is not None:
                 overrides["block_size"] = block_size
-            self.config = ModelConfig.from_name(model, **overrides)  # validates names before any work
+            self.config = ModelConfig.from_name(preset, **overrides)  # validates names before any work
         if not 0 <= label_smoothing < 1 or z_loss < 0 or (loss_chunk_size is not None and loss_chunk_size < 1):
             raise ValueError(
                 f"Need 0 <= label_smoothing < 1, z_loss >= 0 and loss_chunk_size >= 1 or None; got {label_smoothing},"
                 f" {z_loss}, {loss_chunk_size}"
             )
-        if activation_checkpointing not in ("none", "full", "selective"):
-            raise ValueError(f"activation_checkpointing must be none, full or selective, got {activation_checkpointing!r}")
-        if fsdp_param_dtype is not None and not isinstance(getattr(torch, fsdp_param_dtype, None), torch.dtype):
-            raise ValueError(f"fsdp_param_dtype must name a torch dtype such as bfloat16, got {fsdp_param_dtype!r}")
-        if pipeline_schedule not in SCHEDULES or microbatches < 1:
-            raise ValueError(f"pipeline_schedule must be one of {SCHEDULES} and microbatches >= 1; got"
-                             f" {pipeline_schedule!r}, {microbatches}")
         self.model: Optional[torch.nn.Module] = None
-        self._pipeline = None  # (schedule, stage index, number of stages, pp process group) under pipeline parallel
         self.mask_id: Optional[int] = None  # masked-LM only, from the tokenizer
         self.tokenizer_json: Optional[str] = None  # set from the data module; saved in checkpoints
         self.tokens_seen = 0
@@ -129,12 +100,8 @@ class LanguageModel(L.LightningModule):
 
     @staticmethod
     def _init_config(path: str, model_args, vocab_size, block_size) -> tuple[ModelConfig, str]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"init_from checkpoint {path} does not exist; pass the .ckpt that `lit_llm fit` wrote")
-        extra = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(CKPT_KEY) or {}
-        if extra.get("task", "lm") != "lm" or "model_config" not in extra or not extra.get("tokenizer"):
-            raise ValueError(f"{path} is not a lit_llm language-model checkpoint (no model config and tokenizer)")
-        cfg = extra["model_config"]
+        info = ckpt_format.read_info(path, expect="language_model", purpose="model.init_from")
+        cfg = info.model_config
         changed = sorted(set(model_args or {}) - {"dropout"})
         if changed:
             raise ValueError(f"model_args {changed} would change the architecture of init_from; only dropout may be set")
@@ -143,53 +110,37 @@ class LanguageModel(L.LightningModule):
                              f" init_from; set data.tokenizer.path to {path} to use its tokenizer")
         if block_size is not None and block_size > cfg["block_size"]:
             raise ValueError(f"data.block_size {block_size} exceeds the block_size {cfg['block_size']} of init_from")
-        return ModelConfig.from_dict({**cfg, **(model_args or {})}), extra["tokenizer"]
+        return ModelConfig.from_dict({**cfg, **(model_args or {})}), info.tokenizer
 
-    def configure_model(self) -> None:
-        """Build the model, then apply parallelism from outside it. Under Lightning's ModelParallelStrategy
-        ``self.device_mesh`` has "data_parallel" and "tensor_parallel" dimensions (and "pipeline_parallel" under
-        lit_llm's ModelParallel): the pipeline stage is cut first, then tensor + sequence parallel, activation
-        checkpointing and compile per block, then FSDP2 over data parallel. The full
-        model is built (seeded) before it is sharded, so every layout starts from the same weights as one
-        process."""
+    # ------------------------------------------------------------------ network and parallelism
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.model
+
+    def build_network(self) -> None:
         if self.model is not None:
             return
-        hp = self.hparams
         model = build_model(self.config)
-        if hp.init_from is not None:
-            ckpt = torch.load(hp.init_from, map_location="cpu", weights_only=True, mmap=True)
-            model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-        mesh = self.device_mesh
-        names = mesh.mesh_dim_names if mesh is not None else ()
-        pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
-        if mesh is not None:
-            dims = ParallelDims(world_size=mesh.size(), dp_shard=mesh["data_parallel"].size(),
-                                tp=mesh["tensor_parallel"].size(), pp=pp)
-            dims.check_model(self.config)
-            if dims.tp > 1 and pp > 1:
-                raise ValueError("Pipeline parallel does not combine with tensor parallel here yet; use pp x dp")
-            if pp > 1:
-                batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
-                if batch is not None and batch % hp.microbatches:
-                    raise ValueError(f"--data.batch_size {batch} is not divisible by --model.microbatches {hp.microbatches}")
-                split_stage(model, mesh["pipeline_parallel"].get_local_rank(), pp)
-            if dims.tp > 1:
-                apply_tp(model, mesh["tensor_parallel"])
-        if hp.activation_checkpointing != "none":
-            apply_ac(model, hp.activation_checkpointing, hp.ac_every)
-        if hp.compile:
-            apply_compile(model)
-        if mesh is not None:
-            dtype = getattr(torch, hp.fsdp_param_dtype) if hp.fsdp_param_dtype else None
-            apply_fsdp(model, mesh["data_parallel"], param_dtype=dtype)
+        if self.hparams.init_from is not None:
+            _, state, _ = ckpt_format.load_network(self.hparams.init_from, purpose="model.init_from")
+            model.load_state_dict(state)
         self.model = model
-        if pp > 1:
-            pp_mesh = mesh["pipeline_parallel"]
-            stage = pp_mesh.get_local_rank()
-            schedule = build_schedule(model, stage, pp, self.trainer.strategy.root_device, pp_mesh.get_group(),
-                                      hp.microbatches, hp.pipeline_schedule, self._pipeline_loss)
-            self._pipeline = (schedule, stage, pp, pp_mesh.get_group())
-            self.automatic_optimization = False  # the schedule runs forward and backward itself
+
+    def split_pipeline(self, mesh) -> None:
+        batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if batch is not None and batch % self.parallel.microbatches:
+            raise ValueError(f"--data.batch_size {batch} is not divisible by --model.parallel.microbatches"
+                             f" {self.parallel.microbatches}")
+        pp_mesh = mesh["pipeline_parallel"]
+        split_stage(self.model, pp_mesh.get_local_rank(), pp_mesh.size())
+
+    def setup_pipeline(self, mesh) -> None:
+        pp_mesh = mesh["pipeline_parallel"]
+        stage, n = pp_mesh.get_local_rank(), pp_mesh.size()
+        schedule = build_schedule(self.model, stage, n, self.trainer.strategy.root_device, pp_mesh.get_group(),
+                                  self.parallel.microbatches, self.parallel.pipeline_schedule, self._pipeline_loss)
+        self.pipeline = PipelineRunner(schedule, stage, n, pp_mesh.get_group())
+        self.automatic_optimization = False  # the schedule runs forward and backward itself
 
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
@@ -237,7 +188,7 @@ class LanguageModel(L.LightningModule):
         return self._inputs_targets(batch, generator)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        if self._pipeline is not None:
+        if self.pipeline is not None:
             return self._pipeline_training_step(batch)
         x, y = self._inputs_targets(batch)
         hp = self.hparams
@@ -265,34 +216,23 @@ class LanguageModel(L.LightningModule):
 
     def _pipeline_training_step(self, batch: torch.Tensor) -> torch.Tensor:
         """One optimizer step through the pipeline schedule (manual optimization)."""
-        schedule, stage, n_stages, group = self._pipeline
         x, y = self._inputs_targets(batch)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
-        losses: list[torch.Tensor] = []
-        if stage == 0:
-            schedule.step(x)
-        elif stage == n_stages - 1:
-            schedule.step(target=y, losses=losses)
-        else:
-            schedule.step()
-        loss = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=batch.device)
-        torch.distributed.broadcast(loss, group=group, group_src=n_stages - 1)  # every stage logs the same loss
+        loss = self.pipeline.train_step(x, y)  # every stage gets the same loss
         if self.trainer.gradient_clip_val:  # Lightning leaves clipping to manual optimization: clip over all stages
-            clip_across_stages(self.parameters(), self.trainer.gradient_clip_val, group)
+            clip_across_stages(self.parameters(), self.trainer.gradient_clip_val, self.pipeline.group)
         optimizer.step()
         scheduler.step()
-        self.tokens_seen += y.numel() * self.trainer.world_size // n_stages
+        self.tokens_seen += y.numel() * self.trainer.world_size // self.pipeline.num_stages
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         return loss
 
     def _eval_step(self, batch: torch.Tensor, prefix: str, batch_idx: int) -> None:
         x, y = self._eval_inputs_targets(batch, batch_idx)
-        if self._pipeline is not None:
-            schedule, stage, n_stages, _ = self._pipeline
-            # every stage takes part; the last one gets the targets (without them a stage waits forever)
-            logits = schedule.eval(x) if stage == 0 else schedule.eval(target=y, losses=[]) if stage == n_stages - 1 else schedule.eval()
-            if stage != n_stages - 1:  # metrics are summed over processes: other stages add nothing
+        if self.pipeline is not None:
+            logits = self.pipeline.eval(x, y)
+            if logits is None:  # not the last stage; metrics are summed over processes: other stages add nothing
                 self.log(f"{prefix}_loss", self.eval_loss, prog_bar=True, on_step=False, on_epoch=True)
                 self.log(f"{prefix}_ppl", self.eval_ppl, prog_bar=True, on_step=False, on_epoch=True)
                 return
@@ -324,64 +264,44 @@ class LanguageModel(L.LightningModule):
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean next-token (or masked-token) negative log-likelihood of each block, shape (B,)."""
-        if self._pipeline is not None:
+        if self.pipeline is not None:
             raise NotImplementedError("predict under pipeline parallelism: consolidate the checkpoint and predict on one process")
         x, y = self._eval_inputs_targets(batch, batch_idx)
         nll = F.cross_entropy(self.model(x).transpose(1, 2), y, reduction="none", ignore_index=IGNORE_INDEX)  # (B, T)
         return nll.sum(dim=1) / (y != IGNORE_INDEX).sum(dim=1).clamp(min=1)
 
     # ------------------------------------------------------------------ optimization
-    def configure_optimizers(self) -> dict[str, Any]:
-        decay_steps = self.hparams.lr_decay_steps or self.trainer.max_steps
-        if decay_steps is None or decay_steps < 0:
-            raise ValueError("Set --trainer.max_steps or --model.lr_decay_steps: the cosine schedule needs a length")
-        optimizer, scheduler = self.build_optimizer(decay_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def build_optimizer(self, decay_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW with weight decay on matrices and embeddings only, and the warm-up + cosine schedule."""
-        hp = self.hparams
-        if hp.warmup_steps > decay_steps:
-            raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices and embeddings only, not on biases and norm weights."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings
-        no_decay = [p for p in params if p.dim() < 2]  # biases and norm weights
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-            betas=tuple(hp.betas),
-            eps=hp.eps,
-        )
-        min_ratio = hp.min_lr / hp.learning_rate
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)
-        )
-        return optimizer, scheduler
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = {
-            "model_config": self.config.to_dict(),
-            "tokenizer": self.tokenizer_json,
-            "tokens_seen": self.tokens_seen,
-            "torch_rng_state": torch.get_rng_state(),  # dropout masks continue as in an uninterrupted run
-        }
+        ckpt_format.attach(checkpoint, ckpt_format.CheckpointInfo(
+            task="language_model", model_config=self.config.to_dict(), tokenizer=self.tokenizer_json,
+            tokens_seen=self.tokens_seen,
+            rng=ckpt_format.capture_rng(),  # dropout masks continue as in an uninterrupted run
+        ))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        extra = checkpoint.get(CKPT_KEY)
-        if extra is None:
-            raise ValueError("This checkpoint was not written by lit_llm's LanguageModel (no 'lit_llm' entry)")
-        saved_tok = extra.get("tokenizer")
-        if self.tokenizer_json is not None and saved_tok is not None and saved_tok != self.tokenizer_json:
+        if ckpt_format.KEY not in checkpoint:
+            raise ValueError("This checkpoint was not written by lit_llm (no 'lit_llm' entry); pass a checkpoint that"
+                             " `lit_llm fit` wrote")
+        info = ckpt_format.CheckpointInfo.from_dict(checkpoint[ckpt_format.KEY])
+        if info.task != "language_model":
+            raise ValueError(f"This is a {info.task} checkpoint; a language model resumes only from its own"
+                             " checkpoints (start a new run, or use --model.init_from for a language model's)")
+        if self.tokenizer_json is not None and info.tokenizer != self.tokenizer_json:
             raise ValueError(
                 "The data module's tokenizer does not match the tokenizer stored in the checkpoint. Use the corpus"
                 " and tokenizer the checkpoint was trained with, or start a new run without --ckpt_path."
             )
-        if ModelConfig.from_dict(extra["model_config"]) != self.config:
+        if info.config != self.config:
             raise ValueError(
-                f"The checkpoint's model config {extra['model_config']} differs from this run's"
+                f"The checkpoint's model config {info.model_config} differs from this run's"
                 f" {self.config.to_dict()}; pass the same model settings as the run that wrote it."
             )
-        self.tokens_seen = extra.get("tokens_seen", 0)
-        if "torch_rng_state" in extra:
-            torch.set_rng_state(extra["torch_rng_state"])
+        self.tokens_seen = info.tokens_seen
+        ckpt_format.restore_rng(info.rng)

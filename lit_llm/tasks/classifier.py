@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -29,58 +26,26 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from lit_llm import checkpoint as ckpt_format
+from lit_llm.checkpoint import LoraSpec
 from lit_llm.data.tokenizer import load_tokenizer
 from lit_llm.model import ModelConfig, build_model
-from lit_llm.modules.language_model import CKPT_KEY, cosine_with_warmup
+from lit_llm.parallel import ParallelDims
+from lit_llm.tasks.base import ParallelConfig, TransformerModule
+
+__all__ = ["LoraSpec", "SequenceClassifier"]
+
 
 POOLINGS = ("auto", "last", "cls", "mean")
 
 
-@dataclass
-class LoraSpec:
-    """LoRA adapters (Hu et al. 2021) on the attention and MLP projections, via peft.
-
-    Args:
-        rank: adapter rank r.
-        alpha: scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the adapter input.
-        targets: names of the ``nn.Linear`` modules to adapt (lit_llm names: wq, wk, wv, wo, w1, w2, w3).
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
-
-
-# hyper_parameters hold a LoraSpec; allow it in torch.load(weights_only=True) of classifier checkpoints
-torch.serialization.add_safe_globals([LoraSpec])
-
-
-def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """(config, backbone state, tokenizer) of a lit_llm checkpoint: a language-model checkpoint from ``fit``,
-    one consolidated by ``lit_llm consolidate``, or a classifier checkpoint (its backbone)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Pretrained checkpoint {path} does not exist; pass the .ckpt that `lit_llm fit` wrote")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    extra = ckpt.get(CKPT_KEY)
-    if extra is None or extra.get("tokenizer") is None:
-        raise ValueError(f"{path} carries no lit_llm model config and tokenizer; it was not written by `lit_llm fit`")
-    prefix = "backbone." if extra.get("task") == "classification" else "model."
-    state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if extra.get("task") == "classification" and any(".base_layer." in k for k in state):
-        raise ValueError(f"{path} holds unmerged LoRA adapters; merge them first (SequenceClassifier.merge_lora)")
-    return ModelConfig.from_dict(extra["model_config"]), state, Tokenizer.from_str(extra["tokenizer"])
-
-
-class SequenceClassifier(L.LightningModule):
+class SequenceClassifier(TransformerModule):
     """Classify texts with a lit_llm transformer and a linear head.
 
     Args:
         checkpoint: the pretrained lit_llm checkpoint to start from (any family). Its config and tokenizer
             are used. None trains from scratch (then give ``model`` and ``tokenizer``).
-        model: model preset when training from scratch.
+        preset: model preset when training from scratch.
         model_args: overrides of the preset (from scratch), or of ``dropout`` only (from a checkpoint).
         tokenizer: tokenizer.json or .ckpt whose tokenizer to use when training from scratch.
         num_classes: number of classes.
@@ -97,17 +62,18 @@ class SequenceClassifier(L.LightningModule):
         layer_decay: layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): block i from the
             top trains at ``learning_rate * layer_decay ** i``, the embeddings at ``layer_decay ** (n_layer + 1)``.
         lora: train LoRA adapters and the head instead of the whole backbone.
+        parallel: activation checkpointing, compile and FSDP dtype under a parallel strategy (``ParallelConfig``).
     """
 
     def __init__(
         self,
         checkpoint: Optional[str] = None,
-        model: str = "debug",
+        preset: str = "debug",
         model_args: Optional[dict[str, Any]] = None,
         tokenizer: Optional[str] = None,
         num_classes: int = 2,
         label_names: Optional[list[str]] = None,
-        pooling: str = "auto",
+        pooling: Literal["auto", "last", "cls", "mean"] = "auto",
         head_dropout: float = 0.1,
         learning_rate: float = 1e-3,
         min_lr: float = 0.0,
@@ -117,9 +83,11 @@ class SequenceClassifier(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         layer_decay: float = 1.0,
         lora: Optional[LoraSpec] = None,
+        parallel: Optional[ParallelConfig] = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(parallel)
+        self.save_hyperparameters(ignore=["parallel"])
+        self._keep_parallel_as_dict()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if num_classes < 2 or not 0 < layer_decay <= 1:
@@ -128,7 +96,9 @@ class SequenceClassifier(L.LightningModule):
             raise ValueError(f"label_names has {len(label_names)} names but num_classes is {num_classes}")
         state = None
         if checkpoint is not None:
-            config, state, self.tokenizer = load_pretrained(checkpoint)
+            # a language model's checkpoint, or a classifier's (its backbone)
+            config, state, self.tokenizer = ckpt_format.load_network(checkpoint, expect=None,
+                                                                     purpose="model.checkpoint")
             extra = set(model_args or {}) - {"dropout"}
             if extra:
                 raise ValueError(f"model_args {sorted(extra)} would change the pretrained architecture; only dropout may be set")
@@ -140,7 +110,7 @@ class SequenceClassifier(L.LightningModule):
             self.tokenizer = load_tokenizer(tokenizer)
             args = {"vocab_size": self.tokenizer.get_vocab_size(), **(model_args or {})}
             label = args.pop("name", None)  # a stored config (``restore``) carries its own name
-            config = ModelConfig.from_name(model, **args)
+            config = ModelConfig.from_name(preset, **args)
             if label is not None:
                 config = dataclasses.replace(config, name=label)
         if self.tokenizer.get_vocab_size() > config.vocab_size:
@@ -197,6 +167,22 @@ class SequenceClassifier(L.LightningModule):
             raise ValueError("This classifier has no LoRA adapters to merge")
         self.backbone = self.backbone.merge_and_unload()
 
+    # ------------------------------------------------------------------ parallelism (TransformerModule)
+    def build_network(self) -> None:
+        """Built in ``__init__`` (the pretrained weights, LoRA and the head need it there)."""
+
+    @property
+    def network(self) -> nn.Module:
+        return self.core
+
+    def extra_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def check_parallel(self, dims: ParallelDims) -> None:
+        if self.hparams.lora is not None:
+            raise ValueError("LoRA adapters are not sharded here: fine-tune with LoRA under configs/strategy/ddp.yaml,"
+                             " or drop model.lora to use FSDP or tensor parallelism")
+
     @property
     def blocks(self) -> list[nn.Module]:
         core = self.core
@@ -223,7 +209,8 @@ class SequenceClassifier(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # with several processes, the mean over all of them: the loss of the global batch
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=self.trainer.world_size > 1)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, confusion) -> None:
@@ -277,12 +264,9 @@ class SequenceClassifier(L.LightningModule):
             return 0
         return self.config.n_layer + 1
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group per (depth, decayed or not), the learning rate scaled by ``layer_decay ** depth``."""
         hp = self.hparams
-        # the schedule spans the run: max_steps, or the steps that max_epochs make
-        decay_steps = hp.lr_decay_steps or int(self.trainer.estimated_stepping_batches)
-        if hp.warmup_steps > decay_steps:
-            raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
         groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             # LoRA freezes the base weights for good; staged fine-tuning freezes and unfreezes later, so every
@@ -290,57 +274,47 @@ class SequenceClassifier(L.LightningModule):
             if hp.lora is not None and not p.requires_grad:
                 continue
             groups.setdefault((self._depth(name), p.dim() >= 2), []).append(p)
-        param_groups = [
-            {"params": ps, "lr": hp.learning_rate * hp.layer_decay**depth, "weight_decay": hp.weight_decay if decay else 0.0,
-             "depth": depth}
-            for (depth, decay), ps in sorted(groups.items())
-        ]
-        optimizer = torch.optim.AdamW(param_groups, lr=hp.learning_rate, betas=tuple(hp.betas))
-        min_ratio = hp.min_lr / hp.learning_rate
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return [{"params": ps, "lr_scale": hp.layer_decay**depth, "weight_decay": hp.weight_decay if decay else 0.0,
+                 "depth": depth}
+                for (depth, decay), ps in sorted(groups.items())]
 
     # ------------------------------------------------------------------ checkpoints
+    def checkpoint_info(self) -> ckpt_format.CheckpointInfo:
+        hp = self.hparams
+        return ckpt_format.CheckpointInfo(
+            task="classification", model_config=self.config.to_dict(), tokenizer=self.tokenizer.to_str(),
+            num_classes=hp.num_classes, label_names=hp.label_names, pooling=self.pooling,
+            lora=dataclasses.asdict(hp.lora) if hp.lora is not None else None, rng=ckpt_format.capture_rng())
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = {
-            "task": "classification", "model_config": self.config.to_dict(), "tokenizer": self.tokenizer.to_str(),
-            "num_classes": self.hparams.num_classes, "label_names": self.hparams.label_names, "pooling": self.pooling,
-            "lora": asdict(self.hparams.lora) if self.hparams.lora is not None else None,
-        }
+        ckpt_format.attach(checkpoint, self.checkpoint_info())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        extra = checkpoint.get(CKPT_KEY) or {}
-        if extra.get("task") != "classification":
+        info = ckpt_format.CheckpointInfo.from_dict(checkpoint.get(ckpt_format.KEY) or {"task": None,
+                                                                                       "model_config": {}, "tokenizer": ""})
+        if info.task != "classification":
             raise ValueError("This is not a classifier checkpoint; fine-tune from it with model.checkpoint instead of --ckpt_path")
-        if extra["tokenizer"] != self.tokenizer.to_str():
+        if info.tokenizer != self.tokenizer.to_str():
             raise ValueError("The checkpoint's tokenizer differs from this model's; use the model config the checkpoint was trained with")
-        if ModelConfig.from_dict(extra["model_config"]) != self.config or extra["num_classes"] != self.hparams.num_classes:
+        if info.config != self.config or info.num_classes != self.hparams.num_classes:
             raise ValueError(
-                f"The checkpoint's model ({extra['model_config']}, {extra['num_classes']} classes) differs from this"
+                f"The checkpoint's model ({info.model_config}, {info.num_classes} classes) differs from this"
                 f" run's ({self.config.to_dict()}, {self.hparams.num_classes} classes)"
             )
+        ckpt_format.restore_rng(info.rng)
 
     @classmethod
     def restore(cls, path: str | Path, map_location: str = "cpu") -> "SequenceClassifier":
         """A classifier checkpoint alone back into a model (for serving and export): the pretrained file it
         started from is not needed."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Classifier checkpoint {path} does not exist")
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        extra = ckpt.get(CKPT_KEY) or {}
-        if extra.get("task") != "classification":
-            raise ValueError(f"{path} is not a classifier checkpoint (it has no classification entry)")
+        info, ckpt = ckpt_format.load(path, expect="classification", purpose="restoring a classifier")
         hp = ckpt.get("hyper_parameters", {})
-        kept = {k: hp[k] for k in ("label_names", "head_dropout") if k in hp}
+        kept = {"label_names": info.label_names, **{k: hp[k] for k in ("label_names", "head_dropout") if k in hp}}
         with tempfile.TemporaryDirectory() as d:  # the from-scratch path, with the stored config and tokenizer
             tok_path = Path(d) / "tokenizer.json"
-            tok_path.write_text(extra["tokenizer"])
+            tok_path.write_text(info.tokenizer)
             # every field of the stored config overrides the preset, its name included
-            model = cls(model="debug", model_args=extra["model_config"],
-                        tokenizer=str(tok_path), num_classes=extra["num_classes"], pooling=extra["pooling"],
-                        lora=LoraSpec(**extra["lora"]) if extra.get("lora") else None, **kept)
+            model = cls(preset="debug", model_args=info.model_config, tokenizer=str(tok_path),
+                        num_classes=info.num_classes, pooling=info.pooling, lora=info.lora_spec(), **kept)
         model.load_state_dict(ckpt["state_dict"])
-        return model.eval()
+        return model.to(map_location).eval()

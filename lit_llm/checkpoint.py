@@ -1,0 +1,231 @@
+"""The lit_llm checkpoint format, and its only reader and writer.
+
+A lit_llm checkpoint is a Lightning ``.ckpt`` (``torch.save`` of a dict) with one extra entry, ``"lit_llm"``:
+what is needed to rebuild the model without the config files that trained it (:class:`CheckpointInfo`).
+Weights sit in ``state_dict`` under ``model.`` (language models) or ``backbone.`` + ``head.`` (classifiers).
+
+Everything that opens a checkpoint (``generate``, ``serve``, ``export``, ``init_from``, the classifier, the
+tokenizer loader, ``consolidate``) goes through this module, so a change of format is one edit, and every
+bad file gets the same error that names it and says what to pass instead. No Lightning import: the
+commands that only read a checkpoint stay light.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+
+KEY = "lit_llm"  # the checkpoint entry this module owns
+Task = Literal["language_model", "classification"]
+WEIGHT_PREFIX: dict[str, str] = {"language_model": "model.", "classification": "backbone."}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable lit_llm checkpoint for what was asked of it."""
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (Hu et al. 2021) on the attention and MLP projections, via peft.
+
+    Args:
+        rank: adapter rank r.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter input.
+        targets: names of the ``nn.Linear`` modules to adapt (lit_llm names: wq, wk, wv, wo, w1, w2, w3).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
+
+
+# a classifier's hyper_parameters hold a LoraSpec: allow it in weights-only loads
+torch.serialization.add_safe_globals([LoraSpec])
+
+
+@dataclass
+class CheckpointInfo:
+    """What a lit_llm checkpoint carries beside the weights.
+
+    Args:
+        task: ``language_model`` (causal LM or masked LM) or ``classification``.
+        model_config: ``ModelConfig.to_dict()`` of the network (for a classifier: its backbone).
+        tokenizer: the tokenizer as tokenizer.json text.
+        tokens_seen: training tokens seen so far (language models).
+        num_classes: classifier only.
+        label_names: classifier only: class names in id order.
+        pooling: classifier only: ``last``, ``cls`` or ``mean``.
+        lora: classifier only: the LoRA spec as a dict, when adapters are trained.
+        rng: random-number generator states for an exact resume: ``cpu`` and, on GPUs, ``cuda`` (one per device).
+    """
+
+    task: Task
+    model_config: dict[str, Any]
+    tokenizer: str
+    tokens_seen: int = 0
+    num_classes: Optional[int] = None
+    label_names: Optional[list[str]] = None
+    pooling: Optional[str] = None
+    lora: Optional[dict[str, Any]] = None
+    rng: Optional[dict[str, Any]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, extra: dict[str, Any]) -> "CheckpointInfo":
+        known = {f.name for f in fields(cls)}
+        extra = dict(extra)
+        # written before the format had an owner: no task on language models, the CPU RNG state alone
+        extra["task"] = "language_model" if extra.get("task") in (None, "lm") else extra["task"]
+        if "torch_rng_state" in extra:
+            extra.setdefault("rng", {"cpu": extra.pop("torch_rng_state")})
+        return cls(**{k: v for k, v in extra.items() if k in known})
+
+    @property
+    def config(self):
+        """The network's ``ModelConfig``."""
+        from lit_llm.model.config import ModelConfig
+
+        return ModelConfig.from_dict(self.model_config)
+
+    def load_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.tokenizer)
+
+    def lora_spec(self) -> Optional[LoraSpec]:
+        return LoraSpec(**self.lora) if self.lora else None
+
+
+def capture_rng() -> dict[str, Any]:
+    """The RNG states a resumed run needs to continue its dropout masks exactly: CPU, and every CUDA device."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Optional[dict[str, Any]]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+# ---------------------------------------------------------------------------------------------- reading
+_WHAT_TO_PASS = "pass the .ckpt file that `lit_llm fit` wrote (e.g. outputs/<run>/checkpoints/last.ckpt)"
+
+
+def _open(path: str | Path, what: str, mmap: bool, weights_only: bool = True) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        if (path / ".metadata").is_file():
+            raise CheckpointError(f"{path} is a sharded checkpoint folder; merge it into one file first:"
+                                  f" lit_llm consolidate --checkpoint {path} --out merged.ckpt")
+        raise CheckpointError(f"{what} {path} is a folder; {_WHAT_TO_PASS}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; {_WHAT_TO_PASS}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path} holds objects that a weights-only load refuses, so it was not written by"
+                                  f" lit_llm; {_WHAT_TO_PASS}") from None
+        raise CheckpointError(f"{path} is truncated or corrupted ({type(e).__name__}: {str(e).splitlines()[0][:120]});"
+                              " use an earlier checkpoint, e.g. another step*.ckpt of the same run") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a lit_llm checkpoint (it holds a {type(ckpt).__name__}); {_WHAT_TO_PASS}")
+    return ckpt
+
+
+def _info(ckpt: dict[str, Any], path: str | Path, expect: Optional[Task], purpose: str) -> CheckpointInfo:
+    extra = ckpt.get(KEY)
+    if not isinstance(extra, dict) or not extra.get("tokenizer") or "model_config" not in extra:
+        raise CheckpointError(
+            f"{path} is not a lit_llm checkpoint (it has no '{KEY}' entry with a model config and tokenizer);"
+            f" {_WHAT_TO_PASS}, or turn a transformers model into one with `lit_llm import-hf`"
+        )
+    info = CheckpointInfo.from_dict(extra)
+    if expect is not None and info.task != expect:
+        if expect == "language_model":
+            hint = ("pass the language-model checkpoint it was fine-tuned from (its model.checkpoint), or serve"
+                    " the classifier with `lit_llm serve`")
+        else:
+            hint = "fine-tune a classifier from it with --model.checkpoint instead"
+        raise CheckpointError(f"{path} is a {info.task.replace('_', ' ')} checkpoint, but {purpose} needs a"
+                              f" {expect.replace('_', ' ')} checkpoint; {hint}")
+    return info
+
+
+def read_info(path: str | Path, expect: Optional[Task] = None, purpose: str = "this command") -> CheckpointInfo:
+    """The checkpoint's :class:`CheckpointInfo` (memory-mapped: the weights are not read)."""
+    return _info(_open(path, "Checkpoint", mmap=True), path, expect, purpose)
+
+
+def load(path: str | Path, expect: Optional[Task] = None, purpose: str = "this command",
+         mmap: bool = False) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """(info, the whole checkpoint dict) of a lit_llm checkpoint file, checked; tensors on the CPU."""
+    ckpt = _open(path, "Checkpoint", mmap=mmap)
+    return _info(ckpt, path, expect, purpose), ckpt
+
+
+def network_state(ckpt: dict[str, Any], info: CheckpointInfo, path: str | Path = "") -> dict[str, torch.Tensor]:
+    """The network's weights (names as in ``build_model``): the language model, or a classifier's backbone."""
+    prefix = WEIGHT_PREFIX[info.task]
+    state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if info.task == "classification" and any(".base_layer." in k for k in state):
+        raise CheckpointError(f"{path} holds unmerged LoRA adapters; merge them first (SequenceClassifier.merge_lora)")
+    return state
+
+
+def load_network(path: str | Path, expect: Optional[Task] = "language_model", purpose: str = "this command"):
+    """(ModelConfig, network weights, Tokenizer) of a checkpoint, for generation, export and fine-tuning."""
+    info, ckpt = load(path, expect, purpose, mmap=True)
+    return info.config, network_state(ckpt, info, path), info.load_tokenizer()
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer stored in a checkpoint."""
+    return read_info(path).load_tokenizer()
+
+
+def load_sharded_meta(folder: str | Path) -> dict[str, Any]:
+    """The non-tensor part (``meta.pt``) of a sharded checkpoint folder, loaded weights-only."""
+    meta = Path(folder) / "meta.pt"
+    ckpt = _open(meta, "Sharded checkpoint metadata", mmap=False)
+    _info(ckpt, folder, None, "consolidate")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def attach(checkpoint: dict[str, Any], info: CheckpointInfo) -> None:
+    """Put ``info`` into a checkpoint dict that Lightning is about to save (``on_save_checkpoint``)."""
+    checkpoint[KEY] = info.to_dict()
+
+
+def save(path: str | Path, state_dict: dict[str, torch.Tensor], info: CheckpointInfo,
+         **entries: Any) -> Path:
+    """Write a checkpoint file: ``state_dict`` (with its prefixes), ``info`` and any other top-level entries.
+    Written to a temporary name, synced and renamed: never a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({**entries, "state_dict": state_dict, KEY: info.to_dict()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

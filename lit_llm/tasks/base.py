@@ -1,0 +1,208 @@
+"""The LightningModule every task shares: the network, its parallelization, the optimizer and schedule.
+
+A task (``LanguageModel``, ``SequenceClassifier``) is a small subclass that says how its network is built
+(``build_network``), which parameters form which optimizer groups (``param_groups``) and what its loss and
+metrics are. Everything else lives here once:
+
+- ``configure_model`` applies the parallelism that the strategy's device mesh asks for, with the functions
+  in ``lit_llm.parallel`` (pipeline split, tensor + sequence parallel, activation checkpointing, compile,
+  FSDP2), so every task runs under every strategy YAML in ``configs/strategy/``;
+- ``configure_optimizers`` builds AdamW from the task's groups and the warm-up + cosine schedule, whose
+  length is ``lr_decay_steps`` or the run's ``trainer.estimated_stepping_batches``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Optional, Union
+
+import lightning as L
+import torch
+from torch import nn
+
+from lit_llm.model import ModelConfig
+from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
+
+
+@dataclass
+class ParallelConfig:
+    """How ``configure_model`` parallelizes the network. The degrees themselves come from the strategy
+    (``configs/strategy/*.yaml``: ``ModelParallel(data_parallel_size, tensor_parallel_size,
+    pipeline_parallel_size)``); these are the per-model choices that go with them.
+
+    Args:
+        activation_checkpointing: ``none``, ``full`` (every block) or ``selective`` (every ``ac_every``-th).
+        ac_every: with selective checkpointing, checkpoint every this many blocks.
+        compile: ``torch.compile`` each block.
+        fsdp_param_dtype: FSDP2 mixed-precision compute dtype (under ``ModelParallel``); None keeps float32.
+        pipeline_schedule: ``gpipe`` or ``1f1b`` (with ``pipeline_parallel_size > 1``).
+        microbatches: microbatches per batch in the pipeline schedule (must divide the batch size).
+    """
+
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    ac_every: int = 2
+    compile: bool = False
+    fsdp_param_dtype: Optional[Literal["bfloat16", "float16", "float32"]] = None
+    pipeline_schedule: Literal["gpipe", "1f1b"] = "1f1b"
+    microbatches: int = 2
+
+    def __post_init__(self) -> None:
+        if self.activation_checkpointing not in ("none", "full", "selective"):
+            raise ValueError(f"parallel.activation_checkpointing must be none, full or selective, got"
+                             f" {self.activation_checkpointing!r}")
+        if self.pipeline_schedule not in ("gpipe", "1f1b"):
+            raise ValueError(f"parallel.pipeline_schedule must be gpipe or 1f1b, got {self.pipeline_schedule!r}")
+        if self.fsdp_param_dtype not in (None, "bfloat16", "float16", "float32"):
+            raise ValueError(f"parallel.fsdp_param_dtype must be bfloat16, float16 or float32, got {self.fsdp_param_dtype!r}")
+        if self.microbatches < 1 or self.ac_every < 1:
+            raise ValueError(f"parallel.microbatches and parallel.ac_every must be >= 1, got {self.microbatches},"
+                             f" {self.ac_every}")
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup_steps``, cosine decay to ``min_ratio`` at ``decay_steps``,
+    constant after (the schedule of nanoGPT's ``get_lr``)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+
+class TransformerModule(L.LightningModule):
+    """Base of the task modules. Subclasses set ``self.config`` (the network's ``ModelConfig``) in
+    ``__init__`` and implement ``build_network``, ``param_groups`` and their steps.
+
+    The optimizer hyperparameters are read from ``self.hparams``: ``learning_rate``, ``min_lr``,
+    ``warmup_steps``, ``lr_decay_steps``, ``betas`` and, when the task has it, ``eps``.
+    """
+
+    supports_pipeline = False  # a task that can run as pipeline stages says so and implements the schedule
+
+    def __init__(self, parallel: Optional[Union[ParallelConfig, dict]] = None) -> None:
+        super().__init__()
+        # a dict after a checkpoint round trip (hyperparameters are stored as plain data)
+        self.parallel = ParallelConfig(**parallel) if isinstance(parallel, dict) else (parallel or ParallelConfig())
+        self.config: ModelConfig
+        self.pipeline = None  # lit_llm.parallel.pipeline.PipelineRunner under pipeline parallelism
+        self._parallelized = False
+
+    def _keep_parallel_as_dict(self) -> None:
+        """Call after ``save_hyperparameters(ignore=["parallel"])``: the parallel config is stored as a plain
+        dict, so that checkpoints load weights-only without this class."""
+        self.hparams["parallel"] = asdict(self.parallel)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def build_network(self) -> None:
+        """Build the single-device network (seeded, full size) if it is not built yet."""
+        raise NotImplementedError
+
+    @property
+    def network(self) -> nn.Module:
+        """The transformer (``Decoder`` or ``Bert``) that the parallelism functions act on."""
+        raise NotImplementedError
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Task modules outside the network (e.g. a classifier head), sharded with it under FSDP."""
+        return []
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: ``params``, ``weight_decay`` and optionally ``lr_scale``."""
+        raise NotImplementedError
+
+    def setup_pipeline(self, mesh) -> None:  # pragma: no cover - overridden where supports_pipeline
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ parallelism
+    def configure_model(self) -> None:
+        """Build the network, then parallelize it from outside. Under Lightning's ModelParallelStrategy
+        ``self.device_mesh`` has "data_parallel" and "tensor_parallel" dimensions (and "pipeline_parallel" under
+        lit_llm's ModelParallel): the pipeline stage is cut first, then tensor + sequence parallel, activation
+        checkpointing and compile per block, then FSDP2 over data parallel. The full network is built (seeded)
+        before it is sharded, so every layout starts from the same weights as one process."""
+        if self._parallelized:
+            return
+        self.build_network()
+        net, par = self.network, self.parallel
+        mesh = self.device_mesh
+        names = mesh.mesh_dim_names if mesh is not None else ()
+        pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
+        if mesh is not None:
+            dims = ParallelDims(world_size=mesh.size(), dp_shard=mesh["data_parallel"].size(),
+                                tp=mesh["tensor_parallel"].size(), pp=pp)
+            dims.check_model(self.config)
+            self.check_parallel(dims)
+            if dims.tp > 1 and pp > 1:
+                raise ValueError("Pipeline parallel does not combine with tensor parallel here yet; use pp x dp")
+            if pp > 1:
+                if not self.supports_pipeline:
+                    raise ValueError(f"{type(self).__name__} does not run as pipeline stages; use"
+                                     " configs/strategy/ddp.yaml, fsdp.yaml or tp.yaml")
+                self.split_pipeline(mesh)
+            if dims.tp > 1:
+                apply_tp(net, mesh["tensor_parallel"])
+                for module in self.extra_modules():
+                    _replicate_over(module, mesh["tensor_parallel"])
+        if par.activation_checkpointing != "none":
+            apply_ac(net, par.activation_checkpointing, par.ac_every)
+        if par.compile:
+            apply_compile(net)
+        if mesh is not None:
+            dtype = getattr(torch, par.fsdp_param_dtype) if par.fsdp_param_dtype else None
+            apply_fsdp(net, mesh["data_parallel"], param_dtype=dtype, extra=self.extra_modules())
+        if pp > 1:
+            self.setup_pipeline(mesh)
+        self._parallelized = True
+
+    def check_parallel(self, dims: ParallelDims) -> None:
+        """Refuse layouts the task cannot run, before any work (override to add checks)."""
+
+    def split_pipeline(self, mesh) -> None:  # pragma: no cover - overridden where supports_pipeline
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ optimization
+    def decay_steps(self) -> int:
+        """Length of the cosine schedule: ``lr_decay_steps``, or the optimizer steps the run will take."""
+        steps = self.hparams.get("lr_decay_steps") or self.trainer.estimated_stepping_batches
+        if steps is None or not math.isfinite(steps) or steps < 0:
+            raise ValueError("Set --trainer.max_steps (or --trainer.max_epochs) or --model.lr_decay_steps: the cosine"
+                             " schedule needs a length")
+        return int(steps)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer, scheduler = self.build_optimizer(self.decay_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_optimizer(self, decay_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW over the task's parameter groups, and the warm-up + cosine schedule."""
+        hp = self.hparams
+        if hp.warmup_steps > decay_steps:
+            raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
+        groups = []
+        for g in self.param_groups():
+            g = dict(g)
+            g["lr"] = hp.learning_rate * g.pop("lr_scale", 1.0)
+            groups.append(g)
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.get("eps", 1e-8))
+        min_ratio = hp.min_lr / hp.learning_rate
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)
+        )
+        return optimizer, scheduler
+
+
+def _replicate_over(module: nn.Module, mesh) -> None:
+    """Make a small task module (a classifier head) a replicated DTensor module over the tensor-parallel mesh:
+    its weights become DTensors like the sharded network's (gradient clipping needs one kind), it takes and
+    returns plain tensors, and every rank computes the same output from the same full input."""
+    from torch.distributed.tensor import DTensor, Replicate, distribute_module
+
+    def to_dtensor(mod, inputs, device_mesh):
+        return tuple(DTensor.from_local(x, device_mesh, [Replicate()], run_check=False) for x in inputs)
+
+    def to_local(mod, outputs, device_mesh):
+        return outputs.to_local()
+
+    distribute_module(module, mesh, input_fn=to_dtensor, output_fn=to_local)

@@ -1,0 +1,111 @@
+"""lit_llm.checkpoint: the one reader and writer of the checkpoint format, and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from lit_llm import checkpoint as ckpt_format
+from lit_llm.checkpoint import CheckpointError, CheckpointInfo
+from lit_llm.generate import load_checkpoint
+from lit_llm.model import ModelConfig, build_model
+from lit_llm.tasks import SequenceClassifier
+
+from test_finetune import write_lm_checkpoint
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return write_lm_checkpoint(tmp_path_factory.mktemp("ck") / "lm.ckpt")
+
+
+@pytest.fixture(scope="module")
+def classifier(lm, tmp_path_factory):
+    clf = SequenceClassifier(checkpoint=str(lm), label_names=["neg", "pos"])
+    path = tmp_path_factory.mktemp("clf") / "clf.ckpt"
+    ckpt_format.save(path, {f"{k}": v for k, v in clf.state_dict().items()}, clf.checkpoint_info())
+    return path
+
+
+def test_importing_the_format_does_not_import_lightning():
+    code = "import sys, lit_llm.checkpoint; print('lightning' in sys.modules, 'torchmetrics' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_save_then_load_round_trips_weights_and_info(tmp_path):
+    cfg = ModelConfig.from_name("debug", vocab_size=20, block_size=8)
+    model = build_model(cfg)
+    info = CheckpointInfo(task="language_model", model_config=cfg.to_dict(), tokenizer='{"fake": 1}', tokens_seen=7,
+                          rng=ckpt_format.capture_rng())
+    path = ckpt_format.save(tmp_path / "m.ckpt", {f"model.{k}": v for k, v in model.state_dict().items()}, info)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]  # no temporary file left behind
+    got, ckpt = ckpt_format.load(path, expect="language_model")
+    assert got.config == cfg and got.tokens_seen == 7 and torch.equal(got.rng["cpu"], info.rng["cpu"])
+    state = ckpt_format.network_state(ckpt, got)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_checkpoints_written_before_the_format_had_an_owner_still_read(lm):
+    # write_lm_checkpoint writes the old layout: no task, no rng
+    info = ckpt_format.read_info(lm)
+    assert info.task == "language_model" and info.rng is None
+    legacy = CheckpointInfo.from_dict({"model_config": {}, "tokenizer": "t", "torch_rng_state": torch.get_rng_state()})
+    assert legacy.rng is not None and legacy.task == "language_model"
+
+
+def test_missing_truncated_and_foreign_files_get_one_clear_error(lm, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; pass the .ckpt file that `lit_llm fit` wrote"):
+        ckpt_format.read_info(tmp_path / "nope.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(lm.read_bytes()[: lm.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"truncated\.ckpt is truncated or corrupted .*use an earlier checkpoint"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        ckpt_format.read_info(garbage)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="is not a lit_llm checkpoint .*lit_llm import-hf"):
+        load_checkpoint(foreign)
+    folder = tmp_path / "sharded.ckpt"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="sharded checkpoint folder; merge it .* lit_llm consolidate"):
+        load_checkpoint(folder)
+
+
+def test_a_classifier_where_a_language_model_is_needed_says_what_to_pass(classifier, tmp_path):
+    with pytest.raises(CheckpointError, match="classification checkpoint, but generation needs a language model"
+                                              ".*it was fine-tuned from"):
+        load_checkpoint(classifier)
+    from lit_llm.export import export
+
+    with pytest.raises(CheckpointError, match="but export --format hf needs a language model"):
+        export(str(classifier), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
+    # and the other way round
+    restored = SequenceClassifier.restore(classifier)
+    assert restored.hparams.label_names == ["neg", "pos"]
+
+
+def test_a_language_model_is_refused_where_a_classifier_is_needed(lm):
+    with pytest.raises(CheckpointError, match="language model checkpoint, but restoring a classifier needs a classification"):
+        SequenceClassifier.restore(lm)
+
+
+def test_sharded_metadata_is_loaded_weights_only(tmp_path):
+    """consolidate reads meta.pt of a folder that may come from someone else: no pickled code may run."""
+    folder = tmp_path / "last.ckpt"
+    folder.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"lit_llm": {"model_config": {}, "tokenizer": "t"}, "evil": Evil()}, folder / "meta.pt")
+    with pytest.raises(CheckpointError, match="weights-only load refuses"):
+        ckpt_format.load_sharded_meta(folder)
