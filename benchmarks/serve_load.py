@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,9 @@ from lit_llm.data.corpora import resolve_corpus
 from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.model import ModelConfig, build_model
-from lit_llm.serve import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server-in-a-subprocess test harness
+from server_process import ServerProcess  # noqa: E402
 
 PROMPT = "ROMEO:\nWhat light through yonder window breaks"
 

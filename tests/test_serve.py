@@ -17,10 +17,10 @@ from lit_llm.data.sources import Source, iter_documents
 from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.feedback import FeedbackStore
 from lit_llm.generate import generate_tokens, load_checkpoint
-from lit_llm.modules import SequenceClassifier
-from lit_llm.serve import (CompletionSpec, CompletionText, GenerationAPI, ServerProcess, _group_alive, _held_back, free_port, read_served,
-                           serve,
-                           stream_completion)
+from lit_llm.tasks import SequenceClassifier
+from lit_llm.serve import CompletionSpec, CompletionText, GenerationAPI, read_served, serve, stream_completion
+from lit_llm.serve.protocol import _held_back
+from server_process import ServerProcess, _group_alive, free_port
 from test_finetune import SST2_TRAIN, run, sst2_texts, write_lm_checkpoint
 
 KEY = "test-key-123"
@@ -104,6 +104,109 @@ def test_feedback_store_is_a_prepare_source(tmp_path):
     assert docs == ["Q1 good answer", "Q2 fine"]  # corrections and approved answers; the rejected one is left out
 
 
+def test_the_litserve_internals_the_adapter_uses_are_there():
+    """lit_llm/serve/_litserve_adapter.py uses LitServe internals (written against litserve 0.2.19): the spec base
+    class, the request queue's item, the response buffer and how LitServe fills it, the statuses, the stream reader,
+    the FastAPI app. Each is exercised here as LitServe itself uses it, so that an upgrade that changes one fails
+    this test instead of the server."""
+    import asyncio
+    import dataclasses
+    import inspect
+    import pickle
+    import queue
+    from types import SimpleNamespace
+
+    import litserve as ls
+    from fastapi import FastAPI
+    from litserve.loops import simple_loops, streaming_loops
+    from litserve.server import LitServer, response_queue_to_buffer
+    from litserve.specs.base import LitSpec
+    from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
+
+    from lit_llm.serve._litserve_adapter import QueueSpec, fastapi_app
+
+    assert {"OK", "ERROR", "START", "FINISH_STREAMING"} <= set(vars(LitAPIStatus))
+    assert [f.name for f in dataclasses.fields(ResponseBufferItem)][:2] == ["event", "response_queue"]
+    assert "response" in {f.name for f in dataclasses.fields(ResponseBufferItem)}
+    assert list(inspect.signature(LitServer.data_streamer).parameters) == ["q", "data_available", "send_status"]
+    assert list(inspect.signature(response_queue_to_buffer).parameters) == [
+        "transport", "response_buffer", "consumer_id", "litapi_connector"]
+    # the workers unpack the request queue's items as submit() writes them; the server tells the spec its queue id
+    for loops in (simple_loops, streaming_loops):
+        assert "response_queue_id, uid, timestamp, x_enc = request_data" in inspect.getsource(loops)
+    assert "lit_api.spec.response_queue_id = response_queue_id" in inspect.getsource(LitServer._start_server)
+    assert "copy.copy(self.app)" in inspect.getsource(LitServer._start_server)  # handlers on server.app apply
+
+    # LitSpec.setup takes the buffer, the request queue and the stream reader from the server
+    requests = queue.Queue()
+    spec = QueueSpec()
+    spec.api_path = "/v1/x"
+    spec.setup(SimpleNamespace(response_buffer={}, _get_request_queue={"/v1/x": requests}.__getitem__,
+                               data_streamer=LitServer.data_streamer))
+    spec.response_queue_id = 3
+    assert isinstance(spec, LitSpec)
+
+    class Transport:  # what LitServe's worker side delivers, then the cancellation that ends the reader
+        def __init__(self, messages):
+            self.messages = list(messages)
+
+        async def areceive(self, consumer_id):
+            if not self.messages:
+                raise asyncio.CancelledError
+            return self.messages.pop(0)
+
+    async def exchange(streaming, answers):
+        uid, item = spec.submit({"ids": [1, 2]}, streaming=streaming)
+        queue_id, got_uid, timestamp, job = requests.get_nowait()
+        assert (queue_id, got_uid, job) == (3, uid, {"ids": [1, 2]}) and isinstance(timestamp, float)
+        assert spec.response_buffer[uid] is item
+        kind = LoopResponseType.STREAMING if streaming else LoopResponseType.REGULAR
+        messages = [(uid, (None, LitAPIStatus.START, kind, 0))] + [(uid, (*a, kind, 0)) for a in answers]
+        connector = SimpleNamespace(lit_apis=[None], any_stream=lambda: streaming)
+        await response_queue_to_buffer(Transport(messages), spec.response_buffer, 3, connector)
+        try:
+            if streaming:
+                return [out async for out in spec.outputs(item)]
+            return await spec.output(item)
+        finally:
+            spec.release(uid)
+            assert uid not in spec.response_buffer
+
+    ok = ls.LitAPI.format_encoded_response(None, {"text": "a"})  # a streamed dict, as the worker loop encodes it
+    streamed = asyncio.run(exchange(True, [(ok, LitAPIStatus.OK), ("{}", LitAPIStatus.OK),
+                                           ("", LitAPIStatus.FINISH_STREAMING)]))
+    assert streamed == [({"text": "a"}, False), ({}, False)]
+    failed = asyncio.run(exchange(True, [(ok, LitAPIStatus.OK), (pickle.dumps(ValueError("boom")), LitAPIStatus.ERROR)]))
+    assert failed[0] == ({"text": "a"}, False) and failed[1][1] is True and isinstance(failed[1][0], ValueError)
+    assert asyncio.run(exchange(False, [({"probs": [[1.0]]}, LitAPIStatus.OK)])) == ({"probs": [[1.0]]}, False)
+    error, is_error = asyncio.run(exchange(False, [(pickle.dumps(KeyError("k")), LitAPIStatus.ERROR)]))
+    assert is_error and isinstance(error, KeyError)
+
+    # the FastAPI app that LitServer serves, with a spec's routes on it
+    class Echo(ls.LitAPI):
+        def setup(self, device):
+            pass
+
+        def predict(self, x):
+            return x
+
+    routes = QueueSpec()
+    routes.add_endpoint("/v1/echo", lambda: {}, ["GET"])
+    app = fastapi_app(ls.LitServer(Echo(spec=routes), accelerator="cpu"))
+    assert isinstance(app, FastAPI) and "/v1/echo" in {r.path for r in app.routes}
+
+
+@pytest.mark.slow
+def test_importing_lit_llm_serve_does_not_import_lightning():
+    """The schemas and the command import without Lightning: the workers import what loads a model in setup."""
+    import subprocess
+    import sys
+
+    code = "import sys, lit_llm.serve; print(sorted(m for m in ('lightning', 'lit_llm.tasks') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_serve_refuses_bad_setups_before_starting(tmp_path):
     lm = write_lm_checkpoint(tmp_path / "lm.ckpt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -141,6 +244,7 @@ def client(lm_server):
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
+@pytest.mark.slow
 def test_completion_matches_local_greedy_generation_with_true_usage(lm_server, client):
     _, ckpt, _ = lm_server
     model, tok = load_checkpoint(ckpt)
@@ -153,6 +257,7 @@ def test_completion_matches_local_greedy_generation_with_true_usage(lm_server, c
     assert r.model == "lm" and r.object == "text_completion"
 
 
+@pytest.mark.slow
 def test_seed_top_p_and_stop(client):
     kw = dict(model="lm", prompt="a story about", max_tokens=16, temperature=1.0, top_p=0.9)
     a, b = (client.completions.create(**kw, seed=7).choices[0].text for _ in range(2))
@@ -165,6 +270,7 @@ def test_seed_top_p_and_stop(client):
     assert r.choices[0].text == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_streaming_completion_and_chat_give_the_same_text(client):
     kw = dict(model="lm", prompt="the plot", max_tokens=20, temperature=0.8, seed=3)
     whole = client.completions.create(**kw).choices[0].text
@@ -184,6 +290,7 @@ def test_streaming_completion_and_chat_give_the_same_text(client):
     assert [m.id for m in client.models.list()] == ["lm"]
 
 
+@pytest.mark.slow
 def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_server, client):
     server, _, _ = lm_server
     url, auth = f"{server.base_url}/v1/completions", {"Authorization": f"Bearer {KEY}"}
@@ -232,6 +339,7 @@ def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_serve
     assert parts.choices[0].message.content == plain.choices[0].message.content
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(lm_server, client):
     def one(i):
         r = client.completions.create(model="lm", prompt="same prompt", max_tokens=8, temperature=1.0, seed=i % 2)
@@ -259,6 +367,7 @@ def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(lm_server, client)
         assert r.choices[0].text == tok.decode(generate_tokens(model, torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist())
 
 
+@pytest.mark.slow
 def test_feedback_endpoint_appends_to_the_store(lm_server):
     server, _, tmp = lm_server
     url, auth = f"{server.base_url}/v1/feedback", {"Authorization": f"Bearer {KEY}"}
@@ -288,7 +397,7 @@ def _classifier_config(tmp: Path, lm: Path, root: Path, train: str, max_steps: i
         "trainer": {"max_steps": max_steps, "limit_val_batches": 1, "check_val_every_n_epoch": None,
                     "val_check_interval": max_steps, "default_root_dir": str(root), "enable_progress_bar": False,
                     "logger": False, "enable_model_summary": False},
-        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
+        "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
                   "init_args": {"checkpoint": str(lm), "label_names": ["negative", "positive"], "learning_rate": 3e-3,
                                 "warmup_steps": 0, "head_dropout": 0.0}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule", "init_args": data},
@@ -298,6 +407,7 @@ def _classifier_config(tmp: Path, lm: Path, root: Path, train: str, max_steps: i
     return path
 
 
+@pytest.mark.slow
 def test_classifier_serving_batches_and_the_feedback_loop_corrects_it(tmp_path):
     """serve a classifier -> a user corrects one answer through /v1/feedback -> fit --ckpt_path continues on
     the feedback store -> serve the new checkpoint -> the corrected example gets the corrected label."""

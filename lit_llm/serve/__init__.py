@@ -1,0 +1,44 @@
+"""Serving a checkpoint: ``python -m lit_llm serve --checkpoint CKPT [--host 127.0.0.1 --port 8000]``.
+
+Built on LitServe: its server runs the HTTP front end (FastAPI under uvicorn) and the model in separate worker
+processes, queues requests between them, and batches concurrent requests for a model that takes batches. What
+is ours is the OpenAI-compatible protocol, written as two LitServe specs:
+
+- a causal language model gets ``POST /v1/completions`` and ``POST /v1/chat/completions`` (with ``stream``
+  over server-sent events, ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed`` and the token usage
+  as counted by the model's tokenizer). Requests that arrive together are batched by LitServe
+  (``--max_batch_size``, ``--batch_timeout``) and decoded together with the KV cache, left-padded with a
+  mask, each with its own sampling settings and seed; ``--workers`` runs several model workers;
+- a classifier (``SequenceClassifier``) checkpoint gets ``POST /v1/classify``: ``{"input": text or [texts]}``
+  gives each text's label and class probabilities. Concurrent requests are batched by LitServe
+  (``--max_batch_size``, ``--batch_timeout``) and padded together into one forward pass;
+- both get ``GET /v1/models``, ``POST /v1/feedback`` (users' ratings and corrections, appended to a
+  ``lit_llm.feedback`` store that fine-tuning reads) and LitServe's ``GET /health``.
+
+Requests are checked in the front end before they reach the model: unknown fields, a prompt longer than
+``--max_prompt_tokens``, ``max_tokens`` above ``--max_tokens``, a wrong API key and malformed JSON get a 4xx
+with an OpenAI-style error body that says what was wrong. The server binds 127.0.0.1 unless told otherwise;
+with ``--api_key`` (or ``$LIT_LLM_API_KEY``) every route except ``/health`` needs ``Authorization: Bearer KEY``
+(what the ``openai`` client sends) or ``X-API-Key: KEY``.
+
+Chat messages become one prompt as a plain transcript, ``"{role}: {content}\\n"`` per message followed by
+``"assistant:"``: a from-scratch base model has no chat template of its own.
+
+The package, by job: ``protocol`` (request schemas, OpenAI-style errors, the chat transcript, stop-string
+hold-back), ``worker`` (the model workers and their batched decoding), ``specs`` (the LitServe specs that glue the
+routes to the worker), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
+module that touches LitServe internals). A server in a subprocess, for tests and benchmarks, is
+``tests/server_process.py``.
+"""
+
+from lit_llm.serve.command import HOSTS, read_served, serve
+from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ChatMessage, ClassificationRequest,
+                                    CompletionRequest, FeedbackRequest, chat_prompt, install_error_handlers)
+from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
+from lit_llm.serve.worker import ClassifierAPI, CompletionText, GenerationAPI, stream_batch, stream_completion
+
+__all__ = [
+    "APIError", "ChatCompletionRequest", "ChatMessage", "ClassificationRequest", "ClassifierAPI", "ClassifySpec",
+    "CompletionRequest", "CompletionSpec", "CompletionText", "FeedbackRequest", "GenerationAPI", "HOSTS", "Served",
+    "chat_prompt", "install_error_handlers", "read_served", "serve", "stream_batch", "stream_completion",
+]

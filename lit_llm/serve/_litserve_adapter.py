@@ -1,0 +1,89 @@
+"""Every use of LitServe internals in lit_llm, in one place. Written against litserve 0.2.19.
+
+LitServe's public API (``LitAPI``, ``LitServer``, ``OpenAISpec``) gives a spec the routes it declares, but not a way
+for a route to put a job of its own on the queue to the model workers and read the answers: its own
+``OpenAISpec`` does that with the internals below. We need it because our routes check and tokenize a request
+in the front end (a 4xx that says what was wrong, before the model sees it), serve several routes
+(``/v1/completions``, ``/v1/chat/completions``, ``/v1/classify``, ``/v1/models``, ``/v1/feedback``) from one model
+worker, and answer worker errors and streamed text in OpenAI's shape. What this module relies on, as litserve
+0.2.19 has it:
+
+- ``litserve.specs.base.LitSpec`` (not exported by ``litserve`` or ``litserve.specs``): the base of a custom spec.
+  ``LitSpec.setup(server)`` sets ``response_buffer`` (``LitServer.response_buffer``: uid -> ``ResponseBufferItem``),
+  ``request_queue`` (``LitServer._get_request_queue(api_path)``) and ``data_streamer``
+  (``LitServer.data_streamer``); the server sets ``spec.response_queue_id`` in ``LitServer._start_server``.
+- the request queue's item ``(response_queue_id, uid, time.monotonic(), payload)``, unpacked by the worker loops
+  (``litserve.loops``);
+- ``litserve.utils.ResponseBufferItem(event, response_queue)``: ``response_queue_to_buffer`` appends a streaming
+  job's ``(data, status)`` to ``response_queue``, or sets a job's ``response`` to it, and sets ``event``;
+- ``litserve.utils.LitAPIStatus.ERROR``, the status of a worker's error, which comes pickled (or as a
+  ``PickleableHTTPException``); streamed outputs come JSON-encoded (``LitAPI.format_encoded_response``);
+- ``LitServer.app``, the FastAPI app, on which we install error handlers (the apps LitServe runs are shallow
+  copies of it, made in ``LitServer._start_server``).
+
+``tests/test_serve.py::test_the_litserve_internals_the_adapter_uses_are_there`` fails when any of these change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import time
+import uuid
+from collections import deque
+from typing import Any, AsyncIterator
+
+from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+LITSERVE_VERSION = "0.2.19"  # the version this module was written against and checked with
+
+
+class QueueSpec(LitSpec):
+    """A LitSpec whose routes put their own jobs on the queue to the model workers and read the answers."""
+
+    def submit(self, job: Any, streaming: bool) -> tuple[uuid.UUID, ResponseBufferItem]:
+        """Queue ``job`` for a model worker (its ``decode_request`` gets it as is); the answers arrive in the item."""
+        uid = uuid.uuid4()
+        item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque() if streaming else None)
+        self.response_buffer[uid] = item
+        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
+        return uid, item
+
+    def release(self, uid: uuid.UUID) -> None:
+        """Forget a job: answers that still arrive for it are dropped."""
+        self.response_buffer.pop(uid, None)
+
+    async def outputs(self, item: ResponseBufferItem) -> AsyncIterator[tuple[Any, bool]]:
+        """A streaming job's outputs as the worker yields them, ``(output, False)``, until it finishes; a worker
+        error ends them as ``(error, True)``."""
+        async for data, status in self.data_streamer(item.response_queue, item.event, send_status=True):
+            if status == LitAPIStatus.ERROR:
+                yield worker_error(data), True
+                return
+            yield json.loads(data), False
+
+    async def output(self, item: ResponseBufferItem) -> tuple[Any, bool]:
+        """A non-streaming job's output, ``(output, False)``, or ``(error, True)``."""
+        await item.event.wait()
+        response, status = item.response
+        if status == LitAPIStatus.ERROR:
+            return worker_error(response), True
+        return response, False
+
+
+def worker_error(response: Any) -> Any:
+    """A worker's error as LitServe sends it (pickled, or a PickleableHTTPException) as the error object; bytes
+    that do not unpickle are returned as they are."""
+    if isinstance(response, bytes):
+        try:
+            response = pickle.loads(response)
+        except Exception:  # noqa: BLE001 - an unreadable error is still an error
+            pass
+    return response
+
+
+def fastapi_app(server):
+    """The FastAPI app of a ``LitServer``, to install exception handlers on before ``run``."""
+    return server.app

@@ -1,0 +1,177 @@
+"""The OpenAI-compatible protocol: request schemas, errors in OpenAI's shape, the chat transcript and the
+hold-back of text that could still grow into a stop string.
+
+No LitServe and no torch here: FastAPI and pydantic only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, Optional, Union
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class APIError(Exception):
+    """An error answered as ``{"error": {message, type, param, code}}`` with an HTTP status, as OpenAI does."""
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
+    """One readable sentence per problem of a request body that failed its schema, and the first field named."""
+    parts, first = [], None
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        field = ".".join(loc) or None
+        if err.get("type") == "json_invalid":
+            parts.append(f"The request body is not valid JSON ({err.get('ctx', {}).get('error', err.get('msg'))})")
+            continue
+        first = first or field
+        if field is None:
+            parts.append("The request body must be a JSON object (and sent with Content-Type: application/json)")
+        elif err.get("type") == "extra_forbidden":
+            parts.append(f"Unknown field '{field}'; remove it (this server does not support it)")
+        elif err.get("type") == "missing":
+            parts.append(f"Missing required field '{field}'")
+        else:
+            parts.append(f"Invalid '{field}': {err.get('msg')}")
+    return "; ".join(parts) or "Invalid request", first
+
+
+def install_error_handlers(app) -> None:
+    """Answer schema errors with 400 (the OpenAI API's status for a bad request) and every error in OpenAI's shape."""
+
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error_response(exc.status, exc.message, exc.param, exc.code)
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = _validation_message(exc)
+        return _error_response(400, message, field, "invalid_request")
+
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error_response(exc.status_code, str(exc.detail))
+
+    async def on_other(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in %s", request.url.path)
+        return _error_response(500, "Internal server error; see the server log")
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(Exception, on_other)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, not silently ignored
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    # null means the default, as in OpenAI's API
+    model: Optional[str] = None
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    stop: Optional[Union[str, list[str]]] = None
+    seed: Optional[int] = Field(None, ge=-(2**63), lt=2**63)  # what torch.Generator.manual_seed takes
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    n: Optional[int] = None
+    user: Optional[str] = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: Optional[int]) -> Optional[int]:
+        if n not in (None, 1):
+            raise ValueError("only n=1 is supported; send several requests for several samples")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop):
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+    def stops(self) -> list[str]:
+        return list(self.stop or [])
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+    max_tokens: Optional[int] = Field(None, ge=1)  # None: 16 (OpenAI's default), at most the server's limit
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+    name: Optional[str] = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+
+class ClassificationRequest(_Strict):
+    model: Optional[str] = None
+    input: Union[str, list[str]]
+
+
+class FeedbackRequest(_Strict):
+    kind: Optional[Literal["completion", "classification"]] = None  # default: what the server serves
+    request: str
+    response: Optional[str] = None
+    rating: Optional[int] = None
+    corrected_label: Optional[Union[int, str]] = None
+    corrected_text: Optional[str] = None
+    model: Optional[str] = None
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The plain transcript a base model continues: one ``role: content`` line per message, then ``assistant:``."""
+    return "".join(f"{m.role}: {m.text()}\n" for m in messages) + "assistant:"
+
+
+# ---------------------------------------------------------------------------------------------- streamed text
+def _held_back(text: str, stops: list[str]) -> int:
+    """How much of ``text`` may be sent now: not a tail that could still grow into a stop string, nor a
+    trailing U+FFFD (a multi-byte character whose other bytes are still to come)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    safe = len(text) - hold
+    while safe > 0 and text[safe - 1] == "\ufffd":
+        safe -= 1
+    return safe

@@ -1,0 +1,254 @@
+"""The model worker: the LitServe ``LitAPI``s that hold a checkpoint's model (one per worker process), and
+the decoding they run (one completion, or a batch decoded together with the KV cache).
+
+Only LitServe's public ``LitAPI`` is used here. What loads a model (``load_checkpoint``, ``SequenceClassifier``,
+which brings Lightning) is imported in the worker's ``setup``, so that importing ``lit_llm.serve`` stays light.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+
+import litserve as ls
+import torch
+from fastapi import Request
+from tokenizers import Tokenizer
+
+from lit_llm.generate import iter_batch_tokens, iter_tokens, sample_next
+from lit_llm.serve.protocol import APIError, _held_back
+
+if TYPE_CHECKING:
+    from lit_llm.serve.specs import ClassifySpec, CompletionSpec
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+class CompletionText:
+    """One completion's text as its tokens arrive: where it ends ([EOS], a stop string, ``max_tokens``) and
+    which text is final and may be sent.
+
+    ``push`` returns ``{"text": delta}`` (``{}`` while nothing new is final) and, once the completion ends, the
+    last message ``{"text", "finish_reason", "usage"}``. The stop string itself is not returned, and
+    ``completion_tokens`` counts every token the model sampled."""
+
+    def __init__(self, tok: Tokenizer, prompt: list[int], max_tokens: int, stops: Optional[list[str]] = None) -> None:
+        self.tok, self.prompt, self.max_tokens, self.stops = tok, prompt, max_tokens, stops or []
+        self.prompt_tokens = len(prompt)
+        # the completion is decoded after its prompt: WordPiece and Metaspace (unigram) decoders drop the
+        # space before a sequence's first word, which here is not the first word
+        self.prefix = tok.decode(prompt)
+        self.eos = tok.token_to_id("[EOS]")
+        self.ids: list[int] = []
+        self.sampled, self.sent, self.text = 0, 0, ""
+        self.finish: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+    def push(self, token: int) -> dict[str, Any]:
+        self.sampled += 1
+        if token == self.eos:
+            return self._end("stop")
+        self.ids.append(token)
+        self.text = self._decode()
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return self._end("stop")
+        if self.sampled >= self.max_tokens:
+            return self._end("length")
+        safe = _held_back(self.text, self.stops)
+        if safe <= self.sent:
+            return {}
+        delta, self.sent = self.text[self.sent : safe], safe
+        return {"text": delta}
+
+    def _decode(self) -> str:
+        """The completion's text (special tokens such as [UNK] and [PAD] are not text)."""
+        full = self.tok.decode(self.prompt + self.ids)
+        return full[len(self.prefix) :] if full.startswith(self.prefix) else self.tok.decode(self.ids)
+
+    def _end(self, reason: str) -> dict[str, Any]:
+        self.finish = reason
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.sampled,
+                 "total_tokens": self.prompt_tokens + self.sampled}
+        return {"text": self.text[self.sent :], "finish_reason": reason, "usage": usage}
+
+
+def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(1, V) logits -> (1, 1) token with this request's settings and its own seeded generator."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return lambda logits: sample_next(logits, temperature, None, top_p if top_p < 1 else None, generator)
+
+
+def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, temperature: float = 1.0,
+                      top_p: float = 1.0, stops: Optional[list[str]] = None, seed: Optional[int] = None,
+                      use_cache: bool = True) -> Iterator[dict[str, Any]]:
+    """One completion after ``ids``, as ``CompletionText`` messages (empty ones left out). Past
+    ``block_size`` the context slides (``iter_tokens``)."""
+    state = CompletionText(tok, ids, max_tokens, stops)
+    device = next(model.parameters()).device
+    sample = _sampler(temperature, top_p, seed, device)
+    for token in iter_tokens(model, torch.tensor([ids], device=device), max_tokens, use_cache=use_cache, sample=sample):
+        message = state.push(int(token))
+        if message:
+            yield message
+        if state.done:
+            return
+
+
+def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True) -> Iterator[list[dict[str, Any]]]:
+    """Several completions decoded together (``iter_batch_tokens``): per step, one message per job (``{}`` for
+    nothing new or a finished job). Each job samples with its own settings and seed, so its tokens are those
+    it would get alone. Stops early once every job has ended."""
+    device = next(model.parameters()).device
+    states = [CompletionText(tok, j["ids"], j["max_tokens"], j["stop"]) for j in jobs]
+    samplers = [_sampler(j["temperature"], j["top_p"], j["seed"], device) for j in jobs]
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([f(logits[r : r + 1]) for r, f in enumerate(samplers)])
+
+    pad = tok.token_to_id("[PAD]") or 0
+    steps = max(j["max_tokens"] for j in jobs)
+    for tokens in iter_batch_tokens(model, [j["ids"] for j in jobs], steps, sample, use_cache, pad):
+        yield [{} if st.done else st.push(int(t)) for st, t in zip(states, tokens.tolist())]
+        if all(st.done for st in states):
+            return
+
+
+def _fits_together(jobs: list[dict], block_size: int) -> bool:
+    return max(len(j["ids"]) for j in jobs) + max(j["max_tokens"] for j in jobs) <= block_size
+
+
+# ---------------------------------------------------------------------------------------------- model workers
+class _WorkerAPI:
+    """What both model workers share: the optional API key, checked by LitServe on every route it registers
+    (``LitAPI.authorize``), and the CPU threads of a worker: ``serve`` splits the cores between the workers (each torch process would
+    otherwise take them all, and N workers would fight over them)."""
+
+    api_key: Optional[str] = None
+    cpu_threads: Optional[int] = None
+
+    def _use_threads(self, device: str) -> None:
+        if str(device).startswith("cpu") and self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
+
+    def authorize(self, request: Request) -> None:
+        if not self.api_key or request.url.path == "/health":
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+            raise APIError(401, "Invalid or missing API key: send 'Authorization: Bearer KEY' (the openai client's"
+                           " api_key) or 'X-API-Key: KEY'", code="invalid_api_key")
+
+
+class GenerationAPI(_WorkerAPI, ls.LitAPI):
+    """The model worker of a causal checkpoint. LitServe hands it up to ``max_batch_size`` requests that
+    arrived within ``batch_timeout`` of each other; they are decoded together with the KV cache and each
+    streams its own text. A batch whose longest prompt plus largest ``max_tokens`` exceeds ``block_size``
+    runs one request after the other instead (each then slides its context past the block)."""
+
+    def __init__(self, checkpoint: str, spec: CompletionSpec, api_key: Optional[str] = None, use_cache: bool = True,
+                 max_batch_size: int = 8, batch_timeout: float = 0.005):
+        super().__init__(spec=spec, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.checkpoint, self.api_key, self.use_cache = checkpoint, api_key, use_cache
+
+    def setup(self, device: str) -> None:
+        from lit_llm.generate import load_checkpoint
+
+        self._use_threads(device)
+        self.model, self.tokenizer = load_checkpoint(self.checkpoint, device)
+
+    def decode_request(self, request: dict) -> dict:
+        return request  # the front end already tokenized and checked it
+
+    def batch(self, jobs: list[dict]) -> list[dict]:
+        return jobs
+
+    def _one(self, job: dict) -> Iterator[dict]:
+        return stream_completion(self.model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
+                                 job["top_p"], job["stop"], job["seed"], self.use_cache)
+
+    def _steps(self, jobs: list[dict]) -> Iterator[list[dict]]:
+        """Per step, one message per job."""
+        if len(jobs) > 1 and _fits_together(jobs, self.model.config.block_size):
+            yield from stream_batch(self.model, self.tokenizer, jobs, self.use_cache)
+            return
+        for i, job in enumerate(jobs):
+            for message in self._one(job):
+                yield [message if k == i else {} for k in range(len(jobs))]
+
+    def predict(self, jobs: Union[dict, list[dict]]) -> Iterator:
+        single = isinstance(jobs, dict)  # max_batch_size 1: LitServe's unbatched loop
+        jobs = [jobs] if single else jobs
+        # a client that does not stream gets one message from the worker instead of one per token
+        parts: list[list[str]] = [[] for _ in jobs]
+        for step in self._steps(jobs):
+            out = []
+            for job, part, message in zip(jobs, parts, step):
+                if message and not job["stream"]:
+                    part.append(message["text"])
+                    message = {**message, "text": "".join(part)} if "usage" in message else {}
+                out.append(message)
+            if any(out):  # LitServe sends one message per request of each list: skip steps with nothing to say
+                yield out[0] if single else out
+
+    def unbatch(self, steps: Iterator) -> Iterator:
+        return steps
+
+    def encode_response(self, outputs: Iterator) -> Iterator:
+        yield from outputs
+
+
+class ClassifierAPI(_WorkerAPI, ls.LitAPI):
+    """The model worker of a classifier checkpoint: LitServe hands it up to ``max_batch_size`` concurrent
+    requests at once, whose texts are padded into one forward pass."""
+
+    def __init__(self, checkpoint: str, spec: ClassifySpec, api_key: Optional[str] = None, max_batch_size: int = 8,
+                 batch_timeout: float = 0.005):
+        super().__init__(spec=spec, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.checkpoint, self.api_key = checkpoint, api_key
+
+    def setup(self, device: str) -> None:
+        from lit_llm.data.labelled import pad_examples
+        from lit_llm.tasks import SequenceClassifier
+
+        self.pad_examples = pad_examples
+        self._use_threads(device)
+        model = SequenceClassifier.restore(self.checkpoint)
+        if hasattr(model.backbone, "peft_config"):
+            model.merge_lora()  # the same logits with plain modules
+        self.model = model.to(device).eval()
+        self.device = device
+
+    def decode_request(self, request: dict) -> dict:
+        return request
+
+    def batch(self, inputs: list[dict]) -> list[dict]:
+        return inputs
+
+    @torch.inference_mode()
+    def predict(self, jobs: Union[dict, list[dict]]) -> Union[dict, list[dict]]:
+        single = isinstance(jobs, dict)
+        jobs = [jobs] if single else jobs
+        rows = [ids for job in jobs for ids in job["ids"]]
+        input_ids, mask = self.pad_examples(self.model.tokenizer, rows)
+        probs = self.model(input_ids.to(self.device), mask.to(self.device)).float().softmax(-1).cpu().tolist()
+        out, start = [], 0
+        for job in jobs:
+            n = len(job["ids"])
+            out.append({"probs": probs[start : start + n], "batch_requests": len(jobs)})
+            start += n
+        return out[0] if single else out
+
+    def unbatch(self, outputs: list[dict]) -> list[dict]:
+        return outputs
+
+    def encode_response(self, output: dict) -> dict:
+        return output
