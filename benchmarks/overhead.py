@@ -24,7 +24,7 @@ import torch
 
 from lit_llm.callbacks import TokenThroughput
 from lit_llm.data import PretrainDataModule
-from lit_llm.modules import LanguageModel
+from lit_llm.tasks import LanguageModel
 
 
 class StepClock(L.Callback):

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from lit_llm.crossval import _run, crossval
+from lit_llm.commands.crossval import _run, crossval
 
 EXP = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 OUT = Path("runs/experiment")
@@ -41,7 +41,7 @@ def sst2(run: str) -> dict:
 
 def cr(run: str, folds: int) -> dict:
     init = INITS["pretrained" if run == "dapt" else run]
-    summary = crossval([str(EXP / n) for n in ("classifier.yaml", "cr.yaml", init)], num_folds=10,
+    summary = crossval(cfg("classifier.yaml", "cr.yaml", init), num_folds=10,
                        folds=list(range(folds)), out=str(OUT / f"cr_{run}"),
                        dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None)
     return {k: v["mean"] for k, v in summary["metrics"].items()} | {f"{k}_std": v["std"] for k, v in summary["metrics"].items()}

@@ -1,23 +1,23 @@
-"""Write the example job scripts in slurm/ from ``lit_llm.slurm.render_script`` (tests/test_slurm.py checks
+"""Write the example job scripts in slurm/ from ``lit_llm.commands.submit.render_script`` (tests/test_slurm.py checks
 that they match). Run after changing the template:  python slurm/render_examples.py"""
 
 from pathlib import Path
 
-from lit_llm.slurm import render_script
+from lit_llm.commands.submit import render_script
 
 HERE = Path(__file__).resolve().parent
 
 EXAMPLES = {
     # one node, 8 GPUs, DDP
-    "gpu_single_node.sbatch": dict(config=["configs/quickstart.yaml", "configs/strategy/ddp.yaml"], nodes=1,
-                                   gpus_per_node=8, time="04:00:00", partition="gpu"),
+    "gpu_single_node.sbatch": dict(fit_args=["--config", "configs/quickstart.yaml", "--config", "configs/strategy/ddp.yaml"],
+                                   nodes=1, gpus_per_node=8, time="04:00:00", partition="gpu"),
     # 4 nodes x 8 GPUs, FSDP2 over all 32 processes
-    "gpu_multi_node.sbatch": dict(config=["configs/quickstart.yaml", "configs/model/gpt2-124m.yaml",
-                                          "configs/strategy/fsdp.yaml"], nodes=4, gpus_per_node=8,
-                                  time="1-00:00:00", partition="gpu", args=["--data.block_size", "1024"]),
+    "gpu_multi_node.sbatch": dict(fit_args=["--config", "configs/quickstart.yaml", "--config", "configs/model/gpt2-124m.yaml",
+                                            "--config", "configs/strategy/fsdp.yaml", "--data.block_size", "1024"],
+                                  nodes=4, gpus_per_node=8, time="1-00:00:00", partition="gpu"),
     # CPU: 2 processes (DDP over gloo) on one node; what the tests run on the local cluster
-    "cpu.sbatch": dict(config=["configs/debug.yaml", "configs/strategy/ddp.yaml"], nodes=1, tasks_per_node=2,
-                       cpus_per_task=1, time="00:10:00"),
+    "cpu.sbatch": dict(fit_args=["--config", "configs/debug.yaml", "--config", "configs/strategy/ddp.yaml"], nodes=1,
+                       tasks_per_node=2, cpus_per_task=1, time="00:10:00"),
 }
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_llm.cli import LitLLMCLI, main
+from lit_llm.cli import main
+from lit_llm.config import LitLLMCLI
 
 from conftest import REPO
 
@@ -66,7 +67,7 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     cfg = _printed([a for f in ("classifier.yaml", data, init) for a in ("--config", str(EXPERIMENT / f))], capsys)
     model, dm = cfg["model"]["init_args"], cfg["data"]["init_args"]
-    assert cfg["model"]["class_path"] == "lit_llm.modules.SequenceClassifier"
+    assert cfg["model"]["class_path"] == "lit_llm.tasks.SequenceClassifier"
     # the classifier's own defaults, not a LanguageModel's carried over by jsonargparse
     assert model["learning_rate"] == 5e-4 and model["warmup_steps"] == 100 and model["betas"] == [0.9, 0.999]
     assert model["label_names"] == ["negative", "positive"] and model["num_classes"] == 2
@@ -85,7 +86,7 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
 def test_experiment_lm_configs_parse(name, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     cfg = _printed(["--config", str(EXPERIMENT / name)], capsys)
-    assert cfg["model"]["class_path"] == "lit_llm.modules.LanguageModel"
+    assert cfg["model"]["class_path"] == "lit_llm.tasks.LanguageModel"
     sources = cfg["data"]["init_args"]["sources"]
     # no CR text and no SST-2 dev/test text feeds language-model training before evaluation
     assert all("custrev" not in s["path"] and ".dev" not in s["path"] and ".test" not in s["path"] for s in sources or [])

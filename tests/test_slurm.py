@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import REPO, cli_env
-from lit_llm.slurm import render_script
+from lit_llm.commands.submit import render_script
 from wandb_offline import config as wandb_config
 from wandb_offline import history as wandb_history
 
@@ -51,11 +51,11 @@ def cluster(tmp_path_factory):
 def submit(env, tmp_path, name, *extra, wait=True, nodes=1, tasks=2):
     """``python -m lit_llm submit`` of the debug config (DDP over gloo), output under tmp_path/name."""
     out = tmp_path / name
-    args = [sys.executable, "-m", "lit_llm", "submit", "--config", f"[{REPO}/configs/debug.yaml, {REPO}/configs/strategy/ddp.yaml]",
-            "--nodes", str(nodes), "--tasks_per_node", str(tasks), "--cpus_per_task", "1", "--time", "00:05:00",
-            "--job_name", name, "--output_dir", str(tmp_path / "logs"), "--master_addr", "127.0.0.1",
-            "--python", sys.executable, "--args",
-            f'["--trainer.default_root_dir", "{out}", "--trainer.max_steps", "{STEPS}", "--data.data_dir", "{REPO.parent / "shared" / "data"}"]']
+    args = [sys.executable, "-m", "lit_llm", "submit", "--config", f"{REPO}/configs/debug.yaml", "--config",
+            f"{REPO}/configs/strategy/ddp.yaml", "--nodes", str(nodes), "--tasks_per_node", str(tasks),
+            "--cpus_per_task", "1", "--time", "00:05:00", "--job_name", name, "--output_dir", str(tmp_path / "logs"),
+            "--master_addr", "127.0.0.1", "--python", sys.executable, "--trainer.default_root_dir", str(out),
+            "--trainer.max_steps", str(STEPS), "--data.data_dir", str(REPO.parent / "shared" / "data")]
     proc = subprocess.run(args + list(extra) + (["--wait", "true"] if wait else []), cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     job = re.search(r"submitted job (\d+)", proc.stdout)
@@ -78,6 +78,7 @@ def uninterrupted(cluster, tmp_path_factory):
     return submit(cluster, tmp, "ddp2")
 
 
+@pytest.mark.slow
 def test_a_two_task_ddp_job(uninterrupted):
     job, out, log = uninterrupted
     text = log.read_text()
@@ -92,6 +93,7 @@ def test_a_two_task_ddp_job(uninterrupted):
     assert any("val_loss" in row for row in wandb_history(runs[0]))
 
 
+@pytest.mark.slow
 def test_b_two_fake_nodes_one_task_each(cluster, tmp_path, uninterrupted):
     job, out, log = submit(cluster, tmp_path, "nodes2", nodes=2, tasks=1)
     text = log.read_text()
@@ -109,6 +111,7 @@ def _job_state(env, job) -> tuple[str, int]:
     return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
 
 
+@pytest.mark.slow
 def test_c_preemption_requeues_and_resumes_exactly(cluster, tmp_path, uninterrupted):
     job, out, log = submit(cluster, tmp_path, "preempt", wait=False)
     deadline = time.time() + 300
@@ -157,7 +160,7 @@ def test_rendered_examples_are_current():
 def test_submit_dry_run_and_bad_input(tmp_path):
     env = cli_env(tmp_path)
     cfg = str(REPO / "configs" / "debug.yaml")
-    proc = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", f"[{cfg}]", "--nodes", "2",
+    proc = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", cfg, "--nodes", "2",
                            "--gpus_per_node", "4", "--partition", "p", "--account", "acc", "--dry_run", "true"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -168,7 +171,7 @@ def test_submit_dry_run_and_bad_input(tmp_path):
     assert "--trainer.num_nodes 2 --trainer.devices 4 --trainer.accelerator gpu" in text
     assert not (tmp_path / "slurm_logs").exists()  # a dry run writes nothing
     with pytest.raises(ValueError, match="turns off Lightning's SLURM detection"):
-        render_script([cfg], job_name="bash")
-    bad = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", "[missing.yaml]", "--dry_run", "true"],
+        render_script(["--config", cfg], job_name="bash")
+    bad = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", "missing.yaml", "--dry_run", "true"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "missing.yaml does not exist" in bad.stderr
+    assert bad.returncode == 2 and "missing.yaml" in bad.stderr and "does not exist" in bad.stderr

@@ -11,8 +11,8 @@ from lightning.pytorch.loggers import CSVLogger
 from conftest import REPO
 from lit_llm.callbacks import SampleGenerations, TokenThroughput
 from lit_llm.data import PretrainDataModule
-from lit_llm.modules import LanguageModel
-from lit_llm.size import estimate
+from lit_llm.tasks import LanguageModel
+from lit_llm.model.costs import estimate
 from lit_llm.tracking import code_version
 
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 
-from lit_llm.size import estimate
+from lit_llm.model.costs import estimate
 
 
 class TokenThroughput(L.Callback):

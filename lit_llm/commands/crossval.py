@@ -16,62 +16,53 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
+from lit_llm.config import resolve_config, run
+from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
 
 
 def _run(args: list[str]) -> None:
-    from lit_llm.cli import main
-
-    main(args)
+    """Run one ``fit`` / ``test`` (``args`` starts with the subcommand) in this process."""
+    run(args)
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:  # the next stage must start its own run
         wandb.finish()
 
 
-def _merged_section(configs: list[str], key: str) -> dict[str, Any]:
-    """The ``init_args`` of one section (model or data) over several config files, later files winning."""
-    merged: dict[str, Any] = {}
-    for c in configs:
-        section = (yaml.safe_load(Path(c).read_text()) or {}).get(key) or {}
-        merged.update(section.get("init_args", section) if "class_path" in section or "init_args" in section else section)
-    return merged
-
-
-def crossval(config: list[str], num_folds: int = 10, folds: Optional[list[int]] = None, out: Optional[str] = None,
-             dapt_config: Optional[str] = None, args: Optional[list[str]] = None) -> dict[str, Any]:
+def crossval(fit_args: Optional[list[str]] = None, num_folds: int = 10, folds: Optional[list[int]] = None,
+             out: Optional[str] = None, dapt_config: Optional[str] = None) -> dict[str, Any]:
     """k-fold cross-validation of a classifier config: fit and test each fold, report mean ± std.
 
     Args:
-        config: the classification config file(s), as for ``fit --config`` (several are merged in order).
+        fit_args: the classifier's fit arguments, passed to every fold's fit and test: ``--config FILE``
+            (repeatable, composed in order) and overrides such as ``--trainer.max_epochs 3``.
         num_folds: number of folds.
         folds: run only these folds (default: all). The summary covers the folds run.
         out: output folder (default: the config's ``trainer.default_root_dir``); fold k goes to ``out/foldK``.
         dapt_config: a language-model fit config for domain-adaptive pretraining in each fold. Its data
             sources are replaced by the training folds' text, its tokenizer and weights come from the
             classifier's ``model.checkpoint``.
-        args: further command-line overrides passed to every classifier fit and test, e.g.
-            ``["--trainer.max_epochs", "3"]``.
     """
-    for c in config + ([dapt_config] if dapt_config else []):
-        if not Path(c).is_file():
-            raise FileNotFoundError(f"Config {c} does not exist")
-    model = _merged_section(config, "model")
-    data = _merged_section(config, "data")
-    root = Path(out or _merged_section(config, "trainer").get("default_root_dir") or "runs/crossval")
-    if dapt_config and not model.get("checkpoint"):
-        raise ValueError("Domain-adaptive pretraining continues the classifier's model.checkpoint; the config has none")
+    fit_args = list(fit_args or [])
+    resolved = resolve_config(fit_args)  # as fit will see it; a config that does not parse fails before fold 0
+    model, data = resolved["model"].get("init_args") or {}, resolved["data"].get("init_args") or {}
+    if "split" not in data or "num_folds" not in data:
+        raise UsageError(f"crossval needs a classification data config (ClassificationDataModule with split and"
+                         f" num_folds); the config's data is {resolved['data']['class_path']}")
+    root = Path(out or resolved["trainer"].get("default_root_dir") or "runs/crossval")
+    if dapt_config:
+        if not model.get("checkpoint"):
+            raise UsageError("Domain-adaptive pretraining continues the classifier's model.checkpoint; the config has none")
+        resolve_config(["--config", dapt_config])
     fold_ids = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in fold_ids if not 0 <= k < num_folds]
     if bad:
-        raise ValueError(f"folds {bad} are outside 0..{num_folds - 1}")
-    base = [a for c in config for a in ("--config", c)]
+        raise UsageError(f"folds {bad} are outside 0..{num_folds - 1}")
     results = []
     for k in fold_ids:
         fold_dir = root / f"fold{k}"
-        common = base + ["--data.split", "kfold", "--data.num_folds", str(num_folds), "--data.fold", str(k),
-                         "--trainer.default_root_dir", str(fold_dir)] + list(args or [])
+        common = fit_args + ["--data.split", "kfold", "--data.num_folds", str(num_folds), "--data.fold", str(k),
+                             "--trainer.default_root_dir", str(fold_dir)]
         if dapt_config:
             labels = {"label_names": model.get("label_names"), "num_classes": model.get("num_classes", 2)}
             dapt_ckpt = _dapt(fold_dir, dapt_config, model["checkpoint"], {**data, **labels}, num_folds, k)
@@ -83,7 +74,7 @@ def crossval(config: list[str], num_folds: int = 10, folds: Optional[list[int]] 
         report = json.loads((fold_dir / "eval" / "test.json").read_text())
         results.append({"fold": k, "checkpoint": str(best), **report["metrics"]})
     summary = summarize(results)
-    summary.update(config=config, dapt_config=dapt_config, num_folds=num_folds)
+    summary.update(fit_args=fit_args, dapt_config=dapt_config, num_folds=num_folds)
     write_text_atomic(root / "crossval.json", json.dumps(summary, indent=2) + "\n")
     print(f"cross-validation over {len(results)} folds ({root / 'crossval.json'}):")
     for name, s in summary["metrics"].items():

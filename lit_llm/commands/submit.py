@@ -1,6 +1,7 @@
 """``python -m lit_llm submit``: write the SLURM job script for a config and submit it with sbatch.
 
-One task per GPU (``--ntasks-per-node`` = GPUs per node), ``srun`` starting ``python -m lit_llm fit`` in each,
+One task per GPU (``--ntasks-per-node`` = GPUs per node), ``srun`` starting ``python -m lit_llm fit`` in each
+with the arguments given to ``submit`` (``--config FILE`` ..., overrides) and the job's layout after them,
 and Lightning's SLURM environment taking ranks and the rendezvous from SLURM's variables. The job asks for
 the warning signal ``--signal=USR1@<seconds>`` and is requeueable. On the signal,
 ``lit_llm.callbacks.Preemption`` checkpoints and requeues it, and the requeued job resumes from that
@@ -15,24 +16,29 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
 
 
 FIRST_NODE = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
 
 
-def render_script(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
+def job_fit_args(fit_args: list[str], nodes: int, gpus_per_node: int, tasks_per_node: int) -> list[str]:
+    """The arguments of the job's ``fit``: the given ones, then the layout (last, so that no config can ask for
+    another number of devices than the tasks SLURM starts)."""
+    layout = ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(gpus_per_node or tasks_per_node)]
+    return [*fit_args, *layout, *(["--trainer.accelerator", "gpu"] if gpus_per_node else [])]
+
+
+def render_script(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
                   cpus_per_task: int = 8, time: str = "01:00:00", partition: Optional[str] = None,
                   account: Optional[str] = None, job_name: str = "lit_llm", output_dir: str = "slurm_logs",
-                  signal_seconds: int = 90, master_addr: Optional[str] = None, python: str = "python",
-                  args: Optional[list[str]] = None) -> str:
-    """The sbatch script text (see ``submit`` for the arguments)."""
+                  signal_seconds: int = 90, master_addr: Optional[str] = None, python: str = "python") -> str:
+    """The sbatch script text (see ``submit`` for the arguments; ``fit_args`` as for ``fit``)."""
     if nodes < 1 or gpus_per_node < 0 or tasks_per_node < 1 or cpus_per_task < 1:
-        raise ValueError("nodes, tasks_per_node and cpus_per_task must be >= 1 and gpus_per_node >= 0")
+        raise UsageError("nodes, tasks_per_node and cpus_per_task must be >= 1 and gpus_per_node >= 0")
     if job_name in ("bash", "interactive"):
-        raise ValueError(f"job name {job_name!r} turns off Lightning's SLURM detection; choose another")
-    if not config:
-        raise ValueError("Give at least one --config")
+        raise UsageError(f"job name {job_name!r} turns off Lightning's SLURM detection; choose another --job_name")
     tasks = gpus_per_node or tasks_per_node  # one process per GPU, or per requested CPU task
     lines = [
         "#!/bin/bash",
@@ -62,25 +68,24 @@ def render_script(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tas
         'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, rendezvous $MASTER_ADDR:$MASTER_PORT"',
         "",
     ]
-    cmd = [python, "-m", "lit_llm", "fit"] + [a for c in config for a in ("--config", c)]
-    cmd += ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(tasks)]
-    if gpus_per_node:
-        cmd += ["--trainer.accelerator", "gpu"]
-    cmd += list(args or [])
+    cmd = [python, "-m", "lit_llm", "fit", *job_fit_args(fit_args, nodes, gpus_per_node, tasks_per_node)]
     lines.append("srun " + " ".join(shlex.quote(c) for c in cmd))
     return "\n".join(lines) + "\n"
 
 
-def submit(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
+def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
            cpus_per_task: int = 8, time: str = "01:00:00", partition: Optional[str] = None,
            account: Optional[str] = None, job_name: str = "lit_llm", output_dir: str = "slurm_logs",
            signal_seconds: int = 90, master_addr: Optional[str] = None, python: str = "python",
-           args: Optional[list[str]] = None, script: Optional[str] = None, dry_run: bool = False,
-           wait: bool = False) -> Optional[str]:
+           script: Optional[str] = None, dry_run: bool = False, wait: bool = False) -> Optional[str]:
     """Write the SLURM job script that runs ``fit`` on a config, and submit it with sbatch.
 
+    The fit arguments are checked here with fit's parser (config files, keys, values) before anything is
+    written or submitted, and the job runs ``fit`` with exactly them.
+
     Args:
-        config: the config file(s), as for ``fit --config`` (several are composed in order).
+        fit_args: fit's arguments: ``--config FILE`` (repeatable, composed in order) and overrides such as
+            ``--trainer.max_steps 5000``.
         nodes: number of nodes.
         gpus_per_node: GPUs per node; one task (process) each. 0 makes a CPU job with ``tasks_per_node``.
         tasks_per_node: processes per node of a CPU job (DDP over gloo).
@@ -93,16 +98,16 @@ def submit(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_
         signal_seconds: seconds before the time limit at which SLURM sends USR1 (checkpoint and requeue).
         master_addr: rendezvous address; default the first node of the allocation.
         python: the Python that has lit_llm installed.
-        args: further ``fit`` arguments, e.g. ``["--trainer.max_steps", "5000"]``.
         script: where to write the job script (default ``<output_dir>/<job_name>.sbatch``).
         dry_run: print the script and submit nothing.
         wait: wait for the job to end (``sbatch --wait``).
     """
-    for c in config:
-        if not Path(c).is_file():
-            raise FileNotFoundError(f"Config {c} does not exist")
-    text = render_script(config, nodes, gpus_per_node, tasks_per_node, cpus_per_task, time, partition, account,
-                         job_name, output_dir, signal_seconds, master_addr, python, args)
+    from lit_llm.config import resolve_config
+
+    text = render_script(fit_args, nodes, gpus_per_node, tasks_per_node, cpus_per_task, time, partition, account,
+                         job_name, output_dir, signal_seconds, master_addr, python)
+    # a config that does not parse fails here, not after the job waited in the queue
+    resolve_config(job_fit_args(fit_args, nodes, gpus_per_node, tasks_per_node))
     if dry_run:
         print(text, end="")
         return None
@@ -112,7 +117,8 @@ def submit(config: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_
     try:
         out = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise RuntimeError("sbatch was not found: submit runs on a SLURM login node (or see slurm/local_cluster.sh)") from None
+        raise UsageError("sbatch was not found: submit runs on a SLURM login node (or see slurm/local_cluster.sh);"
+                         " --dry_run true prints the script") from None
     job = out.stdout.strip().split(";")[0]
     if out.returncode != 0 and not (wait and job):
         raise RuntimeError(f"sbatch failed ({out.returncode}): {out.stderr.strip()}")

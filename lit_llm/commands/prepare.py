@@ -1,0 +1,43 @@
+"""``python -m lit_llm prepare``: run only the data stage of a fit config, without training."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Optional
+
+from lit_llm.errors import UsageError
+
+
+def prepare(fit_args: Optional[list[str]] = None) -> Path:
+    """Run only the data preparation stage (sources, cleaning, tokenizer, token files, report) of a config.
+
+    The config is resolved as fit resolves it (--config FILE repeatable, overrides such as
+    --data.tokenizer.vocab_size 8192), so fit with the same arguments reuses the result.
+
+    Args:
+        fit_args: fit's arguments: ``--config FILE`` ... (a full fit config or a configs/data/ fragment) and overrides.
+    """
+    from jsonargparse import ArgumentParser
+
+    from lit_llm.config import resolve_config
+    from lit_llm.data import PretrainDataModule
+
+    data = resolve_config(fit_args or [])["data"]
+    module, _, name = data["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, PretrainDataModule)):
+        raise UsageError(f"prepare runs the language-model data stage (PretrainDataModule); the config's data is"
+                         f" {data['class_path']}")
+    # build only the data module, from the section fit resolved
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "data")
+    dm = parser.instantiate_classes(parser.parse_object({"data": data.get("init_args") or {}})).data
+    dm.prepare_data()
+    r = dm.report
+    print(f"token folder: {dm.token_dir}")
+    print(f"documents: {r['documents_read']:,} read, {r['documents_kept']:,} kept; duplicates removed: {r['duplicates_removed']:,}")
+    for row in r["cleaning"]:
+        print(f"  {row['step']:<16s} in {row['in']:>10,}  out {row['out']:>10,}  removed {row['removed']:>8,}")
+    print("tokens: " + ", ".join(f"{k} {v:,}" for k, v in r["tokens"].items()) + f"; {r['bytes_per_token']:.3f} bytes/token")
+    return dm.token_dir

@@ -1,0 +1,245 @@
+"""The one config parser: ``LitLLMCLI`` (fit, validate, test, predict) and ``resolve_config``, which every other
+command that reads a fit config (``prepare``, ``size``, ``crossval``, ``submit``) uses.
+
+``resolve_config(["--config", "a.yaml", "--config", "b.yaml", "--data.batch_size", "4"])`` runs fit's own
+parser on those arguments and stops before anything is built: repeated ``--config`` files compose in order and
+dotted overrides apply exactly as in ``fit``, and the result is what ``fit --print_config`` prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from argparse import RawDescriptionHelpFormatter
+from typing import Any, Sequence
+
+import lightning as L
+from jsonargparse import DefaultHelpFormatter, Namespace
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import Logger
+
+from lit_llm.callbacks import EvaluationReport, LRMonitor, Preemption, SampleGenerations, TokenThroughput
+from lit_llm.callbacks.preemption import slurm_job_id
+from lit_llm.data import PretrainDataModule
+from lit_llm.errors import USER_ERRORS, UsageError, one_line
+from lit_llm.tasks import LanguageModel
+from lit_llm.tracking import run_metadata
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's formatter, keeping the line breaks of the description."""
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save config.yaml beside the run and also send the resolved config to the logger (e.g. the W&B run)."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if isinstance(trainer.logger, Logger):
+            config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+            # the code version, the hardware and the prepared data's hashes beside the resolved config
+            trainer.logger.log_hyperparams({"config": config, "run": run_metadata(trainer, trainer.datamodule)})
+
+
+class _WorkStarted(Callback):
+    """Notes that the run got past data preparation and setup: an error after this is not a bad argument."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def _started(self, *_: Any) -> None:
+        self.started = True
+
+    on_fit_start = on_validation_start = on_test_start = on_predict_start = _started
+
+
+def _import(class_path: str) -> Any:
+    """The class a class_path names (the parsed config may name it by a shorter import path than ours)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path
+
+
+def _prints_config(arg: str) -> bool:
+    return arg == "--print_config" or arg.startswith("--print_config=")
+
+
+def _asks_help(arg: str) -> bool:
+    return arg in ("-h", "--help") or arg.endswith(".help") or ".help=" in arg
+
+
+class LitLLMCLI(LightningCLI):
+    """LightningCLI taking any LightningModule and DataModule by class_path. The default is LanguageModel +
+    PretrainDataModule, so a config without class_path trains a language model.
+
+    The model and data classes that the arguments choose become the parser's defaults before the arguments are
+    parsed for good (``parse_arguments``): jsonargparse keeps a previous class's init_args that a new class
+    shares when the class_path changes, so a LanguageModel default would otherwise lend its learning rate,
+    warm-up and weight decay to a SequenceClassifier.
+
+    A ValueError / FileNotFoundError-type error raised before the run starts (a bad preset, a missing file, a
+    block_size longer than the data) is raised again as ``UsageError``, which ``python -m lit_llm`` prints as one
+    ``error:`` line; an error after the run started keeps its type and traceback.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.default_classes = {
+            "model": f"{LanguageModel.__module__}.{LanguageModel.__name__}",
+            "data": f"{PretrainDataModule.__module__}.{PretrainDataModule.__name__}",
+        }
+        self._class_parsers: list[LightningArgumentParser] = []  # the parsers that hold default_classes
+        self._work = _WorkStarted()
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 1337)
+        # the optimizer and schedule are LanguageModel arguments; no separate --optimizer keys that would fight them
+        kwargs.setdefault("auto_configure_optimizers", False)
+        # exit_on_error=False: a parse error is raised (ArgumentError), and python -m lit_llm prints it on one line
+        kwargs.setdefault("parser_kwargs", {
+            "prog": "python -m lit_llm", "formatter_class": _HelpFormatter, "exit_on_error": False,
+            "description": "The Lightning commands; `python -m lit_llm --help` lists every command.",
+            **{sub: {"exit_on_error": False} for sub in SUBCOMMANDS},
+        })
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    # offline: no account, no network; set offline: false (and log in) to sync
+                    "init_args": {"project": "lit_llm", "offline": True},
+                }
+            },
+        )
+        try:
+            # any LightningModule / DataModule by class_path (SequenceClassifier + ClassificationDataModule for
+            # fine-tuning); a config without class_path means LanguageModel + PretrainDataModule
+            super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
+                             subclass_mode_data=True, **kwargs)
+        except USER_ERRORS as e:
+            if self._work.started or isinstance(e, UsageError):
+                raise
+            raise UsageError(one_line(e)) from e
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self._class_parsers.append(parser)
+        parser.set_defaults({key: {"class_path": path} for key, path in self.default_classes.items()})
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                # a rerun into the same output directory replaces its checkpoints instead of adding last-v1.ckpt
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(LRMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(TokenThroughput, "throughput")
+        parser.add_lightning_class_args(EvaluationReport, "evaluation")
+        parser.add_lightning_class_args(Preemption, "preemption")  # acts only under SLURM
+        parser.add_lightning_class_args(SampleGenerations, "samples")  # causal language models only
+        # language modelling: the data decides the context and the vocabulary (links that do not apply to the
+        # chosen classes, e.g. a classifier's, are skipped)
+        parser.link_arguments("data.init_args.block_size", "model.init_args.block_size")
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        # classification: the model decides the classes
+        parser.link_arguments("model.init_args.num_classes", "data.init_args.num_classes")
+        parser.link_arguments("model.init_args.label_names", "data.init_args.label_names")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse twice when the arguments choose another model or data class than the default: the first parse
+        (with the defaults) finds the chosen classes, which become the defaults of the second. Help and
+        --print_config print during the final parse only."""
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        argv = sys.argv[1:] if args is None else list(args)
+        if not any(_asks_help(a) for a in argv):
+            probe = [a for a in argv if not _prints_config(a)]
+            config = parser.parse_args(probe)
+            section = config[config.subcommand] if config.get("subcommand") else config
+            chosen = {key: section[key].class_path for key in self.default_classes
+                      if section.get(key) and _import(section[key].class_path) is not _import(self.default_classes[key])}
+            if chosen:
+                self.default_classes.update(chosen)
+                for p in self._class_parsers:
+                    p.set_defaults({key: {"class_path": path} for key, path in chosen.items()})
+            elif len(probe) == len(argv):  # the defaults were chosen and nothing is to be printed: this is the result
+                self.config = config
+                return
+        self.config = parser.parse_args(argv)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(self._work)
+        return trainer
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root = cfg.trainer.default_root_dir or "."
+        # keep everything a run writes inside its output directory
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = f"{root}/checkpoints"
+        logger = cfg.trainer.logger
+        job = slurm_job_id()
+        for lg in logger if isinstance(logger, list) else [logger]:
+            # a requeued SLURM job keeps its job id: as the W&B run id it continues the same run (resume="allow")
+            if job and lg and not isinstance(lg, bool) and lg.class_path.endswith("WandbLogger"):
+                if lg.init_args.get("id") is None and lg.init_args.get("version") is None:
+                    lg.init_args.id = f"slurm-{job}"
+            # W&B, CSV and TensorBoard logs go inside the run's folder unless a save_dir is given
+            if lg and not isinstance(lg, bool) and "save_dir" in getattr(lg, "init_args", {}):
+                if lg.init_args.save_dir in (None, "."):
+                    lg.init_args.save_dir = root
+
+
+class _Parsed(Exception):
+    """Stops a parse-only LitLLMCLI right after parsing (LightningCLI parses, seeds, builds and runs in one
+    constructor; the resolver needs only the first step)."""
+
+    def __init__(self, cli: LitLLMCLI) -> None:
+        super().__init__("parsed")
+        self.cli = cli
+
+
+class _ParseOnly(LitLLMCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(self)
+
+
+def resolve_config(argv: Sequence[str] = (), subcommand: str = "fit") -> dict[str, Any]:
+    """The config that ``python -m lit_llm <subcommand> *argv`` runs, as plain data, without building anything.
+
+    It is parsed by ``fit``'s own parser (LitLLMCLI), so ``--config`` repeats and composes in order, dotted
+    overrides (``--model.init_args.learning_rate 1e-3``, ``--data.batch_size 4``) apply, and the model and data
+    classes are chosen, exactly as in ``fit``. The result equals what ``fit --print_config`` prints, plus the
+    values that links fill in while parsing (e.g. ``model.init_args.block_size`` from the data's block_size).
+
+    Args:
+        argv: fit's arguments, without the subcommand (and without --help or --print_config, which exit).
+        subcommand: fit, validate, test or predict.
+
+    Raises:
+        argparse.ArgumentError: the arguments do not parse (a missing config file, an unknown key, a bad value).
+    """
+    if subcommand not in SUBCOMMANDS:
+        raise ValueError(f"subcommand must be one of {SUBCOMMANDS}, got {subcommand!r}")
+    try:
+        _ParseOnly(args=[subcommand, *argv])
+    except _Parsed as parsed:
+        cli = parsed.cli
+    else:  # pragma: no cover - _ParseOnly always raises
+        raise AssertionError("LitLLMCLI did not parse")
+    dumped = json.loads(cli.parser.dump(cli.config, format="json", skip_unset=False, skip_link_targets=False))
+    return dumped[subcommand]
+
+
+def run(argv: Sequence[str]) -> LitLLMCLI:
+    """Run ``python -m lit_llm fit|validate|test|predict ...`` in this process (``argv`` starts with the subcommand)."""
+    return LitLLMCLI(args=list(argv))
