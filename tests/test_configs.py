@@ -1,4 +1,4 @@
-"""Every YAML in configs/ is parsed and instantiated by the CLI (DESIGN.md, example 9).
+"""Every YAML in configs/ is parsed and instantiated by the CLI: a config that does not parse fails here, not on a cluster.
 
 Top-level files are complete configs; files in sub-folders are fragments composed onto configs/debug.yaml.
 configs/experiment/ holds the stages of the sentiment experiment: each reads the checkpoint an earlier stage

@@ -12,7 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -127,8 +127,8 @@ class PretrainDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         num_workers: int = 0,
         seed: int = 1337,
-        encoding_errors: str = "strict",
-        mixing: str = "all_exhausted_without_replacement",
+        encoding_errors: Literal["strict", "replace"] = "strict",
+        mixing: Literal["all_exhausted_without_replacement", "all_exhausted", "first_exhausted"] = "all_exhausted_without_replacement",
     ) -> None:
         super().__init__()
         if block_size < 1 or batch_size < 1:

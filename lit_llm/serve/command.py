@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import litserve as ls
 
@@ -45,7 +45,7 @@ def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optiona
 
 def serve(
     checkpoint: str,
-    host: str = "127.0.0.1",
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1",
     port: int = 8000,
     api_key: Optional[str] = None,
     model_name: Optional[str] = None,
@@ -56,11 +56,11 @@ def serve(
     max_batch_size: int = 8,
     batch_timeout: float = 0.005,
     workers: int = 1,
-    accelerator: str = "auto",
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
     use_cache: bool = True,
     timeout: float = 60.0,
     max_payload_bytes: int = 1 << 20,
-    log_level: str = "info",
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
 ) -> None:
     """Serve a checkpoint over HTTP: OpenAI-compatible completions and chat for a language model, /v1/classify for
     a classifier, plus /v1/models, /v1/feedback and /health.
