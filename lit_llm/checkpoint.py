@@ -229,3 +229,35 @@ def save(path: str | Path, state_dict: dict[str, torch.Tensor], info: Checkpoint
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+def _step_of(path: Path) -> Optional[int]:
+    """The global step a complete checkpoint (file or sharded folder) was saved at; None if it does not load."""
+    meta = path / "meta.pt" if path.is_dir() else path
+    if path.is_dir() and not (path / ".metadata").is_file():
+        return None
+    try:
+        ckpt = torch.load(meta, map_location="cpu", weights_only=True, mmap=not path.is_dir())
+    except Exception:  # truncated, corrupted or foreign: not a candidate  # noqa: BLE001
+        return None
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    return step if isinstance(step, int) and KEY in ckpt else None
+
+
+def newest_checkpoint(*folders: str | Path) -> Optional[Path]:
+    """The complete lit_llm checkpoint with the highest global step in ``folders`` (``*.ckpt`` files and
+    sharded ``*.ckpt/`` folders, ``hpc_ckpt_N.ckpt`` included); a file that does not load is passed over.
+    On a tie the most recently written wins. None when there is none."""
+    best: Optional[tuple[int, float, Path]] = None
+    for folder in {Path(f) for f in folders if f}:
+        if not folder.is_dir():
+            continue
+        for path in folder.glob("*.ckpt"):
+            if path.name.startswith("."):
+                continue
+            step = _step_of(path)
+            if step is not None:
+                key = (step, path.stat().st_mtime, path)
+                best = key if best is None or key[:2] > best[:2] else best
+    return best[2] if best else None

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
 from argparse import RawDescriptionHelpFormatter
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_llm.callbacks import EvaluationReport, LRMonitor, Preemption, SampleGenerations, TokenThroughput
-from lit_llm.callbacks.preemption import slurm_job_id
+from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
+from lit_llm.checkpoint import newest_checkpoint, read_info
 from lit_llm.data import PretrainDataModule
 from lit_llm.errors import USER_ERRORS, UsageError, one_line
 from lit_llm.tasks import LanguageModel
@@ -196,6 +201,43 @@ class LitLLMCLI(LightningCLI):
             if lg and not isinstance(lg, bool) and "save_dir" in getattr(lg, "init_args", {}):
                 if lg.init_args.save_dir in (None, "."):
                     lg.init_args.save_dir = root
+
+
+    def _parse_ckpt_path(self) -> None:
+        """Before LightningCLI reads the checkpoint's hyperparameters: sweep what a killed save left behind, and
+        resolve and check ``--ckpt_path`` (see ``_resume_path``)."""
+        sub = self.config.get("subcommand")
+        if sub:
+            cfg = self.config[sub]
+            root = cfg.trainer.default_root_dir or "."
+            dirpath = cfg.checkpoint.dirpath or f"{root}/checkpoints"
+            if sub == "fit" and _first_local_process():  # nothing is being saved yet
+                for p in sweep_stale_temps(root, dirpath):
+                    rank_zero_info(f"removed {p}, left by an interrupted checkpoint save")
+            cfg.ckpt_path = self._resume_path(sub, cfg.get("ckpt_path"), root, dirpath)
+        super()._parse_ckpt_path()
+
+    def _resume_path(self, sub: str, ckpt_path: Optional[str], root: str, dirpath: str) -> Optional[str]:
+        """``--ckpt_path newest`` (and a SLURM job's fit without --ckpt_path, e.g. a requeue that the pre-emption
+        callback did not start) resumes from the complete checkpoint with the highest step among the run's
+        ``hpc_ckpt_N.ckpt`` and ``checkpoints/*.ckpt``; a file that does not load is passed over. A checkpoint
+        file given by path is checked before any work, so a truncated or foreign one is one clear error."""
+        on_slurm = sub == "fit" and slurm_job_id() is not None and SLURMEnvironment.detect()
+        if ckpt_path == "newest" or (ckpt_path is None and on_slurm):
+            newest = newest_checkpoint(root, dirpath)
+            if newest is not None:
+                rank_zero_info(f"resuming from the newest complete checkpoint, {newest}")
+            elif ckpt_path == "newest":
+                rank_zero_info(f"--ckpt_path newest: no checkpoint in {root} or {dirpath} yet; starting from step 0")
+            return str(newest) if newest is not None else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_dir():
+            read_info(ckpt_path, purpose=f"{sub} --ckpt_path")
+        return ckpt_path
+
+
+def _first_local_process() -> bool:
+    """True in the first process of a node (DDP children get LOCAL_RANK, SLURM tasks SLURM_LOCALID)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))) == 0
 
 
 class _Parsed(Exception):

@@ -27,6 +27,24 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
+TMP_PREFIX = ".lit_llm-tmp-"  # checkpoints being written; stale ones are swept when a run starts
+
+
+def sweep_stale_temps(*folders: str | Path) -> list[Path]:
+    """Delete what a killed save left behind in ``folders``: our temporary checkpoint files and folders, and
+    the ``.hpc_ckpt_N.ckpt.partial`` names of earlier versions (which block Lightning's SLURM resume). Run
+    once before the run starts, when no save is in flight."""
+    removed = []
+    for folder in {Path(f) for f in folders if f}:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(TMP_PREFIX) or re.fullmatch(r"\.hpc_ckpt_\d+\.ckpt\.partial", p.name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p)
+    return removed
+
+
 def slurm_job_id() -> str | None:
     """The id that ``scontrol requeue`` takes: ``ARRAYJOB_TASK`` for array jobs, else the job id."""
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
@@ -79,8 +97,10 @@ class Preemption(L.Callback):
         root = Path(trainer.default_root_dir)
         versions = [int(m.group(1)) for p in root.glob("hpc_ckpt_*.ckpt") if (m := re.match(r"hpc_ckpt_(\d+)\.ckpt$", p.name))]
         final = root / f"hpc_ckpt_{max(versions, default=0) + 1}.ckpt"
-        tmp = root / f".{final.name}.partial"
-        trainer.save_checkpoint(tmp)  # collective; a killed save leaves only the .partial name
+        # the temporary name must not contain "hpc_ckpt_": Lightning resumes from the highest number in any name
+        # that does, and a killed save would otherwise point every later requeue at a file that does not exist
+        tmp = root / f"{TMP_PREFIX}preemption-{final.stem.rsplit('_', 1)[-1]}.ckpt"
+        trainer.save_checkpoint(tmp)  # collective; a killed save leaves only the temporary name, swept at start
         if trainer.is_global_zero:
             if final.exists():
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
