@@ -24,7 +24,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_llm.callbacks import EvaluationReport, LRMonitor, Preemption, SampleGenerations, TokenThroughput
+from lit_llm.callbacks import (EvaluationReport, LRMonitor, NonFiniteGuard, Preemption, SampleGenerations,
+                               TokenThroughput)
 from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
 from lit_llm.checkpoint import newest_checkpoint, read_info
 from lit_llm.data import PretrainDataModule
@@ -148,6 +149,7 @@ class LitLLMCLI(LightningCLI):
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(EvaluationReport, "evaluation")
         parser.add_lightning_class_args(Preemption, "preemption")  # acts only under SLURM
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # skip non-finite steps, never save NaN weights
         parser.add_lightning_class_args(SampleGenerations, "samples")  # causal language models only
         # language modelling: the data decides the context and the vocabulary (links that do not apply to the
         # chosen classes, e.g. a classifier's, are skipped)

@@ -1,8 +1,9 @@
 from lit_llm.callbacks.evaluation import EvaluationReport
 from lit_llm.callbacks.finetuning import StagedFinetuning
 from lit_llm.callbacks.lr_monitor import LRMonitor
+from lit_llm.callbacks.nonfinite import NonFiniteGuard
 from lit_llm.callbacks.preemption import Preemption
 from lit_llm.callbacks.samples import SampleGenerations
 from lit_llm.callbacks.throughput import TokenThroughput
 
-__all__ = ["EvaluationReport", "LRMonitor", "Preemption", "SampleGenerations", "StagedFinetuning", "TokenThroughput"]
+__all__ = ["EvaluationReport", "LRMonitor", "NonFiniteGuard", "Preemption", "SampleGenerations", "StagedFinetuning", "TokenThroughput"]
