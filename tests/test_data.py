@@ -100,3 +100,27 @@ def test_sampler_skip_resumes_mid_epoch_then_starts_the_next_epoch_at_zero():
     assert list(sampler) == full[4:]
     sampler.set_epoch(1)
     assert list(sampler) == [10 + i for i in range(10)]
+
+
+# a review converted from Windows-1252 holds U+0085 where it had "…"; U+2028 and form feeds also occur in scraped text
+ODD = "a twist\u0085 then\u2028 more \x0c and\x0b the end"
+
+
+def test_line_readers_split_records_at_newlines_only(tmp_path):
+    from lit_llm.data.labelled import read_labelled
+    from lit_llm.data.sources import Source, iter_documents, split_lines
+    from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
+
+    labelled = tmp_path / "reviews.txt"
+    labelled.write_text(f"1 {ODD}\r\n0 plain\n", encoding="utf-8")
+    texts, labels = read_labelled(str(labelled))
+    assert texts == [ODD, "plain"] and labels == [1, 0]  # one record each, labels intact
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text(f"{ODD}\nsecond\r\n", encoding="utf-8")
+    docs = list(iter_documents([Source(path=str(lines), sample_by="line")]))
+    assert docs == [ODD, "second"]
+
+    assert split_lines(f"{ODD}\r\nx\n") == [ODD, "x"] and "".join(split_lines(ODD + "\nx", keepends=True)) == ODD + "\nx"
+    tok = train_tokenizer(TokenizerSpec(), [ODD + "\nsecond"])  # character level
+    assert encode(tok, ODD + "\n") == tok.encode(ODD + "\n", add_special_tokens=False).ids

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_llm.data.prepare import check_utf8
-from lit_llm.data.sources import FORMATS, Source, resolve_files
+from lit_llm.data.sources import FORMATS, Source, resolve_files, split_lines
 from lit_llm.data.tokenizer import load_tokenizer
 
 SPLIT_MODES = ("files", "random", "kfold")
@@ -46,7 +46,9 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
         for f in files:
             if encoding_errors == "strict":
                 check_utf8(f)
-            for n, line in enumerate(f.read_text(encoding="utf-8", errors=encoding_errors).splitlines(), 1):
+            # records end at "\n" only: U+0085 / U+2028 / form feeds inside a review stay in it
+            text_of_file = f.read_bytes().decode("utf-8", errors=encoding_errors)
+            for n, line in enumerate(split_lines(text_of_file), 1):
                 if not line.strip():
                     continue
                 label, _, text = line.strip().partition(" ")

@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner
 from lit_llm.data.sources import (
-    MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format,
+    MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format, split_lines,
 )
 from lit_llm.data.tokenizer import TokenizerSpec, load_tokenizer, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import MANIFEST, read_manifest, token_dtype
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: text lines end at \n only (not at U+0085 / U+2028 / form feeds)
 ENCODE_BATCH = 512  # documents per encode_batch call
 
 
@@ -50,8 +50,9 @@ def check_utf8(path: Path) -> None:
                 decoder.decode(chunk)
             except UnicodeDecodeError as e:
                 raise ValueError(
-                    f"{path} is not valid UTF-8 at byte {offset + e.start} ({e.reason}). Convert it (e.g. `iconv -f"
-                    f" latin1 -t utf-8`), or set encoding_errors: replace on the data config to substitute U+FFFD."
+                    f"{path} is not valid UTF-8 at byte {offset + e.start} ({e.reason}). Convert it from its real encoding,"
+                    f" usually Windows-1252 for text called latin-1 (`iconv -f windows-1252 -t utf-8`), or set"
+                    f" encoding_errors: replace on the data config to substitute U+FFFD."
                 ) from e
             offset += len(chunk)
         decoder.decode(b"", final=True)
@@ -222,7 +223,7 @@ def _tokenize(tok, src: Path, dst: Path, dtype, eos: Optional[int], n_docs: int,
                                       mininterval=1.0) as bar:
         for batch in _batches(src, ENCODE_BATCH):
             for text in batch if by_line else [None]:
-                pieces = text.splitlines(keepends=True) if by_line else batch
+                pieces = split_lines(text, keepends=True) if by_line else batch
                 arrays = [np.asarray(e.ids, dtype=dtype) for e in tok.encode_batch(pieces, add_special_tokens=False)]
                 docs = [np.concatenate(arrays + [eos_arr])] if by_line else [np.concatenate([a, eos_arr]) for a in arrays]
                 for d in docs:

@@ -118,6 +118,11 @@ def load_source(source: Source, data_dir: Optional[str] = None, encoding_errors:
                 _feedback_rows, gen_kwargs={"paths": [str(f) for f in files]},
                 features=datasets.Features({"text": datasets.Value("string")}),
             ), source)
+        if fmt == "text" and source.sample_by == "line":  # datasets' text builder splits with str.splitlines
+            return _limit(datasets.IterableDataset.from_generator(
+                _text_lines, gen_kwargs={"paths": [str(f) for f in files], "encoding_errors": encoding_errors},
+                features=datasets.Features({"text": datasets.Value("string")}),
+            ), source)
         kw: dict = {}
         if fmt == "text":
             kw = {"sample_by": source.sample_by, "encoding": "utf-8", "encoding_errors": encoding_errors}
@@ -137,6 +142,25 @@ def load_source(source: Source, data_dir: Optional[str] = None, encoding_errors:
 
 def _limit(ds, source: Source):
     return ds.take(source.max_documents) if source.max_documents is not None else ds
+
+
+def split_lines(text: str, keepends: bool = False) -> list[str]:
+    """The lines of ``text``, split at "\\n" only (a "\\r\\n" ending counts as one). Unlike ``str.splitlines``,
+    U+0085, U+2028, U+2029, form feeds and vertical tabs stay inside their line: a review converted from
+    Windows-1252 holds U+0085 where it had an ellipsis, and must not become two records."""
+    parts = text.split("\n")
+    if keepends:  # "".join(...) == text
+        return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    lines = [p[:-1] if p.endswith("\r") else p for p in parts]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def _text_lines(paths: list[str], encoding_errors: str) -> Iterator[dict]:
+    """One row per line of each text file, read lazily; lines end at "\\n" only (see ``split_lines``)."""
+    for path in paths:
+        with open(path, encoding="utf-8", errors=encoding_errors, newline="\n") as f:
+            for line in f:
+                yield {"text": line.removesuffix("\n").removesuffix("\r")}
 
 
 def _feedback_rows(paths: list[str]) -> Iterator[dict]:

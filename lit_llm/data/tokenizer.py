@@ -14,6 +14,8 @@ from typing import Iterable, Optional, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lit_llm.data.sources import split_lines
+
 # bos, eos, pad, unk, mask, cls, sep: what the model families need (causal: eos/bos; BERT: mask/cls/sep/pad)
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"]
 
@@ -116,7 +118,7 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     """Encode ``text`` (no special tokens), with an error naming any characters the vocabulary lacks."""
     try:
         # line by line: encode_batch runs in parallel and keeps memory of the offsets small
-        return [i for e in tok.encode_batch(text.splitlines(keepends=True), add_special_tokens=False) for i in e.ids]
+        return [i for e in tok.encode_batch(split_lines(text, keepends=True), add_special_tokens=False) for i in e.ids]
     except Exception as e:  # tokenizers raises a bare Exception for out-of-vocabulary input
         vocab = tok.get_vocab()
         missing = sorted({ch for ch in text if ch not in vocab})
