@@ -173,3 +173,55 @@ def test_a_tokenizer_larger_than_the_model_is_refused(small_corpus):
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but the model's embedding holds 20"):
         trainer.fit(model, dm)
+
+
+def test_a_failed_rank_zero_prepare_fails_the_waiting_ranks_at_once(tmp_path):
+    """Rank 0 hits bad input; the ranks waiting for its folder get its message within seconds, not after 24 h."""
+    import threading
+    import time
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    sources = [Source(path=str(bad))]
+    out_dir, _ = prep.token_folder(sources, tmp_path / "c")
+    errors = []
+
+    def waiter():
+        try:
+            prep.wait_for(out_dir, timeout_s=60, poll_s=0.05)
+        except RuntimeError as e:
+            errors.append((time.monotonic(), str(e)))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        prepare(sources, tmp_path / "c", progress=False)
+    failed_at = time.monotonic()
+    t.join(timeout=10)
+    assert errors and "Local rank 0 failed to prepare" in errors[0][1] and "not valid UTF-8" in errors[0][1]
+    assert errors[0][0] - failed_at < 5
+    # fixed input: the next attempt clears the marker and succeeds
+    bad.write_text("café\n", encoding="utf-8")
+    out = prepare([Source(path=str(bad))], tmp_path / "c", progress=False)
+    assert not out.with_name(out.name + ".failed").exists()
+
+
+def test_a_killed_prepare_leaves_nothing_that_is_reused(tmp_path, docs):
+    import os
+    import time
+
+    cache = tmp_path / "c"
+    stale, fresh = cache / "corpus-123.tmpabc", cache / "corpus-456.tmpdef"
+    for d in (stale, fresh):
+        d.mkdir(parents=True)
+        (d / "cleaned.jsonl").write_text("half")
+    old = time.time() - 2 * prep.STALE_TMP_S
+    for p in (stale / "cleaned.jsonl", stale):
+        os.utime(p, (old, old))
+    out = prepare([Source(path=str(_jsonl(tmp_path / "a.jsonl", docs)))], cache, progress=False)
+    assert not stale.exists() and fresh.exists()  # a prepare still writing into its folder is left alone
+    # a token file that does not match its manifest is refused, not memory-mapped
+    (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:-2])
+    with pytest.raises(ValueError, match="is damaged: train.bin has .* bytes, its manifest says .*prepare again"):
+        open_split(out, "train")

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner
+from lit_llm.io import write_text_atomic
 from lit_llm.data.sources import (
     MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format, split_lines,
 )
@@ -90,14 +91,53 @@ def token_folder(
     return Path(out_root) / f"{stem or 'corpus'}-{fingerprint_hash(key)}", key
 
 
+STALE_TMP_S = 3600  # a temporary folder untouched this long was left by a killed prepare
+
+
+def _failure_marker(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".failed")
+
+
 def wait_for(out_dir: Path, timeout_s: float = 24 * 3600, poll_s: float = 2.0) -> Path:
-    """Wait until another process has finished preparing ``out_dir`` (ranks that must not prepare)."""
+    """Wait until another process has finished preparing ``out_dir`` (ranks that must not prepare). If that
+    process failed, fail at once with its message instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout_s
+    failed = _failure_marker(out_dir)
+    since = time.time() - 60  # a marker older than this job is an earlier attempt's, which rank 0 clears
     while read_manifest(out_dir) is None:
+        if failed.is_file() and failed.stat().st_mtime >= since:
+            raise RuntimeError(f"Local rank 0 failed to prepare {out_dir}: {failed.read_text(encoding='utf-8')}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"Waited {timeout_s:.0f} s for {out_dir} to be prepared by local rank 0")
         time.sleep(poll_s)
     return out_dir
+
+
+def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
+    """Delete the temporary folders of prepares that were killed: ``*.tmp*`` folders in which nothing changed
+    for ``max_age_s`` (a prepare still running keeps writing into its own)."""
+    removed = []
+    now = time.time()
+    for tmp in Path(out_root).glob("*.tmp*"):
+        if tmp.is_dir():
+            newest = max([p.stat().st_mtime for p in tmp.rglob("*")] + [tmp.stat().st_mtime])
+            if now - newest > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+    return removed
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk, so a rename publishes complete data."""
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def prepare(
@@ -122,16 +162,19 @@ def prepare(
                                 encoding_errors, data_dir, name, mixing)
     if read_manifest(out_dir) is not None:
         return out_dir
-    for s in sources:  # text-based files (not parquet, which is binary) are checked before any work
-        if s.path is not None and encoding_errors == "strict":
-            files = resolve_files(s, data_dir)
-            if source_format(s, files) != "parquet":
-                for f in files:
-                    check_utf8(f)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+    sweep_stale(out_dir.parent)
+    failed = _failure_marker(out_dir)
+    failed.unlink(missing_ok=True)  # an earlier attempt's failure; this one may succeed
+    tmp = None
     try:
+        for s in sources:  # text-based files (not parquet, which is binary) are checked before any work
+            if s.path is not None and encoding_errors == "strict":
+                files = resolve_files(s, data_dir)
+                if source_format(s, files) != "parquet":
+                    for f in files:
+                        check_utf8(f)
+        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         t0 = time.perf_counter()
         docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
         stats = _clean_to_jsonl(docs, cleaner, tmp / "cleaned.jsonl", progress)
@@ -169,13 +212,19 @@ def prepare(
             "document_lengths": "doc_lengths.npy", "splits_by": "position in the token stream: train, test, val",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
+        _fsync_tree(tmp)  # the data is on disk before the rename makes the folder visible
         try:
             os.replace(tmp, out_dir)
         except OSError:
             if read_manifest(out_dir) is None:  # not a concurrent writer that finished first
                 raise
+    except Exception as e:
+        # ranks waiting for this folder (wait_for) fail at once with this message instead of waiting for hours
+        write_text_atomic(failed, f"{type(e).__name__}: {e}")
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

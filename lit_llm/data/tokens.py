@@ -36,6 +36,13 @@ def open_split(out_dir: Path, split: str) -> np.memmap:
         raise FileNotFoundError(f"{out_dir} has no {MANIFEST}; run prepare_data first")
     if split not in manifest["num_tokens"]:
         raise KeyError(f"{out_dir} has no split {split!r}; it has {sorted(manifest['num_tokens'])}")
-    if manifest["num_tokens"][split] == 0:
-        return np.zeros(0, dtype=manifest["dtype"])  # np.memmap refuses empty files
-    return np.memmap(out_dir / f"{split}.bin", dtype=manifest["dtype"], mode="r")
+    dtype = np.dtype(manifest["dtype"])
+    path = out_dir / f"{split}.bin"
+    want = manifest["num_tokens"][split] * dtype.itemsize
+    have = path.stat().st_size if path.is_file() else None
+    if have != want:  # a damaged or hand-edited folder: never train on a truncated or foreign array
+        raise ValueError(f"Token folder {out_dir} is damaged: {path.name} has {have} bytes, its manifest says {want};"
+                         " delete the folder and prepare again")
+    if want == 0:
+        return np.zeros(0, dtype=dtype)  # np.memmap refuses empty files
+    return np.memmap(path, dtype=dtype, mode="r")
