@@ -118,7 +118,9 @@ class LitLLMCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.WandbLogger",
                     # offline: no account, no network; set offline: false (and log in) to sync
                     "init_args": {"project": "lit_llm", "offline": True},
-                }
+                },
+                # checkpoint files written beside their final name, fsynced and renamed (lit_llm.atomic_io)
+                "plugins": [{"class_path": "lit_llm.atomic_io.AtomicCheckpointIO"}],
             },
         )
         try:

@@ -79,3 +79,51 @@ def test_a_missing_or_foreign_ckpt_path_is_one_error_line(tmp_path, small_corpus
                              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
                              "--ckpt_path", str(path)], capsys)
         assert message in error_line(code, err)
+
+
+KILL_DURING_SAVE = r'''
+import os, signal, sys
+import torch
+from lit_llm.config import LitLLMCLI
+import lit_llm.atomic_io as atomic_io
+
+root, corpus = sys.argv[1], sys.argv[2]
+cli = LitLLMCLI(args=["--config", "configs/debug.yaml", "--data.corpus", corpus, "--trainer.logger", "false",
+                      "--trainer.default_root_dir", root, "--trainer.max_steps", "2", "--model.warmup_steps", "1",
+                      "--trainer.enable_progress_bar", "false"], run=False)
+assert isinstance(cli.trainer.strategy.checkpoint_io, atomic_io.AtomicCheckpointIO)
+cli.trainer.fit(cli.model, cli.datamodule)
+real_save = torch.save
+
+def save_then_die(obj, f, *a, **k):  # half of the bytes reach the disk, then SIGKILL
+    real_save(obj, f, *a, **k)
+    f.flush()
+    f.truncate(f.tell() // 2)
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomic_io.torch.save = save_then_die
+cli.trainer.save_checkpoint(os.path.join(root, "checkpoints", "last.ckpt"))
+'''
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path, small_corpus):
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_env
+    from lit_llm.checkpoint import read_info
+
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_DURING_SAVE)
+    root = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(script), str(root), str(small_corpus)], cwd=REPO, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # killed inside the write
+    last = root / "checkpoints" / "last.ckpt"
+    assert read_info(last).task == "language_model"  # the step-2 checkpoint is whole
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    leftovers = list((root / "checkpoints").glob(f"{TMP_PREFIX}*"))
+    assert len(leftovers) == 1  # the half-written file never had the final name
+    assert sweep_stale_temps(root / "checkpoints") == leftovers
