@@ -1,9 +1,12 @@
 """Users' feedback as training data: an append-only JSON-lines store.
 
 Each record is one line: what was asked, what the model answered, and what the user said about it
-(a rating of 1 or -1, a corrected label, or a corrected text). ``append`` writes the whole line with a single
-``write`` under an exclusive ``flock`` and fsyncs it, so concurrent writers (server workers) never
-interleave, and a crash can at most leave an unterminated last line, which readers skip.
+(a rating of 1 or -1, a corrected label, or a corrected text). ``append`` writes the whole line under an
+exclusive ``flock``, finishing a short write and fsyncing it, so concurrent writers (server workers) never
+interleave. A write that fails (a full disk) is cut off again, leaving the store as it was; a line torn by a
+crash is closed with a newline by the next append, so the next record starts on its own line; and readers
+skip (and count) any line that is not a whole record. Fields and records have size limits (``FIELD_LIMITS``,
+``MAX_RECORD_BYTES``), checked with the rest of the record.
 
 The store is a data source: ``ClassificationDataModule(train=STORE, format="feedback")`` trains on the
 corrected labels, and ``feedback_texts`` gives the corrected texts for language-model data.
@@ -11,6 +14,7 @@ corrected labels, and ``feedback_texts`` gives the corrected texts for language-
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -21,6 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 KINDS = ("completion", "classification")
+# longest value of each string field, in characters; and the longest stored line, in bytes (well under
+# serve's default 1 MiB request limit, so that one record never makes the store slow to read)
+FIELD_LIMITS = {"request": 65_536, "response": 65_536, "corrected_text": 65_536, "corrected_label": 256, "model": 256}
+MAX_RECORD_BYTES = 256 * 1024
 
 
 def validate_feedback(record: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +50,26 @@ def validate_feedback(record: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("corrected_text must be a string")
     if all(record.get(k) is None for k in ("rating", "corrected_label", "corrected_text")):
         raise ValueError("feedback needs a rating, a corrected_label or a corrected_text")
+    for field, limit in FIELD_LIMITS.items():
+        value = record.get(field)
+        if isinstance(value, str) and len(value) > limit:
+            raise ValueError(f"feedback field '{field}' has {len(value):,} characters; the limit is {limit:,}:"
+                             " send a shorter text")
+    size = len(json.dumps(record, ensure_ascii=False).encode())
+    if size > MAX_RECORD_BYTES:
+        raise ValueError(f"feedback record is {size:,} bytes as JSON; the limit is {MAX_RECORD_BYTES:,}:"
+                         " send shorter request, response and corrected_text fields")
     return record
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take only part of it); OSError if none goes in."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "the write took no bytes")
+        view = view[n:]
 
 
 class FeedbackStore:
@@ -50,33 +77,56 @@ class FeedbackStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.skipped: list[int] = []  # line numbers that the last records() skipped (not whole records)
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Validate, stamp (``id``, ``time``) and append one record atomically; returns the stored record."""
         stored = {"id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(), **validate_feedback(dict(record))}
         line = (json.dumps(stored, ensure_ascii=False) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)  # one write of the whole line, under the lock
-            os.fsync(fd)
+            start = os.fstat(fd).st_size
+            if start and os.pread(fd, 1, start - 1) != b"\n":  # a line torn by a crash: close it, start a new one
+                line = b"\n" + line
+            try:
+                _write_all(fd, line)  # the whole line, under the lock
+                os.fsync(fd)
+            except OSError as e:
+                os.ftruncate(fd, start)  # take back what went in: the store stays as it was
+                raise OSError(e.errno, f"Could not append to the feedback store {self.path} ({e.strerror or e});"
+                              " the record was not stored and the store is unchanged: free disk space, or pass"
+                              " --feedback_store PATH on another disk") from e
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
         return stored
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every complete record, in order. An unterminated last line (a crash mid-append) is skipped."""
+        """Every whole record, in order. A line that is not one (torn by a crash, or unterminated at the end: an
+        interrupted append, or one in progress) is skipped with a warning; ``self.skipped`` lists their numbers."""
         if not self.path.is_file():
             raise FileNotFoundError(f"Feedback store {self.path} does not exist; nothing has been sent to it yet")
-        with open(self.path, encoding="utf-8") as f:
+        self.skipped = []
+        with open(self.path, "rb") as f:  # bytes: a torn line may end inside a UTF-8 character
             for n, line in enumerate(f, 1):
-                if not line.endswith("\n"):
+                if not line.endswith(b"\n"):
+                    self.skipped.append(n)
                     warnings.warn(f"{self.path}:{n}: skipped an unterminated last line (an interrupted append)")
                     break
-                if line.strip():
-                    yield json.loads(line)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as e:  # JSONDecodeError or UnicodeDecodeError
+                    record = e
+                if not isinstance(record, dict):
+                    self.skipped.append(n)
+                    warnings.warn(f"{self.path}:{n}: skipped a line that is not a whole record (torn by a crash"
+                                  " during an append); the other records are read")
+                    continue
+                yield record
 
 
 def labelled_examples(path: str | Path, label_names: Optional[list[str]] = None) -> tuple[list[str], list[Any]]:

@@ -1,12 +1,14 @@
 """The feedback store: atomic appends from many processes, validation, and use as training data."""
 
+import errno
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
 from lit_llm.data.labelled import ClassificationDataModule
-from lit_llm.feedback import FeedbackStore, feedback_texts, labelled_examples
+from lit_llm.feedback import MAX_RECORD_BYTES, FeedbackStore, feedback_texts, labelled_examples
 
 
 def _writer(path, worker, n):
@@ -70,3 +72,78 @@ def test_feedback_as_training_data(tmp_path):
     pairs = list(zip(*ex["train"])) + list(zip(*ex["val"]))
     assert sorted(t for t, _ in pairs) == sorted(f"review {i}" for i in range(20))
     assert all(y == int(t.split()[1]) % 2 for t, y in pairs)  # names mapped to ids: odd reviews positive
+
+
+# ------------------------------------------------------------------ faults: torn lines, short writes, full disk
+def _rec(i):
+    return {"kind": "completion", "request": f"Q{i} é", "response": "a", "rating": 1}
+
+
+def test_torn_lines_in_the_middle_and_at_the_tail_are_skipped_and_counted(tmp_path):
+    store = FeedbackStore(tmp_path / "f.jsonl")
+    kept = [store.append(_rec(0))]
+    with open(store.path, "ab") as f:  # a crash mid-append (old writer: the next append joined onto it) ...
+        f.write(b'{"id": "torn", "request": "ca' + "é".encode()[:1] + b"\n")  # ... ends inside a UTF-8 char
+    kept.append(store.append(_rec(1)))
+    with open(store.path, "ab") as f:  # a crash mid-append at the tail: no newline
+        f.write(b'{"id": "torn-tail", "req')
+    kept.append(store.append(_rec(2)))  # starts on its own line: the torn tail is closed first
+    kept.append(store.append(_rec(3)))
+    with pytest.warns(UserWarning) as caught:
+        assert list(store.records()) == kept  # every whole record back, in order
+    assert store.skipped == [2, 4]
+    assert [str(w.message) for w in caught] == [
+        f"{store.path}:{n}: skipped a line that is not a whole record (torn by a crash during an append);"
+        " the other records are read" for n in (2, 4)]
+    with pytest.warns(UserWarning, match="not a whole record"):  # training data reads past them (format: feedback)
+        assert feedback_texts(store.path) == [f"Q{i} éa" for i in range(4)]
+
+
+def test_a_short_write_is_finished(tmp_path, monkeypatch):
+    store = FeedbackStore(tmp_path / "f.jsonl")
+    first = store.append(_rec(0))
+    real_write, calls = os.write, []
+
+    def half(fd, data):  # the kernel may take only part of a write
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:max(1, len(data) // 2)]))
+
+    monkeypatch.setattr(os, "write", half)
+    second = store.append(_rec(1))
+    monkeypatch.undo()
+    assert len(calls) > 1  # the write really was cut short, and finished
+    assert list(store.records()) == [first, second] and store.skipped == []
+
+
+def test_a_failed_write_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    store = FeedbackStore(tmp_path / "f.jsonl")
+    first = store.append(_rec(0))
+    before = store.path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd, data):  # half goes in, then the disk is full
+        if len(data) > 1 and fd not in (1, 2):
+            return real_write(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="the record was not stored and the store is unchanged: free disk space"):
+        store.append(_rec(1))
+    monkeypatch.undo()
+    assert store.path.read_bytes() == before
+    third = store.append(_rec(2))
+    assert list(store.records()) == [first, third] and store.skipped == []
+
+
+def test_over_long_fields_and_records_are_refused_naming_the_limit(tmp_path):
+    store = FeedbackStore(tmp_path / "f.jsonl")
+    for field in ("request", "response", "corrected_text"):
+        with pytest.raises(ValueError, match=f"feedback field '{field}' has 65,537 characters; the limit is 65,536"):
+            store.append({**_rec(0), field: "x" * 65_537})
+    with pytest.raises(ValueError, match="feedback field 'corrected_label' has 257 characters; the limit is 256"):
+        store.append({"kind": "classification", "request": "a", "corrected_label": "x" * 257})
+    big = "\u4e00" * 60_000  # 3 bytes each in UTF-8: each field is under its limit, the record is not
+    with pytest.raises(ValueError, match=f"feedback record is .* bytes as JSON; the limit is {MAX_RECORD_BYTES:,}"):
+        store.append({**_rec(0), "request": big, "response": big})
+    assert not store.path.exists()  # nothing was written
+    store.append({**_rec(0), "request": "x" * 65_536})  # at the limit: stored
