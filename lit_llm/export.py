@@ -15,7 +15,7 @@ from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
 
 
-def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf") -> Path:
+def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", overwrite: bool = False) -> Path:
     """Export a lit_llm checkpoint.
 
     ``--format hf`` writes a directory that ``transformers``' Auto classes load (GPT2LMHeadModel,
@@ -26,13 +26,17 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf") -> P
 
     Args:
         checkpoint: the .ckpt file written by ``lit_llm fit`` (a language model or a classifier for onnx).
-        out: output directory (replaced if it exists; written under a temporary name, then renamed).
+        out: output directory, written under a temporary name beside it, then renamed. An existing folder
+            that is not empty is refused unless ``--overwrite true``.
         format: ``hf`` (Hugging Face transformers) or ``onnx``.
+        overwrite: replace a non-empty ``out`` (only once the new folder is complete). Never a folder that
+            holds the checkpoint being exported.
     """
     if format == "onnx":
-        return export_onnx(checkpoint, out)
+        return export_onnx(checkpoint, out, overwrite=overwrite)
     if format != "hf":
         raise ValueError(f"Unknown export format {format!r}; supported: hf, onnx")
+    check_out(checkpoint, out, overwrite)  # before the work: a refused --out costs nothing
     model, tok = load_checkpoint(checkpoint, purpose="export --format hf")  # refuses a classifier, with the fix
     tf = _require_transformers()
     hf_model = to_hf_model(model.config, model.state_dict())
@@ -44,7 +48,7 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf") -> P
                                      ("cls_token", "[CLS]"), ("sep_token", "[SEP]")) if t in vocab}
         tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(tmp)
 
-    out_dir = _write_dir(out, write)
+    out_dir = _write_dir(out, write, overwrite)
     print(f"Wrote {type(hf_model).__name__} and its tokenizer to {out_dir}")
     return out_dir
 
@@ -76,27 +80,66 @@ def import_hf(hf_dir: str, out: str) -> Path:
     return out_path
 
 
-def _write_dir(out: str, write) -> Path:
-    """Call ``write(tmp_dir)``, then move the finished folder to ``out`` (replacing it): never half a folder."""
+def check_out(checkpoint: str, out: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that export must not replace: a file, a folder that holds the checkpoint, or a
+    non-empty folder without ``--overwrite true``."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file, not a folder; pass another --out")
+    if out_dir.resolve() in Path(checkpoint).resolve().parents:
+        raise ValueError(f"--out {out_dir} holds the checkpoint {checkpoint} being exported; replacing it would"
+                         " delete the checkpoint: pass another --out, e.g. exported/NAME")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise FileExistsError(f"--out {out_dir} exists and is not empty; pass another --out, or --overwrite true"
+                              " to replace it (everything in it is deleted)")
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file, or a folder's entries (so that a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_dir(out: str, write, overwrite: bool = False) -> Path:
+    """Call ``write(tmp_dir)`` on a temporary folder beside ``out``, fsync it, then rename it to ``out``. An
+    existing ``out`` is moved aside and deleted only once the new folder is in place: never half a folder."""
     out_dir = Path(out)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp", dir=out_dir.parent))
+    old = out_dir.with_name(f"{tmp.name}.old")
     try:
         write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        for path in sorted(tmp.rglob("*"), reverse=True) + [tmp]:  # files, then the folders that list them
+            _fsync(path)
+        if out_dir.is_dir() and any(out_dir.iterdir()):  # checked again: it may have appeared during the write
+            if not overwrite:
+                raise FileExistsError(f"--out {out_dir} exists and is not empty; pass another --out, or"
+                                      " --overwrite true to replace it")
+            os.replace(out_dir, old)  # aside, not deleted, until the new folder is in place
+        try:
+            os.replace(tmp, out_dir)  # onto nothing or an empty folder
+        except OSError:
+            if old.exists():
+                os.replace(old, out_dir)  # put the old folder back
+            raise
+        _fsync(out_dir.parent)
+        shutil.rmtree(old, ignore_errors=True)  # only now: the new folder is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def export_onnx(checkpoint: str, out: str, opset: int = 18, tolerance: float = 1e-4) -> Path:
+def export_onnx(checkpoint: str, out: str, opset: int = 18, tolerance: float = 1e-4, overwrite: bool = False) -> Path:
     """ONNX export of a language model's or a classifier's forward, with an onnxruntime parity check.
 
     Batch and sequence length are dynamic (up to the model's block_size). The KV cache is not part of the
-    graph: a generation loop over it recomputes the prefix (serving uses PyTorch with the cache).
+    graph: a generation loop over it recomputes the prefix (serving uses PyTorch with the cache). ``out`` and
+    ``overwrite`` as for ``export``.
     """
+    check_out(checkpoint, out, overwrite)
     try:
         import onnx  # noqa: F401
         import onnxruntime as ort
@@ -156,7 +199,7 @@ def export_onnx(checkpoint: str, out: str, opset: int = 18, tolerance: float = 1
         (tmp / "lit_llm.json").write_text(json.dumps({**meta, "inputs": names, "outputs": outputs,
                                                        "model_config": config.to_dict()}, indent=2) + "\n")
 
-    out_dir = _write_dir(out, write)
+    out_dir = _write_dir(out, write, overwrite)
     print(f"Wrote {out_dir / 'model.onnx'} ({meta['task']}); onnxruntime vs PyTorch max |diff| "
           f"{meta['onnxruntime_max_abs_diff']:.2e}")
     return out_dir

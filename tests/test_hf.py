@@ -72,3 +72,41 @@ def test_architectures_without_an_hf_equivalent_are_refused():
         to_hf_config(ModelConfig.from_name("debug", positions="rope"))
     with pytest.raises(ValueError, match="no Hugging Face llama equivalent"):
         to_hf_config(ModelConfig.from_name("debug-llama", mlp="gelu"))
+
+
+# ---------------------------------------------------------------------------------------------- export's --out
+def test_export_refuses_a_non_empty_out_and_replaces_it_only_with_overwrite(tmp_path, capsys):
+    import shutil
+
+    from lit_llm.cli import main
+    from lit_llm.export import _write_dir, export
+    from test_finetune import write_lm_checkpoint
+
+    ckpt = str(write_lm_checkpoint(tmp_path / "lm.ckpt"))
+    run = tmp_path / "outputs" / "run"  # a training run's folder: `export --out outputs/run` must not delete it
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    with pytest.raises(FileExistsError, match="exists and is not empty; pass another --out, or --overwrite true"):
+        export(ckpt, str(run))
+    with pytest.raises(SystemExit) as exit_:  # the command line: one error line, exit code 2
+        main(["export", "--checkpoint", ckpt, "--out", str(run)])
+    assert exit_.value.code == 2 and "--overwrite true" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"weights"  # nothing deleted
+    # a write that fails half-way leaves the old folder as it was, and no temporary folder
+    def broken(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        _write_dir(str(run), broken, overwrite=True)
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
+    # --overwrite true replaces it, once the new folder is complete
+    out = export(ckpt, str(run), overwrite=True)
+    assert out == run and (run / "model.safetensors").is_file() and not (run / "checkpoints").exists()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # no temporary or old folder left
+    # never a folder that holds the checkpoint being exported, even with --overwrite
+    shutil.copy(ckpt, run / "lm.ckpt")
+    with pytest.raises(ValueError, match="holds the checkpoint .* being exported"):
+        export(str(run / "lm.ckpt"), str(run), overwrite=True)
+    assert (run / "lm.ckpt").is_file()

@@ -50,5 +50,12 @@ def test_classifier_onnx_matches_pytorch(tmp_path, family, lora):
 def test_onnx_export_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         export(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"), format="onnx")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")  # a non-empty --out: refused before the checkpoint is read
+    with pytest.raises(FileExistsError, match="not empty; pass another --out, or --overwrite true"):
+        export(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"), format="onnx")
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # --overwrite reaches the ONNX export
+        export(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"), format="onnx", overwrite=True)
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="supported: hf, onnx"):
         export(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"), format="tflite")

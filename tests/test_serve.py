@@ -2,6 +2,7 @@
 driven by the ``openai`` client and raw HTTP; and the feedback loop serve -> feedback -> fine-tune -> serve."""
 
 import json
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -222,6 +223,29 @@ def test_serve_refuses_bad_setups_before_starting(tmp_path):
         taken.listen()
         with pytest.raises(OSError, match="pass --port"):
             serve(str(lm), port=taken.getsockname()[1])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_public_host_without_an_api_key_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys, host):
+    from lit_llm.cli import main
+
+    monkeypatch.delenv("LIT_LLM_API_KEY", raising=False)
+    missing = str(tmp_path / "missing.ckpt")  # refused before the checkpoint is even looked at
+    with pytest.raises(ValueError, match=f"--host {re.escape(host)} serves every network .* no API key is set: pass"
+                                         r" --api_key KEY or set \$LIT_LLM_API_KEY,"
+                                         " or pass --allow_public_without_key true"):
+        serve(missing, host=host)
+    with pytest.raises(SystemExit) as exit_:  # the command line: one error line, exit code 2
+        main(["serve", "--checkpoint", missing, "--host", host])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err[-1].startswith(f"error: --host {host} serves every network") and len(err) == 1
+    # a key (flag or variable) or the explicit opt-out lets it go on, to the next check: the missing checkpoint
+    for kwargs in ({"api_key": KEY}, {"allow_public_without_key": True}):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            serve(missing, host=host, **kwargs)
+    monkeypatch.setenv("LIT_LLM_API_KEY", KEY)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        serve(missing, host=host)
 
 
 # ---------------------------------------------------------------------------------------------- a language model

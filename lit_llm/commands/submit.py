@@ -11,6 +11,7 @@ and a test keeps them in step.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -21,6 +22,28 @@ from lit_llm.io import write_text_atomic
 
 
 FIRST_NODE = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+# the values written into the script unquoted (#SBATCH lines), with the characters each may hold: nothing that
+# ends a line, starts a shell expansion or a second command, or is a SLURM filename pattern (%)
+SAFE_VALUES = {
+    "job_name": ("A-Za-z0-9._-", "letters, digits, '.', '_' and '-'"),
+    "time": ("A-Za-z0-9:-", "letters, digits, ':' and '-', e.g. 04:00:00 or 1-00:00:00"),
+    "partition": ("A-Za-z0-9._,-", "letters, digits, '.', '_', '-' and ',' between partitions"),
+    "account": ("A-Za-z0-9._-", "letters, digits, '.', '_' and '-'"),
+    "output_dir": ("A-Za-z0-9._/+-", "letters, digits, '.', '_', '-', '+' and '/'"),
+}
+
+
+def check_safe(**values: Optional[str]) -> None:
+    """Refuse a value that the script would hold unquoted and that has a character outside its field's safe set
+    (a newline would add a line to the script; ``$(...)``, backticks or ``;`` would run a command)."""
+    for field, value in values.items():
+        chars, allowed = SAFE_VALUES[field]
+        if value is None or re.fullmatch(f"[{chars}]+", value):
+            continue
+        bad = sorted({c for c in value if not re.fullmatch(f"[{chars}]", c)})
+        listed = " ".join(map(repr, bad))
+        problem = f"has characters that are not allowed in a job script: {listed}" if bad else "is empty"
+        raise UsageError(f"--{field} {value!r} {problem}; use only {allowed}")
 
 
 def job_fit_args(fit_args: list[str], nodes: int, gpus_per_node: int, tasks_per_node: int) -> list[str]:
@@ -37,6 +60,8 @@ def render_script(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, t
     """The sbatch script text (see ``submit`` for the arguments; ``fit_args`` as for ``fit``)."""
     if nodes < 1 or gpus_per_node < 0 or tasks_per_node < 1 or cpus_per_task < 1:
         raise UsageError("nodes, tasks_per_node and cpus_per_task must be >= 1 and gpus_per_node >= 0")
+    check_safe(job_name=job_name, time=time, partition=partition or None, account=account or None,
+               output_dir=output_dir)
     if job_name in ("bash", "interactive"):
         raise UsageError(f"job name {job_name!r} turns off Lightning's SLURM detection; choose another --job_name")
     tasks = gpus_per_node or tasks_per_node  # one process per GPU, or per requested CPU task

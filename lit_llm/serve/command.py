@@ -48,6 +48,7 @@ def serve(
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1",
     port: int = 8000,
     api_key: Optional[str] = None,
+    allow_public_without_key: bool = False,
     model_name: Optional[str] = None,
     feedback_store: str = "feedback.jsonl",
     max_prompt_tokens: Optional[int] = None,
@@ -71,6 +72,8 @@ def serve(
         port: TCP port.
         api_key: require this key (``Authorization: Bearer KEY``) on every route but /health. Default:
             ``$LIT_LLM_API_KEY``, else no key. Prefer the variable: a flag shows in the process list.
+        allow_public_without_key: serve on 0.0.0.0 or :: (every network this machine is on) with no API key;
+            refused otherwise, so that a public server is never open by mistake.
         model_name: the model id clients send and /v1/models lists (default: the checkpoint's file stem).
         feedback_store: JSON-lines file that POST /v1/feedback appends to.
         max_prompt_tokens: longest prompt accepted, in tokens (default: block_size); a longer one is refused.
@@ -93,6 +96,10 @@ def serve(
     if not 1024 <= port <= 65535:
         raise ValueError(f"port must be in 1024..65535, got {port}")
     api_key = api_key or os.environ.get("LIT_LLM_API_KEY") or None
+    if host != "127.0.0.1" and not api_key and not allow_public_without_key:  # before any work: nothing is bound
+        raise ValueError(f"--host {host} serves every network this machine is on, and no API key is set: pass"
+                         " --api_key KEY or set $LIT_LLM_API_KEY, or pass --allow_public_without_key true to serve"
+                         " without one")
     served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs)
     store = FeedbackStore(feedback_store)
     folder = store.path.resolve().parent
