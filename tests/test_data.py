@@ -124,3 +124,39 @@ def test_line_readers_split_records_at_newlines_only(tmp_path):
     assert split_lines(f"{ODD}\r\nx\n") == [ODD, "x"] and "".join(split_lines(ODD + "\nx", keepends=True)) == ODD + "\nx"
     tok = train_tokenizer(TokenizerSpec(), [ODD + "\nsecond"])  # character level
     assert encode(tok, ODD + "\n") == tok.encode(ODD + "\n", add_special_tokens=False).ids
+
+
+def test_a_stalled_download_times_out_and_a_good_one_is_checked(tmp_path, monkeypatch):
+    """The corpus download against local HTTP servers: one that never answers, and one that serves the file."""
+    import hashlib
+    import http.server
+    import socket
+    import threading
+
+    import lit_llm.data.corpora as corpora
+
+    stall = socket.socket()
+    stall.bind(("127.0.0.1", 0))
+    stall.listen(1)  # accepts the connection, never answers
+    monkeypatch.setattr(corpora, "DOWNLOAD_TIMEOUT_S", 0.5)
+    spec = corpora.NamedCorpus("x/input.txt", f"http://127.0.0.1:{stall.getsockname()[1]}/input.txt", "0" * 32)
+    dest = tmp_path / "x" / "input.txt"
+    with pytest.raises(FileNotFoundError, match="The download failed: .*timed out"):
+        corpora._download("x", spec, dest, [])
+    assert list((tmp_path / "x").iterdir()) == []  # nothing half-written left
+    stall.close()
+
+    body = b"to be, or not to be\n"
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "input.txt").write_bytes(body)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"), **k)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/input.txt"
+        with pytest.raises(RuntimeError, match="has MD5 .* expected"):
+            corpora._download("x", corpora.NamedCorpus("x/input.txt", url, "0" * 32), dest, [])
+        good = corpora.NamedCorpus("x/input.txt", url, hashlib.md5(body).hexdigest())
+        assert corpora._download("x", good, dest, []).read_bytes() == body
+    finally:
+        server.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,17 @@ def _not_found(name: str, spec: NamedCorpus, searched: list[Path]) -> str:
     )
 
 
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
 def _download(name: str, spec: NamedCorpus, dest: Path, searched: list[Path]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     try:
-        urllib.request.urlretrieve(spec.url, tmp)
-    except OSError as e:
+        # a timeout on the connection and on each read: a stalled server fails the download instead of hanging
+        with urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+    except OSError as e:  # URLError and socket timeouts are OSErrors
         tmp.unlink(missing_ok=True)
         raise FileNotFoundError(_not_found(name, spec, searched) + f" The download failed: {e}") from e
     digest = md5sum(tmp)
