@@ -1,0 +1,19 @@
+"""Kill -9 anywhere: benchmarks/kill_resume.py SIGKILLs a CPU fit at random moments and reruns the same command
+(--ckpt_path newest); the run that completes must have the uninterrupted run's weights, bit for bit. CI runs
+a few kills; `python benchmarks/kill_resume.py --kills 20 [--devices 2]` runs more."""
+
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from kill_resume import kill_and_resume  # noqa: E402
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path, small_corpus):
+    result = kill_and_resume(tmp_path, small_corpus, kills=3, devices=1, steps=60, seed=1)
+    assert result["kills"] >= 2, result  # a rerun may finish before its kill; most are killed
+    assert result["bit_identical"] and result["survived"] == result["kills"], result
