@@ -90,7 +90,7 @@ def kill_and_resume(work: Path, corpus: Path, kills: int, devices: int = 1, step
         kill_after = None
         if survived < kills:  # anywhere from the middle of start-up to near the end of the steps left
             left = t_train * (steps - step) / steps
-            kill_after = rng.uniform(0.5 * t_first, t_first + 0.95 * left)
+            kill_after = rng.uniform(0.5 * t_first, t_first + 0.7 * left)
         code, _, _ = run(fit_command(out, corpus, steps, devices), env, kill_after, log)
         restarts += 1
         if code == -signal.SIGKILL:
