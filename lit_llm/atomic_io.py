@@ -20,14 +20,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from fsspec.implementations.local import LocalFileSystem
 
 from lit_llm.callbacks.preemption import TMP_PREFIX
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from lit_llm.io import fsync_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -48,4 +41,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             tmp.unlink(missing_ok=True)  # an error, not a kill: nothing is left behind
             raise
-        fsync_dir(path.parent)
+        fsync_path(path.parent)

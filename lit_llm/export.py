@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from lit_llm import checkpoint as ckpt_format
+from lit_llm.io import fsync_path, fsync_tree
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
 
@@ -94,15 +95,6 @@ def check_out(checkpoint: str, out: str, overwrite: bool) -> None:
                               " to replace it (everything in it is deleted)")
 
 
-def _fsync(path: Path) -> None:
-    """fsync a file, or a folder's entries (so that a rename in it survives a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_dir(out: str, write, overwrite: bool = False) -> Path:
     """Call ``write(tmp_dir)`` on a temporary folder beside ``out``, fsync it, then rename it to ``out``. An
     existing ``out`` is moved aside and deleted only once the new folder is in place: never half a folder."""
@@ -112,8 +104,7 @@ def _write_dir(out: str, write, overwrite: bool = False) -> Path:
     old = out_dir.with_name(f"{tmp.name}.old")
     try:
         write(tmp)
-        for path in sorted(tmp.rglob("*"), reverse=True) + [tmp]:  # files, then the folders that list them
-            _fsync(path)
+        fsync_tree(tmp)
         if out_dir.is_dir() and any(out_dir.iterdir()):  # checked again: it may have appeared during the write
             if not overwrite:
                 raise FileExistsError(f"--out {out_dir} exists and is not empty; pass another --out, or"
@@ -125,7 +116,7 @@ def _write_dir(out: str, write, overwrite: bool = False) -> Path:
             if old.exists():
                 os.replace(old, out_dir)  # put the old folder back
             raise
-        _fsync(out_dir.parent)
+        fsync_path(out_dir.parent)
         shutil.rmtree(old, ignore_errors=True)  # only now: the new folder is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

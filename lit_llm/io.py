@@ -15,3 +15,20 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file, or a folder's entries (so that a rename in it survives a crash), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Flush every file below ``folder``, and the folders themselves, before a rename publishes it."""
+    folder = Path(folder)
+    for p in sorted(folder.rglob("*"), reverse=True):  # files before the folders that hold them
+        fsync_path(p)
+    fsync_path(folder)

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner
-from lit_llm.io import write_text_atomic
+from lit_llm.io import fsync_tree, write_text_atomic
 from lit_llm.data.sources import (
     MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format, split_lines,
 )
@@ -127,19 +127,6 @@ def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
     return removed
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` and the folder itself to disk, so a rename publishes complete data."""
-    for p in folder.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def prepare(
     sources: list[Source],
     out_root: Path,
@@ -212,7 +199,7 @@ def prepare(
             "document_lengths": "doc_lengths.npy", "splits_by": "position in the token stream: train, test, val",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
-        _fsync_tree(tmp)  # the data is on disk before the rename makes the folder visible
+        fsync_tree(tmp)  # the data is on disk before the rename makes the folder visible
         try:
             os.replace(tmp, out_dir)
         except OSError:
