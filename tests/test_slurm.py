@@ -3,6 +3,9 @@ slurm/local_cluster.sh, which installs Debian's slurm-wlm and munge when they ar
 
 (a) 2 tasks DDP on one node, (b) 2 nodes x 1 task, (c) pre-emption: USR1 mid-run -> checkpoint at a step
 boundary, requeue, resume -> the same final weights as the uninterrupted run (a), and the same W&B run id.
+Faults around pre-emption: (d) a killed pre-emption save left its temporaries beside a real hpc checkpoint,
+(e) a requeue that the callback did not start (no USR1, no hpc checkpoint), (f) one rank SIGKILLed mid-run
+and the job resubmitted: each resumes from the newest complete checkpoint and ends as the uninterrupted run.
 """
 
 import os
@@ -111,42 +114,197 @@ def _job_state(env, job) -> tuple[str, int]:
     return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
 
 
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY")
+
+
+def _wait_for(env, job, path: Path, deadline: float) -> None:
+    """Until ``path`` exists (a checkpoint written mid-run) while the job is queued or running."""
+    while not path.exists():
+        assert time.time() < deadline and _job_state(env, job)[0] in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.2)
+
+
+def _await_requeue(env, job, log: Path, deadline: float) -> None:
+    """Until the requeued job waits in the queue (slurmctld holds it back, BeginTime about 2 minutes on)."""
+    while True:
+        state, restarts = _job_state(env, job)
+        if state == "PENDING" and restarts >= 1:
+            return
+        assert time.time() < deadline, f"job {job} still {state} after {restarts} restarts:\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def _hurry(env, job) -> None:
+    """Start a requeued job now; a test need not wait out its BeginTime."""
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+
+
+def _await_end(env, job, log: Path, deadline: float, restarts: int = 1, while_running=None) -> str:
+    """The job's final state once it ended after ``restarts`` restarts; ``while_running()`` is called each poll."""
+    while True:
+        state, n = _job_state(env, job)
+        if state in ENDED and n >= restarts:
+            return state
+        if while_running is not None:
+            while_running()
+        assert time.time() < deadline, f"job {job} still {state} after {n} restarts:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+
+
+def _step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def _complete_checkpoints(out: Path) -> dict[Path, int]:
+    """Every complete checkpoint a resume could take (hpc_ckpt_N.ckpt, checkpoints/*.ckpt): its global step."""
+    steps = {}
+    for p in [*out.glob("hpc_ckpt_*.ckpt"), *(out / "checkpoints").glob("*.ckpt")]:
+        if not p.name.startswith("."):
+            steps[p] = _step(p)
+    return steps
+
+
+def _resumed_from(text: str) -> Path:
+    found = re.findall(r"resuming from the newest complete checkpoint, (\S+)", text)
+    assert len(found) == 1, text[-3000:]
+    return Path(found[0])
+
+
+def _same_weights_as(uninterrupted, out: Path) -> bool:
+    a = _weights(uninterrupted[1] / "checkpoints" / "last.ckpt")
+    b = _weights(out / "checkpoints" / "last.ckpt")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 def test_c_preemption_requeues_and_resumes_exactly(cluster, tmp_path, uninterrupted):
     job, out, log = submit(cluster, tmp_path, "preempt", wait=False)
     deadline = time.time() + 300
-    while not (out / "checkpoints" / "step10.ckpt").exists():  # mid-run
-        assert time.time() < deadline and _job_state(cluster, job)[0] in ("PENDING", "RUNNING", "CONFIGURING")
-        time.sleep(0.2)
+    _wait_for(cluster, job, out / "checkpoints" / "step10.ckpt", deadline)  # mid-run
     subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
-    hurried = False
-    while True:
-        state, restarts = _job_state(cluster, job)
-        if state == "PENDING" and restarts >= 1 and not hurried:
-            # slurmctld holds a requeued job back (BeginTime about 2 minutes on); a test need not wait for it
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True)
-            hurried = True
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") and restarts >= 1:
-            break
-        assert time.time() < deadline, f"job {job} still {state} after {restarts} restarts:\n{log.read_text()[-3000:]}"
-        time.sleep(1)
+    _await_requeue(cluster, job, log, deadline)
+    _hurry(cluster, job)
+    state = _await_end(cluster, job, log, deadline)
     text = log.read_text()
     assert state == "COMPLETED", text[-3000:]
     assert "Pre-emption: saved" in text and f"Pre-emption: requeued SLURM job {job}" in text
     assert f"job {job} (restart 1)" in text and "Restoring states from the checkpoint path" in text
     hpc = out / "hpc_ckpt_1.ckpt"
     assert hpc.is_file() and not list(out.glob(".hpc_ckpt_*"))
-    stopped_at = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
+    stopped_at = _step(hpc)
     assert 10 <= stopped_at < STEPS
     # the resumed job ends with exactly the weights of the uninterrupted run
-    a = _weights(uninterrupted[1] / "checkpoints" / "last.ckpt")
-    c = _weights(out / "checkpoints" / "last.ckpt")
-    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert _same_weights_as(uninterrupted, out)
     # both parts of the job logged to one W&B run id
     runs = _wandb_runs(out)
     assert len(runs) == 2 and {r.name for r in runs} == {f"run-slurm-{job}.wandb"}
     steps = [row.get("trainer/global_step") for r in runs for row in wandb_history(r) if "val_loss" in row]
     assert steps and max(steps) >= STEPS - 1
+
+
+@pytest.mark.slow
+def test_d_a_killed_preemption_save_does_not_block_the_requeue(cluster, tmp_path, uninterrupted):
+    job, out, log = submit(cluster, tmp_path, "killedsave", wait=False)
+    deadline = time.time() + 300
+    _wait_for(cluster, job, out / "checkpoints" / "step10.ckpt", deadline)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster, check=True)
+    _await_requeue(cluster, job, log, deadline)
+    # while the requeued job waits: what a save killed half-way leaves beside the real hpc_ckpt_1.ckpt, under the
+    # old name (whose "hpc_ckpt_2" pointed Lightning's SLURM resume at a file that does not exist) and the new one
+    hpc = out / "hpc_ckpt_1.ckpt"
+    half = hpc.read_bytes()[: hpc.stat().st_size // 2]
+    stale = [out / ".hpc_ckpt_2.ckpt.partial", out / ".lit_llm-tmp-preemption-2.ckpt"]
+    for p in stale:
+        p.write_bytes(half)
+    candidates = _complete_checkpoints(out)
+    newest = max(candidates.values())
+    assert newest == _step(hpc) >= 10
+    _hurry(cluster, job)
+    state = _await_end(cluster, job, log, deadline)
+    text = log.read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert f"job {job} (restart 1)" in text
+    for p in stale:
+        assert not p.exists() and f"removed {p}, left by an interrupted checkpoint save" in text
+    assert candidates[_resumed_from(text)] == newest  # hpc_ckpt_1.ckpt, or a step checkpoint of the same step
+    assert _step(out / "checkpoints" / "last.ckpt") == STEPS
+    assert _same_weights_as(uninterrupted, out)
+
+
+@pytest.mark.slow
+def test_e_a_requeue_without_usr1_resumes_from_the_newest_step_checkpoint(cluster, tmp_path, uninterrupted):
+    job, out, log = submit(cluster, tmp_path, "requeue", wait=False)
+    deadline = time.time() + 300
+    _wait_for(cluster, job, out / "checkpoints" / "step20.ckpt", deadline)
+    # what a node failure or an administrator does: SLURM kills the running job (SIGTERM, then SIGKILL) and requeues it
+    subprocess.run(["scontrol", "requeue", job], env=cluster, check=True)
+    _await_requeue(cluster, job, log, deadline)
+    assert not list(out.glob("hpc_ckpt_*"))  # the callback saw no USR1
+    candidates = _complete_checkpoints(out)
+    newest = max(candidates.values())
+    assert newest >= 20
+    last = out / "checkpoints" / "last.ckpt"
+    last_steps = []  # last.ckpt's step, polled while the requeued job runs: it must never go back
+    _hurry(cluster, job)
+    state = _await_end(cluster, job, log, deadline, while_running=lambda: last_steps.append(_step(last)))
+    text = log.read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert f"job {job} (restart 1)" in text and "Pre-emption: saved" not in text
+    assert candidates[_resumed_from(text)] == newest
+    assert last_steps and min(last_steps) >= newest, last_steps
+    assert _step(last) == STEPS
+    assert _same_weights_as(uninterrupted, out)
+    # the requeued part of the W&B run starts where the checkpoint left off, not at step 0
+    runs = _wandb_runs(out)
+    assert len(runs) == 2 and {r.name for r in runs} == {f"run-slurm-{job}.wandb"}
+    resumed = [row["trainer/global_step"] for row in wandb_history(runs[-1]) if "train_loss" in row]
+    assert resumed and min(resumed) >= newest
+
+
+def _rank_process(job: str, rank: int) -> int:
+    """The pid of the job's training process of global rank ``rank`` (not a child it forked)."""
+    def env_of(pid):
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        env = dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+        if env.get(b"SLURM_JOB_ID") == job.encode() and b"lit_llm" in cmd and b"fit" in cmd:
+            return env
+        return None
+
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (env := env_of(d.name)) and env.get(b"SLURM_PROCID") == str(rank).encode():
+            ppid = Path(f"/proc/{d.name}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if env_of(ppid) is None:
+                found.append(int(d.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.slow
+def test_f_a_rank_killed_mid_run_then_resubmitted_resumes(cluster, tmp_path, uninterrupted):
+    job, out, log = submit(cluster, tmp_path, "rankdies", wait=False)
+    deadline = time.time() + 300
+    _wait_for(cluster, job, out / "checkpoints" / "step20.ckpt", deadline)
+    os.kill(_rank_process(job, 1), 9)  # the node of rank 1 is gone: no signal handler, no save
+    state = _await_end(cluster, job, log, deadline, restarts=0)
+    assert state != "COMPLETED", log.read_text()[-3000:]
+    assert not list(out.glob("hpc_ckpt_*"))
+    candidates = _complete_checkpoints(out)
+    newest = max(candidates.values())
+    assert 20 <= newest < STEPS
+    # the same job script, submitted again
+    again = subprocess.run(["sbatch", "--parsable", "--wait", str(tmp_path / "logs" / "rankdies.sbatch")], env=cluster,
+                           capture_output=True, text=True, timeout=300, check=False)
+    job2 = again.stdout.strip().split(";")[0]
+    text = (tmp_path / "logs" / f"rankdies-{job2}.out").read_text()
+    assert again.returncode == 0, f"{again.stderr}\n{text[-3000:]}"
+    assert candidates[_resumed_from(text)] == newest
+    assert _step(out / "checkpoints" / "last.ckpt") == STEPS
+    assert _same_weights_as(uninterrupted, out)
 
 
 def test_rendered_examples_are_current():
