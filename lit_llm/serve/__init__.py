@@ -17,7 +17,8 @@ is ours is the OpenAI-compatible protocol, written as two LitServe specs:
 
 Requests are checked in the front end before they reach the model: unknown fields, a prompt longer than
 ``--max_prompt_tokens``, ``max_tokens`` above ``--max_tokens``, a wrong API key and malformed JSON get a 4xx
-with an OpenAI-style error body that says what was wrong. The server binds 127.0.0.1 unless told otherwise;
+with an OpenAI-style error body that says what was wrong. Beyond ``--max_queue`` requests queued or running, the
+next gets 429 with ``Retry-After``; a client that disconnects has its request stopped in the worker. The server binds 127.0.0.1 unless told otherwise;
 with ``--api_key`` (or ``$LIT_LLM_API_KEY``) every route except ``/health`` needs ``Authorization: Bearer KEY``
 (what the ``openai`` client sends) or ``X-API-Key: KEY``.
 
@@ -26,7 +27,8 @@ Chat messages become one prompt as a plain transcript, ``"{role}: {content}\\n"`
 
 The package, by job: ``protocol`` (request schemas, OpenAI-style errors, the chat transcript, stop-string
 hold-back), ``worker`` (the model workers and their batched decoding), ``specs`` (the LitServe specs that glue the
-routes to the worker), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
+routes to the worker), ``flow`` (what the front ends and workers share: cancelled requests and the ``--max_queue``
+count), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
 module that touches LitServe internals). A server in a subprocess, for tests and benchmarks, is
 ``tests/server_process.py``.
 """

@@ -22,6 +22,13 @@ worker, and answer worker errors and streamed text in OpenAI's shape. What this 
   copies of it, made in ``LitServer._start_server``).
 
 ``tests/test_serve.py::test_the_litserve_internals_the_adapter_uses_are_there`` fails when any of these change.
+
+What litserve 0.2.19 does not have, checked in its source: any notion of a client that disconnects (no route,
+loop or ``LitAPI`` hook sees it; a worker decodes an abandoned request to its end) and any bound on the request
+queue. Both are ours and use no LitServe internals: ``flow.CancelBoard`` (shared memory that the front ends write
+and the workers read before each decoding step; Starlette cancels a stream whose client has gone, and
+``specs._Stream`` reports it) and ``flow.Admission`` (the ``--max_queue`` count, checked before a request is
+tokenized).
 """
 
 from __future__ import annotations

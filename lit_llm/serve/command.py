@@ -21,7 +21,7 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe can bind
 
 
 def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optional[int], max_tokens: int,
-                max_inputs: int) -> Served:
+                max_inputs: int, max_queue: int = 256) -> Served:
     """The checkpoint's task, tokenizer and config (memory-mapped: the weights are not read), with the limits checked."""
     path = Path(checkpoint)
     info = read_info(path, purpose="serve")  # FileNotFoundError, or CheckpointError for a file that is not ours
@@ -33,14 +33,15 @@ def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optiona
     limit = config.block_size if max_prompt_tokens is None else max_prompt_tokens
     if not 1 <= limit <= config.block_size:
         raise ValueError(f"max_prompt_tokens must be in 1..{config.block_size} (the model's block_size), got {limit}")
-    if max_tokens < 1 or max_inputs < 1:
-        raise ValueError(f"max_tokens and max_inputs must be >= 1, got {max_tokens} and {max_inputs}")
+    if max_tokens < 1 or max_inputs < 1 or max_queue < 1:
+        raise ValueError(f"max_tokens, max_inputs and max_queue must be >= 1, got {max_tokens}, {max_inputs} and"
+                         f" {max_queue}")
     labels = None
     if task == "classification":
         labels = list(info.label_names) if info.label_names else [str(i) for i in range(info.num_classes)]
     return Served(name=name or path.stem, task=task, tokenizer=info.load_tokenizer(), config=config,
                   created=int(path.stat().st_mtime), max_prompt_tokens=limit, max_tokens=max_tokens,
-                  max_inputs=max_inputs, label_names=labels)
+                  max_inputs=max_inputs, label_names=labels, max_queue=max_queue)
 
 
 def serve(
@@ -54,6 +55,7 @@ def serve(
     max_prompt_tokens: Optional[int] = None,
     max_tokens: int = 256,
     max_inputs: int = 32,
+    max_queue: int = 256,
     max_batch_size: int = 8,
     batch_timeout: float = 0.005,
     workers: int = 1,
@@ -81,6 +83,8 @@ def serve(
             and marks them ``truncated``.
         max_tokens: most tokens one completion may ask for; also the default when a chat request names none.
         max_inputs: most texts in one /v1/classify request.
+        max_queue: most requests queued for or running on the model workers at once (across all of them); one
+            more is answered 429 at once, with ``Retry-After: 1``, instead of piling up.
         max_batch_size: most concurrent requests LitServe batches together: decoded together (generation) or
             padded into one forward pass (classification). 1 turns batching off.
         batch_timeout: seconds LitServe waits to fill a batch.
@@ -100,7 +104,7 @@ def serve(
         raise ValueError(f"--host {host} serves every network this machine is on, and no API key is set: pass"
                          " --api_key KEY or set $LIT_LLM_API_KEY, or pass --allow_public_without_key true to serve"
                          " without one")
-    served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs)
+    served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs, max_queue)
     store = FeedbackStore(feedback_store)
     folder = store.path.resolve().parent
     while not folder.exists():  # the store's folder is created on the first append: check where it would be

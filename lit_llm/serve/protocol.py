@@ -22,14 +22,18 @@ logger = logging.getLogger(__name__)
 class APIError(Exception):
     """An error answered as ``{"error": {message, type, param, code}}`` with an HTTP status, as OpenAI does."""
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None) -> None:
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
-def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                    headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status,
+                        headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
@@ -57,14 +61,14 @@ def install_error_handlers(app) -> None:
     """Answer schema errors with 400 (the OpenAI API's status for a bad request) and every error in OpenAI's shape."""
 
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error_response(exc.status, exc.message, exc.param, exc.code)
+        return _error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
         return _error_response(400, message, field, "invalid_request")
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(exc.status_code, str(exc.detail))
+        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     async def on_other(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error in %s", request.url.path)

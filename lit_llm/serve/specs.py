@@ -3,6 +3,7 @@ checked and tokenized here, in the front end, then queued for the worker (``_lit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -10,12 +11,15 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
-from fastapi.responses import StreamingResponse
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
 from lit_llm.serve._litserve_adapter import QueueSpec
+from lit_llm.serve.flow import Admission, CancelBoard, new_job_id
 from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ClassificationRequest, CompletionRequest,
                                     FeedbackRequest, _Sampling, chat_prompt)
 
@@ -38,6 +42,39 @@ class Served:
     max_tokens: int
     max_inputs: int
     label_names: Optional[list[str]] = None
+    max_queue: int = 256  # most requests admitted to the model workers at once; more get 429
+    max_prompt_chars: Optional[int] = None  # longer texts are never tokenized whole (see prompt_char_limit)
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_chars is None:
+            self.max_prompt_chars = prompt_char_limit(self.tokenizer, self.max_prompt_tokens)
+
+
+def prompt_char_limit(tok: Tokenizer, max_tokens: int) -> int:
+    """Characters beyond which a text cannot fit in ``max_tokens`` tokens, with a 4x margin: no token of the
+    vocabulary covers more than its own length in characters (a byte-level token's string has one character
+    per byte). Only a text made mostly of what the tokenizer drops (runs of whitespace, accents it strips) or of
+    very long unknown words could be longer and still fit; such a text is refused (or, to classify, cut)."""
+    longest = max((len(t) for t in tok.get_vocab()), default=1)
+    return max_tokens * max(1, longest) * 4
+
+
+class _Stream(StreamingResponse):
+    """A streamed answer that calls ``on_close()`` once it is over, whether sent to the end or cut short by a
+    client that went away (Starlette then cancels the stream)."""
+
+    def __init__(self, content, on_close, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()  # runs ``_sse``'s finally: the job's answers are released
+            finally:
+                self.on_close()
 
 
 class _Spec(QueueSpec):
@@ -46,6 +83,8 @@ class _Spec(QueueSpec):
     def __init__(self, served: Served, store: FeedbackStore, api_path: str) -> None:
         super().__init__()
         self.served, self.store, self.api_path = served, store, api_path
+        self.board = CancelBoard()  # jobs whose clients have gone: the model workers stop decoding them
+        self.admission = Admission(served.max_queue)
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/v1/feedback", self.feedback, ["POST"])
 
@@ -59,6 +98,17 @@ class _Spec(QueueSpec):
         if name and name != self.served.name:
             raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.served.name}'"
                            " (GET /v1/models)", "model", "model_not_found")
+
+    def admit(self) -> None:
+        """Count a request that goes to the model workers, or refuse it at once with 429 when ``max_queue`` are
+        already in (queued or running): a flood gets fast answers instead of piling up. Pair with ``leave``."""
+        if not self.admission.try_enter():
+            raise APIError(429, f"The server is busy: {self.served.max_queue} requests are already queued or running"
+                           " (serve --max_queue). Retry after a second.", code="server_busy",
+                           headers={"Retry-After": "1"})
+
+    def leave(self) -> None:
+        self.admission.leave()
 
     def tokenize(self, text: str, field: str) -> list[int]:
         try:
@@ -116,7 +166,10 @@ class CompletionSpec(_Spec):
 
     def _job(self, body: _Sampling, prompt: str, max_tokens: Optional[int], field: str) -> dict:
         s = self.served
-        self.check_model(body.model)
+        if len(prompt) > s.max_prompt_chars:  # too long to fit whatever it holds: not worth tokenizing
+            raise APIError(400, f"The prompt is {len(prompt)} characters, too long for this server's limit of"
+                           f" {s.max_prompt_tokens} tokens (serve --max_prompt_tokens, at most the model's block_size)."
+                           " Shorten the prompt.", field, "context_length_exceeded")
         ids = self.tokenize(prompt, field)
         if not ids:
             raise APIError(400, f"'{field}' is empty; send at least one character", field)
@@ -129,40 +182,60 @@ class CompletionSpec(_Spec):
         if max_tokens > s.max_tokens:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit of {s.max_tokens}"
                            " (serve --max_tokens)", "max_tokens")
-        return {"ids": ids, "max_tokens": max_tokens, "stop": body.stops(), "seed": body.seed,
+        return {"id": new_job_id(), "ids": ids, "max_tokens": max_tokens, "stop": body.stops(), "seed": body.seed,
                 "temperature": 1.0 if body.temperature is None else body.temperature,
                 "top_p": 1.0 if body.top_p is None else body.top_p, "stream": bool(body.stream)}
 
-    async def completions(self, body: CompletionRequest):
+    async def completions(self, body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise APIError(400, f"Send one prompt per request (got {len(prompts)})", "prompt")
         limit = body.max_tokens if body.max_tokens is not None else min(16, self.served.max_tokens)
-        job = self._job(body, prompts[0], limit, "prompt")
-        return await self._answer(job, body, chat=False)
+        return await self._answer(body, prompts[0], limit, "prompt", chat=False, request=request)
 
-    async def chat_completions(self, body: ChatCompletionRequest):
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        job = self._job(body, chat_prompt(body.messages), limit, "messages")
-        return await self._answer(job, body, chat=True)
+        return await self._answer(body, chat_prompt(body.messages), limit, "messages", chat=True, request=request)
 
-    async def _answer(self, job: dict, body: _Sampling, chat: bool):
-        uid, item = self.submit(job, streaming=True)
-        chunks = self._chunks(uid, item)
+    async def _answer(self, body: _Sampling, prompt: str, max_tokens: Optional[int], field: str, chat: bool,
+                      request: Optional[Request] = None):
+        self.check_model(body.model)
+        self.admit()
+        streaming = False
         try:
-            first = await chunks.__anext__()  # a queue timeout or a failed worker is still a plain HTTP error
-        except BaseException:
-            self.release(uid)
-            raise
-        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uid.hex[:24]}", "created": int(time.time()),
-                "model": self.served.name}
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._sse(first, chunks, meta, chat, include_usage), media_type="text/event-stream")
-        parts, last = [first["text"]], first
-        async for chunk in chunks:
-            parts.append(chunk["text"])
-            last = chunk
+            # tokenizing a long prompt takes a while: in a thread, so the event loop goes on serving others
+            job = await run_in_threadpool(self._job, body, prompt, max_tokens, field)
+            uid, item = self.submit(job, streaming=True)
+            chunks = self._chunks(uid, item)
+            try:  # a queue timeout or a failed worker is still a plain HTTP error
+                first = await self._unless_gone(chunks.__anext__(), request, job["id"])
+            except BaseException:
+                self.release(uid)
+                raise
+            if first is None:  # the client went away while its job waited or ran: nobody reads this
+                return Response(status_code=499)
+            meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uid.hex[:24]}", "created": int(time.time()),
+                    "model": self.served.name}
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                state = {"finished": False}  # set by _sse once the worker has sent the job's last message
+
+                def on_close() -> None:
+                    if not state["finished"]:  # the client went away: the worker stops decoding this job
+                        self.board.cancel(job["id"])
+                    self.leave()
+
+                events = self._sse(first, chunks, meta, chat, include_usage, state)
+                streaming = True  # from here the stream leaves the queue when it closes
+                return _Stream(events, on_close, media_type="text/event-stream")
+            rest = await self._unless_gone(self._rest(chunks), request, job["id"])
+            if rest is None:  # the client went away: nobody reads this
+                return Response(status_code=499)
+            parts = [first["text"]] + [c["text"] for c in rest]
+            last = rest[-1] if rest else first
+        finally:
+            if not streaming:
+                self.leave()
         text = "".join(parts)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": last["finish_reason"]}
@@ -170,6 +243,28 @@ class CompletionSpec(_Spec):
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last["finish_reason"]}
         return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
                 "usage": last["usage"]}
+
+    @staticmethod
+    async def _rest(chunks: AsyncIterator[dict]) -> list[dict]:
+        return [chunk async for chunk in chunks]
+
+    async def _unless_gone(self, work, request: Optional[Request], job_id: int, every: float = 0.25):
+        """Await a job's answer(s), checking every ``every`` s whether its client is still there (once the answer
+        streams, Starlette tells ``_Stream`` instead). If it has gone, the worker stops the job and this returns
+        None."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=every)
+                if done:
+                    return task.result()
+                if request is not None and await request.is_disconnected():
+                    self.board.cancel(job_id)
+                    return None
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)  # runs _chunks' finally: the job is released
 
     async def _chunks(self, uid: uuid.UUID, item) -> AsyncIterator[dict]:
         try:
@@ -184,7 +279,7 @@ class CompletionSpec(_Spec):
             self.release(uid)
 
     async def _sse(self, first: dict, chunks: AsyncIterator[dict], meta: dict, chat: bool,
-                   include_usage: bool) -> AsyncIterator[str]:
+                   include_usage: bool, state: dict) -> AsyncIterator[str]:
         kind = "chat.completion.chunk" if chat else "text_completion"
 
         def event(choices: list, usage: Optional[dict] = None) -> str:
@@ -203,6 +298,7 @@ class CompletionSpec(_Spec):
                 yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
             chunk = first
             while True:
+                state["finished"] = "usage" in chunk
                 yield event([choice(chunk["text"], chunk.get("finish_reason"))])
                 if "usage" in chunk:
                     if include_usage:
@@ -210,7 +306,10 @@ class CompletionSpec(_Spec):
                     break
                 chunk = await chunks.__anext__()
         except APIError as e:
+            state["finished"] = True  # the worker failed: nothing left to stop
             yield f"data: {json.dumps({'error': {'message': e.message, 'type': 'server_error', 'code': e.code}})}\n\n"
+        finally:
+            await chunks.aclose()
         yield "data: [DONE]\n\n"
 
 
@@ -226,6 +325,20 @@ class ClassifySpec(_Spec):
 
         self.frame_examples = frame_examples
 
+    def _frame(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Each text's ids cut to max_prompt_tokens as training cuts to data.max_length ([EOS] / [CLS] [SEP]
+        kept), and whether it was cut."""
+        s = self.served
+        heads = [t[: s.max_prompt_chars] for t in texts]
+        try:
+            full = self.frame_examples(s.tokenizer, heads, s.config.causal, max_length=1 << 30)
+        except Exception:  # characters the vocabulary lacks: name the text and the characters
+            for i, text in enumerate(heads):
+                self.tokenize(text, f"input[{i}]")
+            raise
+        rows = self.frame_examples(s.tokenizer, heads, s.config.causal, max_length=s.max_prompt_tokens)
+        return rows, [len(t) > len(h) or len(f) > len(r) for t, h, f, r in zip(texts, heads, full, rows)]
+
     async def classify(self, body: ClassificationRequest) -> dict:
         s = self.served
         self.check_model(body.model)
@@ -233,18 +346,18 @@ class ClassifySpec(_Spec):
         if not 1 <= len(texts) <= s.max_inputs:
             raise APIError(400, f"'input' takes 1 to {s.max_inputs} texts per request (serve --max_inputs), got"
                            f" {len(texts)}", "input")
-        try:  # cut to max_prompt_tokens as training cuts to data.max_length, with [EOS] / [CLS] [SEP] kept
-            full = self.frame_examples(s.tokenizer, texts, s.config.causal, max_length=1 << 30)
-        except Exception:  # characters the vocabulary lacks: name the text and the characters
-            for i, text in enumerate(texts):
-                self.tokenize(text, f"input[{i}]")
-            raise
-        rows = self.frame_examples(s.tokenizer, texts, s.config.causal, max_length=s.max_prompt_tokens)
-        uid, item = self.submit({"ids": rows}, streaming=False)
+        self.admit()
         try:
-            response, failed = await self.output(item)
+            # a text beyond the character bound cannot fit: only its first max_prompt_chars characters are
+            # tokenized (it is truncated either way); in a thread, so the event loop goes on serving others
+            rows, truncated = await run_in_threadpool(self._frame, texts)
+            uid, item = self.submit({"ids": rows}, streaming=False)
+            try:
+                response, failed = await self.output(item)
+            finally:
+                self.release(uid)
         finally:
-            self.release(uid)
+            self.leave()
         if failed:
             _raise_worker_error(response)
         names = s.label_names
@@ -252,7 +365,7 @@ class ClassifySpec(_Spec):
         for i, probs in enumerate(response["probs"]):
             k = max(range(len(probs)), key=probs.__getitem__)
             data.append({"index": i, "label": names[k], "label_id": k, "probs": dict(zip(names, probs)),
-                         "truncated": len(full[i]) > len(rows[i])})
+                         "truncated": truncated[i]})
         n_tokens = sum(len(r) for r in rows)
         return {"object": "list", "model": s.name, "data": data, "batch_requests": response["batch_requests"],
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}

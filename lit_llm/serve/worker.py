@@ -7,8 +7,9 @@ which brings Lightning) is imported in the worker's ``setup``, so that importing
 
 from __future__ import annotations
 
+import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterator, Optional, Union
 
 import litserve as ls
 import torch
@@ -20,6 +21,8 @@ from lit_llm.serve.protocol import APIError, _held_back
 
 if TYPE_CHECKING:
     from lit_llm.serve.specs import ClassifySpec, CompletionSpec
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -69,6 +72,10 @@ class CompletionText:
         full = self.tok.decode(self.prompt + self.ids)
         return full[len(self.prefix) :] if full.startswith(self.prefix) else self.tok.decode(self.ids)
 
+    def cancel(self) -> None:
+        """The client has gone: the completion ends here, with nothing more to send."""
+        self.finish = "cancelled"
+
     def _end(self, reason: str) -> dict[str, Any]:
         self.finish = reason
         usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.sampled,
@@ -83,18 +90,45 @@ def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> C
         generator.seed()
     else:
         generator.manual_seed(seed)
+    # logits are sampled in float32: a positive temperature or top_p below its smallest normal number (5e-324 from
+    # a client) would round to 0 there and give NaN probabilities; at the smallest normal both mean greedy
+    tiny = torch.finfo(torch.float32).tiny
+    temperature = temperature if temperature == 0 else max(temperature, tiny)
+    top_p = max(top_p, tiny)
     return lambda logits: sample_next(logits, temperature, None, top_p if top_p < 1 else None, generator)
+
+
+Cancelled = Callable[[], Container[int]]  # the ids of the jobs whose clients have gone (CancelBoard.cancelled)
+
+
+def _stop_gone(states: list[CompletionText], job_ids: list[Optional[int]], cancelled: Optional[Cancelled]) -> None:
+    """End the completions whose clients have gone, and log how far each got."""
+    if cancelled is None:
+        return
+    gone = cancelled()
+    for state, job_id in zip(states, job_ids):
+        if not state.done and job_id is not None and job_id in gone:
+            state.cancel()
+            logger.warning("client gone: stopped job %x after %d of %d tokens", job_id, state.sampled, state.max_tokens)
 
 
 def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, temperature: float = 1.0,
                       top_p: float = 1.0, stops: Optional[list[str]] = None, seed: Optional[int] = None,
-                      use_cache: bool = True) -> Iterator[dict[str, Any]]:
+                      use_cache: bool = True, job_id: Optional[int] = None,
+                      cancelled: Optional[Cancelled] = None) -> Iterator[dict[str, Any]]:
     """One completion after ``ids``, as ``CompletionText`` messages (empty ones left out). Past
-    ``block_size`` the context slides (``iter_tokens``)."""
+    ``block_size`` the context slides (``iter_tokens``). It stops, silently, once ``cancelled()`` holds
+    ``job_id`` (checked before each token)."""
     state = CompletionText(tok, ids, max_tokens, stops)
+    _stop_gone([state], [job_id], cancelled)
+    if state.done:
+        return
     device = next(model.parameters()).device
     sample = _sampler(temperature, top_p, seed, device)
     for token in iter_tokens(model, torch.tensor([ids], device=device), max_tokens, use_cache=use_cache, sample=sample):
+        _stop_gone([state], [job_id], cancelled)
+        if state.done:
+            return
         message = state.push(int(token))
         if message:
             yield message
@@ -102,12 +136,18 @@ def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, te
             return
 
 
-def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True) -> Iterator[list[dict[str, Any]]]:
+def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True,
+                 cancelled: Optional[Cancelled] = None) -> Iterator[list[dict[str, Any]]]:
     """Several completions decoded together (``iter_batch_tokens``): per step, one message per job (``{}`` for
     nothing new or a finished job). Each job samples with its own settings and seed, so its tokens are those
-    it would get alone. Stops early once every job has ended."""
+    it would get alone. A job whose ``id`` is in ``cancelled()`` (checked before each step) ends with nothing
+    more to send. Stops early once every job has ended."""
     device = next(model.parameters()).device
     states = [CompletionText(tok, j["ids"], j["max_tokens"], j["stop"]) for j in jobs]
+    job_ids = [j.get("id") for j in jobs]
+    _stop_gone(states, job_ids, cancelled)
+    if all(st.done for st in states):
+        return
     samplers = [_sampler(j["temperature"], j["top_p"], j["seed"], device) for j in jobs]
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
@@ -116,6 +156,7 @@ def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True
     pad = tok.token_to_id("[PAD]") or 0
     steps = max(j["max_tokens"] for j in jobs)
     for tokens in iter_batch_tokens(model, [j["ids"] for j in jobs], steps, sample, use_cache, pad):
+        _stop_gone(states, job_ids, cancelled)
         yield [{} if st.done else st.push(int(t)) for st, t in zip(states, tokens.tolist())]
         if all(st.done for st in states):
             return
@@ -173,12 +214,13 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
 
     def _one(self, job: dict) -> Iterator[dict]:
         return stream_completion(self.model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
-                                 job["top_p"], job["stop"], job["seed"], self.use_cache)
+                                 job["top_p"], job["stop"], job["seed"], self.use_cache, job.get("id"),
+                                 self.spec.board.cancelled)
 
     def _steps(self, jobs: list[dict]) -> Iterator[list[dict]]:
-        """Per step, one message per job."""
+        """Per step, one message per job. A job whose client has gone (the spec's ``CancelBoard``) stops there."""
         if len(jobs) > 1 and _fits_together(jobs, self.model.config.block_size):
-            yield from stream_batch(self.model, self.tokenizer, jobs, self.use_cache)
+            yield from stream_batch(self.model, self.tokenizer, jobs, self.use_cache, self.spec.board.cancelled)
             return
         for i, job in enumerate(jobs):
             for message in self._one(job):

@@ -1,0 +1,250 @@
+"""Faults injected into the server (``lit_llm serve``): a client that goes away mid-stream, a flood beyond
+``--max_queue``, a huge prompt, and requests generated from the server's own OpenAPI schema (fuzzing)."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import cli_env
+from lit_llm.data.tokenizer import encode
+from lit_llm.feedback import FeedbackStore
+from lit_llm.serve import ClassifySpec, CompletionSpec, GenerationAPI, read_served, stream_batch, stream_completion
+from lit_llm.serve.flow import Admission, CancelBoard
+from server_process import ServerProcess
+from test_finetune import write_lm_checkpoint
+
+
+def _error(r: httpx.Response) -> dict:
+    body = r.json()
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
+    return body["error"]
+
+
+def _wait_for(path: Path, text: str, timeout: float = 60, count: int = 1) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = path.read_text(errors="replace")
+        if log.count(text) >= count:
+            return log
+        time.sleep(0.2)
+    tail = path.read_text(errors="replace")[-3000:]
+    raise AssertionError(f"{text!r} not in the server log within {timeout} s:\n{tail}")
+
+
+# ---------------------------------------------------------------------------------------------- no server
+def test_cancel_board_and_admission_are_shared_counters():
+    board = CancelBoard(size=4)
+    assert not board.cancelled()
+    for i in range(1, 4):
+        board.cancel(i)
+    assert board.cancelled() == {1, 2, 3}
+    for i in range(4, 10):  # the ring keeps the last 4
+        board.cancel(i)
+    assert {6, 7, 8, 9} <= board.cancelled()
+    admission = Admission(2)
+    assert admission.try_enter() and admission.try_enter() and not admission.try_enter()
+    admission.leave()
+    assert admission.count == 1 and admission.try_enter()
+
+
+def test_the_worker_stops_decoding_a_cancelled_job(tmp_path):
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    served = read_served(str(ckpt), None, None, 64, 8)
+    api = GenerationAPI(str(ckpt), CompletionSpec(served, FeedbackStore(tmp_path / "fb.jsonl")))
+    api.setup("cpu")
+    tok, board = api.tokenizer, api.spec.board
+
+    def job(i, max_tokens=40):
+        return {"id": i, "ids": encode(tok, "the film"), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
+                "stop": [], "seed": None, "stream": True}
+
+    # in a batch: job 1 is cancelled after 3 steps, the others go on to their end
+    steps = []
+    for step in stream_batch(api.model, tok, [job(1), job(2, 10)], cancelled=board.cancelled):
+        steps.append(step)
+        if len(steps) == 3:
+            board.cancel(1)
+    assert len([s for s in steps if s[0]]) <= 3  # nothing more for job 1 once cancelled
+    assert "usage" in [s[1] for s in steps if s[1]][-1]  # job 2 ended normally
+    assert len(steps) == 10  # and the batch ended with it, not at job 1's 40 tokens
+    # alone (the worker's path past block_size too): a cancelled job stops, and one cancelled before it starts
+    # never runs
+    out = []
+    for message in stream_completion(api.model, tok, encode(tok, "it"), 500, temperature=0, job_id=3,
+                                     cancelled=board.cancelled):
+        out.append(message)
+        if len(out) == 2:
+            board.cancel(3)
+    assert len(out) == 2 and "usage" not in out[-1]
+    assert list(api.predict(job(1))) == []
+    assert list(api.predict([job(1), job(3)])) == []
+
+
+@pytest.mark.parametrize("temperature, top_p", [(5e-324, 1.0), (1.0, 5e-324), (1e-40, 1e-45)])
+def test_subnormal_temperature_and_top_p_sample_greedily(temperature, top_p):
+    """Found by the fuzzing below: 5e-324 rounds to 0 in float32 and gave NaN probabilities (a 500)."""
+    import torch
+
+    from lit_llm.serve.worker import _sampler
+
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
+    sample = _sampler(temperature, top_p, 1, "cpu")
+    assert [sample(logits[r : r + 1]).item() for r in range(4)] == logits.argmax(-1).tolist()
+
+
+def test_a_huge_text_is_never_tokenized_whole(tmp_path):
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    served = read_served(str(ckpt), None, 48, 8, 8)
+    assert 48 <= served.max_prompt_chars < 48 * 100
+    spec = ClassifySpec(served, FeedbackStore(tmp_path / "fb.jsonl"))
+    huge = "the film " * 600_000  # 5.4 MB
+    start = time.monotonic()
+    rows, truncated = spec._frame(["a good film", huge])
+    assert time.monotonic() - start < 5  # generous: the whole text would take far longer
+    assert truncated == [False, True] and len(rows[1]) == 48
+    assert rows[1] == spec._frame(["the film " * 60])[0][0]  # the same cut as a text just over the limit
+
+
+# ---------------------------------------------------------------------------------------------- a server
+@pytest.fixture(scope="module")
+def lm_ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    return write_lm_checkpoint(tmp / "lm.ckpt"), tmp
+
+
+def _stream_first_chunk(client: httpx.Client, url: str, body: dict):
+    """Open a streamed completion and read its first event; the caller closes it (the client going away). The
+    line iterator is kept with it: dropping it would close the connection."""
+    cm = client.stream("POST", url, json={**body, "stream": True})
+    r = cm.__enter__()
+    assert r.status_code == 200, r.read()
+    lines = r.iter_lines()
+    for line in lines:
+        if line.startswith("data: "):
+            assert json.loads(line[6:])["choices"]
+            break
+    return cm, lines
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_frees_the_worker(lm_ckpt):
+    ckpt, tmp = lm_ckpt
+    log = tmp / "disconnect.log"
+    args = ["--max_tokens", "100000", "--feedback_store", str(tmp / "fb.jsonl")]
+    with ServerProcess(ckpt, args, env=cli_env(tmp), log=log) as server:
+        url = f"{server.base_url}/v1/completions"
+        with httpx.Client(timeout=60) as client:
+            stream, _ = _stream_first_chunk(client, url, {"prompt": "the film", "max_tokens": 100000, "temperature": 0})
+            time.sleep(1)  # still streaming: nothing is stopped while the client is there
+            assert "client gone" not in log.read_text(errors="replace")
+            stream.__exit__(None, None, None)  # close the connection after the first chunk
+        # the worker stops that job (decoding it to the end would take minutes) and serves the next at once
+        text = _wait_for(log, "client gone: stopped job")
+        line = next(ln for ln in text.splitlines() if "client gone" in ln)
+        done = int(line.split(" after ")[1].split(" of ")[0])
+        assert done < 10_000 and "of 100000 tokens" in line
+        r = httpx.post(url, json={"prompt": "the film", "max_tokens": 5, "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        # a client that does not stream and gives up waiting: the front end sees it gone and stops its job too
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json={"prompt": "the film", "max_tokens": 100000, "temperature": 0}, timeout=2)
+        text = _wait_for(log, "client gone", count=2)
+        line = [ln for ln in text.splitlines() if "client gone" in ln][1]
+        assert int(line.split(" after ")[1].split(" of ")[0]) < 50_000
+        r = httpx.post(url, json={"prompt": "the film", "max_tokens": 5, "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.slow
+def test_a_flood_beyond_max_queue_gets_fast_429s_and_a_huge_prompt_a_fast_400(lm_ckpt):
+    ckpt, tmp = lm_ckpt
+    args = ["--max_tokens", "100000", "--max_queue", "2", "--max_prompt_tokens", "48",
+            "--max_payload_bytes", str(16 << 20), "--feedback_store", str(tmp / "fb.jsonl")]
+    with ServerProcess(ckpt, args, env=cli_env(tmp), log=tmp / "flood.log") as server:
+        url = f"{server.base_url}/v1/completions"
+        # a 5 MB prompt: refused by its length in characters, without tokenizing it
+        start = time.monotonic()
+        r = httpx.post(url, json={"prompt": "the film " * 600_000, "max_tokens": 4}, timeout=60)
+        assert r.status_code == 400 and time.monotonic() - start < 20
+        err = _error(r)
+        assert err["code"] == "context_length_exceeded" and "48 tokens" in err["message"]
+        # a long stream runs and a second request waits behind it: the queue (2) is full. A flood of 24
+        # concurrent requests then gets 429s at once
+        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(max_workers=25) as pool:
+            stream, _ = _stream_first_chunk(client, url, {"prompt": "the film", "max_tokens": 100000, "temperature": 0})
+            short = {"prompt": "the film", "max_tokens": 5, "temperature": 0}
+            waiting = pool.submit(httpx.post, url, json=short, timeout=120)
+            time.sleep(1)  # generous: for the second request to be queued
+
+            def one(i):
+                t = time.monotonic()
+                kind = "/v1/chat/completions" if i % 2 else "/v1/completions"
+                body = {"messages": [{"role": "user", "content": "hi"}]} if i % 2 else {"prompt": "x"}
+                resp = httpx.post(f"{server.base_url}{kind}", json={**body, "max_tokens": 4}, timeout=60)
+                return resp, time.monotonic() - t
+
+            results = list(pool.map(one, range(24)))
+            for resp, seconds in results:
+                assert resp.status_code == 429, resp.text
+                assert resp.headers["retry-after"] == "1" and seconds < 20
+                err = _error(resp)
+                assert err["code"] == "server_busy" and "--max_queue" in err["message"]
+            assert httpx.get(f"{server.base_url}/health").status_code == 200  # /health is not queued
+            assert not waiting.done()
+            stream.__exit__(None, None, None)  # the stream's client goes: the queued request runs
+            queued = waiting.result()
+            assert queued.status_code == 200 and queued.json()["usage"]["completion_tokens"] == 5
+        # both have left the queue: requests are served again
+        r = httpx.post(url, json={"prompt": "the film", "max_tokens": 5, "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.slow
+def test_fuzzing_every_endpoint_from_its_openapi_schema_finds_no_5xx(lm_ckpt):
+    """Requests generated by schemathesis from the server's /openapi.json, valid and invalid ones, at least
+    1,000 in all: none gets a 5xx or hangs, and the server serves normally afterwards."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    ckpt, tmp = lm_ckpt
+    args = ["--max_tokens", "8", "--feedback_store", str(tmp / "fuzz.jsonl")]
+    with ServerProcess(ckpt, args, env=cli_env(tmp), log=tmp / "fuzz.log") as server:
+        schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        paths = {op.path for op in operations}
+        assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/feedback", "/health"} <= paths
+        sent, failures = [], []
+
+        def fuzz(op, mode: str) -> None:
+            @settings(max_examples=250, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
+            def check(case):
+                response = case.call(base_url=server.base_url, timeout=30)
+                sent.append((op.method, op.path, response.status_code))
+                if response.status_code >= 500:
+                    failures.append((op.method, op.path, response.status_code, case.body, response.text[:300]))
+
+            try:
+                check()
+            except Unsatisfiable:  # a GET without parameters has no invalid form
+                assert mode == "negative" and op.method.upper() == "GET", op.path
+
+        for op in operations:
+            for mode in ("positive", "negative"):
+                fuzz(op, mode)
+        counts = {}
+        for method, path, _ in sent:
+            counts[f"{method.upper()} {path}"] = counts.get(f"{method.upper()} {path}", 0) + 1
+        statuses = sorted({code for _, _, code in sent})
+        print(f"fuzzing: {len(sent)} requests ({counts}), statuses {statuses}, {len(failures)} 5xx")
+        assert len(sent) >= 1000 and not failures, failures[:5]
+        assert httpx.get(f"{server.base_url}/health").status_code == 200
+        short = {"prompt": "the film", "max_tokens": 5, "temperature": 0}
+        r = httpx.post(f"{server.base_url}/v1/completions", json=short, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
