@@ -93,3 +93,28 @@ def test_non_finite_weights_are_never_written(small_corpus, tmp_path):
     with pytest.raises(NonFiniteError, match="is not finite at step 2; not writing"):
         trainer.save_checkpoint(tmp_path / "bad.ckpt")
     assert not (tmp_path / "bad.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_under_pipeline_parallelism_every_stage_skips_the_same_step(tmp_path, small_corpus):
+    """A NaN in one stage's gradient: both stages skip that step (their norms are summed over the stages)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_env
+
+    env = dict(cli_env(tmp_path), PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/debug.yaml", "--config",
+           "configs/model/debug-llama.yaml", "--config", "configs/strategy/pp.yaml", "--trainer.devices", "2",
+           "--data.corpus", str(small_corpus), "--trainer.max_steps", "6", "--trainer.logger", "false",
+           "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
+           "--trainer.default_root_dir", str(tmp_path / "run"),
+           "--trainer.callbacks+=nan_injection.PoisonOneRank", "--trainer.callbacks.rank=1",
+           "--trainer.callbacks.step=3"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert f"rank {rank} skipped=1" in out, out[-3000:]
+        assert f"rank {rank} step 3 unchanged=True" in out, out[-3000:]

@@ -2,10 +2,10 @@
 
 One NaN in a loss or a gradient, clipped with ``error_if_nonfinite=False`` (Lightning's default), turns every
 weight into NaN, and the next checkpoint saves them. Here the gradient norm is checked before each optimizer
-step (after the gradients are reduced over processes, before clipping). A non-finite norm drops every
-gradient, so AdamW leaves the weights and its moments untouched for that step (the step is still counted and
-the LR schedule advances, as with AMP's gradient scaler); ``max_consecutive`` such steps in a row stop the
-run with an error naming the step. A checkpoint is never written with a non-finite weight.
+step, after the gradients are reduced over processes (and summed over pipeline stages, so every stage makes
+the same decision). A non-finite norm drops every gradient, so AdamW leaves the weights and its moments
+untouched for that step (the step is still counted and the LR schedule advances, as with AMP's gradient
+scaler); ``max_consecutive`` such steps in a row stop the run with an error naming the step. A checkpoint is never written with a non-finite weight.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ class NonFiniteGuard(L.Callback):
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         norm = grad_norm(params)
+        pipeline = getattr(pl_module, "pipeline", None)
+        if pipeline is not None:  # each stage holds its own blocks' gradients: every stage decides on the same norm
+            squared = norm.pow(2)
+            torch.distributed.all_reduce(squared, group=pipeline.group)
+            norm = squared.sqrt()
         if torch.isfinite(norm):
             self.consecutive = 0
             return
