@@ -10,17 +10,13 @@ Remote paths (s3://, gs://, ...) keep Lightning's own write.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from fsspec.implementations.local import LocalFileSystem
 
-from lit_llm.callbacks.preemption import TMP_PREFIX
-from lit_llm.io import fsync_path
+from lit_llm.checkpoint import torch_save_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,16 +25,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # an error, not a kill: nothing is left behind
-            raise
-        fsync_path(path.parent)
+        torch_save_atomic(checkpoint, path)

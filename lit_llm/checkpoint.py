@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 import torch
 
 KEY = "lit_llm"  # the checkpoint entry this module owns
+TMP_PREFIX = ".lit_llm-tmp-"  # checkpoints being written; stale ones are swept when a run starts
 Task = Literal["language_model", "classification"]
 WEIGHT_PREFIX: dict[str, str] = {"language_model": "model.", "classification": "backbone."}
 
@@ -213,22 +214,33 @@ def attach(checkpoint: dict[str, Any], info: CheckpointInfo) -> None:
     checkpoint[KEY] = info.to_dict()
 
 
-def save(path: str | Path, state_dict: dict[str, torch.Tensor], info: CheckpointInfo,
-         **entries: Any) -> Path:
-    """Write a checkpoint file: ``state_dict`` (with its prefixes), ``info`` and any other top-level entries.
-    Written to a temporary name, synced and renamed: never a half-written file under the final name."""
+def torch_save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``TMP_PREFIX + name`` beside ``path``, fsync, rename, then sync the folder: a reader sees
+    the old file or the whole new one. A kill leaves only the temporary name, which a run's start sweeps
+    (``lit_llm.callbacks.preemption.sweep_stale_temps``)."""
+    from lit_llm.io import fsync_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({**entries, "state_dict": state_dict, KEY: info.to_dict()}, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # an error, not a kill: nothing is left behind
+        raise
+    fsync_path(path.parent)
     return path
+
+
+def save(path: str | Path, state_dict: dict[str, torch.Tensor], info: CheckpointInfo,
+         **entries: Any) -> Path:
+    """Write a checkpoint file: ``state_dict`` (with its prefixes), ``info`` and any other top-level entries,
+    atomically (``torch_save_atomic``)."""
+    return torch_save_atomic({**entries, "state_dict": state_dict, KEY: info.to_dict()}, path)
 
 
 # ---------------------------------------------------------------------------------------------- resuming

@@ -26,8 +26,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_llm.checkpoint import TMP_PREFIX
 
-TMP_PREFIX = ".lit_llm-tmp-"  # checkpoints being written; stale ones are swept when a run starts
 
 
 def sweep_stale_temps(*folders: str | Path) -> list[Path]:
