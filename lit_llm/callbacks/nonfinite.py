@@ -16,18 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_llm.parallel.pipeline import grad_norm
+
 
 class NonFiniteError(RuntimeError):
     """Training produced non-finite values that skipping steps did not get past."""
-
-
-def grad_norm(parameters) -> torch.Tensor:
-    """The total L2 norm of the gradients, the same on every process (a DTensor's is gathered)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 class NonFiniteGuard(L.Callback):
@@ -49,12 +42,8 @@ class NonFiniteGuard(L.Callback):
         if not self.enabled:
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = grad_norm(params)
-        pipeline = getattr(pl_module, "pipeline", None)
-        if pipeline is not None:  # each stage holds its own blocks' gradients: every stage decides on the same norm
-            squared = norm.pow(2)
-            torch.distributed.all_reduce(squared, group=pipeline.group)
-            norm = squared.sqrt()
+        pipeline = getattr(pl_module, "pipeline", None)  # stages combine their norms: every stage decides alike
+        norm = grad_norm(params, pipeline.group if pipeline is not None else None)
         if torch.isfinite(norm):
             self.consecutive = 0
             return

@@ -87,15 +87,28 @@ def build_schedule(stage_module: nn.Module, stage: int, num_stages: int, device:
 
 
 @torch.no_grad()
+def grad_norm(parameters, group=None) -> torch.Tensor:
+    """The total L2 norm of the gradients, the same on every process: a DTensor's is gathered, and with a
+    pipeline ``group`` the stages' norms are combined (each process holds only its stage's gradients)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        norm = torch.zeros(())
+    else:
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if hasattr(norm, "full_tensor"):  # FSDP's and TP's DTensor gradients
+            norm = norm.full_tensor()
+    if group is not None:
+        squared = norm.pow(2)
+        torch.distributed.all_reduce(squared, group=group)
+        norm = squared.sqrt()
+    return norm
+
+
+@torch.no_grad()
 def clip_across_stages(parameters, max_norm: float, group) -> torch.Tensor:
     """Clip gradients by the global norm over every stage's parameters (each process sees only its stage),
     as ``clip_grad_norm_`` does on one process. Returns the total norm."""
     params = [p for p in parameters if p.grad is not None]
-    local = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
-    if hasattr(local, "full_tensor"):  # FSDP's DTensor gradients
-        local = local.full_tensor()
-    squared = local.pow(2)
-    torch.distributed.all_reduce(squared, group=group)
-    total = squared.sqrt()
+    total = grad_norm(params, group)
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
