@@ -45,9 +45,12 @@ def fit_command(out: Path, corpus: Path, steps: int, devices: int) -> list[str]:
     return cmd
 
 
-def run(cmd: list[str], env: dict, kill_after: float | None, log, watch: Path | None = None) -> tuple[int, float, float]:
-    """Run ``cmd`` in its own process group; SIGKILL the whole group after ``kill_after`` seconds. Returns the
-    exit code, the wall time and when ``watch`` (a first checkpoint) appeared."""
+def run(cmd: list[str], env: dict, kill_after: float | None, log, watch: Path | None = None,
+        kill_at: tuple[Path, int, float] | None = None) -> tuple[int, float, float]:
+    """Run ``cmd`` in its own process group; SIGKILL the whole group after ``kill_after`` seconds, or
+    ``kill_at = (folder, step, delay)``: ``delay`` seconds after a checkpoint of that step or later appears in
+    ``folder``, whichever comes first. Returns the exit code, the wall time and when ``watch`` (a first
+    checkpoint) appeared."""
     t0 = time.monotonic()
     seen = float("nan")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -55,12 +58,20 @@ def run(cmd: list[str], env: dict, kill_after: float | None, log, watch: Path | 
         now = time.monotonic() - t0
         if watch is not None and seen != seen and watch.exists():
             seen = now
+        if kill_at is not None and any(_step_of(p) >= kill_at[1] for p in kill_at[0].glob("step*.ckpt")):
+            kill_after = min(kill_after if kill_after is not None else float("inf"), now + kill_at[2])
+            kill_at = None
         if kill_after is not None and now >= kill_after:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             break
         time.sleep(0.01)
     return proc.returncode, time.monotonic() - t0, seen
+
+
+def _step_of(path: Path) -> int:
+    digits = path.stem.removeprefix("step")
+    return int(digits) if digits.isdigit() else -1
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -87,16 +98,20 @@ def kill_and_resume(work: Path, corpus: Path, kills: int, devices: int = 1, step
         if newest is not None:
             read_info(newest)  # the newest checkpoint on disk always loads
             step = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-        kill_after = None
-        if survived < kills:  # anywhere from the middle of start-up to near the end of the steps left
-            left = t_train * (steps - step) / steps
-            kill_after = rng.uniform(0.5 * t_first, t_first + 0.7 * left)
-        code, _, _ = run(fit_command(out, corpus, steps, devices), env, kill_after, log)
+        kill_after, kill_at = None, None
+        if survived < kills and step + 6 <= steps:
+            # anywhere from the middle of start-up on, and at the latest a moment (up to one step's time, so
+            # inside a save too) after a random later checkpoint appears: every rerun is killed before its end
+            kill_after = rng.uniform(0.5 * t_first, t_first + t_train * (steps - step) / steps)
+            # the kills left share the steps left, so each one has room
+            last = step + 2 + max(1, (steps - 6 - step) // (kills - survived))
+            kill_at = (out / "checkpoints", rng.randrange(step + 2, last), rng.uniform(0, t_train / steps))
+        code, _, _ = run(fit_command(out, corpus, steps, devices), env, kill_after, log, kill_at=kill_at)
         restarts += 1
         if code == -signal.SIGKILL:
             survived += 1
             inside += bool(list(out.glob(".lit_llm-tmp-*")) + list((out / "checkpoints").glob(".lit_llm-tmp-*")))
-        elif code == 0:  # the end (a run that finishes before its kill ends it too: fewer kills are reported)
+        elif code == 0:  # the end
             done = True
         else:
             raise RuntimeError(f"a resumed run failed with exit code {code}; see {work / 'runs.log'}")

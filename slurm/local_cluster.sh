@@ -86,8 +86,8 @@ for i in $(seq 1 "$NODES"); do
   slurmd -N "node$i" -f "$SLURM_CONF"
 done
 
-# ready when every node is idle
-for _ in $(seq 1 60); do
+# ready when every node is idle (a loaded machine can take a while)
+for _ in $(seq 1 180); do
   if [ "$(sinfo -h -o '%t' -N 2>/dev/null | grep -c idle)" -ge "$NODES" ]; then
     echo "export SLURM_CONF=$SLURM_CONF"
     exit 0
@@ -96,4 +96,9 @@ for _ in $(seq 1 60); do
 done
 echo "the local SLURM cluster did not come up; see $DIR/log" >&2
 sinfo -N >&2 || true
+for f in "$DIR"/log/*.log; do
+  echo "--- $f (last lines)" >&2
+  tail -n 15 "$f" >&2 || true
+done
+stop
 exit 1

@@ -33,18 +33,34 @@ pytestmark = pytest.mark.skipif(
 STEPS = 300  # long enough (a few seconds) for the signal to land mid-run
 
 
-def _free_port_base() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1] // 10 * 10
+def _free_port_base(nodes: int) -> int:
+    """A base port such that the controller's port and every fake node's (base + i) are free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1] // 10 * 10
+        try:
+            for port in range(base, base + nodes + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free run of ports for the local SLURM cluster")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    """A local cluster of 2 fake nodes. A start that fails (a port taken between the check and the bind, a
+    slow machine) is retried on new ports; the script prints the daemons' logs when it gives up."""
     state = tmp_path_factory.mktemp("slurm")
     env = cli_env(state)
-    env.update(LIT_LLM_SLURM_DIR=str(state), LIT_LLM_SLURM_PORT=str(_free_port_base()))
-    up = subprocess.run(["bash", str(SCRIPT), "start", "2"], env=env, capture_output=True, text=True, timeout=600)
+    env["LIT_LLM_SLURM_DIR"] = str(state)
+    for _attempt in range(3):
+        env["LIT_LLM_SLURM_PORT"] = str(_free_port_base(2))
+        up = subprocess.run(["bash", str(SCRIPT), "start", "2"], env=env, capture_output=True, text=True, timeout=600)
+        if up.returncode == 0:
+            break
     assert up.returncode == 0, f"local SLURM cluster did not start:\n{up.stdout}\n{up.stderr}"
     env["SLURM_CONF"] = str(state / "slurm.conf")
     yield env
