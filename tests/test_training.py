@@ -81,12 +81,13 @@ def test_golden_loss_sequence_of_the_debug_config(small_corpus):
     assert rec.losses == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.parametrize(("every_n", "dropout"), [(5, 0.0), (5, 0.1), (8, 0.0)])
-def test_resumed_run_matches_an_uninterrupted_one(small_corpus, tmp_path, every_n, dropout):
+@pytest.mark.parametrize(("every_n", "dropout", "optimizer"), [(5, 0.0, "adamw"), (5, 0.1, "adamw"), (8, 0.0, "adamw"),
+                                                             (5, 0.0, "muon")])
+def test_resumed_run_matches_an_uninterrupted_one(small_corpus, tmp_path, every_n, dropout, optimizer):
     # 18,000 train tokens / 32 = 562 blocks = 140 batches of 4 per epoch; limit it to 8 to cross epochs.
     # The first run is "killed" after step 13; its last checkpoint is from step 10 (every_n=5, in the middle
-    # of epoch 2) or step 8 (every_n=8, the end of epoch 1).
-    kw = dict(limit_train_batches=8, dropout=dropout, every_n=every_n)
+    # of epoch 2) or step 8 (every_n=8, the end of epoch 1). Muon's momentum must resume too.
+    kw = dict(limit_train_batches=8, dropout=dropout, every_n=every_n, module_kw={"optimizer": optimizer})
     straight, _ = _fit(small_corpus, max_steps=20, **kw)
     first, _ = _fit(small_corpus, max_steps=13, ckpt_dir=tmp_path, **kw)
     assert first.losses == straight.losses[:13]
@@ -108,3 +109,42 @@ def test_loss_options_change_training_as_configured(small_corpus, monkeypatch):
     monkeypatch.setattr(lm, "lm_loss", lambda *a, **kw: seen.append(kw) or lm_loss(*a, **kw))
     _fit(small_corpus, max_steps=1, module_kw={"label_smoothing": 0.1})
     assert seen[0]["label_smoothing"] == 0.1
+
+
+def test_muon_steps_the_blocks_matrices_with_torch_muon_and_the_rest_with_adamw():
+    import copy
+
+    module = LanguageModel("debug", vocab_size=65, block_size=32, optimizer="muon", muon_lr=0.05, learning_rate=3e-3,
+                           warmup_steps=0, weight_decay=0.1)
+    module.configure_model()
+    reference = copy.deepcopy(module)
+    optimizer, _ = module.build_optimizer(decay_steps=10)
+    names = {p: n for n, p in module.named_parameters()}
+    muon_params = [p for g in optimizer.muon.param_groups for p in g["params"]]
+    assert {names[p] for p in muon_params} == {n for n, p in module.named_parameters() if n.startswith("model.layers.")
+                                                and p.dim() == 2}
+    # reference: the two torch optimizers, built by hand on a copy
+    ref = dict(reference.named_parameters())
+    hidden = [ref[names[p]] for p in muon_params]
+    rest = [p for n, p in reference.named_parameters() if p not in set(hidden)]
+    decay = [p for p in rest if p.dim() >= 2]
+    torch_muon = torch.optim.Muon(hidden, lr=0.05, momentum=0.95, weight_decay=0.1)
+    torch_adamw = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                     {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                                    lr=3e-3, betas=(0.9, 0.99))
+    x = torch.randint(0, 65, (4, 33))
+    for _ in range(3):
+        for m, opts in ((module, [optimizer]), (reference, [torch_muon, torch_adamw])):
+            loss = lm_loss(m.model(x[:, :-1]), x[:, 1:])["loss"]
+            loss.backward()
+            for o in opts:
+                o.step()
+                o.zero_grad()
+    for n, p in module.named_parameters():
+        assert torch.equal(p, ref[n]), n
+    # the state round-trips, and an AdamW state is refused with the fix named
+    state = optimizer.state_dict()
+    optimizer.load_state_dict(state)
+    assert optimizer.state_dict()["muon"]["state"].keys() == state["muon"]["state"].keys()
+    with pytest.raises(ValueError, match="another --model.optimizer"):
+        optimizer.load_state_dict(torch_adamw.state_dict())

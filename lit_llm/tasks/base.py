@@ -23,6 +23,7 @@ from torch import nn
 
 from lit_llm.model import ModelConfig
 from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
+from lit_llm.tasks import optim
 
 
 @dataclass
@@ -129,6 +130,10 @@ class TransformerModule(L.LightningModule):
         mesh = self.device_mesh
         names = mesh.mesh_dim_names if mesh is not None else ()
         pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
+        if mesh is not None and self.hparams.get("optimizer", "adamw") == "muon":
+            raise ValueError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or"
+                             " under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP meshes, whose weights"
+                             " are sharded. Use --model.optimizer adamw with those strategies.")
         if mesh is not None:
             dims = ParallelDims(world_size=mesh.size(), dp_shard=mesh["data_parallel"].size(),
                                 tp=mesh["tensor_parallel"].size(), pp=pp)
@@ -175,17 +180,28 @@ class TransformerModule(L.LightningModule):
         optimizer, scheduler = self.build_optimizer(self.decay_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def build_optimizer(self, decay_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW over the task's parameter groups, and the warm-up + cosine schedule."""
+    def build_optimizer(self, decay_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """The optimizer over the task's parameter groups (``hparams.optimizer``: AdamW, or Muon for the
+        blocks' matrices with AdamW for the rest) and the warm-up + cosine schedule."""
         hp = self.hparams
         if hp.warmup_steps > decay_steps:
             raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
-        groups = []
+        kind = hp.get("optimizer", "adamw")
+        adamw = dict(lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.get("eps", 1e-8))
+        groups, muon_groups = [], []
+        hidden = optim.hidden_matrices(self.network) if kind == "muon" else set()
         for g in self.param_groups():
             g = dict(g)
-            g["lr"] = hp.learning_rate * g.pop("lr_scale", 1.0)
-            groups.append(g)
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.get("eps", 1e-8))
+            scale = g.pop("lr_scale", 1.0)
+            params = list(g.pop("params"))
+            groups.append(dict(g, params=[p for p in params if p not in hidden], lr=hp.learning_rate * scale))
+            if kind == "muon":
+                muon_groups.append(dict(g, params=[p for p in params if p in hidden], lr=hp.muon_lr * scale))
+        if kind == "muon":
+            optimizer = optim.MuonWithAdamW(muon_groups, groups, muon=dict(lr=hp.muon_lr, momentum=hp.muon_momentum),
+                                            adamw=adamw)
+        else:
+            optimizer = torch.optim.AdamW(groups, **adamw)
         min_ratio = hp.min_lr / hp.learning_rate
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)

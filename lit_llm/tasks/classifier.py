@@ -59,6 +59,10 @@ class SequenceClassifier(TransformerModule):
         lr_decay_steps: length of the cosine schedule (default: trainer.max_steps).
         weight_decay: AdamW weight decay on matrices.
         betas: AdamW betas.
+        optimizer: ``adamw``, or ``muon`` for the backbone blocks' 2-D weights (AdamW for the rest, the head
+            included); one device or DDP only (see ``LanguageModel``).
+        muon_lr: peak learning rate of the Muon matrices (scaled by ``layer_decay`` per block, like the rest).
+        muon_momentum: Muon's (Nesterov) momentum.
         layer_decay: layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): block i from the
             top trains at ``learning_rate * layer_decay ** i``, the embeddings at ``layer_decay ** (n_layer + 1)``.
         lora: train LoRA adapters and the head instead of the whole backbone.
@@ -81,6 +85,9 @@ class SequenceClassifier(TransformerModule):
         lr_decay_steps: Optional[int] = None,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
+        optimizer: Literal["adamw", "muon"] = "adamw",
+        muon_lr: float = 0.02,
+        muon_momentum: float = 0.95,
         layer_decay: float = 1.0,
         lora: Optional[LoraSpec] = None,
         parallel: Optional[ParallelConfig] = None,

@@ -4,7 +4,7 @@ the metrics (loss, perplexity, bits per byte) and the optimizer's parameter grou
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,13 @@ class LanguageModel(TransformerModule):
         warmup_steps: optimizer steps of linear warm-up.
         lr_decay_steps: optimizer step at which the cosine decay reaches ``min_lr``
             (default: the run's length, ``trainer.max_steps``). Set it explicitly to resume into a longer run.
-        weight_decay: AdamW weight decay, applied to matrices and embeddings only (not biases or norms).
+        weight_decay: decoupled weight decay, applied to matrices and embeddings only (not biases or norms).
         betas: AdamW betas.
         eps: AdamW epsilon.
+        optimizer: ``adamw``, or ``muon``: ``torch.optim.Muon`` for the 2-D weights inside the blocks (AdamW at
+            ``learning_rate`` for embeddings, head, norms and biases). One device or DDP only.
+        muon_lr: peak learning rate of the Muon matrices (the schedule scales it like ``learning_rate``).
+        muon_momentum: Muon's (Nesterov) momentum.
         label_smoothing: cross-entropy label smoothing (training loss only; evaluation reports plain CE).
         z_loss: coefficient of the z-loss, mean (log Z)^2 of the softmax normalizer (PaLM); 0 turns it off.
         loss_chunk_size: compute the training loss this many tokens at a time without materializing the full
@@ -64,6 +68,9 @@ class LanguageModel(TransformerModule):
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-8,
+        optimizer: Literal["adamw", "muon"] = "adamw",
+        muon_lr: float = 0.02,
+        muon_momentum: float = 0.95,
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         loss_chunk_size: Optional[int] = None,
