@@ -41,12 +41,20 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", over
     model, tok = load_checkpoint(checkpoint, purpose="export --format hf")  # refuses a classifier, with the fix
     tf = _require_transformers()
     hf_model = to_hf_model(model.config, model.state_dict())
+    vocab = tok.get_vocab()
+    # generation in transformers or vLLM stops at the tokenizer's [EOS]; a vocabulary without one (character
+    # level) gets None, never transformers' default id (Llama's 2, which is some other token here)
+    for name in ("bos", "eos", "pad"):
+        token_id = vocab.get(f"[{name.upper()}]")
+        setattr(hf_model.config, f"{name}_token_id", token_id)
+        if getattr(hf_model, "generation_config", None) is not None:
+            setattr(hf_model.generation_config, f"{name}_token_id", token_id)
 
     def write(tmp: Path) -> None:
         hf_model.save_pretrained(tmp)
-        vocab = tok.get_vocab()
         special = {k: t for k, t in (("mask_token", "[MASK]"), ("pad_token", "[PAD]"), ("unk_token", "[UNK]"),
-                                     ("cls_token", "[CLS]"), ("sep_token", "[SEP]")) if t in vocab}
+                                     ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("bos_token", "[BOS]"),
+                                     ("eos_token", "[EOS]")) if t in vocab}
         tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(tmp)
 
     out_dir = _write_dir(out, write, overwrite)

@@ -110,3 +110,45 @@ def test_export_refuses_a_non_empty_out_and_replaces_it_only_with_overwrite(tmp_
     with pytest.raises(ValueError, match="holds the checkpoint .* being exported"):
         export(str(run / "lm.ckpt"), str(run), overwrite=True)
     assert (run / "lm.ckpt").is_file()
+
+
+@pytest.mark.parametrize("family", ["debug", "debug-llama"])
+def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
+    """The exported config, generation config and tokenizer name [EOS]/[BOS]/[PAD] by their ids, so that
+    transformers' generate stops at [EOS]; a character vocabulary has none, and gets None, not Llama's 2."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
+    from lit_llm.export import export
+    from test_finetune import write_lm_checkpoint
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt", family=family)
+    out = export(str(ckpt), str(tmp_path / "hf"))
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    config = json.loads((out / "config.json").read_text())
+    generation = json.loads((out / "generation_config.json").read_text())
+    for name in ("bos", "eos", "pad"):
+        assert config[f"{name}_token_id"] == generation[f"{name}_token_id"] == tok.token_to_id(f"[{name.upper()}]")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.eos_token == "[EOS]" and hf_tok.eos_token_id == config["eos_token_id"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():  # a head that always prefers [EOS]: generation ends after one token
+        hf.lm_head.weight.zero_()
+        hf.lm_head.weight[config["eos_token_id"]] = 1.0
+        if hasattr(hf.lm_head, "bias") and hf.lm_head.bias is not None:
+            hf.lm_head.bias.zero_()
+    ids = torch.tensor([tok.encode("a good film").ids])
+    generated = hf.generate(ids, max_new_tokens=10, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 1 and generated[0, -1].item() == config["eos_token_id"]
+
+    # character level: no [EOS] in the vocabulary
+    chars = train_tokenizer(TokenizerSpec(kind="char"), ["to be or not to be!"])
+    cfg = ModelConfig.from_name(family, vocab_size=chars.get_vocab_size(), block_size=64)
+    model = build_model(cfg)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "lit_llm": {"model_config": cfg.to_dict(), "tokenizer": chars.to_str()}}, ckpt)
+    out = export(str(ckpt), str(tmp_path / "hf_char"))
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("eos_token_id") is None and config.get("bos_token_id") is None
