@@ -41,7 +41,16 @@ def test_hub_config_parses(path: Path, tmp_path, monkeypatch, capsys):
     assert printed["data"]["init_args"]["sources"][0]["hf_name"] == "wikimedia/wikipedia"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK and p.parent != EXPERIMENT],
+GPU_ONLY = {"gpu.yaml"}  # a Trainer on a GPU cannot be built on a CPU machine: parsed and checked here
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name in GPU_ONLY], ids=lambda p: str(p.relative_to(REPO)))
+def test_gpu_fragment_parses(path: Path, tmp_path, capsys):
+    printed = _printed(_args(path, tmp_path), capsys)
+    assert printed["trainer"]["accelerator"] == "gpu" and printed["trainer"]["precision"] == "bf16-mixed"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK | GPU_ONLY and p.parent != EXPERIMENT],
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_config_parses_and_instantiates(path: Path, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
