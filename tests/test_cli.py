@@ -355,7 +355,8 @@ def test_resume_through_the_cli_continues_from_the_checkpoint_step(trained):
 @pytest.mark.slow
 def test_print_config_through_the_entry_point(tmp_path):
     printed = yaml.safe_load(run(["fit", "--config", "configs/quickstart.yaml", "--print_config"], tmp_path).stdout)
-    assert printed["trainer"]["max_steps"] == 2000 and printed["data"]["init_args"]["block_size"] == 64
+    assert printed["trainer"]["max_steps"] == 450 and printed["data"]["init_args"]["block_size"] == 64
+    assert printed["model"]["init_args"]["optimizer"] == "muon"
 
 
 @pytest.mark.slow
