@@ -1,7 +1,7 @@
 """Scaling curves: training tokens/s of lit_llm's model against batch size and against model size.
 
-One training step is forward, cross-entropy, backward and an AdamW step (fp32 on CPU, bf16 autocast on a
-GPU), timed as the median over ``--steps`` steps after warm-up, for:
+One training step is ``vs_peers.step_times``'s: forward, cross-entropy, backward and an AdamW step (fp32
+on CPU, bf16 autocast on a GPU), timed as the median over ``--steps`` steps after warm-up, for:
 - batch size: the quickstart model (4 layers, width 128, context 64) at batch 1 to 128;
 - model size: width 64 to 512 (4 layers, heads of 32, context 64, vocab 65) at batch 16.
 
@@ -18,14 +18,13 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_llm.model import Decoder, ModelConfig  # noqa: E402
+from vs_peers import step_times  # noqa: E402  (the same timed step as the peer comparison)
 
 
 def tokens_per_s(width: int, batch: int, device: str, steps: int, context: int = 64) -> dict:
@@ -33,21 +32,8 @@ def tokens_per_s(width: int, batch: int, device: str, steps: int, context: int =
     config = ModelConfig.from_name("quickstart", vocab_size=65, block_size=context, n_embd=width,
                                    n_head=max(1, width // 32))
     model = Decoder(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 65, (batch, context + 1), device=device)
-    x, y = ids[:, :-1], ids[:, 1:]
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            logits = model(x)
-        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
+    times = step_times(model, [(ids[:, :-1], ids[:, 1:])] * (steps + 3), device, steps + 3)[3:]  # after warm-up
     ms = 1000 * statistics.median(times)
     return {"width": width, "batch": batch, "params": config.num_parameters(), "ms_per_step": round(ms, 2),
             "tokens_per_s": round(batch * context / ms * 1000)}

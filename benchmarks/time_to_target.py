@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from lit_llm.checkpoint import load_network  # noqa: E402
 from lit_llm.data import PretrainDataModule  # noqa: E402
+from lit_llm.data.pretrain import ContiguousBlocks  # noqa: E402
 from lit_llm.data.tokens import open_split  # noqa: E402
 from lit_llm.model import Decoder, ModelConfig  # noqa: E402
 
@@ -48,13 +49,13 @@ BLOCK = 64
 def val_loss(model: torch.nn.Module, val: np.ndarray) -> float:
     """Mean next-token cross-entropy over the whole split, in non-overlapping blocks of 64 (as lit_llm's
     validation reads it): every token but the first is predicted once."""
-    n = (len(val) - 1) // BLOCK
-    tokens = torch.from_numpy(val[: n * BLOCK + 1].astype(np.int64))
-    x, y = tokens[:-1].view(n, BLOCK), tokens[1:].view(n, BLOCK)
+    dataset = ContiguousBlocks(val, BLOCK)  # lit_llm's validation blocks, (BLOCK + 1) tokens each
+    blocks = torch.stack([dataset[i] for i in range(len(dataset))])
+    x, y = blocks[:, :-1], blocks[:, 1:]
     model.eval()
     total = sum(F.cross_entropy(model(x[i : i + 256]).flatten(0, 1), y[i : i + 256].flatten(), reduction="sum").item()
-                for i in range(0, n, 256))
-    return total / (n * BLOCK)
+                for i in range(0, len(x), 256))
+    return total / y.numel()
 
 
 def timed(cmd: list[str], env: dict, log: Path) -> float:
