@@ -3,7 +3,16 @@
 1. Load: starts ``python -m lit_llm serve`` on a loopback port and sends ``--requests`` completion requests
    (``--max_tokens`` tokens each, fixed seed) from 1, 8 and 32 concurrent clients, each thread with its own
    keep-alive HTTP connection. Prints requests/s, generated tokens/s and p50/p95 latency per concurrency.
-2. KV cache: generates ``--gen_tokens`` tokens in this process with and without the KV cache (batch 1,
+   Each ``--batching`` mode (default: ``static``, the server's batching before continuous batching, with its
+   default ``--max_batch_size`` 8, and ``continuous``, 32 KV-cache rows) gets its own server, in alternating
+   ``--rounds``; the JSON has the medians and the continuous / static throughput ratio per concurrency.
+2. Time to first token mid-batch: with ``--ttft_clients`` - 1 clients streaming completions back to back, one
+   more client sends ``--ttft_probes`` streamed requests at random moments, so each arrives while others
+   decode. Prints its time to first token (p50) and the decode step time (the median gap between the tokens
+   of the other streams), and their ratio: how many decoding steps a new request waits.
+3. Workers alone: 32 requests at once decoded in this process by the static worker (batches of 8) and the
+   continuous one (32 rows): what decoding allows without HTTP and the queues between processes.
+4. KV cache: generates ``--gen_tokens`` tokens in this process with and without the KV cache (batch 1,
    ``--repeats`` alternating pairs) and prints the median tokens/s of each and the median per-pair ratio.
 
 The model is the ``--preset`` (default ``debug``: 2 layers, width 32) with ``--block_size`` positions and a character
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -77,6 +87,86 @@ def load(base_url: str, concurrency: int, requests: int, max_tokens: int) -> dic
             "p50_ms": 1000 * percentile(latencies, 0.5), "p95_ms": 1000 * percentile(latencies, 0.95)}
 
 
+def time_to_first_token(base_url: str, clients: int, probes: int, max_tokens: int) -> dict:
+    """TTFT of requests that arrive while ``clients - 1`` others stream, against the decode step time."""
+    stop, gaps, ttfts = threading.Event(), [], []
+
+    def stream(client: httpx.Client, seed: int, on_token) -> None:
+        body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed, "stream": True}
+        with client.stream("POST", "/v1/completions", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    on_token(time.perf_counter())
+
+    def background(i: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=300) as client:
+            while not stop.is_set():
+                last: list[float] = []
+                stream(client, i, lambda t: (gaps.append(t - last[-1]) if last else None, last.append(t)))
+
+    def probe() -> None:
+        rng = random.Random(0)
+        with httpx.Client(base_url=base_url, timeout=300) as client:
+            stream(client, 0, lambda t: None)  # connection up
+            for k in range(probes):
+                time.sleep(rng.uniform(0.0, 0.05))
+                t0, first = time.perf_counter(), []
+                stream(client, k, lambda t: first.append(t))
+                ttfts.append(first[0] - t0)
+
+    threads = [threading.Thread(target=background, args=(i,)) for i in range(clients - 1)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the others are decoding
+    probe()
+    stop.set()
+    for t in threads:
+        t.join()
+    step = statistics.median(gaps)
+    ttft = statistics.median(ttfts)
+    return {"clients": clients, "probes": probes, "ttft_p50_ms": 1000 * ttft, "step_p50_ms": 1000 * step,
+            "ttft_in_steps": ttft / step}
+
+
+def worker_only(checkpoint: Path, requests: int, max_tokens: int, repeats: int) -> dict:
+    """The model workers without the server: ``requests`` completions all waiting at once, decoded by the
+    static worker (batches of 8, one after the other) and the continuous one (32 rows), in alternating
+    repeats; tokens/s (median) of each. What decoding alone allows, without HTTP or the queues between
+    processes."""
+    from lit_llm.feedback import FeedbackStore
+    from lit_llm.serve import CompletionSpec, ContinuousGenerationAPI, GenerationAPI, read_served
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = CompletionSpec(read_served(str(checkpoint), None, None, max_tokens, 8),
+                              FeedbackStore(Path(tmp) / "fb.jsonl"))
+        static, continuous = GenerationAPI(str(checkpoint), spec), ContinuousGenerationAPI(str(checkpoint), spec)
+        static.setup("cpu")
+        continuous.setup("cpu")
+    ids = encode(static.tokenizer, PROMPT)
+    jobs = [{"ids": ids, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0, "stop": [], "seed": i,
+             "stream": False} for i in range(requests)]
+
+    def run_static() -> None:
+        for start in range(0, requests, 8):
+            list(static.predict(jobs[start : start + 8]))
+
+    def run_continuous() -> None:
+        for i, job in enumerate(jobs):
+            continuous.add_request(str(i), job)
+        while continuous.has_active_requests():
+            continuous.step(None)
+
+    times: dict[str, list[float]] = {"static": [], "continuous": []}
+    for _ in range(repeats):
+        for name, fn in (("static", run_static), ("continuous", run_continuous)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    rate = {name: requests * max_tokens / statistics.median(t) for name, t in times.items()}
+    return {"requests": requests, "tokens_per_s": rate, "continuous_over_static": rate["continuous"] / rate["static"]}
+
+
 def generation_speed(checkpoint: Path, tokens: int, repeats: int) -> dict:
     """tokens/s with and without the KV cache, timed in alternating pairs so that a shared machine's slow
     spells hit both sides; medians over ``repeats`` pairs, and the median of the per-pair ratios."""
@@ -102,30 +192,67 @@ def main() -> None:
     p.add_argument("--max_tokens", type=int, default=32)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--workers", type=int, default=1, help="model worker processes of the server")
-    p.add_argument("--max_batch_size", type=int, default=8, help="requests the server decodes together")
-    p.add_argument("--batch_timeout", type=float, default=0.005, help="seconds the server waits to fill a batch")
+    p.add_argument("--batching", nargs="+", default=["static", "continuous"], choices=["static", "continuous"])
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the --batching modes")
+    p.add_argument("--max_batch_size", type=int, default=None, help="default: the server's (8 static, 32 continuous)")
+    p.add_argument("--batch_timeout", type=float, default=0.005, help="seconds a static server waits to fill a batch")
+    p.add_argument("--ttft_clients", type=int, default=32, help="streaming clients of the time-to-first-token test")
+    p.add_argument("--ttft_probes", type=int, default=30, help="timed requests of the time-to-first-token test")
     p.add_argument("--gen_tokens", type=int, default=200)
     p.add_argument("--repeats", type=int, default=11, help="timed pairs (with / without cache)")
     args = p.parse_args()
 
+    runs: dict[str, list[dict]] = {mode: [] for mode in args.batching}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or write_checkpoint(Path(tmp) / "model.ckpt", args.preset, args.block_size)
-        server = ServerProcess(ckpt, ["--workers", str(args.workers), "--max_tokens", str(args.max_tokens),
-                                      "--max_batch_size", str(args.max_batch_size), "--batch_timeout", str(args.batch_timeout),
-                                      "--log_level", "warning", "--feedback_store", str(Path(tmp) / "fb.jsonl")])
-        with server:
-            levels = [load(server.base_url, c, args.requests, args.max_tokens) for c in args.concurrency]
+        for _ in range(args.rounds):
+            for mode in args.batching:
+                flags = ["--workers", str(args.workers), "--max_tokens", str(args.max_tokens), "--batching", mode,
+                         "--batch_timeout", str(args.batch_timeout), "--log_level", "warning",
+                         "--feedback_store", str(Path(tmp) / "fb.jsonl")]
+                if args.max_batch_size:
+                    flags += ["--max_batch_size", str(args.max_batch_size)]
+                with ServerProcess(ckpt, flags) as server:
+                    levels = [load(server.base_url, c, args.requests, args.max_tokens) for c in args.concurrency]
+                    ttft = time_to_first_token(server.base_url, args.ttft_clients, args.ttft_probes, args.max_tokens)
+                runs[mode].append({"load": levels, "ttft": ttft})
         speed = generation_speed(ckpt, args.gen_tokens, args.repeats)
+        decode_only = worker_only(ckpt, 32, args.max_tokens, args.repeats)
 
-    print(f"model: {args.checkpoint or args.preset}; server: {args.workers} worker(s), batches of up to"
-          f" {args.max_batch_size} (timeout {args.batch_timeout} s), {args.max_tokens} tokens per request, {args.requests} requests per level")
-    print(f"{'concurrency':>11s} {'req/s':>8s} {'tok/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s}")
-    for r in levels:
-        print(f"{r['concurrency']:>11d} {r['req_per_s']:>8.1f} {r['tokens_per_s']:>8.0f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f}")
+    def median_of(mode: str, i: int, key: str) -> float:
+        return statistics.median(run["load"][i][key] for run in runs[mode])
+
+    summary = {}
+    for mode in args.batching:
+        summary[mode] = {
+            "load": [{"concurrency": c, **{k: median_of(mode, i, k) for k in ("req_per_s", "tokens_per_s", "p50_ms",
+                                                                               "p95_ms")}}
+                     for i, c in enumerate(args.concurrency)],
+            "ttft": {k: statistics.median(run["ttft"][k] for run in runs[mode])
+                     for k in ("ttft_p50_ms", "step_p50_ms", "ttft_in_steps")}}
+    print(f"model: {args.checkpoint or args.preset}; {args.workers} worker(s), {args.max_tokens} tokens per request,"
+          f" {args.requests} requests per level, medians of {args.rounds} rounds")
+    print(f"{'batching':>10s} {'concurrency':>11s} {'req/s':>8s} {'tok/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s}")
+    for mode in args.batching:
+        for r in summary[mode]["load"]:
+            print(f"{mode:>10s} {r['concurrency']:>11d} {r['req_per_s']:>8.1f} {r['tokens_per_s']:>8.0f}"
+                  f" {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f}")
+        t = summary[mode]["ttft"]
+        print(f"{mode:>10s} time to first token mid-batch ({args.ttft_clients} clients): p50 {t['ttft_p50_ms']:.1f} ms,"
+              f" decode step {t['step_p50_ms']:.1f} ms: {t['ttft_in_steps']:.1f} steps")
+    ratios = {}
+    if {"static", "continuous"} <= set(args.batching):
+        ratios = {str(c): summary["continuous"]["load"][i]["req_per_s"] / summary["static"]["load"][i]["req_per_s"]
+                  for i, c in enumerate(args.concurrency)}
+        print("continuous / static throughput: " + ", ".join(f"{r:.2f}x at {c}" for c, r in ratios.items()))
+    print(f"workers alone, 32 requests at once: {decode_only['tokens_per_s']['static']:.0f} tok/s static,"
+          f" {decode_only['tokens_per_s']['continuous']:.0f} continuous ({decode_only['continuous_over_static']:.2f}x)")
     print(f"generation, batch 1, {args.gen_tokens} tokens: {speed['with_cache']:.0f} tok/s with the KV cache,"
           f" {speed['without_cache']:.0f} tok/s without (median pair ratio {speed['speedup']:.2f}x)")
-    print(json.dumps({"load": levels, "generation_tokens_per_s": speed, "workers": args.workers,
-                      "max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout, "model": str(args.checkpoint or args.preset), "max_tokens": args.max_tokens, "block_size": args.block_size,
+    print(json.dumps({"batching": summary, "continuous_over_static_req_per_s": ratios, "rounds": runs,
+                      "generation_tokens_per_s": speed, "workers_alone": decode_only, "workers": args.workers, "max_batch_size": args.max_batch_size,
+                      "batch_timeout": args.batch_timeout, "model": str(args.checkpoint or args.preset),
+                      "max_tokens": args.max_tokens, "block_size": args.block_size,
                       "torch_threads": torch.get_num_threads()}))
 
 

@@ -40,6 +40,30 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: Optional[int], 
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
+def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                generators: list[torch.Generator]) -> torch.Tensor:
+    """``sample_next`` for (B, V) logits whose rows each have their own temperature, top-p (B,) and generator,
+    as continuous batching needs: the filtering and softmax run for all rows at once, and only the draw is per
+    row. Row r gets the token ``sample_next(logits[r:r+1], temperature[r], None, top_p[r], generators[r])``
+    gives (its probabilities are computed the same way, row by row, so they are the same bits)."""
+    greedy = temperature == 0
+    tokens = logits.argmax(dim=-1)
+    if bool(greedy.all()):
+        return tokens
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / torch.where(greedy, 1.0, temperature)[:, None]
+    nucleus = top_p < 1.0
+    if bool(nucleus.any()):
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = (probs.cumsum(dim=-1) - probs >= top_p[:, None]) & nucleus[:, None]
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    for r in torch.nonzero(~greedy)[:, 0].tolist():
+        tokens[r] = torch.multinomial(probs[r : r + 1], 1, generator=generators[r])[0, 0]
+    return tokens
+
+
 @torch.no_grad()
 def iter_tokens(model: Decoder, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                 top_k: Optional[int] = None, top_p: Optional[float] = None,
@@ -106,6 +130,82 @@ def iter_batch_tokens(model: Decoder, prompts: list[list[int]], max_new_tokens: 
         token = sample(logits)
         idx = torch.cat([idx, token], dim=1)
         yield token[:, 0]
+
+
+class ContinuousBatch:
+    """Sequences decoded together that join and leave at any step (continuous batching, as in Orca: Yu et al.,
+    OSDI 2022, and vLLM).
+
+    Each sequence holds one row of a KV cache of ``capacity`` rows by ``block_size`` slots and sits there at
+    its own length, so a new one never waits for the others to finish and never pads them. ``add`` runs a
+    prompt alone into a free row (prefill) and returns its next-token logits; ``step`` feeds every row its next
+    token in one forward, each at its own position with a mask that hides the slots past its length, and
+    returns the logits; ``remove`` frees a row at once. The active rows are kept as rows 0..n-1 (a leaving
+    sequence's row takes the last one's), so a step reads one contiguous view of the cache. A row's logits are
+    those it would get decoded alone (``iter_tokens``), up to float rounding.
+    """
+
+    def __init__(self, model: Decoder, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.model, self.capacity, self.block_size = model, capacity, model.config.block_size
+        self.device = next(model.parameters()).device
+        self.cache = model.new_kv_cache(capacity)
+        self.length = torch.zeros(capacity, dtype=torch.long, device=self.device)  # cached tokens per row
+        self.keys: list = []  # the sequence in each active row, in row order
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def fits(self, prompt_tokens: int, new_tokens: int) -> bool:
+        """Whether a prompt and the tokens to generate after it fit in a row (else decode it with ``iter_tokens``,
+        whose context slides)."""
+        return 1 <= prompt_tokens and prompt_tokens + new_tokens <= self.block_size
+
+    @torch.no_grad()
+    def add(self, key, ids: list[int]) -> torch.Tensor:
+        """Prefill ``ids`` into a free row for the sequence ``key``; return its next-token logits (V,)."""
+        if len(self.keys) >= self.capacity:
+            raise ValueError(f"All {self.capacity} rows are taken: remove a finished sequence first")
+        if not 1 <= len(ids) <= self.block_size:
+            raise ValueError(f"A prompt of {len(ids)} tokens does not fit a row of {self.block_size} slots")
+        row, P = len(self.keys), len(ids)
+        alone = self.model.new_kv_cache(1, P)
+        logits = self.model(torch.tensor([ids], device=self.device), cache=alone, start_pos=0)[0, -1]
+        for name, layer in self.cache.items():
+            layer.k[row, :, :P] = alone[name].k[0]
+            layer.v[row, :, :P] = alone[name].v[0]
+        self.length[row] = P
+        self.keys.append(key)
+        return logits
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed row i the token ``tokens[i]`` (one per active row, in ``keys`` order); return the logits (n, V)."""
+        n = len(self.keys)
+        if tokens.shape != (n,):
+            raise ValueError(f"step takes one token per active row ({n}), got shape {tuple(tokens.shape)}")
+        slot = self.length[:n]
+        if int(slot.max()) >= self.block_size:
+            raise ValueError(f"A row is full ({self.block_size} slots): remove its sequence before the next step")
+        keys = torch.arange(int(slot.max()) + 1, device=self.device)
+        mask = (keys[None, :] <= slot[:, None])[:, None, None, :]  # (n, 1, 1, S): a row sees its own slots
+        rows = {name: layer.rows(n) for name, layer in self.cache.items()}
+        logits = self.model(tokens.to(self.device)[:, None], cache=rows, start_pos=slot, positions=slot[:, None],
+                            attn_mask=mask)[:, -1]
+        self.length[:n] += 1
+        return logits
+
+    def remove(self, key) -> None:
+        """Free the row of ``key`` (the last active row moves into it)."""
+        row, last = self.keys.index(key), len(self.keys) - 1
+        if row != last:
+            for layer in self.cache.values():
+                layer.k[row] = layer.k[last]
+                layer.v[row] = layer.v[last]
+            self.length[row] = self.length[last]
+            self.keys[row] = self.keys[last]
+        self.keys.pop()
 
 
 def generate_tokens(model: Decoder, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_llm.generate import generate_tokens, iter_batch_tokens
+from lit_llm.generate import ContinuousBatch, generate_tokens, iter_batch_tokens, sample_next, sample_rows
 from lit_llm.model import PRESETS, ModelConfig, build_model
 
 CAUSAL = ["debug", "debug-llama"]
@@ -150,6 +150,59 @@ def test_batched_decoding_of_ragged_prompts_matches_each_prompt_alone(name, use_
         torch.testing.assert_close(torch.stack([step[row] for step in seen]), alone, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="block_size"):
         next(iter_batch_tokens(model, prompts, 30, greedy))  # 11 + 30 > 32
+
+
+@pytest.mark.parametrize("name", ["debug", "debug-llama"])
+def test_continuous_batch_rows_join_and_leave_and_match_each_sequence_alone(name):
+    """Sequences that join a running batch at different steps, each in its own KV-cache row at its own length,
+    and leave when done (a later one then takes the freed row): every logit that chose a token is that of the
+    sequence run alone, and a row keeps no trace of the sequence that held it before."""
+    model = _model(name)
+    prompts = [[5, 6, 7], list(range(1, 12)), [42], [9, 8, 7, 6, 5]]
+    new_tokens = [6, 9, 4, 7]
+    joins = {0: [0, 1], 2: [2], 5: [3]}  # step -> sequences that arrive then
+    batch = ContinuousBatch(model, capacity=3)
+    tokens = {i: [] for i in range(4)}
+    chose = {i: [] for i in range(4)}  # the logits that chose each token
+
+    def take(i, logits):
+        chose[i].append(logits)
+        tokens[i].append(int(logits.argmax()))
+        if len(tokens[i]) == new_tokens[i]:
+            batch.remove(i)
+
+    for step in range(20):
+        keys = list(batch.keys)
+        if keys:
+            for i, logits in zip(keys, batch.step(torch.tensor([tokens[i][-1] for i in keys]))):
+                take(i, logits)
+        for i in joins.get(step, []):
+            take(i, batch.add(i, prompts[i]))
+    assert not batch.keys and all(len(tokens[i]) == new_tokens[i] for i in range(4))
+    for i, ids in enumerate(prompts):
+        alone = model(torch.tensor([ids + tokens[i]]))[0, len(ids) - 1 : -1]
+        torch.testing.assert_close(torch.stack(chose[i]), alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="rows are taken"):
+        for i in range(4):
+            batch.add(i, [1])
+    with pytest.raises(ValueError, match="does not fit"):
+        ContinuousBatch(model, 1).add(0, list(range(33)))
+
+
+def test_sampling_rows_together_draws_what_each_row_draws_alone():
+    """``sample_rows`` (continuous batching: one call per step, each row with its own temperature, top-p and
+    generator) picks, row for row, the token ``sample_next`` picks for that row alone with the same seed."""
+    torch.manual_seed(0)
+    temperature = torch.tensor([0.0, 1.0, 0.7, 1.3, 1.0, 0.0, 2.0])
+    top_p = torch.tensor([1.0, 0.9, 1.0, 0.5, 0.95, 0.3, 1.0])
+    for trial in range(50):
+        logits = torch.randn(7, 67) * 3
+        seeds = [trial * 10 + r for r in range(7)]
+        together = sample_rows(logits, temperature, top_p, [torch.Generator().manual_seed(s) for s in seeds])
+        for r in range(7):
+            t, p = float(temperature[r]), float(top_p[r])
+            alone = sample_next(logits[r : r + 1], t, None, p if p < 1 else None, torch.Generator().manual_seed(seeds[r]))
+            assert int(together[r]) == int(alone)
 
 
 def test_sequence_longer_than_block_size_is_refused():

@@ -96,6 +96,56 @@ def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
     assert _texts([s[1] for s in steps if s[1]]) == _texts(list(api.predict(jobs[0])))
 
 
+def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_gets_alone(tmp_path):
+    """The continuous worker as LitServe's loop drives it: requests arrive between steps (``add_request``),
+    each gets its first token in the step after it arrives, leaves when it ends (FINISH_STREAMING, its row
+    freed for the next), and streams exactly the messages it streams alone; a request too long for a row
+    (prompt + max_tokens > block_size) decodes beside the batch with its own sliding context."""
+    from litserve.utils import LitAPIStatus
+
+    from lit_llm.serve import ContinuousGenerationAPI
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    served = read_served(str(ckpt), None, None, 64, 8)
+    spec = CompletionSpec(served, FeedbackStore(tmp_path / "fb.jsonl"))
+    alone_api = GenerationAPI(str(ckpt), spec, max_batch_size=1)
+    alone_api.setup("cpu")
+    api = ContinuousGenerationAPI(str(ckpt), spec, max_batch_size=3)
+    api.setup("cpu")
+    tok = api.tokenizer
+
+    def job(prompt, max_tokens, stream=True, **kw):
+        return {"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [],
+                "seed": None, "stream": stream, **kw}
+
+    greedy_text = _texts(list(alone_api.predict(job("it is", 12))))[0]
+    jobs = {"a": job("a long film about a family", 12), "b": job("bad", 5, stream=False),
+            "c": job("it is", 12, stop=[greedy_text[4:6]]), "d": job("the best", 9, temperature=1.0, top_p=0.9, seed=11),
+            "e": {**job("x", 10), "ids": encode(tok, "the film " * 30)[:58]},  # 58 + 10 > 64: beside the batch
+            "f": job("what a", 6)}
+    arrivals = {0: ["a", "b"], 1: ["c"], 3: ["d", "e", "f"]}  # step -> requests; capacity 3: some wait
+    got = {uid: [] for uid in jobs}
+    finished, first_step, waiting, step = [], {}, [], 0
+    while step < 200 and (waiting or api.has_active_requests() or step <= max(arrivals)):
+        waiting += arrivals.get(step, [])
+        while waiting and api.has_capacity():  # what ContinuousBatchingLoop.prefill does
+            api.add_request(waiting[0], jobs[waiting.pop(0)])
+        for out in api.step(None):
+            assert out.status != LitAPIStatus.ERROR, out.output
+            if out.status == LitAPIStatus.FINISH_STREAMING:
+                finished.append(out.uid)
+            else:
+                first_step.setdefault(out.uid, step)
+                got[out.uid].append(out.output)
+        step += 1
+    assert sorted(finished) == sorted(jobs) and not api.has_active_requests() and not api.rows.keys
+    assert first_step["a"] == 0 and first_step["c"] == 1  # the first token comes in the step after arrival
+    for uid, j in jobs.items():
+        alone = [m for m in alone_api.predict(j) if m]
+        assert got[uid] == alone, uid
+    assert len(got["b"]) == 1 and _texts(got["c"])[1]["finish_reason"] == "stop"
+
+
 def test_feedback_store_is_a_prepare_source(tmp_path):
     store = FeedbackStore(tmp_path / "fb.jsonl")
     store.append({"kind": "completion", "request": "Q1 ", "response": "bad", "corrected_text": "good answer"})
@@ -137,6 +187,20 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
         assert "response_queue_id, uid, timestamp, x_enc = request_data" in inspect.getsource(loops)
     assert "lit_api.spec.response_queue_id = response_queue_id" in inspect.getsource(LitServer._start_server)
     assert "copy.copy(self.app)" in inspect.getsource(LitServer._start_server)  # handlers on server.app apply
+    # the continuous loop (ContinuousLoop): what it calls on the LitAPI, and its run that returns when idle
+    from litserve.loops import ContinuousBatchingLoop, base
+
+    from lit_llm.serve._litserve_adapter import ContinuousLoop
+    continuous = inspect.getsource(ContinuousBatchingLoop)
+    for call in ("lit_api.add_request(uid, request)", "lit_api.has_capacity()", "lit_api.has_active_requests()",
+                 "lit_api.step, prev_outputs", "lit_api.encode_response(step_output.output)",
+                 "lit_api.format_encoded_response(response_data)", "status == LitAPIStatus.FINISH_STREAMING",
+                 "response_queue_id, uid, timestamp, input = request"):
+        assert call in continuous, call
+    assert "while lit_api.has_active_requests():" in inspect.getsource(ContinuousBatchingLoop.run)
+    assert "await self.run(" in inspect.getsource(base._BaseLoop.__call__)
+    assert issubclass(ContinuousLoop, ContinuousBatchingLoop)
+    assert list(inspect.signature(ContinuousBatchingLoop.run).parameters)[1:3] == ["lit_api", "device"]
 
     # LitSpec.setup takes the buffer, the request queue and the stream reader from the server
     requests = queue.Queue()
@@ -218,6 +282,10 @@ def test_serve_refuses_bad_setups_before_starting(tmp_path):
         serve(str(lm), port=free_port(), max_prompt_tokens=65)
     with pytest.raises(ValueError, match="host must be one of"):
         serve(str(lm), host="example.com")
+    with pytest.raises(ValueError, match="decodes from the KV cache.*--batching static"):
+        serve(str(lm), port=free_port(), use_cache=False)
+    with pytest.raises(ValueError, match="batching must be"):
+        serve(str(lm), port=free_port(), batching="dynamic")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -389,6 +457,28 @@ def test_fifty_concurrent_requests_all_succeed_and_do_not_mix(lm_server, client)
         ids = encode(tok, prompt)
         n = 6 + i % 5
         assert r.choices[0].text == tok.decode(generate_tokens(model, torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist())
+
+
+@pytest.mark.slow
+def test_static_batching_server_gives_each_request_what_it_gets_alone(tmp_path):
+    """``--batching static`` (LitServe gathers a batch that then decodes to its end): concurrent greedy requests
+    of different lengths answer what local generation gives each alone."""
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    model, tok = load_checkpoint(ckpt)
+    prompts = ["the film", "a very long and rather boring movie about", "it", "what a"]
+    args = ["--batching", "static", "--max_batch_size", "4", "--batch_timeout", "0.2", "--feedback_store",
+            str(tmp_path / "fb.jsonl")]
+    with ServerProcess(ckpt, args, env=cli_env(tmp_path), log=tmp_path / "server.log") as server:
+        def one(i):
+            body = {"prompt": prompts[i % 4], "max_tokens": 5 + i, "temperature": 0}
+            return httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).json()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(one, range(8)))
+    for i, r in enumerate(answers):
+        ids = encode(tok, prompts[i % 4])
+        local = generate_tokens(model, torch.tensor([ids]), 5 + i, temperature=0)[0, len(ids):].tolist()
+        assert r["choices"][0]["text"] == tok.decode(local)
 
 
 @pytest.mark.slow

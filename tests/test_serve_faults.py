@@ -84,6 +84,48 @@ def test_the_worker_stops_decoding_a_cancelled_job(tmp_path):
     assert list(api.predict([job(1), job(3)])) == []
 
 
+def test_the_continuous_worker_drops_a_cancelled_job_and_survives_a_failed_step(tmp_path):
+    """A cancelled job leaves the continuous batch at the next step with nothing more sent (its row is freed);
+    a step that raises gives every running request the error, and the next request decodes normally."""
+    from litserve.utils import LitAPIStatus
+
+    from lit_llm.serve import ContinuousGenerationAPI
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    served = read_served(str(ckpt), None, None, 64, 8)
+    api = ContinuousGenerationAPI(str(ckpt), CompletionSpec(served, FeedbackStore(tmp_path / "fb.jsonl")), max_batch_size=4)
+    api.setup("cpu")
+    tok, board = api.tokenizer, api.spec.board
+
+    def job(i, max_tokens=40):
+        return {"id": i, "ids": encode(tok, "the film"), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
+                "stop": [], "seed": None, "stream": True}
+
+    api.add_request("one", job(11))
+    api.add_request("two", job(12, 10))
+    outputs = []
+    for step in range(12):
+        if step == 3:
+            board.cancel(11)
+        outputs.append(api.step(None))
+    one = [o for step in outputs for o in step if o.uid == "one"]
+    assert len([o for o in one if o.status == LitAPIStatus.OK]) == 3 and one[-1].status == LitAPIStatus.FINISH_STREAMING
+    two = [o for step in outputs for o in step if o.uid == "two"]
+    assert "usage" in two[-2].output and two[-1].status == LitAPIStatus.FINISH_STREAMING
+    assert not api.has_active_requests() and not api.rows.keys
+
+    api.add_request("three", job(13))
+    api.step(None)
+    api.rows.step = lambda tokens: (_ for _ in ()).throw(RuntimeError("injected"))
+    api.add_request("four", job(14))
+    failed = api.step(None)
+    assert {o.uid for o in failed} == {"three", "four"} and all(o.status == LitAPIStatus.ERROR for o in failed)
+    assert "injected" in str(failed[0].output) and not api.has_active_requests()
+    api.add_request("five", job(15, 4))  # the worker goes on, with a fresh batch
+    after = [o for _ in range(4) for o in api.step(None)]
+    assert after[-1].status == LitAPIStatus.FINISH_STREAMING and after[-2].output["usage"]["completion_tokens"] == 4
+
+
 @pytest.mark.parametrize("temperature, top_p", [(5e-324, 1.0), (1.0, 5e-324), (1e-40, 1e-45)])
 def test_subnormal_temperature_and_top_p_sample_greedily(temperature, top_p):
     """Found by the fuzzing below: 5e-324 rounds to 0 in float32 and gave NaN probabilities (a 500)."""
@@ -172,13 +214,14 @@ def test_a_flood_beyond_max_queue_gets_fast_429s_and_a_huge_prompt_a_fast_400(lm
         assert r.status_code == 400 and time.monotonic() - start < 20
         err = _error(r)
         assert err["code"] == "context_length_exceeded" and "48 tokens" in err["message"]
-        # a long stream runs and a second request waits behind it: the queue (2) is full. A flood of 24
-        # concurrent requests then gets 429s at once
-        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(max_workers=25) as pool:
-            stream, _ = _stream_first_chunk(client, url, {"prompt": "the film", "max_tokens": 100000, "temperature": 0})
+        # two long streams run (continuous batching decodes them side by side): the queue (2) is full. A flood
+        # of 24 concurrent requests then gets 429s at once
+        with httpx.Client(timeout=60) as client, httpx.Client(timeout=60) as other, \
+                ThreadPoolExecutor(max_workers=25) as pool:
+            long = {"prompt": "the film", "max_tokens": 100000, "temperature": 0}
+            stream, lines = _stream_first_chunk(client, url, long)
+            second, more_lines = _stream_first_chunk(other, url, long)
             short = {"prompt": "the film", "max_tokens": 5, "temperature": 0}
-            waiting = pool.submit(httpx.post, url, json=short, timeout=120)
-            time.sleep(1)  # generous: for the second request to be queued
 
             def one(i):
                 t = time.monotonic()
@@ -194,10 +237,12 @@ def test_a_flood_beyond_max_queue_gets_fast_429s_and_a_huge_prompt_a_fast_400(lm
                 err = _error(resp)
                 assert err["code"] == "server_busy" and "--max_queue" in err["message"]
             assert httpx.get(f"{server.base_url}/health").status_code == 200  # /health is not queued
-            assert not waiting.done()
-            stream.__exit__(None, None, None)  # the stream's client goes: the queued request runs
-            queued = waiting.result()
-            assert queued.status_code == 200 and queued.json()["usage"]["completion_tokens"] == 5
+            stream.__exit__(None, None, None)  # one stream's client goes: its place is free for the next
+            deadline = time.monotonic() + 30
+            while (r := httpx.post(url, json=short, timeout=120)).status_code == 429 and time.monotonic() < deadline:
+                time.sleep(0.2)  # the front end frees the place once it sees the client has gone
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+            second.__exit__(None, None, None)
         # both have left the queue: requests are served again
         r = httpx.post(url, json={"prompt": "the film", "max_tokens": 5, "temperature": 0}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5

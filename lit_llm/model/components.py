@@ -6,7 +6,7 @@ so that tensor-parallel plans and weight-conversion tables stay short.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -80,14 +80,34 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv, T, hd) at positions start..start+T; return all keys/values up to there."""
+    def update(self, start: Union[int, torch.Tensor], k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv, T, hd) at positions start..start+T; return all keys/values up to there.
+
+        ``start`` may also be a (B,) tensor, one slot per row, for one token per row (T = 1): rows of a
+        continuous batch each sit at their own length. The keys/values then run up to the furthest row; the
+        caller's mask hides each row's slots past its own."""
+        if isinstance(start, torch.Tensor):
+            if k.size(2) != 1:
+                raise ValueError(f"A slot per row writes one token per row, got {k.size(2)}")
+            rows = torch.arange(k.size(0), device=k.device)
+            self.k[rows, :, start] = k[:, :, 0]
+            self.v[rows, :, start] = v[:, :, 0]
+            end = int(start.max()) + 1
+            return self.k[:, :, :end], self.v[:, :, :end]
         end = start + k.size(2)
         if end > self.k.size(2):
             raise ValueError(f"KV cache holds {self.k.size(2)} positions, asked to write up to {end}")
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def rows(self, n: int) -> "KVCache":
+        """The first ``n`` rows, sharing this cache's memory: what is written there lands here."""
+        view = KVCache.__new__(KVCache)
+        nn.Module.__init__(view)
+        view.register_buffer("k", self.k[:n], persistent=False)
+        view.register_buffer("v", self.v[:n], persistent=False)
+        return view
 
 
 class Attention(nn.Module):
@@ -110,7 +130,7 @@ class Attention(nn.Module):
         is_causal: bool = True,
         key_padding_mask: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
-        start_pos: int = 0,
+        start_pos: Union[int, torch.Tensor] = 0,
         attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``attn_mask`` (B, 1, T, S), True = attend, replaces the causal mask: batched decoding of left-padded
@@ -125,7 +145,10 @@ class Attention(nn.Module):
         mask = None
         if cache is not None:
             k, v = cache.update(start_pos, k, v)  # (B, n_kv, start_pos + T, hd)
-            if start_pos > 0:  # queries at start_pos.. see every cached key up to their own position
+            if isinstance(start_pos, torch.Tensor):
+                if attn_mask is None:
+                    raise ValueError("A slot per row (a tensor start_pos) needs the rows' attn_mask")
+            elif start_pos > 0:  # queries at start_pos.. see every cached key up to their own position
                 q_pos = torch.arange(start_pos, start_pos + T, device=x.device)
                 mask = torch.arange(k.size(2), device=x.device)[None, :] <= q_pos[:, None]  # (T, S)
                 is_causal = False

@@ -10,7 +10,7 @@ returns them.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ class Block(nn.Module):
         self.feed_forward = build_mlp(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, start_pos: int = 0,
+    def forward(self, x: torch.Tensor, rope=None, cache: Optional[KVCache] = None, start_pos: Union[int, torch.Tensor] = 0,
                 attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), rope, cache=cache, start_pos=start_pos,
                                             attn_mask=attn_mask))
@@ -94,7 +94,8 @@ class Decoder(nn.Module):
         })
 
     def forward(
-        self, idx: torch.Tensor, cache: Optional[nn.ModuleDict] = None, start_pos: int = 0, return_hidden: bool = False,
+        self, idx: torch.Tensor, cache: Optional[nn.ModuleDict] = None, start_pos: Union[int, torch.Tensor] = 0,
+        return_hidden: bool = False,
         positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``idx``: (B, T) token ids, or (B, T, C) hidden states for a pipeline stage without embeddings.
@@ -104,7 +105,13 @@ class Decoder(nn.Module):
         row its own ``positions`` (B, T) and an ``attn_mask`` (B, 1, T, S) that hides its padding; by default
         position = slot and the mask is causal."""
         T = idx.size(1)
-        if start_pos + T > self.config.block_size:
+        if isinstance(start_pos, torch.Tensor):  # a slot per row (a continuous batch): positions come with it
+            if positions is None or attn_mask is None:
+                raise ValueError("A tensor start_pos (one cache slot per row) needs the rows' positions and attn_mask")
+            if int(start_pos.max()) + T > self.config.block_size:
+                raise ValueError(f"Cache slots up to {int(start_pos.max()) + T} exceed the block_size"
+                                 f" {self.config.block_size}")
+        elif start_pos + T > self.config.block_size:
             raise ValueError(
                 f"Positions up to {start_pos + T} exceed the model's block_size {self.config.block_size};"
                 " crop the input or build the model with a larger block_size"

@@ -6,9 +6,12 @@ is ours is the OpenAI-compatible protocol, written as two LitServe specs:
 
 - a causal language model gets ``POST /v1/completions`` and ``POST /v1/chat/completions`` (with ``stream``
   over server-sent events, ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed`` and the token usage
-  as counted by the model's tokenizer). Requests that arrive together are batched by LitServe
-  (``--max_batch_size``, ``--batch_timeout``) and decoded together with the KV cache, left-padded with a
-  mask, each with its own sampling settings and seed; ``--workers`` runs several model workers;
+  as counted by the model's tokenizer). Generation is batched continuously (``--batching continuous``, the
+  default): a request joins the running batch at the next decoding step, in its own KV-cache row, and leaves
+  it as soon as it ends, through LitServe's continuous batching loop. ``--batching static`` instead lets
+  LitServe gather requests (``--max_batch_size``, ``--batch_timeout``) that then decode together to the end,
+  left-padded with a mask. Either way each request samples with its own settings and seed, and gets the
+  tokens it would get alone; ``--workers`` runs several model workers;
 - a classifier (``SequenceClassifier``) checkpoint gets ``POST /v1/classify``: ``{"input": text or [texts]}``
   gives each text's label and class probabilities. Concurrent requests are batched by LitServe
   (``--max_batch_size``, ``--batch_timeout``) and padded together into one forward pass;
@@ -37,10 +40,11 @@ from lit_llm.serve.command import HOSTS, read_served, serve
 from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ChatMessage, ClassificationRequest,
                                     CompletionRequest, FeedbackRequest, chat_prompt, install_error_handlers)
 from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
-from lit_llm.serve.worker import ClassifierAPI, CompletionText, GenerationAPI, stream_batch, stream_completion
+from lit_llm.serve.worker import (ClassifierAPI, CompletionText, ContinuousGenerationAPI, GenerationAPI, stream_batch,
+                                  stream_completion)
 
 __all__ = [
     "APIError", "ChatCompletionRequest", "ChatMessage", "ClassificationRequest", "ClassifierAPI", "ClassifySpec",
-    "CompletionRequest", "CompletionSpec", "CompletionText", "FeedbackRequest", "GenerationAPI", "HOSTS", "Served",
+    "CompletionRequest", "CompletionSpec", "CompletionText", "ContinuousGenerationAPI", "FeedbackRequest", "GenerationAPI", "HOSTS", "Served",
     "chat_prompt", "install_error_handlers", "read_served", "serve", "stream_batch", "stream_completion",
 ]

@@ -15,7 +15,7 @@ from lit_llm.feedback import FeedbackStore
 from lit_llm.serve._litserve_adapter import fastapi_app
 from lit_llm.serve.protocol import install_error_handlers
 from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
-from lit_llm.serve.worker import ClassifierAPI, GenerationAPI
+from lit_llm.serve.worker import ClassifierAPI, ContinuousGenerationAPI, GenerationAPI
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe can bind
 
@@ -56,7 +56,8 @@ def serve(
     max_tokens: int = 256,
     max_inputs: int = 32,
     max_queue: int = 256,
-    max_batch_size: int = 8,
+    batching: Literal["continuous", "static"] = "continuous",
+    max_batch_size: Optional[int] = None,
     batch_timeout: float = 0.005,
     workers: int = 1,
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
@@ -85,9 +86,14 @@ def serve(
         max_inputs: most texts in one /v1/classify request.
         max_queue: most requests queued for or running on the model workers at once (across all of them); one
             more is answered 429 at once, with ``Retry-After: 1``, instead of piling up.
-        max_batch_size: most concurrent requests LitServe batches together: decoded together (generation) or
-            padded into one forward pass (classification). 1 turns batching off.
-        batch_timeout: seconds LitServe waits to fill a batch.
+        batching: how a language model's worker batches generation. ``continuous``: a request joins the
+            running batch at the next decoding step and leaves it as soon as it ends, each with its own KV-cache
+            row (``ContinuousGenerationAPI``). ``static``: LitServe gathers up to ``max_batch_size`` requests
+            for ``batch_timeout`` and decodes them together to the end of the longest. Classifiers always batch
+            statically (one forward pass per request).
+        max_batch_size: most requests decoded together (continuous: the KV-cache rows; default 32), or batched
+            together (static generation and classification; default 8). 1 turns batching off (static only).
+        batch_timeout: seconds LitServe waits to fill a static batch.
         workers: model worker processes (each holds a copy of the model).
         accelerator: auto, cpu, cuda or mps.
         use_cache: generate with the KV cache (the output is the same without it, only slower).
@@ -104,7 +110,17 @@ def serve(
         raise ValueError(f"--host {host} serves every network this machine is on, and no API key is set: pass"
                          " --api_key KEY or set $LIT_LLM_API_KEY, or pass --allow_public_without_key true to serve"
                          " without one")
+    if batching not in ("continuous", "static"):
+        raise ValueError(f"batching must be 'continuous' or 'static', got {batching!r}")
+    continuous = batching == "continuous"
+    if max_batch_size is None:
+        max_batch_size = 32 if continuous else 8
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs, max_queue)
+    if continuous and served.task == "completion" and not use_cache:
+        raise ValueError("Continuous batching decodes from the KV cache: drop --use_cache false, or pass"
+                         " --batching static to generate without the cache")
     store = FeedbackStore(feedback_store)
     folder = store.path.resolve().parent
     while not folder.exists():  # the store's folder is created on the first append: check where it would be
@@ -114,9 +130,13 @@ def serve(
                               " pass --feedback_store PATH somewhere writable")
     if served.task == "classification":
         api = ClassifierAPI(checkpoint, ClassifySpec(served, store), api_key, max_batch_size, batch_timeout)
+    elif continuous:
+        api = ContinuousGenerationAPI(checkpoint, CompletionSpec(served, store), api_key, max_batch_size)
     else:
         api = GenerationAPI(checkpoint, CompletionSpec(served, store), api_key, use_cache, max_batch_size, batch_timeout)
     api.cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+    if isinstance(api, ContinuousGenerationAPI):  # its event loop (requests in, answers out) needs a core too
+        api.cpu_threads = max(1, api.cpu_threads - 1)
     server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
                           max_payload_size=max_payload_bytes, model_metadata={"name": served.name, "task": served.task})
     install_error_handlers(fastapi_app(server))

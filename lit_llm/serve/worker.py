@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Container, Iterator, Optional, Union
 
 import litserve as ls
@@ -16,7 +18,8 @@ import torch
 from fastapi import Request
 from tokenizers import Tokenizer
 
-from lit_llm.generate import iter_batch_tokens, iter_tokens, sample_next
+from lit_llm.generate import ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
+from lit_llm.serve._litserve_adapter import ContinuousLoop, Output, Status
 from lit_llm.serve.protocol import APIError, _held_back
 
 if TYPE_CHECKING:
@@ -83,8 +86,8 @@ class CompletionText:
         return {"text": self.text[self.sent :], "finish_reason": reason, "usage": usage}
 
 
-def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(1, V) logits -> (1, 1) token with this request's settings and its own seeded generator."""
+def _sampling(temperature: float, top_p: float, seed: Optional[int], device) -> tuple[float, float, torch.Generator]:
+    """A request's temperature and top-p as sampling uses them, and its own seeded generator."""
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
@@ -93,8 +96,12 @@ def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> C
     # logits are sampled in float32: a positive temperature or top_p below its smallest normal number (5e-324 from
     # a client) would round to 0 there and give NaN probabilities; at the smallest normal both mean greedy
     tiny = torch.finfo(torch.float32).tiny
-    temperature = temperature if temperature == 0 else max(temperature, tiny)
-    top_p = max(top_p, tiny)
+    return temperature if temperature == 0 else max(temperature, tiny), max(top_p, tiny), generator
+
+
+def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(1, V) logits -> (1, 1) token with this request's settings and its own seeded generator."""
+    temperature, top_p, generator = _sampling(temperature, top_p, seed, device)
     return lambda logits: sample_next(logits, temperature, None, top_p if top_p < 1 else None, generator)
 
 
@@ -160,6 +167,15 @@ def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True
         yield [{} if st.done else st.push(int(t)) for st, t in zip(states, tokens.tolist())]
         if all(st.done for st in states):
             return
+
+
+def for_client(job: dict, part: list[str], message: dict[str, Any]) -> dict[str, Any]:
+    """What to send the client of ``job``: a client that does not stream gets one message, the last (its text
+    gathered in ``part``), instead of one per token."""
+    if message and not job["stream"]:
+        part.append(message["text"])
+        return {**message, "text": "".join(part)} if "usage" in message else {}
+    return message
 
 
 def _fits_together(jobs: list[dict], block_size: int) -> bool:
@@ -229,15 +245,9 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
     def predict(self, jobs: Union[dict, list[dict]]) -> Iterator:
         single = isinstance(jobs, dict)  # max_batch_size 1: LitServe's unbatched loop
         jobs = [jobs] if single else jobs
-        # a client that does not stream gets one message from the worker instead of one per token
         parts: list[list[str]] = [[] for _ in jobs]
         for step in self._steps(jobs):
-            out = []
-            for job, part, message in zip(jobs, parts, step):
-                if message and not job["stream"]:
-                    part.append(message["text"])
-                    message = {**message, "text": "".join(part)} if "usage" in message else {}
-                out.append(message)
+            out = [for_client(job, part, message) for job, part, message in zip(jobs, parts, step)]
             if any(out):  # LitServe sends one message per request of each list: skip steps with nothing to say
                 yield out[0] if single else out
 
@@ -246,6 +256,124 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
 
     def encode_response(self, outputs: Iterator) -> Iterator:
         yield from outputs
+
+
+@dataclass
+class _Running:
+    """A completion on the continuous worker: its text so far, its sampler, and where it decodes (a row of the
+    ``ContinuousBatch``, or its own sliding ``iter_tokens`` when it does not fit a row)."""
+
+    job: dict
+    state: CompletionText
+    temperature: float
+    top_p: float
+    generator: torch.Generator
+    part: list[str] = field(default_factory=list)
+    token: Optional[int] = None  # the token to feed its row at the next step
+    solo: Optional[Iterator[torch.Tensor]] = None
+
+
+class ContinuousGenerationAPI(GenerationAPI):
+    """The model worker of a causal checkpoint with continuous batching (``serve --batching continuous``).
+
+    LitServe's ``ContinuousBatchingLoop`` hands each request to ``add_request`` as soon as it arrives and there
+    is room (``max_batch_size`` sequences), and calls ``step`` for as long as any is running. Each step feeds
+    every running sequence its next token in one forward (``ContinuousBatch``: a KV-cache row per sequence, at
+    its own length), then prefills the requests that arrived since the last step, which so get their first
+    token in the step after they arrive. A finished sequence leaves at once and frees its row. A request whose
+    prompt plus ``max_tokens`` exceeds ``block_size`` decodes beside the batch, one token per step, with its
+    own sliding context. Each sequence samples with its own settings and seed, so its tokens are those it would
+    get alone.
+
+    ``add_request`` runs on the loop's event-loop thread while ``step`` runs in a worker thread, so new
+    requests wait in a thread-safe inbox that only ``step`` reads."""
+
+    def __init__(self, checkpoint: str, spec: CompletionSpec, api_key: Optional[str] = None,
+                 max_batch_size: int = 32):
+        ls.LitAPI.__init__(self, spec=spec, max_batch_size=max_batch_size, loop=ContinuousLoop())
+        self.checkpoint, self.api_key, self.use_cache = checkpoint, api_key, True
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        self.device = next(self.model.parameters()).device
+        self.rows = ContinuousBatch(self.model, self.max_batch_size)
+        self.inbox: deque[tuple[str, dict]] = deque()
+        self.running: dict[str, _Running] = {}
+        self.pad = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def add_request(self, uid: str, request: dict) -> None:
+        self.inbox.append((uid, request))
+
+    def has_capacity(self) -> bool:
+        return len(self.running) + len(self.inbox) < self.max_batch_size
+
+    def has_active_requests(self) -> bool:
+        return bool(self.running or self.inbox)
+
+    def step(self, prev_outputs: Optional[list[Output]]) -> list[Output]:
+        try:
+            return self._step()
+        except Exception as e:  # noqa: BLE001 - every running request gets the error, and the worker goes on
+            logger.exception("decoding step failed")
+            uids = list(self.running) + [uid for uid, _ in self.inbox]
+            self.running.clear()
+            self.inbox.clear()
+            self.rows = ContinuousBatch(self.model, self.max_batch_size)
+            return [Output(uid, e, Status.ERROR) for uid in uids]
+
+    def _step(self) -> list[Output]:
+        out: list[Output] = []
+        gone = self.spec.board.cancelled()
+        for uid, run in list(self.running.items()):
+            if run.job.get("id") is not None and run.job["id"] in gone:
+                logger.warning("client gone: stopped job %x after %d of %d tokens", run.job["id"], run.state.sampled,
+                               run.state.max_tokens)
+                self._finish(uid, out)
+        keys = list(self.rows.keys)
+        if keys:  # one forward for every sequence in a row, and one sampling call
+            logits = self.rows.step(torch.tensor([self.running[k].token for k in keys], device=self.device))
+            for uid, token in zip(keys, self._sample(keys, logits).tolist()):
+                self._push(uid, token, out)
+        for uid, run in list(self.running.items()):  # the ones that do not fit a row: one token each
+            if run.solo is not None:
+                self._push(uid, int(next(run.solo)), out)
+        while self.inbox:  # the requests that arrived since the last step: prefill, first token
+            uid, job = self.inbox.popleft()
+            run = _Running(job, CompletionText(self.tokenizer, job["ids"], job["max_tokens"], job["stop"]),
+                           *_sampling(job["temperature"], job["top_p"], job["seed"], self.device))
+            self.running[uid] = run
+            if self.rows.fits(len(job["ids"]), job["max_tokens"]):
+                self._push(uid, int(self._sample([uid], self.rows.add(uid, job["ids"])[None])[0]), out)
+            else:
+                run.solo = iter_tokens(self.model, torch.tensor([job["ids"]], device=self.device), job["max_tokens"],
+                                       use_cache=True, sample=lambda logits, uid=uid: self._sample([uid], logits)[:, None])
+                self._push(uid, int(next(run.solo)), out)
+        return out
+
+    def _sample(self, uids: list[str], logits: torch.Tensor) -> torch.Tensor:
+        """(n, V) logits -> (n,) tokens, each row with its request's settings and generator."""
+        runs = [self.running[uid] for uid in uids]
+        return sample_rows(logits, torch.tensor([r.temperature for r in runs], device=logits.device),
+                           torch.tensor([r.top_p for r in runs], device=logits.device), [r.generator for r in runs])
+
+    def _push(self, uid: str, token: int, out: list[Output]) -> None:
+        run = self.running[uid]
+        run.token = token
+        message = for_client(run.job, run.part, run.state.push(run.token))
+        if message:
+            out.append(Output(uid, message, Status.OK))
+        if run.state.done:
+            self._finish(uid, out)
+
+    def _finish(self, uid: str, out: list[Output]) -> None:
+        """The sequence leaves: its row is free for the next request, and LitServe closes its stream."""
+        if uid in self.rows.keys:
+            self.rows.remove(uid)
+        del self.running[uid]
+        out.append(Output(uid, "", Status.FINISH_STREAMING))
+
+    def encode_response(self, output: Any) -> Any:
+        return output
 
 
 class ClassifierAPI(_WorkerAPI, ls.LitAPI):
