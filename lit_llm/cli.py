@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command] = {
                            "merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file"),
     "crossval": Command("lit_llm.commands.crossval:crossval",
                         "k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)"),
+    "sweep": Command("lit_llm.commands.sweep:sweep",
+                     "a classifier config over several seeds (and folds): mean, 95% intervals, paired comparison"),
     "submit": Command("lit_llm.commands.submit:submit",
                       "write the SLURM job script that fits a config and sbatch it (--dry_run true prints it)"),
     "serve": Command("lit_llm.serve:serve",

@@ -1,15 +1,20 @@
-"""The sentiment experiment of configs/experiment/, end to end on CPU, with a results table.
+"""The sentiment experiment of configs/experiment/, end to end on CPU, over several seeds, with a results table.
 
-Runs, each on SST-2 (official test set) and CR (10-fold cross-validation):
+Runs, each on SST-2 (official test set) and CR (stratified 10-fold cross-validation):
   (a) scratch:    the classifier from random weights;
   (b) pretrained: from the language model of pretrain.yaml (Tiny Shakespeare + SST-2 train text, no labels);
   (c) dapt:       from that model after domain-adaptive pretraining (SST-2: dapt_sst2.yaml on SST-2 train
                   text; CR: dapt_cr.yaml on each fold's training-fold text, inside crossval).
 
-    python scripts/sentiment_experiment.py                      # everything (~40 min on 2 cores)
-    python scripts/sentiment_experiment.py --stages sst2 cr     # reuse the pretraining checkpoints
+Each run is a ``lit_llm sweep`` over ``--seeds`` seeds (``runs/experiment/{sst2,cr}_{run}/sweep.json``);
+(b) and (c) are compared with (a) seed by seed (paired t-test). Stages write only their own folders, so
+several of these commands can run side by side (e.g. one per run, ``--threads 1`` each).
 
-Prints a markdown table, writes runs/experiment/results.json and ends with one JSON line.
+    python scripts/sentiment_experiment.py                                   # everything
+    python scripts/sentiment_experiment.py --stages sst2 --runs scratch      # one piece
+    python scripts/sentiment_experiment.py --stages table                    # the table from what has run
+
+Prints a markdown table and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -19,49 +24,83 @@ import json
 import time
 from pathlib import Path
 
-from lit_llm.commands.crossval import _run, crossval
+import torch
+
+from lit_llm.commands.crossval import _run
+from lit_llm.commands.sweep import compare, sweep
 
 EXP = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 OUT = Path("runs/experiment")
 INITS = {"scratch": "init_scratch.yaml", "pretrained": "init_pretrained.yaml"}
+RUNS = ("scratch", "pretrained", "dapt")
 
 
 def cfg(*names: str) -> list[str]:
     return [a for n in names for a in ("--config", str(EXP / n))]
 
 
-def sst2(run: str) -> dict:
+def sst2(run: str, seeds: int) -> None:
     init = "init_dapt_sst2.yaml" if run == "dapt" else INITS[run]
-    root = OUT / f"sst2_{run}"
-    args = cfg("classifier.yaml", "sst2.yaml", init) + ["--trainer.default_root_dir", str(root)]
-    _run(["fit"] + args)
-    _run(["test"] + args + ["--ckpt_path", str(root / "checkpoints" / "best.ckpt")])
-    return json.loads((root / "eval" / "test.json").read_text())["metrics"]
+    sweep(cfg("classifier.yaml", "sst2.yaml", init), seeds=seeds, out=str(OUT / f"sst2_{run}"))
 
 
-def cr(run: str, folds: int) -> dict:
+def cr(run: str, seeds: int, folds: int) -> None:
     init = INITS["pretrained" if run == "dapt" else run]
-    summary = crossval(cfg("classifier.yaml", "cr.yaml", init), num_folds=10,
-                       folds=list(range(folds)), out=str(OUT / f"cr_{run}"),
-                       dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None)
-    return {k: v["mean"] for k, v in summary["metrics"].items()} | {f"{k}_std": v["std"] for k, v in summary["metrics"].items()}
+    sweep(cfg("classifier.yaml", "cr.yaml", init), seeds=seeds, crossval_folds=10, folds=list(range(folds)),
+          dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None, out=str(OUT / f"cr_{run}"))
+
+
+def table() -> dict:
+    """The results table from every sweep.json on disk, with each run's paired comparison against (a)."""
+    results: dict = {}
+    for data in ("sst2", "cr"):
+        for run in RUNS:
+            path = OUT / f"{data}_{run}" / "sweep.json"
+            if path.is_file():
+                results[f"{data}_{run}"] = json.loads(path.read_text())
+    print("\n| run | SST-2 acc, mean ± std [95% CI] | vs (a), p | CR acc (10-fold) [95% CI] | vs (a), p | seeds |")
+    print("|---|---|---|---|---|---|")
+    rows = {}
+    for run in RUNS:
+        cells, seeds = [], []
+        for data in ("sst2", "cr"):
+            s = results.get(f"{data}_{run}")
+            if s is None:
+                cells += ["", ""]
+                continue
+            m = s["metrics"]["test_acc"]
+            seeds.append(str(m["n"]))
+            cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]")
+            base = results.get(f"{data}_scratch")
+            if run != "scratch" and base is not None:
+                c = compare(s, base)
+                rows[f"{data}_{run}_vs_scratch"] = c
+                cells.append(f"{100 * c['mean_diff']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}],"
+                             f" p = {c['p_value']:.2g}")
+            else:
+                cells.append("")
+        print(f"| ({'abc'[RUNS.index(run)]}) {run} | " + " | ".join(cells) + f" | {'/'.join(seeds)} |")
+    return {"sweeps": {k: v["metrics"] for k, v in results.items()}, "comparisons": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", nargs="+", default=["pretrain", "dapt", "sst2", "cr"],
-                        choices=["pretrain", "dapt", "sst2", "cr"])
-    parser.add_argument("--runs", nargs="+", default=["scratch", "pretrained", "dapt"])
+    parser.add_argument("--stages", nargs="+", default=["pretrain", "dapt", "sst2", "cr", "table"],
+                        choices=["pretrain", "dapt", "sst2", "cr", "table"])
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per run (a sweep each)")
     parser.add_argument("--folds", type=int, default=10, help="CR folds to run (of 10)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    results: dict = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").is_file() else {}
-    timings = results.setdefault("seconds", {})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seconds = {}
 
     def timed(name, fn, *a):
         t0 = time.perf_counter()
-        out = fn(*a)
-        timings[name] = round(time.perf_counter() - t0)
-        return out
+        fn(*a)
+        seconds[name] = round(time.perf_counter() - t0)
+        print(f"{name}: {seconds[name]} s", flush=True)
 
     if "pretrain" in args.stages:
         timed("pretrain", _run, ["fit"] + cfg("pretrain.yaml"))
@@ -69,20 +108,11 @@ def main() -> None:
         timed("dapt_sst2", _run, ["fit"] + cfg("dapt_sst2.yaml"))
     for run in args.runs:
         if "sst2" in args.stages:
-            results[f"sst2_{run}"] = timed(f"sst2_{run}", sst2, run)
+            timed(f"sst2_{run}", sst2, run, args.seeds)
         if "cr" in args.stages:
-            results[f"cr_{run}"] = timed(f"cr_{run}", cr, run, args.folds)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| run | SST-2 acc | SST-2 F1 | CR acc (10-fold) | CR F1 | CPU time |")
-    print("|---|---|---|---|---|---|")
-    for run in args.runs:
-        s, c = results.get(f"sst2_{run}", {}), results.get(f"cr_{run}", {})
-        secs = timings.get(f"sst2_{run}", 0) + timings.get(f"cr_{run}", 0)
-        print(f"| {run} | {100 * s.get('test_acc', float('nan')):.1f} | {100 * s.get('test_f1', float('nan')):.1f}"
-              f" | {100 * c.get('test_acc', float('nan')):.1f} ± {100 * c.get('test_acc_std', float('nan')):.1f}"
-              f" | {100 * c.get('test_f1', float('nan')):.1f} | {secs / 60:.1f} min |")
-    print(json.dumps(results))
+            timed(f"cr_{run}", cr, run, args.seeds, args.folds)
+    summary = table() if "table" in args.stages else {}
+    print(json.dumps({"seconds": seconds, **summary}))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from lit_llm.callbacks import StagedFinetuning
 from lit_llm.commands.crossval import summarize
 from lit_llm.data.labelled import ClassificationDataModule, kfold_indices, read_labelled, split_indices
 from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
+from lit_llm.errors import UsageError
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.tasks import LoraSpec, SequenceClassifier
 
@@ -84,6 +85,46 @@ def test_kfold_splits_are_disjoint_and_cover_the_data():
     assert split_indices(103, "kfold", seed=3, num_folds=10, fold=4)["test"].tolist() == folds[4].tolist()
     with pytest.raises(ValueError, match="fold must be in 0..9"):
         split_indices(103, "kfold", seed=3, num_folds=10, fold=10)
+
+
+def test_stratified_folds_keep_the_class_balance_of_imbalanced_cr():
+    """CR is 64% positive: stratified folds (the default) hold that share in every fold and every validation
+    carve, to one example; plain folds drift by several points."""
+    _, labels = read_labelled(str(SENTIMENT / "cr" / "custrev.all"))
+    y = np.asarray(labels)
+    folds = kfold_indices(len(y), 10, seed=1337, labels=labels)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(y)))
+    for f in folds:
+        assert abs(y[f].sum() - len(f) * y.mean()) <= 1
+    plain = kfold_indices(len(y), 10, seed=1337)
+    assert max(abs(y[f].mean() - y.mean()) for f in plain) > 0.02  # what stratification fixes
+    for k in range(10):
+        s = split_indices(len(y), "kfold", seed=1337, val_fraction=0.1, num_folds=10, fold=k, labels=labels)
+        assert s["test"].tolist() == folds[k].tolist()
+        assert abs(y[s["val"]].sum() - len(s["val"]) * y[np.concatenate([s["train"], s["val"]])].mean()) <= 1
+        assert not set(s["train"].tolist()) & set(s["val"].tolist())
+    with pytest.raises(ValueError, match="labels has 3 entries for 4 examples"):
+        split_indices(4, "random", seed=0, labels=[0, 1, 0])
+
+
+def test_sweep_intervals_and_paired_test_match_the_textbook_formulas():
+    from lit_llm.commands.sweep import compare, interval, paired
+
+    s = interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4) * sd / sqrt(n)
+    assert s["mean"] == 3.0 and s["ci95"] == pytest.approx([3 - half, 3 + half])
+    a, b = [0.80, 0.82, 0.81, 0.83, 0.79], [0.78, 0.80, 0.80, 0.80, 0.78]  # diffs .02 .02 .01 .03 .01
+    c = paired(a, b)
+    sd = math.sqrt(sum((d - 0.018) ** 2 for d in (0.02, 0.02, 0.01, 0.03, 0.01)) / 4)
+    assert c["mean_diff"] == pytest.approx(0.018) and c["ci95"][0] == pytest.approx(0.018 - 2.7764451 * sd / math.sqrt(5))
+    assert c["p_value"] == pytest.approx(0.00859, abs=2e-4)  # t = 4.811 on 4 degrees of freedom
+    sweep_a = {"per_seed": [{"seed": i, "folds": [0, 1], "test_acc": x} for i, x in enumerate(a)]}
+    sweep_b = {"per_seed": [{"seed": i, "folds": [0, 1], "test_acc": x} for i, x in enumerate(b)]}
+    assert compare(sweep_a, sweep_b)["p_value"] == pytest.approx(c["p_value"])
+    with pytest.raises(UsageError, match="share 1 seed"):
+        compare(sweep_a, {"per_seed": sweep_b["per_seed"][:1]})
+    with pytest.raises(UsageError, match="ran folds"):
+        compare(sweep_a, {"per_seed": [dict(r, folds=[0]) for r in sweep_b["per_seed"]]})
 
 
 def test_reading_labelled_formats_and_bad_labels(tmp_path):
@@ -303,13 +344,48 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
          "--dapt_config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
     summary = json.loads((tmp_path / "cr" / "crossval.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [0, 1] and set(summary["metrics"]["test_acc"]) == {"mean", "std", "folds"}
-    texts, _ = read_labelled(str(SENTIMENT / "cr" / "custrev.all"))
-    fold0 = set(kfold_indices(len(texts), 10, seed=1337)[0].tolist())
+    texts, labels = read_labelled(str(SENTIMENT / "cr" / "custrev.all"))
+    fold0 = set(kfold_indices(len(texts), 10, seed=1337, labels=labels)[0].tolist())  # stratified, the default
     training_text = {texts[i] for i in range(len(texts)) if i not in fold0}
     dapt_lines = (tmp_path / "cr" / "fold0" / "dapt_text.txt").read_text().splitlines()
     # the DAPT text of fold 0 is exactly its training folds' sentences: none of the held-out fold's (except
     # sentences that CR repeats across folds)
     assert len(dapt_lines) == len(texts) - len(fold0) and set(dapt_lines) <= training_text
+
+
+@pytest.mark.slow
+def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed(lm_ckpt, tmp_path):
+    """``sweep --seeds 2`` twice (two learning rates), the second with ``--compare_to`` the first: each seed is
+    its own run (seeds give different results), a seed run again gives the same metrics, and the comparison
+    is the seed-by-seed difference. A bad --compare_to is one error line before any training."""
+    cfg = {
+        "trainer": {"max_steps": 6, "limit_val_batches": 2, "limit_test_batches": 3, "enable_progress_bar": False,
+                    "logger": False, "enable_model_summary": False},
+        "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
+                  "init_args": {"checkpoint": str(lm_ckpt), "learning_rate": 3e-3, "model_args": {"dropout": 0.1}}},
+        "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
+                 "init_args": {"train": "sentiment/sst2/stsa.binary.train", "val": "sentiment/sst2/stsa.binary.dev",
+                               "test": "sentiment/sst2/stsa.binary.test", "max_length": 32, "batch_size": 8}},
+    }
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cfg))
+    base = ["sweep", "--config", str(tmp_path / "cls.yaml"), "--seeds", "2"]
+    run(base + ["--out", "a"], tmp_path, tmp_path)
+    run(base + ["--out", "b", "--model.learning_rate", "1e-4", "--compare_to", "a/sweep.json"], tmp_path, tmp_path)
+    a, b = (json.loads((tmp_path / x / "sweep.json").read_text()) for x in ("a", "b"))
+    assert [r["seed"] for r in a["runs"]] == [0, 1] and a["metrics"]["test_acc"]["n"] == 2
+    assert a["runs"][0]["test_loss"] != a["runs"][1]["test_loss"]  # the seed reached the run
+    lo, hi = a["metrics"]["test_acc"]["ci95"]
+    assert lo <= a["metrics"]["test_acc"]["mean"] <= hi
+    c = b["comparison"]
+    assert c["seeds"] == [0, 1] and c["diffs"] == pytest.approx(
+        [rb["test_acc"] - ra["test_acc"] for ra, rb in zip(a["runs"], b["runs"])])
+    run(["sweep", "--config", str(tmp_path / "cls.yaml"), "--seeds", "1", "--first_seed", "1", "--out", "again"],
+        tmp_path, tmp_path)
+    again = json.loads((tmp_path / "again" / "sweep.json").read_text())["runs"][0]
+    assert again["test_loss"] == pytest.approx(a["runs"][1]["test_loss"], abs=1e-6)  # seed 1, run again
+    bad = subprocess.run([sys.executable, "-m", "lit_llm", *base, "--compare_to", "missing.json"], cwd=tmp_path,
+                         env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --compare_to missing.json")
 
 
 def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckpt):

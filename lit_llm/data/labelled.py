@@ -15,7 +15,7 @@ so a fine-tune cannot silently use another vocabulary.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -123,40 +123,64 @@ def pad_examples(tok: Tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, t
     return input_ids, mask
 
 
-def kfold_indices(n: int, num_folds: int, seed: int) -> list[np.ndarray]:
-    """``num_folds`` disjoint index sets that together cover ``range(n)``, from a seeded permutation."""
+def _dealt(idx: np.ndarray, labels: Optional[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """``idx`` shuffled; with ``labels`` (of every example), class by class, so that dealing the result out
+    round-robin gives every part the classes in the proportions of the whole (stratification)."""
+    if labels is None:
+        return rng.permutation(idx)
+    return np.concatenate([rng.permutation(idx[labels[idx] == c]) for c in np.unique(labels[idx])])
+
+
+def kfold_indices(n: int, num_folds: int, seed: int, labels: Optional[Sequence[int]] = None) -> list[np.ndarray]:
+    """``num_folds`` disjoint index sets that together cover ``range(n)``, from a seeded permutation. With
+    ``labels``, stratified: each fold holds every class in the proportion of the whole (to one example), as
+    is usual for cross-validation on small, imbalanced sets such as CR."""
     if not 2 <= num_folds <= n:
         raise ValueError(f"num_folds must be between 2 and the number of examples ({n}), got {num_folds}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return [np.sort(f) for f in np.array_split(perm, num_folds)]
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return [np.sort(f) for f in np.array_split(rng.permutation(n), num_folds)]
+    order = _dealt(np.arange(n), np.asarray(labels), rng)
+    return [np.sort(order[k::num_folds]) for k in range(num_folds)]
 
 
-def _carve(idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``idx`` into (rest, held) with ``round(fraction * len)`` held out, seeded."""
-    perm = np.random.default_rng(seed).permutation(idx)
+def _carve(idx: np.ndarray, fraction: float, seed: int,
+           labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (rest, held) with ``round(fraction * len)`` held out, seeded; stratified by
+    ``labels`` (of every example) when given."""
     k = int(round(fraction * len(idx)))
-    return np.sort(perm[k:]), np.sort(perm[:k])
+    if labels is None or k == 0:
+        perm = np.random.default_rng(seed).permutation(idx)
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    order = _dealt(idx, labels, np.random.default_rng(seed))
+    held = order[np.round(np.arange(k) * len(idx) / k).astype(int)]  # k examples spread evenly over the classes
+    return np.sort(np.setdiff1d(idx, held)), np.sort(held)
 
 
 def split_indices(n: int, mode: str, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                  num_folds: int = 10, fold: int = 0) -> dict[str, np.ndarray]:
+                  num_folds: int = 10, fold: int = 0, labels: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
     """Indices of train/val/test in one labelled set of ``n`` examples.
 
     - ``random``: a seeded split with the given val and test fractions;
     - ``kfold``: fold ``fold`` of ``num_folds`` is the test set, and ``val_fraction`` of the other folds is
       held out for validation (model selection never sees the test fold).
+
+    With ``labels`` every split is stratified (each holds the classes in the proportions of the whole).
     """
+    y = None if labels is None else np.asarray(labels)
+    if y is not None and len(y) != n:
+        raise ValueError(f"labels has {len(y)} entries for {n} examples")
     if mode == "random":
-        rest, test = _carve(np.arange(n), test_fraction, seed)
+        rest, test = _carve(np.arange(n), test_fraction, seed, y)
     elif mode == "kfold":
         if not 0 <= fold < num_folds:
             raise ValueError(f"fold must be in 0..{num_folds - 1}, got {fold}")
-        folds = kfold_indices(n, num_folds, seed)
+        folds = kfold_indices(n, num_folds, seed, y)
         test = folds[fold]
         rest = np.sort(np.concatenate([f for i, f in enumerate(folds) if i != fold]))
     else:
         raise ValueError(f"split must be one of {SPLIT_MODES}, got {mode!r}")
-    train, val = _carve(rest, val_fraction, seed + 1)
+    train, val = _carve(rest, val_fraction, seed + 1, y)
     return {"train": train, "val": val, "test": test}
 
 
@@ -180,6 +204,8 @@ class ClassificationDataModule(L.LightningDataModule):
         val_fraction: share of the training examples held out for validation when no val file is given.
         test_fraction: share held out for testing with ``split: random``.
         seed: seed of the splits and of the shuffling.
+        stratify: splits cut from ``train`` (``random``, ``kfold``, and ``val_fraction``) keep the classes in the
+            proportions of the whole, fold by fold; false: plain seeded permutations.
         max_length: tokens per example, special tokens included; longer texts are cut at the end.
         batch_size: examples per batch on each process.
         num_workers: DataLoader worker processes.
@@ -207,6 +233,7 @@ class ClassificationDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 1337,
+        stratify: bool = True,
         max_length: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -254,14 +281,16 @@ class ClassificationDataModule(L.LightningDataModule):
         if hp.split == "files":
             out = {}
             if hp.val is None:
-                idx = split_indices(len(texts), "random", hp.seed, hp.val_fraction, 0.0)
+                idx = split_indices(len(texts), "random", hp.seed, hp.val_fraction, 0.0,
+                                    labels=labels if hp.stratify else None)
                 out["train"], out["val"] = _take(texts, labels, idx["train"]), _take(texts, labels, idx["val"])
             else:
                 out["train"], out["val"] = (texts, labels), self._read(hp.val)
             if hp.test is not None:
                 out["test"] = self._read(hp.test)
         else:
-            idx = split_indices(len(texts), hp.split, hp.seed, hp.val_fraction, hp.test_fraction, hp.num_folds, hp.fold)
+            idx = split_indices(len(texts), hp.split, hp.seed, hp.val_fraction, hp.test_fraction, hp.num_folds, hp.fold,
+                                labels=labels if hp.stratify else None)
             out = {name: _take(texts, labels, i) for name, i in idx.items()}
         for name, (t, _) in out.items():
             if not t:
