@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -62,16 +62,47 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", over
     return out_dir
 
 
-def import_hf(hf_dir: str, out: str) -> Path:
-    """Turn a Hugging Face GPT-2, Llama or BERT directory (config, weights, tokenizer.json) into a lit_llm
-    checkpoint that ``generate``, ``export`` and fine-tuning read.
+HUB_FILES = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
+
+
+def hub_snapshot(repo_id: str, revision: Optional[str] = None) -> Path:
+    """The local folder of a Hugging Face Hub model: downloaded by ``huggingface_hub.snapshot_download`` (only
+    the config, the tokenizer and the safetensors weights) into the local Hub cache, or found there. With
+    ``HF_HUB_OFFLINE=1`` nothing is downloaded and the cache must hold it already."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as e:
+        raise ImportError("Importing from the Hub needs huggingface_hub: pip install 'lit_llm[hf]'") from e
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local folder, and the Hub model {repo_id} (revision {revision or 'main'}) is"
+            " neither in the local Hub cache nor reachable (HF_HUB_OFFLINE is set, or there is no network):"
+            " download it where there is a network (huggingface-cli download), or pass a save_pretrained folder"
+        ) from e
+    except HfHubHTTPError as e:
+        raise FileNotFoundError(f"The Hub has no model {repo_id!r} at revision {revision or 'main'}"
+                                f" ({type(e).__name__}): check the id, or pass a local folder") from e
+
+
+def import_hf(hf_dir: str, out: str, revision: Optional[str] = None) -> Path:
+    """Turn a Hugging Face GPT-2, Llama or BERT model (config, safetensors weights, tokenizer.json) into a
+    lit_llm checkpoint that ``generate``, ``export`` and fine-tuning read.
 
     Args:
-        hf_dir: a directory written by ``save_pretrained`` (offline; nothing is downloaded).
+        hf_dir: a directory written by ``save_pretrained``, or a Hub model id such as ``gpt2`` or
+            ``owner/name``, fetched into the local Hub cache (``HF_HUB_OFFLINE=1``: from the cache only).
         out: path of the .ckpt file to write.
+        revision: the Hub revision (branch, tag or commit) of a Hub id; default main.
     """
     tf = _require_transformers()
     src = Path(hf_dir)
+    if not src.exists():
+        src = hub_snapshot(hf_dir, revision)
+    elif revision is not None:
+        raise ValueError(f"--revision applies to a Hub id; {hf_dir} is a local folder")
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} has no config.json; pass a directory written by transformers' save_pretrained")
     if not (src / "tokenizer.json").is_file():

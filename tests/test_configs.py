@@ -91,6 +91,19 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     assert staged == ([] if init == "init_scratch.yaml" else ["lit_llm.callbacks.StagedFinetuning"])
 
 
+def test_the_hub_gpt2_config_composes_with_the_gpu_fragment(monkeypatch, capsys):
+    """configs/experiment/init_hub_gpt2.yaml cannot run here (no Hub, no GPU): it must at least parse with
+    the files it is documented with, and point at the import-hf output it documents."""
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    files = ("classifier.yaml", "sst2.yaml", "init_hub_gpt2.yaml")
+    cfg = _printed([a for f in files for a in ("--config", str(EXPERIMENT / f))]
+                   + ["--config", str(REPO / "configs" / "trainer" / "gpu.yaml")], capsys)
+    model = cfg["model"]["init_args"]
+    assert model["checkpoint"] == "checkpoints/gpt2.ckpt" and model["learning_rate"] == 5e-5
+    assert cfg["trainer"]["accelerator"] == "gpu" and cfg["data"]["init_args"]["max_length"] == 128
+    assert "import-hf --hf_dir gpt2 --out checkpoints/gpt2.ckpt" in (EXPERIMENT / "init_hub_gpt2.yaml").read_text()
+
+
 @pytest.mark.parametrize("name", ["pretrain.yaml", "dapt_sst2.yaml", "dapt_cr.yaml"])
 def test_experiment_lm_configs_parse(name, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["lit_llm"])

@@ -152,3 +152,42 @@ def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
     out = export(str(ckpt), str(tmp_path / "hf_char"))
     config = json.loads((out / "config.json").read_text())
     assert config.get("eos_token_id") is None and config.get("bos_token_id") is None
+
+
+def test_import_hf_takes_a_hub_id_from_the_local_cache_offline(tmp_path):
+    """``import-hf gpt2``-style: a Hub id resolves through huggingface_hub's snapshot_download. Offline
+    (HF_HUB_OFFLINE=1), a model in the local Hub cache (laid out here as the Hub client lays it out) imports to
+    the same weights as its folder; one that is not cached is one error line that says so."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from lit_llm.export import export
+    from test_finetune import write_lm_checkpoint
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    folder = export(str(ckpt), str(tmp_path / "hf"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    env = {**cli_env(tmp_path), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+
+    def import_hf(*args):
+        return subprocess.run([sys.executable, "-m", "lit_llm", "import-hf", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = import_hf("--hf_dir", "someone/tiny-gpt2", "--out", "hub.ckpt")
+    assert done.returncode == 0, done.stderr
+    assert import_hf("--hf_dir", str(folder), "--out", "dir.ckpt").returncode == 0
+    hub, local = (torch.load(tmp_path / f, weights_only=True) for f in ("hub.ckpt", "dir.ckpt"))
+    assert hub["lit_llm"] == local["lit_llm"]
+    assert all(torch.equal(v, local["state_dict"][k]) for k, v in hub["state_dict"].items())
+    missing = import_hf("--hf_dir", "someone/not-cached", "--out", "x.ckpt")
+    last = missing.stderr.strip().splitlines()[-1]
+    assert missing.returncode == 2 and last.startswith("error: ") and "neither in the local Hub cache nor reachable" in last
+    assert not (tmp_path / "x.ckpt").exists()
