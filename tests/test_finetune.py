@@ -198,11 +198,12 @@ def _tiny_fit(clf, callbacks, steps, tmp_path):
     return trainer
 
 
-def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckpt, tmp_path):
+@pytest.mark.parametrize("head, top", [(3, 2), (0.43, 0.29)])  # steps, or fractions of the 7-step run
+def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckpt, tmp_path, head, top):
     torch.manual_seed(0)
     clf = SequenceClassifier(checkpoint=str(lm_ckpt), learning_rate=1e-2)
     rec = _Recorder()
-    _tiny_fit(clf, [StagedFinetuning(head_only_steps=3, top_blocks=1, top_blocks_steps=2), rec], 7, tmp_path)
+    _tiny_fit(clf, [StagedFinetuning(head_only_steps=head, top_blocks=1, top_blocks_steps=top), rec], 7, tmp_path)
     names = [n for n, _ in clf.named_parameters()]
     head = {n for n in names if n.startswith("head.")}
     top = head | {n for n in names if n.startswith("backbone.layers.1.") or n.startswith("backbone.norm.")}
@@ -212,6 +213,11 @@ def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckp
         assert rec.changed[step] == top and rec.grads[step] == top, step
     for step in (5, 6):  # everything trains, the embeddings included
         assert rec.changed[step] == set(names) and rec.grads[step] == set(names), step
+
+
+def test_staged_finetuning_refuses_a_stage_length_that_is_neither_steps_nor_a_fraction():
+    with pytest.raises(ValueError, match="head_only_steps is a number of steps"):
+        StagedFinetuning(head_only_steps=2.5)
 
 
 def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):

@@ -23,17 +23,30 @@ class StagedFinetuning(L.Callback):
     """Train the head alone for ``head_only_steps``, then also the top ``top_blocks`` blocks (and the final
     norm) for ``top_blocks_steps``, then the whole backbone.
 
+    A stage length below 1 is a fraction of the run (``trainer.estimated_stepping_batches``), so that one
+    config stages a short run (CR's 384 steps) and a long one alike; 1 or more is a number of steps.
+
     Args:
-        head_only_steps: optimizer steps with the backbone frozen.
+        head_only_steps: optimizer steps with the backbone frozen, or a fraction of the run.
         top_blocks: blocks unfrozen in the second stage (0 skips it).
-        top_blocks_steps: length of the second stage in optimizer steps.
+        top_blocks_steps: length of the second stage in optimizer steps, or a fraction of the run.
     """
 
-    def __init__(self, head_only_steps: int = 100, top_blocks: int = 2, top_blocks_steps: int = 100) -> None:
+    def __init__(self, head_only_steps: float = 100, top_blocks: int = 2, top_blocks_steps: float = 100) -> None:
         if min(head_only_steps, top_blocks, top_blocks_steps) < 0:
             raise ValueError("head_only_steps, top_blocks and top_blocks_steps must be >= 0")
-        self.head_only_steps, self.top_blocks, self.top_blocks_steps = head_only_steps, top_blocks, top_blocks_steps
+        for name, v in (("head_only_steps", head_only_steps), ("top_blocks_steps", top_blocks_steps)):
+            if v >= 1 and v != int(v):
+                raise ValueError(f"{name} is a number of steps (>= 1, whole) or a fraction of the run (< 1), got {v}")
+        self.lengths = (head_only_steps, top_blocks_steps)
+        self.top_blocks = top_blocks
+        self.head_only_steps, self.top_blocks_steps = (int(v) if v >= 1 else 0 for v in self.lengths)
         self._current: Any = "unset"
+
+    def resolve(self, total_steps: int) -> None:
+        """Turn fractional stage lengths into steps of a run of ``total_steps``."""
+        self.head_only_steps, self.top_blocks_steps = (
+            int(v) if v >= 1 or v == 0 else max(1, round(v * total_steps)) for v in self.lengths)
 
     def trainable_blocks(self, step: int) -> Optional[int]:
         """How many top blocks train at ``step``: 0 (head only), k, or None (all of the backbone)."""
@@ -50,6 +63,10 @@ class StagedFinetuning(L.Callback):
             raise ValueError("StagedFinetuning and LoRA exclude each other: LoRA already freezes the backbone")
         if self.top_blocks > len(pl_module.blocks):
             raise ValueError(f"top_blocks {self.top_blocks} exceeds the model's {len(pl_module.blocks)} blocks")
+        if any(0 < v < 1 for v in self.lengths):
+            self.resolve(int(trainer.estimated_stepping_batches))
+            rank_zero_info(f"StagedFinetuning: head only for {self.head_only_steps} steps, top blocks for"
+                           f" {self.top_blocks_steps}, of {int(trainer.estimated_stepping_batches)}")
         self._current = "unset"
 
     def apply(self, pl_module: L.LightningModule, step: int) -> None:
