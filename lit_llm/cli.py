@@ -48,6 +48,8 @@ COMMANDS: dict[str, Command] = {
                     "parameters, training FLOPs per token and memory per GPU of a preset or a config"),
     "consolidate": Command("lit_llm.parallel.checkpoint:consolidate",
                            "merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file"),
+    "plot": Command("lit_llm.commands.plot:plot",
+                    "draw runs' loss, val perplexity, learning rate and tokens/s as PNGs from their CSV logs"),
     "crossval": Command("lit_llm.commands.crossval:crossval",
                         "k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)"),
     "sweep": Command("lit_llm.commands.sweep:sweep",

@@ -24,7 +24,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_llm.callbacks import (EvaluationReport, LRMonitor, NonFiniteGuard, Preemption, SampleGenerations,
+from lit_llm.callbacks import (EvaluationReport, LRMonitor, NonFiniteGuard, PlotCurves, Preemption, SampleGenerations,
                                TokenThroughput)
 from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
 from lit_llm.checkpoint import newest_checkpoint, read_info
@@ -114,11 +114,15 @@ class LitLLMCLI(LightningCLI):
         kwargs.setdefault(
             "trainer_defaults",
             {
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.WandbLogger",
-                    # offline: no account, no network; set offline: false (and log in) to sync
-                    "init_args": {"project": "lit_llm", "offline": True},
-                },
+                "logger": [
+                    {
+                        "class_path": "lightning.pytorch.loggers.WandbLogger",
+                        # offline: no account, no network; set offline: false (and log in) to sync
+                        "init_args": {"project": "lit_llm", "offline": True},
+                    },
+                    # and a CSV file in the run's folder: curves without W&B (python -m lit_llm plot, PlotCurves)
+                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}},
+                ],
                 # checkpoint files written beside their final name, fsynced and renamed (lit_llm.atomic_io)
                 "plugins": [{"class_path": "lit_llm.atomic_io.AtomicCheckpointIO"}],
             },
@@ -153,6 +157,7 @@ class LitLLMCLI(LightningCLI):
         parser.add_lightning_class_args(Preemption, "preemption")  # acts only under SLURM
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # skip non-finite steps, never save NaN weights
         parser.add_lightning_class_args(SampleGenerations, "samples")  # causal language models only
+        parser.add_lightning_class_args(PlotCurves, "plots")  # PNG curves from the CSV log at the end of fit
         # language modelling: the data decides the context and the vocabulary (links that do not apply to the
         # chosen classes, e.g. a classifier's, are skipped)
         parser.link_arguments("data.init_args.block_size", "model.init_args.block_size")

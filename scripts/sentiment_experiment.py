@@ -4,7 +4,8 @@ Runs, each on SST-2 (official test set) and CR (stratified 10-fold cross-validat
   (a) scratch:    the classifier from random weights;
   (b) pretrained: from the language model of pretrain.yaml (Tiny Shakespeare + SST-2 train text, no labels);
   (c) dapt:       from that model after domain-adaptive pretraining (SST-2: dapt_sst2.yaml on SST-2 train
-                  text; CR: dapt_cr.yaml on each fold's training-fold text, inside crossval).
+                  text; CR: dapt_cr.yaml on each fold's training-fold text, inside crossval);
+  (d) lora:       (b) with rank-8 LoRA adapters and the head trained instead of the whole model.
 
 Each run is a ``lit_llm sweep`` over ``--seeds`` seeds (``runs/experiment/{sst2,cr}_{run}/sweep.json``);
 (b) and (c) are compared with (a) seed by seed (paired t-test). Stages write only their own folders, so
@@ -31,8 +32,8 @@ from lit_llm.commands.sweep import compare, sweep
 
 EXP = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 OUT = Path("runs/experiment")
-INITS = {"scratch": "init_scratch.yaml", "pretrained": "init_pretrained.yaml"}
-RUNS = ("scratch", "pretrained", "dapt")
+INITS = {"scratch": "init_scratch.yaml", "pretrained": "init_pretrained.yaml", "lora": "init_lora.yaml"}
+RUNS = ("scratch", "pretrained", "dapt", "lora")
 
 
 def cfg(*names: str) -> list[str]:
@@ -50,6 +51,20 @@ def cr(run: str, seeds: int, folds: int) -> None:
           dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None, out=str(OUT / f"cr_{run}"))
 
 
+def trainable(run: str) -> int:
+    """Parameters the run trains (all of them, but for LoRA), counted on the model its config builds."""
+    import yaml
+
+    from lit_llm.checkpoint import LoraSpec
+    from lit_llm.tasks import SequenceClassifier
+
+    init = yaml.safe_load((EXP / INITS["pretrained" if run == "dapt" else run]).read_text())["model"]["init_args"]
+    if init.get("lora"):
+        init["lora"] = LoraSpec(**init["lora"])
+    model = SequenceClassifier(**{k: v for k, v in init.items() if k not in ("learning_rate", "min_lr")})
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def table() -> dict:
     """The results table from every sweep.json on disk, with each run's paired comparison against (a)."""
     results: dict = {}
@@ -58,8 +73,9 @@ def table() -> dict:
             path = OUT / f"{data}_{run}" / "sweep.json"
             if path.is_file():
                 results[f"{data}_{run}"] = json.loads(path.read_text())
-    print("\n| run | SST-2 acc, mean ± std [95% CI] | vs (a), p | CR acc (10-fold) [95% CI] | vs (a), p | seeds |")
-    print("|---|---|---|---|---|---|")
+    print("\n| run | trainable params | SST-2 acc, mean ± std [95% CI] | vs (a), p | CR acc (10-fold) [95% CI] |"
+          " vs (a), p | seeds | min per SST-2 run |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = {}
     for run in RUNS:
         cells, seeds = [], []
@@ -79,7 +95,11 @@ def table() -> dict:
                              f" p = {c['p_value']:.2g}")
             else:
                 cells.append("")
-        print(f"| ({'abc'[RUNS.index(run)]}) {run} | " + " | ".join(cells) + f" | {'/'.join(seeds)} |")
+        if not seeds:
+            continue
+        secs = results.get(f"sst2_{run}", {}).get("metrics", {}).get("seconds", {}).get("mean")
+        print(f"| ({'abcd'[RUNS.index(run)]}) {run} | {trainable(run):,} | " + " | ".join(cells)
+              + f" | {'/'.join(seeds)} | {'' if secs is None else f'{secs / 60:.1f}'} |")
     return {"sweeps": {k: v["metrics"] for k, v in results.items()}, "comparisons": rows}
 
 

@@ -298,6 +298,12 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
     assert len(val) == 2 and 1.0 < val[-1] < math.log(65) + 0.5  # validated at steps 10 and 20
     assert ppl[-1] == pytest.approx(math.exp(val[-1]), rel=1e-4)
     assert any("train_loss" in r for r in rows) and any(k.startswith("lr-AdamW") for r in rows for k in r)
+    # and the same curves, without W&B: the CSV log in the run's folder, drawn at the end of fit
+    from lit_llm.commands.plot import read_curves
+    curves = read_curves(out)
+    assert [round(curves["val_loss"][s], 4) for s in sorted(curves["val_loss"])] == [round(v, 4) for v in val]
+    assert {p.name for p in (out / "plots").iterdir()} == {"loss.png", "val_ppl.png", "learning_rate.png",
+                                                           "tokens_per_sec.png"}
     assert any("tokens_per_sec" in r for r in rows) and any("tokens_seen" in r for r in rows)
     data = next(r for r in rows if "data/bytes_per_token" in r)  # the data report reaches the tracker
     assert data["data/bytes_per_token"] == 1.0 and data["data/train_tokens"] == 1_003_855
@@ -433,3 +439,27 @@ def test_prepare_command_then_fit_reuses_it_and_logs_the_report(tmp_path):
     assert "data/bytes_per_token" in metrics and "data/removed_by_dedup_exact" in metrics
     assert (Path(folder) / "manifest.json").is_file()
     assert json.loads((Path(folder) / "manifest.json").read_text())
+
+
+def test_plot_reads_every_csv_version_of_a_resumed_run_and_compares_runs(tmp_path, capsys):
+    """A resumed run logs to a new CSV version and repeats the steps after its checkpoint: the later values
+    win. Two runs go on one figure each; a folder without a CSV log is one clear error."""
+    from lit_llm.commands.plot import plot, read_curves
+
+    def write(run, version, rows):
+        folder = tmp_path / run / "csv" / f"version_{version}"
+        folder.mkdir(parents=True)
+        lines = ["epoch,lr-AdamW,step,train_loss,val_loss"] + [",".join(map(str, r)) for r in rows]
+        (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+    write("a", 0, [(0, 0.001, 0, 4.0, ""), (0, 0.001, 1, 3.5, ""), (0, "", 1, "", 3.6), (0, 0.001, 2, 3.0, "")])
+    write("a", 1, [(0, 0.0005, 2, 2.9, ""), (0, 0.0005, 3, 2.5, ""), (0, "", 3, "", 2.7)])  # resumed at step 2
+    write("b", 0, [(0, 0.002, 0, 4.1, ""), (0, 0.002, 1, 3.9, "")])
+    curves = read_curves(tmp_path / "a")
+    assert curves["train_loss"] == {0: 4.0, 1: 3.5, 2: 2.9, 3: 2.5} and curves["val_loss"] == {1: 3.6, 3: 2.7}
+    written = plot([str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "cmp"))
+    assert sorted(p.name for p in written) == ["learning_rate.png", "loss.png"]
+    assert all(p.stat().st_size > 5000 for p in written) and not list((tmp_path / "cmp").glob(".*"))
+    (tmp_path / "empty").mkdir()
+    code, _, err = call(["plot", "--runs", f"[{tmp_path / 'empty'}]"], capsys)
+    assert "has no CSV log" in error_line(code, err)

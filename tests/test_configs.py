@@ -71,14 +71,16 @@ def _printed(args: list[str], capsys) -> dict:
 
 
 @pytest.mark.parametrize("data", ["sst2.yaml", "cr.yaml"])
-@pytest.mark.parametrize("init", ["init_scratch.yaml", "init_pretrained.yaml", "init_dapt_sst2.yaml"])
+@pytest.mark.parametrize("init", ["init_scratch.yaml", "init_pretrained.yaml", "init_dapt_sst2.yaml", "init_lora.yaml"])
 def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     cfg = _printed([a for f in ("classifier.yaml", data, init) for a in ("--config", str(EXPERIMENT / f))], capsys)
     model, dm = cfg["model"]["init_args"], cfg["data"]["init_args"]
     assert cfg["model"]["class_path"] == "lit_llm.tasks.SequenceClassifier"
     # the classifier's own defaults, not a LanguageModel's carried over by jsonargparse
-    assert model["learning_rate"] == 5e-4 and model["warmup_steps"] == 100 and model["betas"] == [0.9, 0.999]
+    lora = init == "init_lora.yaml"
+    assert model["learning_rate"] == (2e-3 if lora else 5e-4) and model["warmup_steps"] == 100
+    assert model["betas"] == [0.9, 0.999] and (model["lora"] is not None) == lora
     assert model["label_names"] == ["negative", "positive"] and model["num_classes"] == 2
     assert "num_classes" not in dm and "label_names" not in dm  # link targets: they come from the model
     assert (dm["split"] == "kfold") == (data == "cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
@@ -88,7 +90,7 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
         stage = "dapt_sst2" if "dapt" in init else "pretrain"
         assert model["checkpoint"] == f"runs/experiment/{stage}/checkpoints/last.ckpt"
     staged = [c["class_path"] for c in cfg["trainer"]["callbacks"] or []]
-    assert staged == ([] if init == "init_scratch.yaml" else ["lit_llm.callbacks.StagedFinetuning"])
+    assert staged == ([] if init in ("init_scratch.yaml", "init_lora.yaml") else ["lit_llm.callbacks.StagedFinetuning"])
 
 
 def test_the_hub_gpt2_config_composes_with_the_gpu_fragment(monkeypatch, capsys):
@@ -112,3 +114,19 @@ def test_experiment_lm_configs_parse(name, monkeypatch, capsys):
     sources = cfg["data"]["init_args"]["sources"]
     # no CR text and no SST-2 dev/test text feeds language-model training before evaluation
     assert all("custrev" not in s["path"] and ".dev" not in s["path"] and ".test" not in s["path"] for s in sources or [])
+
+
+@pytest.mark.parametrize("fragment, loggers", [
+    ("wandb_online.yaml", ["lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.CSVLogger"]),
+    ("csv.yaml", ["lightning.pytorch.loggers.CSVLogger"])])
+def test_logger_fragments_replace_the_default_loggers(fragment, loggers, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    default = _printed(["--config", str(REPO / "configs" / "debug.yaml")], capsys)["trainer"]["logger"]
+    assert [lg["class_path"] for lg in default] == ["lightning.pytorch.loggers.WandbLogger",
+                                                    "lightning.pytorch.loggers.CSVLogger"]
+    assert default[0]["init_args"]["offline"] is True
+    cfg = _printed(["--config", str(REPO / "configs" / "debug.yaml"), "--config",
+                    str(REPO / "configs" / "logger" / fragment)], capsys)
+    assert [lg["class_path"] for lg in cfg["trainer"]["logger"]] == loggers
+    if "WandbLogger" in loggers[0]:
+        assert cfg["trainer"]["logger"][0]["init_args"]["offline"] is False

@@ -1,3 +1,4 @@
+from lit_llm.callbacks.curves import PlotCurves
 from lit_llm.callbacks.evaluation import EvaluationReport
 from lit_llm.callbacks.finetuning import StagedFinetuning
 from lit_llm.callbacks.lr_monitor import LRMonitor
@@ -6,4 +7,4 @@ from lit_llm.callbacks.preemption import Preemption
 from lit_llm.callbacks.samples import SampleGenerations
 from lit_llm.callbacks.throughput import TokenThroughput
 
-__all__ = ["EvaluationReport", "LRMonitor", "NonFiniteGuard", "Preemption", "SampleGenerations", "StagedFinetuning", "TokenThroughput"]
+__all__ = ["EvaluationReport", "LRMonitor", "NonFiniteGuard", "PlotCurves", "Preemption", "SampleGenerations", "StagedFinetuning", "TokenThroughput"]

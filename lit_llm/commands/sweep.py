@@ -4,7 +4,8 @@ and a paired comparison against another sweep.
 A single run's accuracy moves by a point or more from seed to seed on SST-2-sized test sets, so one number
 cannot say whether a change helped. ``sweep`` runs the config once per seed (``seed_everything`` = seed; the
 data split stays the config's, so every seed and every config sees the same test examples), through
-``crossval`` when ``--crossval true``. It writes ``sweep.json``: every run's test metrics, and per metric the
+``crossval`` with ``--crossval_folds K``. It writes ``sweep.json``: every run's test metrics and fit time
+(``seconds``; per fold, a fold's share of its seed's time, DAPT included), and per metric the
 mean, the sample standard deviation and the 95% confidence interval of the mean over seeds (Student's t; a
 cross-validated seed counts once, as its mean over folds).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -89,17 +91,20 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
     for seed in range(first_seed, first_seed + seeds):
         seed_dir = root / f"seed{seed}"
         args = fit_args + ["--seed_everything", str(seed)]
+        started = time.perf_counter()
         if crossval_folds:
             summary = crossval(args, num_folds=crossval_folds, folds=folds, out=str(seed_dir), dapt_config=dapt_config)
-            runs += [{"seed": seed, **fold} for fold in summary["folds"]]
+            seconds = (time.perf_counter() - started) / len(summary["folds"])
+            runs += [{"seed": seed, **fold, "seconds": seconds} for fold in summary["folds"]]
         else:
             common = args + ["--trainer.default_root_dir", str(seed_dir)]
             _run(["fit"] + common)
+            seconds = time.perf_counter() - started
             ckpts = seed_dir / "checkpoints"
             best = ckpts / "best.ckpt" if (ckpts / "best.ckpt").is_file() else ckpts / "last.ckpt"
             _run(["test"] + common + ["--ckpt_path", str(best)])
             report = json.loads((seed_dir / "eval" / "test.json").read_text())
-            runs.append({"seed": seed, "checkpoint": str(best), **report["metrics"]})
+            runs.append({"seed": seed, "checkpoint": str(best), **report["metrics"], "seconds": seconds})
     result = {"fit_args": fit_args, "crossval_folds": crossval_folds, "dapt_config": dapt_config, "runs": runs,
               "per_seed": per_seed(runs)}
     result["metrics"] = {name: interval([s[name] for s in result["per_seed"]]) for name in _metric_names(runs)}
