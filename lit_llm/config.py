@@ -17,11 +17,12 @@ from argparse import RawDescriptionHelpFormatter
 from typing import Any, Optional, Sequence
 
 import lightning as L
+import torch
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_llm.callbacks import (EvaluationReport, LRMonitor, NonFiniteGuard, PlotCurves, Preemption, SampleGenerations,
@@ -40,6 +41,23 @@ class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's formatter, keeping the line breaks of the description."""
 
 
+WANDB_RUN_ID = "wandb_run_id"  # the checkpoint key that holds the W&B run id of the run that saved it
+
+
+def wandb_run_to_resume(ckpt_path: Optional[str], root: str, dirpath: str) -> Optional[str]:
+    """The W&B run id saved in the checkpoint a fit resumes from (``--ckpt_path FILE`` or ``newest``), if any."""
+    if ckpt_path == "newest":
+        path = newest_checkpoint(root, dirpath)
+    else:
+        path = Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+    if path is None:
+        return None
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True).get(WANDB_RUN_ID)
+    except Exception:  # noqa: BLE001 - a file that does not load gets its clear error from _resume_path
+        return None
+
+
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Save config.yaml beside the run and also send the resolved config to the logger (e.g. the W&B run)."""
 
@@ -47,7 +65,15 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         if isinstance(trainer.logger, Logger):
             config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
             # the code version, the hardware and the prepared data's hashes beside the resolved config
-            trainer.logger.log_hyperparams({"config": config, "run": run_metadata(trainer, trainer.datamodule)})
+            metadata = {"config": config, "run": run_metadata(trainer, trainer.datamodule)}
+            for logger in trainer.loggers:
+                logger.log_hyperparams(metadata)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Record the W&B run in the checkpoint, so that ``fit --ckpt_path`` continues that run."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint[WANDB_RUN_ID] = logger.version
 
 
 class _WorkStarted(Callback):
@@ -201,11 +227,15 @@ class LitLLMCLI(LightningCLI):
             cfg.checkpoint.dirpath = f"{root}/checkpoints"
         logger = cfg.trainer.logger
         job = slurm_job_id()
+        resumed = None
+        if self.subcommand == "fit" and not job:
+            resumed = wandb_run_to_resume(cfg.get("ckpt_path"), root, cfg.checkpoint.dirpath)
         for lg in logger if isinstance(logger, list) else [logger]:
-            # a requeued SLURM job keeps its job id: as the W&B run id it continues the same run (resume="allow")
-            if job and lg and not isinstance(lg, bool) and lg.class_path.endswith("WandbLogger"):
+            # a requeued SLURM job keeps its job id: as the W&B run id it continues the same run (resume="allow");
+            # a fit resumed by hand (--ckpt_path) continues the run that saved its checkpoint
+            if (job or resumed) and lg and not isinstance(lg, bool) and lg.class_path.endswith("WandbLogger"):
                 if lg.init_args.get("id") is None and lg.init_args.get("version") is None:
-                    lg.init_args.id = f"slurm-{job}"
+                    lg.init_args.id = f"slurm-{job}" if job else resumed
             # W&B, CSV and TensorBoard logs go inside the run's folder unless a save_dir is given
             if lg and not isinstance(lg, bool) and "save_dir" in getattr(lg, "init_args", {}):
                 if lg.init_args.save_dir in (None, "."):

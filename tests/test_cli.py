@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO, cli_env
@@ -352,10 +353,14 @@ def test_resume_through_the_cli_continues_from_the_checkpoint_step(trained):
     tmp, out, _ = trained
     ckpt = str(out / "checkpoints" / "last.ckpt")
     proc = run(["fit", "--config", "configs/debug.yaml", "--trainer.max_steps", "30", "--ckpt_path", ckpt,
-                "--model.lr_decay_steps", "20", "--trainer.default_root_dir", str(tmp / "resumed"),
-                "--trainer.logger", "false"], tmp)
+                "--model.lr_decay_steps", "20", "--trainer.default_root_dir", str(tmp / "resumed")], tmp)
     assert "Restored all states" in proc.stdout + proc.stderr
     assert (tmp / "resumed" / "checkpoints" / "step30.ckpt").is_file()
+    # resumed by hand, it continues the W&B run that saved the checkpoint (the id travels in the checkpoint)
+    run_id = torch.load(ckpt, map_location="cpu", weights_only=True)["wandb_run_id"]
+    first = [p.name for p in (out / "wandb").glob("offline-run-*")]
+    again = [p.name for p in (tmp / "resumed" / "wandb").glob("offline-run-*")]
+    assert len(first) == len(again) == 1 and first[0].endswith(run_id) and again[0].endswith(run_id)
 
 
 @pytest.mark.slow
