@@ -14,6 +14,7 @@ several of these commands can run side by side (e.g. one per run, ``--threads 1`
     python scripts/sentiment_experiment.py                                   # everything
     python scripts/sentiment_experiment.py --stages sst2 --runs scratch      # one piece
     python scripts/sentiment_experiment.py --stages table                    # the table from what has run
+    python scripts/sentiment_experiment.py --stages ensemble                 # SST-2: the seeds averaged
 
 Prints a markdown table and ends with one JSON line.
 """
@@ -49,6 +50,32 @@ def cr(run: str, seeds: int, folds: int) -> None:
     init = INITS["pretrained" if run == "dapt" else run]
     sweep(cfg("classifier.yaml", "cr.yaml", init), seeds=seeds, crossval_folds=10, folds=list(range(folds)),
           dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None, out=str(OUT / f"cr_{run}"))
+
+
+def ensemble(run: str) -> dict:
+    """SST-2 test accuracy of the average of the seeds' class probabilities (each seed's best checkpoint)."""
+    import torch
+    import yaml
+
+    from lit_llm.data.labelled import ClassificationDataModule, frame_examples, pad_examples
+    from lit_llm.tasks import SequenceClassifier
+
+    sweep_json = json.loads((OUT / f"sst2_{run}" / "sweep.json").read_text())
+    data = yaml.safe_load((EXP / "sst2.yaml").read_text())["data"]["init_args"]
+    texts, labels = ClassificationDataModule(**data).load_examples()["test"]
+    probs = []
+    for r in sweep_json["runs"]:
+        model = SequenceClassifier.restore(r["checkpoint"]).eval()
+        if hasattr(model.backbone, "peft_config"):
+            model.merge_lora()
+        rows = frame_examples(model.tokenizer, texts, True, data["max_length"])
+        with torch.no_grad():
+            probs.append(torch.cat([model(*pad_examples(model.tokenizer, rows[i : i + 256])).softmax(-1)
+                                    for i in range(0, len(rows), 256)]))
+    y = torch.tensor(labels)
+    single = [float((p.argmax(-1) == y).float().mean()) for p in probs]
+    return {"seeds": len(probs), "ensemble_acc": float((torch.stack(probs).mean(0).argmax(-1) == y).float().mean()),
+            "single_acc": single}
 
 
 def trainable(run: str) -> int:
@@ -106,7 +133,7 @@ def table() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", default=["pretrain", "dapt", "sst2", "cr", "table"],
-                        choices=["pretrain", "dapt", "sst2", "cr", "table"])
+                        choices=["pretrain", "dapt", "sst2", "cr", "table", "ensemble"])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per run (a sweep each)")
     parser.add_argument("--folds", type=int, default=10, help="CR folds to run (of 10)")
@@ -132,6 +159,11 @@ def main() -> None:
         if "cr" in args.stages:
             timed(f"cr_{run}", cr, run, args.seeds, args.folds)
     summary = table() if "table" in args.stages else {}
+    if "ensemble" in args.stages:
+        summary["ensembles"] = {run: ensemble(run) for run in args.runs if (OUT / f"sst2_{run}" / "sweep.json").is_file()}
+        for run, e in summary["ensembles"].items():
+            print(f"SST-2 {run}: the {e['seeds']} seeds' averaged probabilities: {100 * e['ensemble_acc']:.1f}"
+                  f" (single seeds {', '.join(f'{100 * a:.1f}' for a in e['single_acc'])})")
     print(json.dumps({"seconds": seconds, **summary}))
 
 
