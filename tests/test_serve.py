@@ -5,6 +5,7 @@ import json
 import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -65,6 +66,12 @@ def _texts(messages: list[dict]) -> tuple[str, dict]:
     return "".join(m.get("text", "") for m in messages), messages[-1]
 
 
+def _job(tok, prompt, max_tokens, stream=True, **kw) -> dict:
+    """A completion job as the front end queues it: greedy unless told otherwise."""
+    return {"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [],
+            "seed": None, "stream": stream, **kw}
+
+
 def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
     ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
     served = read_served(str(ckpt), None, None, 64, 8)
@@ -72,9 +79,7 @@ def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
     api.setup("cpu")
     tok = api.tokenizer
 
-    def job(prompt, max_tokens, stream=True, **kw):
-        return {"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [],
-                "seed": None, "stream": stream, **kw}
+    job = partial(_job, tok)
 
     greedy_text = _texts(list(api.predict(job("it is", 12))))[0]
     jobs = [job("a long film about a family", 12), job("bad", 5, stream=False),
@@ -114,9 +119,7 @@ def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_ge
     api.setup("cpu")
     tok = api.tokenizer
 
-    def job(prompt, max_tokens, stream=True, **kw):
-        return {"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [],
-                "seed": None, "stream": stream, **kw}
+    job = partial(_job, tok)
 
     greedy_text = _texts(list(alone_api.predict(job("it is", 12))))[0]
     jobs = {"a": job("a long film about a family", 12), "b": job("bad", 5, stream=False),
