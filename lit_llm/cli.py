@@ -46,6 +46,8 @@ COMMANDS: dict[str, Command] = {
                          "turn a transformers GPT-2 / Llama / BERT directory into a lit_llm checkpoint"),
     "size": Command("lit_llm.commands.size:size",
                     "parameters, training FLOPs per token and memory per GPU of a preset or a config"),
+    "plan": Command("lit_llm.commands.plan:plan",
+                    "the parallel layouts of a model on a cluster: memory per GPU, bubble, step time; its SLURM job"),
     "consolidate": Command("lit_llm.parallel.checkpoint:consolidate",
                            "merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file"),
     "plot": Command("lit_llm.commands.plot:plot",

@@ -221,7 +221,7 @@ def test_commands_that_take_fit_arguments_do_not_shadow_them():
             if FIT_ARGS in params:
                 taking.append(name)
                 assert not (set(params) - {FIT_ARGS}) & fit_keys, name
-    assert sorted(taking) == ["crossval", "prepare", "size", "submit", "sweep"]
+    assert sorted(taking) == ["crossval", "plan", "prepare", "size", "submit", "sweep"]
 
 
 def test_size_of_presets_and_of_configs(capsys):

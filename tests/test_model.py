@@ -63,6 +63,8 @@ def test_parameter_count_formula_matches_the_module(name, tie, bias):
         ("llama-7b", 6_738_415_616),  # Llama-2-7B
         ("llama-13b", 13_015_864_320),  # Llama-2-13B
         ("llama-1b", 1_100_048_384),  # TinyLlama-1.1B
+        ("llama-70b", 68_976_648_192),  # Llama-2-70B
+        ("llama-405b", 405_853_388_800),  # Llama-3.1-405B
         ("bert-base", 109_514_298),  # BertForMaskedLM (no pooler): "110M"
     ],
 )

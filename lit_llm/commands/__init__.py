@@ -1,4 +1,4 @@
-"""Command modules: the functions behind ``python -m lit_llm prepare | size | plot | crossval | sweep | submit``.
+"""Command modules: the functions behind ``python -m lit_llm prepare | size | plan | plot | crossval | sweep | submit``.
 
 Each is a typed function whose signature and docstring are its command line (``lit_llm.cli`` lists them in
 ``COMMANDS`` and imports one only when it runs). A function with a ``fit_args`` parameter receives fit's

@@ -174,6 +174,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                      vocab_size=32000),
     "llama-13b": dict(family="llama", n_layer=40, n_head=40, n_embd=5120, intermediate_size=13824, block_size=4096,
                       vocab_size=32000),
+    # the shapes of Llama 2 70B (Touvron et al. 2023b; 68.98B parameters) and Llama 3.1 405B (Grattafiori et al.
+    # 2024, table 3; 405.85B): for planning and simulating large jobs (`lit_llm plan`), not trained here
+    "llama-70b": dict(family="llama", n_layer=80, n_head=64, n_kv_heads=8, n_embd=8192, intermediate_size=28672,
+                      block_size=4096, vocab_size=32000),
+    "llama-405b": dict(family="llama", n_layer=126, n_head=128, n_kv_heads=8, n_embd=16384, intermediate_size=53248,
+                       block_size=8192, vocab_size=128256, rope_theta=500000.0),
     # BERT (Devlin et al. 2019), WordPiece vocab 30522, 512 positions
     "bert-base": dict(family="bert", n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=30522),
     "bert-large": dict(family="bert", n_layer=24, n_head=16, n_embd=1024, block_size=512, vocab_size=30522),
