@@ -55,12 +55,20 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", over
         special = {k: t for k, t in (("mask_token", "[MASK]"), ("pad_token", "[PAD]"), ("unk_token", "[UNK]"),
                                      ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("bos_token", "[BOS]"),
                                      ("eos_token", "[EOS]")) if t in vocab}
-        tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(tmp)
+        hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+        if model.config.causal:
+            hf_tok.chat_template = CHAT_TEMPLATE
+        hf_tok.save_pretrained(tmp)
 
     out_dir = _write_dir(out, write, overwrite)
     print(f"Wrote {type(hf_model).__name__} and its tokenizer to {out_dir}")
     return out_dir
 
+
+# the transcript `lit_llm serve` builds from chat messages (serve.protocol.chat_prompt), as a transformers chat
+# template: a from-scratch base model has no chat format of its own, so an exported one is prompted the same way
+CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 HUB_FILES = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
 

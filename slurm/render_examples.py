@@ -8,12 +8,14 @@ from lit_llm.commands.submit import render_script
 HERE = Path(__file__).resolve().parent
 
 EXAMPLES = {
-    # one node, 8 GPUs, DDP
-    "gpu_single_node.sbatch": dict(fit_args=["--config", "configs/quickstart.yaml", "--config", "configs/strategy/ddp.yaml"],
+    # one node, 8 GPUs, DDP, bf16 mixed precision (configs/trainer/gpu.yaml)
+    "gpu_single_node.sbatch": dict(fit_args=["--config", "configs/quickstart.yaml", "--config", "configs/trainer/gpu.yaml",
+                                             "--config", "configs/strategy/ddp.yaml"],
                                    nodes=1, gpus_per_node=8, time="04:00:00", partition="gpu"),
     # 4 nodes x 8 GPUs, FSDP2 over all 32 processes
     "gpu_multi_node.sbatch": dict(fit_args=["--config", "configs/quickstart.yaml", "--config", "configs/model/gpt2-124m.yaml",
-                                            "--config", "configs/strategy/fsdp.yaml", "--data.block_size", "1024"],
+                                            "--config", "configs/trainer/gpu.yaml", "--config", "configs/strategy/fsdp.yaml",
+                                            "--data.block_size", "1024"],
                                   nodes=4, gpus_per_node=8, time="1-00:00:00", partition="gpu"),
     # CPU: 2 processes (DDP over gloo) on one node; what the tests run on the local cluster
     "cpu.sbatch": dict(fit_args=["--config", "configs/debug.yaml", "--config", "configs/strategy/ddp.yaml"], nodes=1,

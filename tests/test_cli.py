@@ -361,6 +361,9 @@ def test_resume_through_the_cli_continues_from_the_checkpoint_step(trained):
     first = [p.name for p in (out / "wandb").glob("offline-run-*")]
     again = [p.name for p in (tmp / "resumed" / "wandb").glob("offline-run-*")]
     assert len(first) == len(again) == 1 and first[0].endswith(run_id) and again[0].endswith(run_id)
+    parts = [wandb_history(next((d / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"))) for d in (out, tmp / "resumed")]
+    steps = [[r["trainer/global_step"] for r in rows if "train_loss" in r] for rows in parts]
+    assert steps[0] and steps[1] and max(steps[0]) < 20 <= min(steps[1])  # the second part goes on from step 20
 
 
 @pytest.mark.slow

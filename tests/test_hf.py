@@ -143,6 +143,14 @@ def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
     generated = hf.generate(ids, max_new_tokens=10, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 1 and generated[0, -1].item() == config["eos_token_id"]
 
+    # the chat template gives the server's transcript, and the tokenizer round-trips text
+    from lit_llm.serve.protocol import ChatMessage, chat_prompt
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a good film?"}]
+    assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat_prompt(
+        [ChatMessage(**m) for m in messages])
+    text = "the film is good , and the cast is great"
+    assert hf_tok.decode(hf_tok(text).input_ids, skip_special_tokens=True) == tok.decode(tok.encode(text).ids)
+
     # character level: no [EOS] in the vocabulary
     chars = train_tokenizer(TokenizerSpec(kind="char"), ["to be or not to be!"])
     cfg = ModelConfig.from_name(family, vocab_size=chars.get_vocab_size(), block_size=64)
