@@ -401,3 +401,22 @@ def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckp
     with pytest.raises(ValueError, match="LoRA adapters are not sharded here: fine-tune with LoRA under configs/strategy/ddp.yaml"):
         clf.check_parallel(ParallelDims(world_size=2, dp_shard=2))
     assert not SequenceClassifier.supports_pipeline  # configure_model refuses pp > 1 for it, naming the YAMLs to use
+
+
+def test_lora_from_a_config_file_saves_and_restores(lm_ckpt, tmp_path, monkeypatch):
+    """LoRA given in a YAML config (as configs/experiment/init_lora.yaml): LightningCLI records it as a dict in
+    the hyperparameters, which the checkpoint must still store (this failed at the first save) and restore."""
+    from lit_llm.config import LitLLMCLI
+
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    cfg = {"trainer": {"max_steps": 2, "limit_val_batches": 1, "val_check_interval": 2, "logger": False,
+                       "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
+           "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
+                     "init_args": {"checkpoint": str(lm_ckpt), "lora": {"rank": 4, "alpha": 8, "targets": ["wq", "wv"]}}},
+           "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
+                    "init_args": {"train": str(SST2_TRAIN), "max_length": 32, "batch_size": 4}}}
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(cfg))
+    LitLLMCLI(args=["fit", "--config", str(tmp_path / "lora.yaml")])
+    restored = SequenceClassifier.restore(tmp_path / "checkpoints" / "last.ckpt")
+    assert restored.hparams.lora == LoraSpec(rank=4, alpha=8, targets=["wq", "wv"])
+    assert any("lora_A" in n for n, _ in restored.named_parameters())

@@ -39,6 +39,12 @@ __all__ = ["LoraSpec", "SequenceClassifier"]
 POOLINGS = ("auto", "last", "cls", "mean")
 
 
+def _as_dict(spec: Any) -> Optional[dict[str, Any]]:
+    """A LoRA spec as a dict: a LoraSpec when the module is built in Python, already a dict in the
+    hyperparameters LightningCLI records from the config."""
+    return None if spec is None else dict(spec) if isinstance(spec, dict) else dataclasses.asdict(spec)
+
+
 class SequenceClassifier(TransformerModule):
     """Classify texts with a lit_llm transformer and a linear head.
 
@@ -291,7 +297,7 @@ class SequenceClassifier(TransformerModule):
         return ckpt_format.CheckpointInfo(
             task="classification", model_config=self.config.to_dict(), tokenizer=self.tokenizer.to_str(),
             num_classes=hp.num_classes, label_names=hp.label_names, pooling=self.pooling,
-            lora=dataclasses.asdict(hp.lora) if hp.lora is not None else None, rng=ckpt_format.capture_rng())
+            lora=_as_dict(hp.lora), rng=ckpt_format.capture_rng())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ckpt_format.attach(checkpoint, self.checkpoint_info())
