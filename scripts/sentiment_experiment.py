@@ -100,8 +100,8 @@ def table() -> dict:
             path = OUT / f"{data}_{run}" / "sweep.json"
             if path.is_file():
                 results[f"{data}_{run}"] = json.loads(path.read_text())
-    print("\n| run | trainable params | SST-2 acc, mean ± std [95% CI] | vs (a), p | CR acc (10-fold) [95% CI] |"
-          " vs (a), p | seeds | min per SST-2 run |")
+    print("\n| run | trainable params | SST-2 acc, mean ± std [95% CI] | vs (a), p | CR acc, 10-fold CV [95% CI] |"
+          " vs (a), p | seeds (SST-2 / CR x folds) | min per SST-2 run |")
     print("|---|---|---|---|---|---|---|---|")
     rows = {}
     for run in RUNS:
@@ -112,7 +112,8 @@ def table() -> dict:
                 cells += ["", ""]
                 continue
             m = s["metrics"]["test_acc"]
-            seeds.append(str(m["n"]))
+            folds = len(s["per_seed"][0]["folds"])
+            seeds.append(f"{m['n']} x {folds}" if folds else str(m["n"]))
             cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]")
             base = results.get(f"{data}_scratch")
             if run != "scratch" and base is not None:
