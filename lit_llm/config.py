@@ -25,8 +25,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_llm.callbacks import (EvaluationReport, LRMonitor, NonFiniteGuard, PlotCurves, Preemption, SampleGenerations,
-                               TokenThroughput)
+from lit_llm.callbacks import (EvaluationReport, LogLines, LRMonitor, NonFiniteGuard, PlotCurves, Preemption,
+                               SampleGenerations, TokenThroughput)
 from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
 from lit_llm.checkpoint import newest_checkpoint, read_info
 from lit_llm.data import PretrainDataModule
@@ -184,6 +184,7 @@ class LitLLMCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # skip non-finite steps, never save NaN weights
         parser.add_lightning_class_args(SampleGenerations, "samples")  # causal language models only
         parser.add_lightning_class_args(PlotCurves, "plots")  # PNG curves from the CSV log at the end of fit
+        parser.add_lightning_class_args(LogLines, "log_lines")  # progress as lines, for log files (submit's jobs)
         # language modelling: the data decides the context and the vocabulary (links that do not apply to the
         # chosen classes, e.g. a classifier's, are skipped)
         parser.link_arguments("data.init_args.block_size", "model.init_args.block_size")

@@ -264,7 +264,8 @@ def test_submit_takes_fit_arguments_like_fit(tmp_path, capsys, monkeypatch):
                            "--dry_run", "true", "--output_dir", str(tmp_path / "logs")], capsys)
     assert code == 0, err
     assert out.splitlines()[-1] == (
-        "srun python -m lit_llm fit --config configs/debug.yaml --config configs/strategy/ddp.yaml --trainer.max_steps 5"
+        "srun python -m lit_llm fit --trainer.enable_progress_bar false --log_lines.every_n_steps 50"
+        " --config configs/debug.yaml --config configs/strategy/ddp.yaml --trainer.max_steps 5"
         " --trainer.num_nodes 2 --trainer.devices 4 --trainer.accelerator gpu")
     assert "#SBATCH --nodes=2" in out and not (tmp_path / "logs").exists()
     code, _, err = call(["submit", "--config", "configs/debug.yaml", "--trainer.max_stepz", "5", "--dry_run", "true"],
@@ -471,3 +472,14 @@ def test_plot_reads_every_csv_version_of_a_resumed_run_and_compares_runs(tmp_pat
     (tmp_path / "empty").mkdir()
     code, _, err = call(["plot", "--runs", f"[{tmp_path / 'empty'}]"], capsys)
     assert "has no CSV log" in error_line(code, err)
+
+
+@pytest.mark.slow
+def test_a_batch_job_prints_progress_as_lines_not_a_bar(tmp_path):
+    """What submit's jobs run with: no progress bar, a plain line every N steps (a log file stays readable)."""
+    proc = run(["fit", "--config", "configs/debug.yaml", "--trainer.enable_progress_bar", "false",
+                "--log_lines.every_n_steps", "5", "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path / "out")], tmp_path)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 5/20", "step 10/20", "step 15/20", "step 20/20"]
+    assert all("train_loss" in line for line in lines) and "\r" not in proc.stdout + proc.stderr

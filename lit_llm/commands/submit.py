@@ -50,7 +50,9 @@ def job_fit_args(fit_args: list[str], nodes: int, gpus_per_node: int, tasks_per_
     """The arguments of the job's ``fit``: the given ones, then the layout (last, so that no config can ask for
     another number of devices than the tasks SLURM starts)."""
     layout = ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(gpus_per_node or tasks_per_node)]
-    return [*fit_args, *layout, *(["--trainer.accelerator", "gpu"] if gpus_per_node else [])]
+    # the job's output is a file: progress as a line every 50 steps instead of a bar (the fit_args may override)
+    log_file = ["--trainer.enable_progress_bar", "false", "--log_lines.every_n_steps", "50"]
+    return [*log_file, *fit_args, *layout, *(["--trainer.accelerator", "gpu"] if gpus_per_node else [])]
 
 
 def render_script(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
