@@ -116,7 +116,8 @@ def table() -> dict:
             seeds.append(f"{m['n']} x {folds}" if folds else str(m["n"]))
             cells.append(f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]")
             base = results.get(f"{data}_scratch")
-            if run != "scratch" and base is not None:
+            shared = {r["seed"] for r in s["per_seed"]} & {r["seed"] for r in (base or {}).get("per_seed", [])}
+            if run != "scratch" and len(shared) >= 2:
                 c = compare(s, base)
                 rows[f"{data}_{run}_vs_scratch"] = c
                 cells.append(f"{100 * c['mean_diff']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}],"

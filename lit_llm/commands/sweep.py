@@ -7,7 +7,8 @@ data split stays the config's, so every seed and every config sees the same test
 ``crossval`` with ``--crossval_folds K``. It writes ``sweep.json``: every run's test metrics and fit time
 (``seconds``; per fold, a fold's share of its seed's time, DAPT included), and per metric the
 mean, the sample standard deviation and the 95% confidence interval of the mean over seeds (Student's t; a
-cross-validated seed counts once, as its mean over folds).
+cross-validated seed counts once, as its mean over folds). It is rewritten after every seed, so a sweep cut
+short keeps the seeds it finished.
 
 ``--compare_to OTHER/sweep.json`` adds the paired comparison of this sweep against another over the seeds
 both ran: the mean difference, its 95% interval, and the two-sided p-value of the paired t-test
@@ -105,12 +106,12 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
             _run(["test"] + common + ["--ckpt_path", str(best)])
             report = json.loads((seed_dir / "eval" / "test.json").read_text())
             runs.append({"seed": seed, "checkpoint": str(best), **report["metrics"], "seconds": seconds})
-    result = {"fit_args": fit_args, "crossval_folds": crossval_folds, "dapt_config": dapt_config, "runs": runs,
-              "per_seed": per_seed(runs)}
-    result["metrics"] = {name: interval([s[name] for s in result["per_seed"]]) for name in _metric_names(runs)}
+        result = _summary(fit_args, crossval_folds, dapt_config, runs)
+        write_text_atomic(root / "sweep.json", json.dumps(result, indent=2) + "\n")  # after every seed: a sweep
+        # cut short keeps the seeds it finished
     if baseline is not None:
         result["comparison"] = compare(result, baseline, metric) | {"baseline": str(compare_to)}
-    write_text_atomic(root / "sweep.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(root / "sweep.json", json.dumps(result, indent=2) + "\n")
     print(f"{seeds} seeds{f' x {crossval_folds} folds' if crossval_folds else ''} ({root / 'sweep.json'}):")
     for name, s in result["metrics"].items():
         print(f"  {name:<16s} {s['mean']:.4f} ± {s['std']:.4f}  95% CI [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]")
@@ -118,6 +119,14 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
         c = result["comparison"]
         print(f"  vs {compare_to}: {metric} {c['mean_diff']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}],"
               f" paired t-test p = {c['p_value']:.3g} over {c['n']} seeds")
+    return result
+
+
+def _summary(fit_args: list[str], crossval_folds: int, dapt_config: Optional[str],
+             runs: list[dict[str, Any]]) -> dict[str, Any]:
+    result = {"fit_args": fit_args, "crossval_folds": crossval_folds, "dapt_config": dapt_config, "runs": runs,
+              "per_seed": per_seed(runs)}
+    result["metrics"] = {name: interval([s[name] for s in result["per_seed"]]) for name in _metric_names(runs)}
     return result
 
 
