@@ -113,12 +113,13 @@ def serve(
     if batching not in ("continuous", "static"):
         raise ValueError(f"batching must be 'continuous' or 'static', got {batching!r}")
     continuous = batching == "continuous"
-    if max_batch_size is None:
-        max_batch_size = 32 if continuous else 8
-    if max_batch_size < 1:
+    if max_batch_size is not None and max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs, max_queue)
-    if continuous and served.task == "completion" and not use_cache:
+    continuous = continuous and served.task == "completion"  # a classifier answers in one forward pass
+    if max_batch_size is None:
+        max_batch_size = 32 if continuous else 8
+    if continuous and not use_cache:
         raise ValueError("Continuous batching decodes from the KV cache: drop --use_cache false, or pass"
                          " --batching static to generate without the cache")
     store = FeedbackStore(feedback_store)
