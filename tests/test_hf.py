@@ -162,6 +162,7 @@ def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
     assert config.get("eos_token_id") is None and config.get("bos_token_id") is None
 
 
+@pytest.mark.slow
 def test_import_hf_takes_a_hub_id_from_the_local_cache_offline(tmp_path):
     """``import-hf gpt2``-style: a Hub id resolves through huggingface_hub's snapshot_download. Offline
     (HF_HUB_OFFLINE=1), a model in the local Hub cache (laid out here as the Hub client lays it out) imports to
