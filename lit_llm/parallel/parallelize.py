@@ -47,7 +47,7 @@ def apply_tp(model: Decoder, tp_mesh) -> None:
         # a task without the LM head (a classifier pools the hidden states) gets them whole on every rank
         parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(output_layouts=Shard(1),
                                                                     desired_output_layouts=Replicate()))
-    elif model.config.tie_embeddings:  # both sides were sharded the same way (vocab rows); one parameter again
+    elif model.config.tie_embeddings and model.tok_embeddings is not None:  # both sides were sharded the same way (vocab rows); one parameter again
         model.output.weight = model.tok_embeddings.weight
     for block in model.layers.values():
         plan = {

@@ -1,11 +1,15 @@
 """Pipeline parallelism with ``torch.distributed.pipelining`` (Lightning has no pipeline strategy: its
 issue 17180). The model is cut into consecutive stages, one per pipeline rank, and a schedule (GPipe or
 1F1B, Narayanan et al. 2021) runs microbatches through them.
+
+Tied embeddings (the gpt2 family) are kept tied as Megatron-LM keeps them (Shoeybi et al. 2019): the first
+stage holds the embedding, the last stage a copy of the same weight as its head, and after every backward
+the two stages all-reduce that weight's gradient (``TiedWeights``), so both copies take the same steps.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -20,8 +24,9 @@ class PipelineRunner:
     """This rank's pipeline stage and the schedule that drives it: what a task's steps call instead of the
     model under pipeline parallelism. Only the last stage computes the loss and the logits."""
 
-    def __init__(self, schedule, stage: int, num_stages: int, group) -> None:
+    def __init__(self, schedule, stage: int, num_stages: int, group, tied: Optional["TiedWeights"] = None) -> None:
         self.schedule, self.stage, self.num_stages, self.group = schedule, stage, num_stages, group
+        self.tied = tied
 
     @property
     def is_last(self) -> bool:
@@ -36,6 +41,8 @@ class PipelineRunner:
             self.schedule.step(target=y, losses=losses)
         else:
             self.schedule.step()
+        if self.tied is not None:
+            self.tied.sum_grads()
         loss = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=x.device)
         torch.distributed.broadcast(loss, group=self.group, group_src=self.num_stages - 1)
         return loss
@@ -54,14 +61,11 @@ class PipelineRunner:
 
 def split_stage(model: Decoder, stage: int, num_stages: int) -> Decoder:
     """Keep this stage's part of ``model`` in place: an even run of consecutive blocks, the embeddings on the
-    first stage, the final norm and the head on the last. ``Decoder.forward`` runs on any such part."""
+    first stage, the final norm and the head on the last. ``Decoder.forward`` runs on any such part. With tied
+    embeddings the last stage's head keeps the weight it shared with the embedding (the same values on
+    every stage: the full model was built from one seed); ``TiedWeights`` keeps the two copies equal."""
     if not model.config.causal:
         raise ValueError("Pipeline parallelism is defined for the causal families (gpt2, llama)")
-    if model.config.tie_embeddings and num_stages > 1:
-        raise ValueError(
-            "Tied embeddings cannot be split across pipeline stages (the embedding is on the first stage, the"
-            " head on the last); train with --model.model_args '{tie_embeddings: false}'"
-        )
     names = list(model.layers.keys())
     keep = {names[i] for i in np.array_split(np.arange(len(names)), num_stages)[stage]}
     for name in names:
@@ -86,6 +90,49 @@ def build_schedule(stage_module: nn.Module, stage: int, num_stages: int, device:
     return cls(pipe_stage, n_microbatches=microbatches, loss_fn=loss_fn)
 
 
+class TiedWeights:
+    """The tied embedding and head weight of a pipelined gpt2 model: the first stage's ``tok_embeddings.weight``
+    and the last stage's ``output.weight``, one copy each, kept equal by summing their gradients over a
+    process group of exactly those two stages (one group per data- and tensor-parallel coordinate, so the
+    local shards on the two sides correspond: FSDP and tensor parallelism shard both the same way).
+
+    Create it on every process (group creation is collective); ``weight`` is None on the middle stages."""
+
+    def __init__(self, model: Decoder, mesh) -> None:
+        ranks = mesh.mesh  # (pipeline, data, tensor) global ranks
+        me = torch.distributed.get_rank()
+        self.group, self.weight, self.is_head = None, None, False
+        for coord in np.ndindex(*ranks.shape[1:]):
+            pair = [int(ranks[(0, *coord)]), int(ranks[(-1, *coord)])]
+            group = torch.distributed.new_group(pair)  # every process creates every group, in the same order
+            if me in pair:
+                self.group = group
+        if self.group is not None:
+            self.is_head = model.tok_embeddings is None
+            self.weight = model.output.weight if self.is_head else model.tok_embeddings.weight
+
+    @staticmethod
+    def _local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """Copy the first stage's weight to the head (once, at set-up: equal already unless a stage loaded
+        something else)."""
+        if self.group is not None:
+            torch.distributed.broadcast(self._local(self.weight.data), group=self.group, group_src=0)
+
+    @torch.no_grad()
+    def sum_grads(self) -> None:
+        """After backward: each side gets the sum of both sides' gradients, the tied weight's full gradient."""
+        if self.group is not None and self.weight.grad is not None:
+            torch.distributed.all_reduce(self._local(self.weight.grad), group=self.group)
+
+    def head_copy(self) -> Optional[torch.Tensor]:
+        """The head's copy (last stage only), which a global gradient norm must count once, not twice."""
+        return self.weight if self.is_head else None
+
+
 @torch.no_grad()
 def grad_norm(parameters, group=None) -> torch.Tensor:
     """The total L2 norm of the gradients, the same on every process: a DTensor's is gathered, and with a
@@ -105,10 +152,11 @@ def grad_norm(parameters, group=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clip_across_stages(parameters, max_norm: float, group) -> torch.Tensor:
+def clip_across_stages(parameters, max_norm: float, group, count_once: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Clip gradients by the global norm over every stage's parameters (each process sees only its stage),
-    as ``clip_grad_norm_`` does on one process. Returns the total norm."""
+    as ``clip_grad_norm_`` does on one process. ``count_once``: a tied weight's second copy, clipped but left
+    out of the norm (one process holds it once). Returns the total norm."""
     params = [p for p in parameters if p.grad is not None]
-    total = grad_norm(params, group)
+    total = grad_norm([p for p in params if p is not count_once], group)
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total

@@ -16,7 +16,7 @@ from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
-from lit_llm.parallel.pipeline import PipelineRunner, build_schedule, clip_across_stages, split_stage
+from lit_llm.parallel.pipeline import PipelineRunner, TiedWeights, build_schedule, clip_across_stages, split_stage
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
 
 
@@ -146,7 +146,10 @@ class LanguageModel(TransformerModule):
         stage, n = pp_mesh.get_local_rank(), pp_mesh.size()
         schedule = build_schedule(self.model, stage, n, self.trainer.strategy.root_device, pp_mesh.get_group(),
                                   self.parallel.microbatches, self.parallel.pipeline_schedule, self._pipeline_loss)
-        self.pipeline = PipelineRunner(schedule, stage, n, pp_mesh.get_group())
+        tied = TiedWeights(self.model, mesh) if self.config.tie_embeddings else None
+        if tied is not None:
+            tied.sync_weights()
+        self.pipeline = PipelineRunner(schedule, stage, n, pp_mesh.get_group(), tied)
         self.automatic_optimization = False  # the schedule runs forward and backward itself
 
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -228,7 +231,8 @@ class LanguageModel(TransformerModule):
         optimizer.zero_grad(set_to_none=True)
         loss = self.pipeline.train_step(x, y)  # every stage gets the same loss
         if self.trainer.gradient_clip_val:  # Lightning leaves clipping to manual optimization: clip over all stages
-            clip_across_stages(self.parameters(), self.trainer.gradient_clip_val, self.pipeline.group)
+            tied = self.pipeline.tied.head_copy() if self.pipeline.tied is not None else None
+            clip_across_stages(self.parameters(), self.trainer.gradient_clip_val, self.pipeline.group, tied)
         optimizer.step()
         scheduler.step()
         self.tokens_seen += y.numel() * self.trainer.world_size // self.pipeline.num_stages
