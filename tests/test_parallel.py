@@ -26,6 +26,7 @@ LAYOUTS = {  # name: (extra args, per-process batch size)
     "pp_gpipe": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "gpipe"], 8),
     "pp_1f1b": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "1f1b"], 8),
     "pp_dp": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "4"], 4),
+    "pp_tp_fsdp": (["--config", "configs/strategy/pp_tp_fsdp.yaml", "--trainer.devices", "8"], 4),  # 3D: 2 x 2 x 2
 }
 FOUR_PROCESSES = {"fsdp_tp", "pp_dp"}
 FAMILY_ARGS: dict[str, list[str]] = {}  # families beyond the presets, by the args that make them
@@ -68,10 +69,10 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
                     " pp x fsdp, which checks the tied gpt2 embedding under sharding too")
     _, corpus, single = baselines
     extra, batch = LAYOUTS[layout]
-    losses = _losses(tmp_path, corpus, family, extra, batch, layout)
+    losses = _losses(tmp_path, corpus, family, extra, batch, layout, timeout=600 if layout == "pp_tp_fsdp" else 240)
     assert len(losses) == 12
     assert losses == pytest.approx(single[family], rel=1e-4)
-    if layout in ("fsdp", "tp", "pp_1f1b"):  # the sharded checkpoint loads as one process's: same weights as the baseline
+    if layout in ("fsdp", "tp", "pp_1f1b", "pp_tp_fsdp"):  # the sharded checkpoint loads as one process's: same weights as the baseline
         merged = tmp_path / "merged.ckpt"
         proc = subprocess.run([sys.executable, "-m", "lit_llm", "consolidate", "--checkpoint",
                                str(tmp_path / layout / "checkpoints" / "last.ckpt"), "--out", str(merged)],

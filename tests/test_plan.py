@@ -41,7 +41,7 @@ def test_llama_7b_on_one_node_matches_the_hand_computed_figures():
 def test_layouts_the_model_or_the_strategies_cannot_run_are_left_out():
     rows = layouts(ModelConfig.from_name("llama-70b"), nodes=2, gpus_per_node=16, global_batch=64)
     assert {r["tp"] for r in rows} == {1, 2, 4, 8}  # 16 does not divide the 8 key/value heads
-    assert not [r for r in rows if r["tp"] > 1 and r["pp"] > 1]  # 3D parallelism is not offered yet
+    assert [r for r in rows if r["tp"] > 1 and r["pp"] > 1 and r["dp"] > 1]  # 3D layouts are offered
     assert all(r["microbatches"] >= r["pp"] for r in rows)  # 1F1B needs pp microbatches in flight
     big = layouts(ModelConfig.from_name("llama-405b"), nodes=512, gpus_per_node=8, global_batch=2048, context=8192)
     assert big and all(r["dp"] <= 2048 for r in big) and big[0]["fits"] != "no"
@@ -63,6 +63,6 @@ def test_plan_refuses_impossible_requests_with_the_fix():
     with pytest.raises(UsageError, match="--preset NAME or the run's --config"):
         plan(["--config", "configs/quickstart.yaml"], preset="llama-7b")
     with pytest.raises(UsageError, match="multiple of the data-parallel degree"):
-        plan(preset="llama-7b", nodes=2, gpus_per_node=8, global_batch=3)
+        plan(preset="llama-7b", nodes=2, gpus_per_node=8, global_batch=1)  # 16 GPUs: tp <= 8, and pp 2 needs 2
     with pytest.raises(UsageError, match="needs a config"):
         plan(preset="llama-7b", choose=1)

@@ -2,8 +2,8 @@
 bubble and step time, and the SLURM script of the chosen one.
 
 For every layout lit_llm's strategies run (``ddp``; ``ModelParallel`` with FSDP2 degree dp, tensor(+sequence)
-parallel degree tp inside a node, or pipeline degree pp with 1F1B; pipeline x tensor parallel is not offered
-yet), with dp x tp x pp = nodes x GPUs per node:
+parallel degree tp inside a node and pipeline degree pp with 1F1B, in any combination), with dp x tp x pp =
+nodes x GPUs per node:
 
 - training state per GPU: weights, gradients and AdamW moments (``lit_llm.model.costs``: 16 bytes per
   parameter in mixed precision), split over tp x pp, then sharded over dp by FSDP (DDP keeps it whole);
@@ -53,8 +53,6 @@ def layouts(cfg: ModelConfig, nodes: int, gpus_per_node: int, global_batch: int,
             dp = world // (pp * tp)
             if pp > cfg.n_layer or cfg.n_head % tp or cfg.n_kv_heads % tp or cfg.intermediate_size % tp:
                 continue
-            if pp > 1 and tp > 1:
-                continue  # pipeline x tensor parallel (3D) is not offered by ModelParallel yet
             if global_batch % (dp * microbatch_size):
                 continue
             m = global_batch // (dp * microbatch_size)  # microbatches per step on each pipeline

@@ -64,8 +64,11 @@ def rope_cache(head_dim: int, length: int, theta: float, device=None) -> tuple[t
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, n_head, T, head_dim) queries or keys by position; cos/sin are (T, head_dim), or
-    (B, 1, T, head_dim) when each row has its own positions."""
+    """Rotate (B, n_head, T, head_dim) queries or keys by position; cos/sin are (T', head_dim), or
+    (B, 1, T', head_dim) when each row has its own positions, of which the first T are used (T' > T where
+    a pipeline stage under sequence parallelism got a shard of the sequence and attention gathered it)."""
+    T = x.size(2)
+    cos, sin = cos[..., :T, :], sin[..., :T, :]
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)

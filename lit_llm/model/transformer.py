@@ -125,8 +125,8 @@ class Decoder(nn.Module):
         else:
             h = idx
         rope = None
-        if self.config.positions == "rope" and positions is None:
-            rope = (self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T])
+        if self.config.positions == "rope" and positions is None:  # from start_pos on: attention takes what it needs
+            rope = (self.rope_cos[start_pos:], self.rope_sin[start_pos:])
         elif self.config.positions == "rope":  # (B, 1, T, head_dim): one row of positions per sequence
             rope = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
         for name, block in self.layers.items():

@@ -34,20 +34,24 @@ def apply_tp(model: Decoder, tp_mesh) -> None:
     """
     if not model.config.causal:
         raise ValueError("Tensor-parallel plans are defined for the causal families (gpt2, llama)")
-    root_plan = {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-    }
+    # a pipeline stage holds part of these: the embeddings on the first stage, the norm and head on the last;
+    # between stages the hidden states travel as this rank's sequence shard, which the next block's norm takes
+    root_plan = {}
+    if model.tok_embeddings is not None:
+        root_plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if model.norm is not None:
+        root_plan["norm"] = SequenceParallel()
     if model.output is not None:
         root_plan["output"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())
     if model.pos_embeddings is not None:  # (T, C) table lookups: the sequence is dim 0
         root_plan["pos_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(0))
-    parallelize_module(model, tp_mesh, root_plan)
-    if model.output is None:
+    if root_plan:
+        parallelize_module(model, tp_mesh, root_plan)
+    if model.output is None and model.norm is not None:
         # a task without the LM head (a classifier pools the hidden states) gets them whole on every rank
         parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(output_layouts=Shard(1),
                                                                     desired_output_layouts=Replicate()))
-    elif model.config.tie_embeddings and model.tok_embeddings is not None:  # both sides were sharded the same way (vocab rows); one parameter again
+    elif model.config.tie_embeddings and model.output is not None and model.tok_embeddings is not None:  # both sides were sharded the same way (vocab rows); one parameter again
         model.output.weight = model.tok_embeddings.weight
     for block in model.layers.values():
         plan = {

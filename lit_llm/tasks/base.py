@@ -139,8 +139,6 @@ class TransformerModule(L.LightningModule):
                                 tp=mesh["tensor_parallel"].size(), pp=pp)
             dims.check_model(self.config)
             self.check_parallel(dims)
-            if dims.tp > 1 and pp > 1:
-                raise ValueError("Pipeline parallel does not combine with tensor parallel here yet; use pp x dp")
             if pp > 1:
                 if not self.supports_pipeline:
                     raise ValueError(f"{type(self).__name__} does not run as pipeline stages; use"
