@@ -27,9 +27,15 @@ LAYOUTS = {  # name: (extra args, per-process batch size)
     "pp_1f1b": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "1f1b"], 8),
     "pp_dp": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "4"], 4),
     "pp_tp_fsdp": (["--config", "configs/strategy/pp_tp_fsdp.yaml", "--trainer.devices", "8"], 4),  # 3D: 2 x 2 x 2
+    # 2 ranks x 2 stages each (rank 0: blocks 0 and 2, rank 1: blocks 1 and 3), 4 microbatches
+    "pp_interleaved": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel",
+                        "{pipeline_schedule: interleaved_1f1b, stages_per_rank: 2, microbatches: 4}"], 8),
+    "pp_interleaved_dp": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "4", "--model.parallel",
+                           "{pipeline_schedule: interleaved_1f1b, stages_per_rank: 2, microbatches: 2}"], 4),
 }
-FOUR_PROCESSES = {"fsdp_tp", "pp_dp"}
-FAMILY_ARGS: dict[str, list[str]] = {}  # families beyond the presets, by the args that make them
+FAMILY_ARGS: dict[str, list[str]] = {  # families beyond the presets, by the args that make them
+    "debug-4layer": ["--model.preset", "debug", "--model.model_args", "{n_layer: 4}"],  # 4 pipeline stages
+}
 
 
 def _losses(tmp_path, corpus, family, extra, batch, name, timeout=240):
@@ -56,14 +62,18 @@ def baselines(tmp_path_factory):
     from conftest import SHAKESPEARE
 
     corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    families = ("debug", "debug-llama")
+    families = ("debug", "debug-llama", "debug-4layer")
     return tmp, corpus, {f: _losses(tmp, corpus, f, [], 8, f"single-{f}") for f in families}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("family", ["debug", "debug-llama"])
+@pytest.mark.parametrize("family", ["debug", "debug-llama", "debug-4layer"])
 def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout):
+    if (family == "debug-4layer") != layout.startswith("pp_interleaved"):
+        pytest.skip("the interleaved schedule needs 4 blocks for 2 ranks x 2 stages; the other layouts run 2")
+    if layout == "pp_gpipe" and family == "debug":
+        pytest.skip("the tied weights' gradient sum runs after either schedule; 1F1B checks it for gpt2")
     if layout == "fsdp_tp" and family == "debug":
         pytest.skip("4-process layouts are checked once, on the Llama family (~30 s each on 2 cores), except"
                     " pp x fsdp, which checks the tied gpt2 embedding under sharding too")
@@ -72,7 +82,7 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
     losses = _losses(tmp_path, corpus, family, extra, batch, layout, timeout=600 if layout == "pp_tp_fsdp" else 240)
     assert len(losses) == 12
     assert losses == pytest.approx(single[family], rel=1e-4)
-    if layout in ("fsdp", "tp", "pp_1f1b", "pp_tp_fsdp"):  # the sharded checkpoint loads as one process's: same weights as the baseline
+    if layout in ("fsdp", "tp", "pp_1f1b", "pp_tp_fsdp", "pp_interleaved"):  # the sharded checkpoint loads as one process's: same weights as the baseline
         merged = tmp_path / "merged.ckpt"
         proc = subprocess.run([sys.executable, "-m", "lit_llm", "consolidate", "--checkpoint",
                                str(tmp_path / layout / "checkpoints" / "last.ckpt"), "--out", str(merged)],
@@ -103,6 +113,33 @@ def test_degrees_that_do_not_fit_the_job_are_refused(tmp_path, baselines):
     proc = _failed_fit(tmp_path, baselines[1], "--config", "configs/strategy/fsdp_tp.yaml", "--trainer.devices", "2",
                        "--trainer.strategy.init_args.data_parallel_size", "2")
     assert "but the job has 2 processes" in proc.stderr
+
+
+def test_interleaved_stages_are_views_of_one_model_that_owns_them():
+    from lit_llm.model import build_model
+    from lit_llm.parallel.pipeline import split_stages
+    from lit_llm.tasks.base import ParallelConfig
+
+    with pytest.raises(ValueError, match="stages_per_rank 2"):
+        ParallelConfig(pipeline_schedule="interleaved_1f1b")
+    with pytest.raises(ValueError, match="gpipe and 1f1b exactly 1"):
+        ParallelConfig(pipeline_schedule="1f1b", stages_per_rank=2)
+    with pytest.raises(ValueError, match="= 8 stages, more than n_layer=4"):
+        split_stages(build_model(ModelConfig.from_name("debug", n_layer=4)), 0, 4, 2)
+    torch.manual_seed(0)
+    full = build_model(ModelConfig.from_name("debug", n_layer=4))
+    reference = {k: v.clone() for k, v in full.state_dict().items()}
+    rank1 = build_model(ModelConfig.from_name("debug", n_layer=4))
+    rank1.load_state_dict(reference)
+    first, last = split_stages(rank1, 1, 2, 2)  # stages 1 and 3 of 4: blocks 1 and 3, the norm and head
+    assert list(rank1.layers) == ["1", "3"] and list(first.layers) == ["1"] and list(last.layers) == ["3"]
+    assert first.norm is None and last.output is rank1.output and rank1.tok_embeddings is None
+    assert {k for k in rank1.state_dict()} == {k for k in reference if not k.startswith(
+        ("tok_embeddings", "pos_embeddings", "layers.0.", "layers.2."))}
+    x = torch.randn(2, 8, 32)
+    expected = full.output(full.norm(full.layers["3"](full.layers["2"](full.layers["1"](x)))))
+    middle = full.layers["2"](first(x))  # rank 0's stage 2 runs between rank 1's two stages
+    torch.testing.assert_close(last(middle), expected)
 
 
 def test_parallel_dims_validation():

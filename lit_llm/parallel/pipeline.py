@@ -1,6 +1,8 @@
 """Pipeline parallelism with ``torch.distributed.pipelining`` (Lightning has no pipeline strategy: its
 issue 17180). The model is cut into consecutive stages, one per pipeline rank, and a schedule (GPipe or
-1F1B, Narayanan et al. 2021) runs microbatches through them.
+1F1B, Narayanan et al. 2021) runs microbatches through them. The interleaved 1F1B schedule (Narayanan et al.
+2021, section 2.2) gives each rank several smaller stages, ``v`` apart (rank r holds stages r, r + pp, ...),
+which shrinks the pipeline bubble by ``v`` for more point-to-point traffic.
 
 Tied embeddings (the gpt2 family) are kept tied as Megatron-LM keeps them (Shoeybi et al. 2019): the first
 stage holds the embedding, the last stage a copy of the same weight as its head, and after every backward
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
 
 from lit_llm.model.transformer import Decoder
 
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
 
 class PipelineRunner:
@@ -59,35 +63,70 @@ class PipelineRunner:
         return None
 
 
-def split_stage(model: Decoder, stage: int, num_stages: int) -> Decoder:
-    """Keep this stage's part of ``model`` in place: an even run of consecutive blocks, the embeddings on the
-    first stage, the final norm and the head on the last. ``Decoder.forward`` runs on any such part. With tied
-    embeddings the last stage's head keeps the weight it shared with the embedding (the same values on
-    every stage: the full model was built from one seed); ``TiedWeights`` keeps the two copies equal."""
+def split_stages(model: Decoder, rank: int, ranks: int, stages_per_rank: int) -> list[Decoder]:
+    """This pipeline rank's stages of ``model``: stages ``rank, rank + ranks, ...`` of ``ranks x
+    stages_per_rank`` even runs of consecutive blocks. ``model`` keeps the union in place (its state dict
+    names what this rank owns, for checkpoints and the optimizer); with one stage per rank the model itself
+    is the stage, otherwise each stage is a view of it (its own table of submodules, the same modules).
+    ``Decoder.forward`` runs on any such part: embeddings on the first stage, final norm and head on the last.
+    With tied embeddings the last stage's head keeps the weight it shared with the embedding (the same values
+    on every rank: the full model was built from one seed); ``TiedWeights`` keeps the two copies equal."""
     if not model.config.causal:
         raise ValueError("Pipeline parallelism is defined for the causal families (gpt2, llama)")
+    total = ranks * stages_per_rank
+    if total > model.config.n_layer:
+        raise ValueError(f"{ranks} pipeline ranks x {stages_per_rank} stages per rank = {total} stages, more than"
+                         f" n_layer={model.config.n_layer}; use fewer stages per rank or pipeline ranks")
     names = list(model.layers.keys())
-    keep = {names[i] for i in np.array_split(np.arange(len(names)), num_stages)[stage]}
+    runs = np.array_split(np.arange(len(names)), total)
+    mine = list(range(rank, total, ranks))
+    keep = {names[i] for s in mine for i in runs[s]}
     for name in names:
         if name not in keep:
             del model.layers[name]
-    if stage > 0:
+    if rank > 0:
         model.tok_embeddings, model.pos_embeddings = None, None
-    if stage < num_stages - 1:
+    if rank < ranks - 1:
         model.norm, model.output = None, None
-    return model
+    if stages_per_rank == 1:
+        return [model]
+    views = []
+    for s in mine:
+        view = copy.copy(model)  # shares parameters and buffers through the same submodules
+        view._modules = dict(model._modules)
+        view._modules["layers"] = nn.ModuleDict({names[i]: model.layers[names[i]] for i in runs[s]})
+        if s > 0:
+            view._modules["tok_embeddings"] = view._modules["pos_embeddings"] = None
+        if s < total - 1:
+            view._modules["norm"] = view._modules["output"] = None
+        views.append(view)
+    return views
 
 
-def build_schedule(stage_module: nn.Module, stage: int, num_stages: int, device: torch.device, group,
+def adopt_blocks(model: Decoder, stages: list[nn.Module]) -> None:
+    """After the stages' blocks were wrapped (activation checkpointing replaces them in their stage's
+    table), point ``model``'s table at the same wrapped blocks again."""
+    for stage in stages:
+        if stage is not model:
+            for name, block in stage.layers.items():
+                model.layers[name] = block
+
+
+def build_schedule(stage_modules: list[nn.Module], rank: int, ranks: int, device: torch.device, group,
                    microbatches: int, schedule: str, loss_fn: Callable):
-    """A ``PipelineStage`` for this rank and the schedule that drives it."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    """A ``PipelineStage`` for each of this rank's stages (rank, rank + ranks, ...) and the schedule that
+    drives them."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
     if schedule not in SCHEDULES:
         raise ValueError(f"pipeline_schedule must be one of {SCHEDULES}, got {schedule!r}")
-    pipe_stage = PipelineStage(stage_module, stage, num_stages, device, group=group)
+    total = ranks * len(stage_modules)
+    stages = [PipelineStage(module, rank + i * ranks, total, device, group=group)
+              for i, module in enumerate(stage_modules)]
+    if schedule == "interleaved_1f1b":
+        return ScheduleInterleaved1F1B(stages, n_microbatches=microbatches, loss_fn=loss_fn)
     cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
-    return cls(pipe_stage, n_microbatches=microbatches, loss_fn=loss_fn)
+    return cls(stages[0], n_microbatches=microbatches, loss_fn=loss_fn)
 
 
 class TiedWeights:

@@ -37,28 +37,35 @@ class ParallelConfig:
         ac_every: with selective checkpointing, checkpoint every this many blocks.
         compile: ``torch.compile`` each block.
         fsdp_param_dtype: FSDP2 mixed-precision compute dtype (under ``ModelParallel``); None keeps float32.
-        pipeline_schedule: ``gpipe`` or ``1f1b`` (with ``pipeline_parallel_size > 1``).
+        pipeline_schedule: ``gpipe``, ``1f1b`` or ``interleaved_1f1b`` (with ``pipeline_parallel_size > 1``).
         microbatches: microbatches per batch in the pipeline schedule (must divide the batch size).
+        stages_per_rank: pipeline stages each rank holds: 1, or 2 and more with ``interleaved_1f1b``.
     """
 
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     ac_every: int = 2
     compile: bool = False
     fsdp_param_dtype: Optional[Literal["bfloat16", "float16", "float32"]] = None
-    pipeline_schedule: Literal["gpipe", "1f1b"] = "1f1b"
+    pipeline_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
     microbatches: int = 2
+    stages_per_rank: int = 1
 
     def __post_init__(self) -> None:
         if self.activation_checkpointing not in ("none", "full", "selective"):
             raise ValueError(f"parallel.activation_checkpointing must be none, full or selective, got"
                              f" {self.activation_checkpointing!r}")
-        if self.pipeline_schedule not in ("gpipe", "1f1b"):
-            raise ValueError(f"parallel.pipeline_schedule must be gpipe or 1f1b, got {self.pipeline_schedule!r}")
+        if self.pipeline_schedule not in ("gpipe", "1f1b", "interleaved_1f1b"):
+            raise ValueError(f"parallel.pipeline_schedule must be gpipe, 1f1b or interleaved_1f1b, got"
+                             f" {self.pipeline_schedule!r}")
+        if (self.pipeline_schedule == "interleaved_1f1b") != (self.stages_per_rank > 1):
+            raise ValueError(f"parallel.stages_per_rank={self.stages_per_rank} with pipeline_schedule"
+                             f" {self.pipeline_schedule!r}: the interleaved schedule needs 2 or more stages per rank"
+                             " (--model.parallel.stages_per_rank 2), gpipe and 1f1b exactly 1")
         if self.fsdp_param_dtype not in (None, "bfloat16", "float16", "float32"):
             raise ValueError(f"parallel.fsdp_param_dtype must be bfloat16, float16 or float32, got {self.fsdp_param_dtype!r}")
-        if self.microbatches < 1 or self.ac_every < 1:
-            raise ValueError(f"parallel.microbatches and parallel.ac_every must be >= 1, got {self.microbatches},"
-                             f" {self.ac_every}")
+        if self.microbatches < 1 or self.ac_every < 1 or self.stages_per_rank < 1:
+            raise ValueError(f"parallel.microbatches, ac_every and stages_per_rank must be >= 1, got"
+                             f" {self.microbatches}, {self.ac_every}, {self.stages_per_rank}")
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
@@ -113,7 +120,7 @@ class TransformerModule(L.LightningModule):
         """Optimizer parameter groups: ``params``, ``weight_decay`` and optionally ``lr_scale``."""
         raise NotImplementedError
 
-    def setup_pipeline(self, mesh) -> None:  # pragma: no cover - overridden where supports_pipeline
+    def setup_pipeline(self, mesh, stages: list[nn.Module]) -> None:  # pragma: no cover - where supports_pipeline
         raise NotImplementedError
 
     # ------------------------------------------------------------------ parallelism
@@ -129,6 +136,7 @@ class TransformerModule(L.LightningModule):
         net, par = self.network, self.parallel
         mesh = self.device_mesh
         names = mesh.mesh_dim_names if mesh is not None else ()
+        parts = [net]  # what runs: the network, or this rank's pipeline stages
         pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
         if mesh is not None and self.hparams.get("optimizer", "adamw") == "muon":
             raise ValueError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or"
@@ -143,26 +151,30 @@ class TransformerModule(L.LightningModule):
                 if not self.supports_pipeline:
                     raise ValueError(f"{type(self).__name__} does not run as pipeline stages; use"
                                      " configs/strategy/ddp.yaml, fsdp.yaml or tp.yaml")
-                self.split_pipeline(mesh)
+                parts = self.split_pipeline(mesh)
             if dims.tp > 1:
-                apply_tp(net, mesh["tensor_parallel"])
+                for part in parts:
+                    apply_tp(part, mesh["tensor_parallel"])
                 for module in self.extra_modules():
                     _replicate_over(module, mesh["tensor_parallel"])
-        if par.activation_checkpointing != "none":
-            apply_ac(net, par.activation_checkpointing, par.ac_every)
-        if par.compile:
-            apply_compile(net)
-        if mesh is not None:
-            dtype = getattr(torch, par.fsdp_param_dtype) if par.fsdp_param_dtype else None
-            apply_fsdp(net, mesh["data_parallel"], param_dtype=dtype, extra=self.extra_modules())
+        for part in parts:  # several parts: the stages of an interleaved pipeline, each its own FSDP root
+            if par.activation_checkpointing != "none":
+                apply_ac(part, par.activation_checkpointing, par.ac_every)
+            if par.compile:
+                apply_compile(part)
+            if mesh is not None:
+                dtype = getattr(torch, par.fsdp_param_dtype) if par.fsdp_param_dtype else None
+                apply_fsdp(part, mesh["data_parallel"], param_dtype=dtype,
+                           extra=self.extra_modules() if part is parts[0] else ())
         if pp > 1:
-            self.setup_pipeline(mesh)
+            self.setup_pipeline(mesh, parts)
         self._parallelized = True
 
     def check_parallel(self, dims: ParallelDims) -> None:
         """Refuse layouts the task cannot run, before any work (override to add checks)."""
 
-    def split_pipeline(self, mesh) -> None:  # pragma: no cover - overridden where supports_pipeline
+    def split_pipeline(self, mesh) -> list[nn.Module]:  # pragma: no cover - overridden where supports_pipeline
+        """Cut the network to this pipeline rank's part; return the stages it runs."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ optimization

@@ -16,7 +16,8 @@ from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
-from lit_llm.parallel.pipeline import PipelineRunner, TiedWeights, build_schedule, clip_across_stages, split_stage
+from lit_llm.parallel.pipeline import (PipelineRunner, TiedWeights, adopt_blocks, build_schedule, clip_across_stages,
+                                       split_stages)
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
 
 
@@ -139,12 +140,13 @@ class LanguageModel(TransformerModule):
             raise ValueError(f"--data.batch_size {batch} is not divisible by --model.parallel.microbatches"
                              f" {self.parallel.microbatches}")
         pp_mesh = mesh["pipeline_parallel"]
-        split_stage(self.model, pp_mesh.get_local_rank(), pp_mesh.size())
+        return split_stages(self.model, pp_mesh.get_local_rank(), pp_mesh.size(), self.parallel.stages_per_rank)
 
-    def setup_pipeline(self, mesh) -> None:
+    def setup_pipeline(self, mesh, stages) -> None:
         pp_mesh = mesh["pipeline_parallel"]
         stage, n = pp_mesh.get_local_rank(), pp_mesh.size()
-        schedule = build_schedule(self.model, stage, n, self.trainer.strategy.root_device, pp_mesh.get_group(),
+        adopt_blocks(self.model, stages)
+        schedule = build_schedule(stages, stage, n, self.trainer.strategy.root_device, pp_mesh.get_group(),
                                   self.parallel.microbatches, self.parallel.pipeline_schedule, self._pipeline_loss)
         tied = TiedWeights(self.model, mesh) if self.config.tie_embeddings else None
         if tied is not None:
