@@ -1,12 +1,18 @@
 """``python -m lit_llm plan``: the layouts, their memory per GPU, bubble and step time against hand-computed
 figures, the layouts it must leave out, and the SLURM script of a chosen layout."""
 
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from lit_llm.cli import main
 from lit_llm.commands.plan import layouts, plan
 from lit_llm.errors import UsageError
 from lit_llm.model import ModelConfig
+
+from conftest import REPO
 
 GiB = 2**30
 
@@ -66,3 +72,76 @@ def test_plan_refuses_impossible_requests_with_the_fix():
         plan(preset="llama-7b", nodes=2, gpus_per_node=8, global_batch=1)  # 16 GPUs: tp <= 8, and pp 2 needs 2
     with pytest.raises(UsageError, match="needs a config"):
         plan(preset="llama-7b", choose=1)
+
+
+@pytest.mark.parametrize("preset", ["debug", "debug-llama"])
+def test_stage_parameters_count_what_split_stages_keeps(preset):
+    from lit_llm.model import build_model
+    from lit_llm.model.costs import stage_parameters
+    from lit_llm.parallel.pipeline import split_stages
+
+    cfg = ModelConfig.from_name(preset, n_layer=5)  # 5 blocks over 2 and 3 stages: uneven runs
+    for pp in (1, 2, 3):
+        real = []
+        for stage in range(pp):
+            with torch.device("meta"):
+                model = build_model(cfg)
+            split_stages(model, stage, pp, 1) if pp > 1 else None
+            real.append(sum(p.numel() for p in model.parameters()))  # a tied pair counts once per stage
+        assert stage_parameters(cfg, pp) == real
+
+
+def test_fake_process_group_shards_llama_70b_as_the_plan_estimates():
+    """64 ranks (pp 2 x dp 4 x tp 8) built on one CPU: the largest ranks' sharded tensors hold what plan says,
+    within FSDP's padding of uneven shards."""
+    from lit_llm.model.costs import stage_parameters
+    from lit_llm.parallel.simulate import simulate_layout
+
+    cfg = ModelConfig.from_name("llama-70b")
+    sim = simulate_layout(cfg, pp=2, dp=4, tp=8)
+    assert [r["rank"] for r in sim["ranks"]] == [0, 32] and [r["stage"] for r in sim["ranks"]] == [0, 1]
+    for r, expected in zip(sim["ranks"], stage_parameters(cfg, 2)):
+        assert r["parameters"] == pytest.approx(expected / 32, rel=1e-3)
+        assert r["gradient_bytes"] == r["parameter_bytes"] and r["optimizer_bytes"] == 2 * r["parameter_bytes"]
+    [row] = [r for r in layouts(cfg, nodes=8, gpus_per_node=8, global_batch=1024, context=4096)
+             if (r["strategy"], r["dp"], r["tp"], r["pp"]) == ("fsdp", 4, 8, 2)]
+    assert sim["max_state_bytes"] / GiB == pytest.approx(row["state_gib"], rel=1e-3)
+    with pytest.raises(ValueError, match="does not divide n_kv_heads=8"):
+        simulate_layout(cfg, pp=1, dp=4, tp=16)
+
+
+@pytest.mark.parametrize("rank", [0, 7])  # the first and the last pipeline stage
+def test_gradients_and_adamw_state_take_the_parameters_sharded_layout_in_a_real_backward(rank):
+    """What simulate_rank assumes at scale (a gradient per parameter in its sharded layout), checked with a
+    real forward and backward of a small model under FSDP 2 x TP 2 x PP 2 and the fake process group. In a
+    process of its own: torch's collectives keep process groups cached past destroy_process_group."""
+    code = f"import sys; sys.path.insert(0, 'tests'); import test_plan; test_plan.check_real_backward({rank})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def check_real_backward(rank: int) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from lit_llm.model import build_model
+    from lit_llm.parallel import apply_fsdp, apply_tp
+    from lit_llm.parallel.pipeline import split_stages
+
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=8)
+    mesh = init_device_mesh("cpu", (2, 2, 2), mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+    model = build_model(ModelConfig.from_name("debug-llama"))
+    split_stages(model, mesh["pipeline_parallel"].get_local_rank(), 2, 1)
+    apply_tp(model, mesh["tensor_parallel"])
+    apply_fsdp(model, mesh["data_parallel"])
+    x = (torch.zeros(2, 32, dtype=torch.long) if model.tok_embeddings is not None
+         else torch.randn(2, 16, 32, requires_grad=True))  # a later stage's input: its sequence shard
+    model(x).float().pow(2).mean().backward()
+    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.to_local().shape == p.to_local().shape, name
+        assert p.grad.placements == p.placements, name
+        assert optimizer.state[p]["exp_avg"].to_local().shape == p.to_local().shape, name
+    dist.destroy_process_group()

@@ -6,7 +6,9 @@ parallel degree tp inside a node and pipeline degree pp with 1F1B, in any combin
 nodes x GPUs per node:
 
 - training state per GPU: weights, gradients and AdamW moments (``lit_llm.model.costs``: 16 bytes per
-  parameter in mixed precision), split over tp x pp, then sharded over dp by FSDP (DDP keeps it whole);
+  parameter in mixed precision) of the largest pipeline stage (``costs.stage_parameters``: the first stages
+  take the odd blocks and the embeddings, the last the head), split over tp, then sharded over dp by FSDP
+  (DDP keeps it whole);
 - activations per GPU, with and without full activation checkpointing, for one microbatch of
   ``--microbatch_size`` sequences on the first pipeline stage, which holds ``pp`` microbatches in flight
   under 1F1B; sequence parallelism divides them by tp (Korthikanti et al. 2022);
@@ -15,8 +17,11 @@ nodes x GPUs per node:
 
 A layout fits when state + activations (with checkpointing, if that is what it takes) stay under 90% of
 ``--gpu_memory_gib``. These are estimates from the model's shape; they leave out communication buffers,
-the allocator's fragmentation and the all-gathered FSDP blocks, hence the 10% margin. ``--choose N`` renders
-the SLURM script of row N through ``submit --dry_run`` (give the run's ``--config``).
+the allocator's fragmentation and the all-gathered FSDP blocks, hence the 10% margin. ``--simulate`` checks
+the printed rows at full scale on this one CPU (``lit_llm.parallel.simulate``: torch's fake process group,
+a meta-device model sharded by the real functions) and prints the state each row's largest rank really
+holds. ``--choose N`` renders the SLURM script of row N through ``submit --dry_run`` (give the run's
+``--config``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Optional
 
 from lit_llm.errors import UsageError
 from lit_llm.model.config import ModelConfig
-from lit_llm.model.costs import BYTES_PER_PARAM, estimate
+from lit_llm.model.costs import BYTES_PER_PARAM, estimate, stage_parameters
 
 HEADROOM = 0.9  # share of the GPU's memory a plan may use
 
@@ -43,7 +48,7 @@ def layouts(cfg: ModelConfig, nodes: int, gpus_per_node: int, global_batch: int,
     base = estimate(cfg, world_size=1, batch_size=microbatch_size, context=s, precision=precision)
     one_layer = (base["activation_bytes"] - 4 * s * microbatch_size * cfg.vocab_size) / cfg.n_layer
     logits = 4 * s * microbatch_size * cfg.vocab_size
-    state = cfg.num_parameters() * BYTES_PER_PARAM[precision]
+    bytes_per_param = BYTES_PER_PARAM[precision]
     step_flops = base["train_flops_per_token"] * global_batch * s
     rows = []
     for pp in _divisors(world):
@@ -60,7 +65,7 @@ def layouts(cfg: ModelConfig, nodes: int, gpus_per_node: int, global_batch: int,
                 continue  # 1F1B needs at least pp microbatches in flight
             for strategy in (("ddp",) if tp == pp == 1 else ()) + ("fsdp",):
                 shard = dp if strategy == "fsdp" else 1
-                per_gpu_state = state / (tp * pp) / shard
+                per_gpu_state = max(stage_parameters(cfg, pp)) * bytes_per_param / tp / shard
                 layers = -(-cfg.n_layer // pp)  # the first stage's layers
                 in_flight = pp if pp > 1 else 1
                 act = (layers * one_layer * in_flight + (logits if pp == 1 else 0)) / tp
@@ -96,7 +101,7 @@ def strategy_args(row: dict[str, Any]) -> list[str]:
 def plan(fit_args: Optional[list[str]] = None, preset: Optional[str] = None, nodes: int = 1, gpus_per_node: int = 8,
          gpu_memory_gib: float = 80.0, global_batch: int = 256, microbatch_size: int = 1,
          context: Optional[int] = None, mfu: float = 0.4, peak_tflops: float = 989.0, top: int = 12,
-         choose: Optional[int] = None) -> list[dict[str, Any]]:
+         choose: Optional[int] = None, simulate: bool = False) -> list[dict[str, Any]]:
     """List the parallel layouts of a model on a cluster with memory per GPU, pipeline bubble and step time.
 
     Args:
@@ -112,6 +117,8 @@ def plan(fit_args: Optional[list[str]] = None, preset: Optional[str] = None, nod
         peak_tflops: a GPU's dense bf16 peak (H100 SXM: 989).
         top: rows to print.
         choose: render the SLURM script of this row (1 = first) through submit --dry_run; needs a config.
+        simulate: build each printed ModelParallel row's largest ranks under a fake process group and print
+            the state their sharded tensors hold (``sim GiB``) beside the estimate.
     """
     if (preset is None) == (not fit_args):
         raise UsageError("give --preset NAME or the run's --config FILE (one of them)")
@@ -134,10 +141,20 @@ def plan(fit_args: Optional[list[str]] = None, preset: Optional[str] = None, nod
     n = cfg.num_parameters()
     print(f"{cfg.name}: {f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.2f}M'} parameters on {nodes} x {gpus_per_node} GPUs of"
           f" {gpu_memory_gib:g} GiB, global batch {global_batch} x {context or cfg.block_size} tokens, MFU {mfu:g}")
-    print(f"{'#':>3s} {'strategy':>8s} {'dp':>5s} {'tp':>3s} {'pp':>3s} {'state GiB':>10s} {'act GiB':>9s}"
-          f" {'act ckpt':>9s} {'bubble':>7s} {'step s':>8s}  fits")
+    print(f"{'#':>3s} {'strategy':>8s} {'dp':>5s} {'tp':>3s} {'pp':>3s} {'state GiB':>10s}"
+          + (f" {'sim GiB':>8s}" if simulate else "")
+          + f" {'act GiB':>9s} {'act ckpt':>9s} {'bubble':>7s} {'step s':>8s}  fits")
     for i, r in enumerate(rows[:top], 1):
-        print(f"{i:>3d} {r['strategy']:>8s} {r['dp']:>5d} {r['tp']:>3d} {r['pp']:>3d} {r['state_gib']:>10.1f}"
+        sim = ""
+        if simulate:
+            from lit_llm.parallel.simulate import simulate_layout
+
+            if r["strategy"] == "fsdp":
+                r["simulated_state_gib"] = simulate_layout(cfg, r["pp"], r["dp"], r["tp"])["max_state_bytes"] / 2**30
+                sim = f" {r['simulated_state_gib']:>8.1f}"
+            else:
+                sim = f" {'-':>8s}"
+        print(f"{i:>3d} {r['strategy']:>8s} {r['dp']:>5d} {r['tp']:>3d} {r['pp']:>3d} {r['state_gib']:>10.1f}{sim}"
               f" {r['activations_gib']:>9.1f} {r['activations_checkpointed_gib']:>9.1f} {r['bubble']:>7.1%}"
               f" {r['step_seconds']:>8.2f}  {r['fits']}")
     if choose is not None:

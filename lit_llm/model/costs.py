@@ -53,3 +53,26 @@ def estimate(cfg: ModelConfig, world_size: int = 8, batch_size: int = 1, context
         "activation_bytes": L * layer_act + logits,
         "activation_bytes_full_checkpointing": L * 2 * s * b * h + layer_act + logits,
     }
+
+
+def stage_parameters(cfg: ModelConfig, pp: int = 1) -> list[int]:
+    """Parameters each of ``pp`` pipeline stages holds: even runs of consecutive blocks as
+    ``lit_llm.parallel.pipeline.split_stages`` cuts them (the first stages take one more block when ``pp``
+    does not divide ``n_layer``), the embeddings on the first stage, the final norm and the head on the last,
+    where a tied head is a copy of the embedding (Megatron-LM's scheme). ``[num_parameters()]`` for pp = 1."""
+    n = cfg.num_parameters()
+    if pp == 1:
+        return [n]
+    if not cfg.causal:
+        raise ValueError("Pipeline stages are defined for the causal families (gpt2, llama)")
+    c, v = cfg.n_embd, cfg.vocab_size
+    embeddings = v * c + (cfg.block_size * c if cfg.positions == "learned" else 0)
+    final_norm = c + (c if cfg.norm == "layernorm" and cfg.bias else 0)
+    head = v * c  # its own weight, or the last stage's copy of the tied embedding
+    per_layer = (n - embeddings - final_norm - (0 if cfg.tie_embeddings else head)) // cfg.n_layer
+    base, extra = divmod(cfg.n_layer, pp)
+    stages = [(base + (i < extra)) * per_layer for i in range(pp)]
+    stages[0] += embeddings
+    stages[-1] += final_norm + head
+    return stages
+

@@ -1,0 +1,85 @@
+"""Checking a parallel layout at cluster scale on one CPU: torch's fake process group stands in for the
+other ranks, the model is built on the meta device (no memory), and the real ``split_stages``, ``apply_tp``
+and ``apply_fsdp`` shard it as ``configure_model`` would on that rank of the real job. The per-rank
+parameters, gradients and AdamW state are then read from the sharded tensors themselves.
+
+What it checks: that the mesh, the pipeline cut, the tensor-parallel plans and FSDP2 accept the layout,
+and what each rank holds. What a fake process group cannot show: bandwidth, stragglers, NCCL timeouts, the
+allocator's fragmentation and the transient all-gathered blocks; those need the real cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from lit_llm.model import ModelConfig, build_model
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _bytes(tensors) -> int:
+    return sum(_local(t).numel() * t.element_size() for t in tensors)
+
+
+def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0) -> dict[str, Any]:
+    """Shard ``cfg`` for ``rank`` of a ``pp x dp x tp`` job (mesh dimensions as ``ModelParallel`` builds them)
+    under a fake process group, give every parameter a gradient in its sharded layout (FSDP2 reduce-scatters
+    into the parameter's layout; ``tests/test_plan.py`` checks that against a real backward at small scale),
+    take one AdamW step on the meta device, and count the bytes this rank holds (float32 throughout)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+
+    from lit_llm.parallel.dims import ParallelDims
+    from lit_llm.parallel.parallelize import apply_fsdp, apply_tp
+    from lit_llm.parallel.pipeline import split_stages
+
+    world = pp * dp * tp
+    ParallelDims(world_size=world, dp_shard=dp, tp=tp, pp=pp).check_model(cfg)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside the {world} ranks of the layout")
+    if dist.is_initialized():
+        raise RuntimeError("simulate_rank needs its own (fake) process group; call it where none is initialized")
+    excepthook = sys.excepthook  # init_process_group chains a "[rank N]" prefix onto it each time
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (pp, dp, tp),
+                                mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+        with torch.device("meta"):
+            model = build_model(cfg)
+        stage = mesh["pipeline_parallel"].get_local_rank()
+        if pp > 1:
+            split_stages(model, stage, pp, 1)
+        if tp > 1:
+            apply_tp(model, mesh["tensor_parallel"])
+        apply_fsdp(model, mesh["data_parallel"])
+        params = list(model.parameters())
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        optimizer.step()
+        moments = [t for state in optimizer.state.values() for t in state.values()
+                   if torch.is_tensor(t) and t.dim() > 0]  # exp_avg, exp_avg_sq (the step counters are scalars)
+        out = {"rank": rank, "stage": stage, "parameters": sum(_local(p).numel() for p in params),
+               "parameter_bytes": _bytes(params), "gradient_bytes": _bytes(p.grad for p in params),
+               "optimizer_bytes": _bytes(moments)}
+        out["state_bytes"] = out["parameter_bytes"] + out["gradient_bytes"] + out["optimizer_bytes"]
+        return out
+    finally:
+        dist.destroy_process_group()
+        sys.excepthook = excepthook
+
+
+def simulate_layout(cfg: ModelConfig, pp: int, dp: int, tp: int) -> dict[str, Any]:
+    """The first and the last pipeline stage's rank 0 of ``simulate_rank`` (the largest shards: FSDP pads the
+    last shard, and the stages between hold no more blocks than the first and none of the embeddings), and
+    the larger of the two as the layout's per-GPU state."""
+    ranks = sorted({0, (pp - 1) * dp * tp})
+    sims = [simulate_rank(cfg, pp, dp, tp, r) for r in ranks]
+    return {"pp": pp, "dp": dp, "tp": tp, "world_size": pp * dp * tp, "ranks": sims,
+            "max_state_bytes": max(s["state_bytes"] for s in sims)}
