@@ -5,7 +5,10 @@
    keep-alive HTTP connection. Prints requests/s, generated tokens/s and p50/p95 latency per concurrency.
    Each ``--batching`` mode (default: ``static``, the server's batching before continuous batching, with its
    default ``--max_batch_size`` 8, and ``continuous``, 32 KV-cache rows) gets its own server, in alternating
-   ``--rounds``; the JSON has the medians and the continuous / static throughput ratio per concurrency.
+   ``--rounds``; the JSON has the medians and the continuous / static throughput ratio per concurrency. The
+   CPU seconds each process spent per request (this client, and every process of the server: LitServe's
+   front end, queue manager and model worker) say where a request's cost lies: on a machine of few cores
+   the client and the front end share the cores with the worker, which bounds what faster decoding can buy.
 2. Time to first token mid-batch: with ``--ttft_clients`` - 1 clients streaming completions back to back, one
    more client sends ``--ttft_probes`` streamed requests at random moments, so each arrives while others
    decode. Prints its time to first token (p50) and the decode step time (the median gap between the tokens
@@ -34,6 +37,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import httpx
 import torch
@@ -65,7 +69,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def load(base_url: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+def _cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and of each process of the server's tree, by pid."""
+    import psutil  # a dependency of wandb, a core dependency
+
+    procs = [psutil.Process()]
+    root = psutil.Process(server_pid)
+    procs += [root, *root.children(recursive=True)]
+    out = {}
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            out[f"{proc.pid}:{'client' if proc.pid == procs[0].pid else proc.name()}"] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def load(base_url: str, concurrency: int, requests: int, max_tokens: int, server_pid: Optional[int] = None) -> dict:
     local = threading.local()
 
     def one(i: int) -> tuple[float, int]:
@@ -78,13 +99,17 @@ def load(base_url: str, concurrency: int, requests: int, max_tokens: int) -> dic
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(concurrency)))  # connections up, workers warm
+        cpu0 = _cpu_seconds(server_pid) if server_pid else {}
         t0 = time.perf_counter()
         results = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - t0
+        cpu1 = _cpu_seconds(server_pid) if server_pid else {}
     latencies = [lat for lat, _ in results]
+    cpu_ms = {k: 1000 * (cpu1[k] - cpu0[k]) / requests for k in cpu1 if k in cpu0}
     return {"concurrency": concurrency, "requests": requests, "req_per_s": requests / wall,
             "tokens_per_s": sum(n for _, n in results) / wall,
-            "p50_ms": 1000 * percentile(latencies, 0.5), "p95_ms": 1000 * percentile(latencies, 0.95)}
+            "p50_ms": 1000 * percentile(latencies, 0.5), "p95_ms": 1000 * percentile(latencies, 0.95),
+            "cpu_ms_per_request": dict(sorted(cpu_ms.items(), key=lambda kv: -kv[1]))}
 
 
 def time_to_first_token(base_url: str, clients: int, probes: int, max_tokens: int) -> dict:
@@ -213,7 +238,8 @@ def main() -> None:
                 if args.max_batch_size:
                     flags += ["--max_batch_size", str(args.max_batch_size)]
                 with ServerProcess(ckpt, flags) as server:
-                    levels = [load(server.base_url, c, args.requests, args.max_tokens) for c in args.concurrency]
+                    levels = [load(server.base_url, c, args.requests, args.max_tokens, server.proc.pid)
+                              for c in args.concurrency]
                     ttft = time_to_first_token(server.base_url, args.ttft_clients, args.ttft_probes, args.max_tokens)
                 runs[mode].append({"load": levels, "ttft": ttft})
         speed = generation_speed(ckpt, args.gen_tokens, args.repeats)

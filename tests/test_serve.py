@@ -135,11 +135,12 @@ def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_ge
             api.add_request(waiting[0], jobs[waiting.pop(0)])
         for out in api.step(None):
             assert out.status != LitAPIStatus.ERROR, out.output
-            if out.status == LitAPIStatus.FINISH_STREAMING:
-                finished.append(out.uid)
-            else:
+            if out.output:  # the message that finishes a stream carries the request's last output
                 first_step.setdefault(out.uid, step)
                 got[out.uid].append(out.output)
+            if out.status == LitAPIStatus.FINISH_STREAMING:
+                assert "usage" in out.output, out.uid
+                finished.append(out.uid)
         step += 1
     assert sorted(finished) == sorted(jobs) and not api.has_active_requests() and not api.rows.keys
     assert first_step["a"] == 0 and first_step["c"] == 1  # the first token comes in the step after arrival
@@ -182,7 +183,6 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
     assert {"OK", "ERROR", "START", "FINISH_STREAMING"} <= set(vars(LitAPIStatus))
     assert [f.name for f in dataclasses.fields(ResponseBufferItem)][:2] == ["event", "response_queue"]
     assert "response" in {f.name for f in dataclasses.fields(ResponseBufferItem)}
-    assert list(inspect.signature(LitServer.data_streamer).parameters) == ["q", "data_available", "send_status"]
     assert list(inspect.signature(response_queue_to_buffer).parameters) == [
         "transport", "response_buffer", "consumer_id", "litapi_connector"]
     # the workers unpack the request queue's items as submit() writes them; the server tells the spec its queue id
@@ -198,7 +198,9 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
     for call in ("lit_api.add_request(uid, request)", "lit_api.has_capacity()", "lit_api.has_active_requests()",
                  "lit_api.step, prev_outputs", "lit_api.encode_response(step_output.output)",
                  "lit_api.format_encoded_response(response_data)", "status == LitAPIStatus.FINISH_STREAMING",
-                 "response_queue_id, uid, timestamp, input = request"):
+                 "response_queue_id, uid, timestamp, input = request",
+                 # a finishing output's data is sent too: the worker's last message rides on it
+                 "transport, response_queue_id, uid, response_data, status, LoopResponseType.STREAMING"):
         assert call in continuous, call
     assert "while lit_api.has_active_requests():" in inspect.getsource(ContinuousBatchingLoop.run)
     assert "await self.run(" in inspect.getsource(base._BaseLoop.__call__)
@@ -210,7 +212,7 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
     spec = QueueSpec()
     spec.api_path = "/v1/x"
     spec.setup(SimpleNamespace(response_buffer={}, _get_request_queue={"/v1/x": requests}.__getitem__,
-                               data_streamer=LitServer.data_streamer))
+                               data_streamer=None))  # LitSpec.setup reads it; QueueSpec does not use it
     spec.response_queue_id = 3
     assert isinstance(spec, LitSpec)
 
@@ -244,6 +246,10 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
     streamed = asyncio.run(exchange(True, [(ok, LitAPIStatus.OK), ("{}", LitAPIStatus.OK),
                                            ("", LitAPIStatus.FINISH_STREAMING)]))
     assert streamed == [({"text": "a"}, False), ({}, False)]
+    last = ls.LitAPI.format_encoded_response(None, {"text": "b", "usage": {}})  # carried by the finishing message
+    streamed = asyncio.run(exchange(True, [(ok, LitAPIStatus.OK), (last, LitAPIStatus.FINISH_STREAMING),
+                                           (ok, LitAPIStatus.OK)]))
+    assert streamed == [({"text": "a"}, False), ({"text": "b", "usage": {}}, False)]
     failed = asyncio.run(exchange(True, [(ok, LitAPIStatus.OK), (pickle.dumps(ValueError("boom")), LitAPIStatus.ERROR)]))
     assert failed[0] == ({"text": "a"}, False) and failed[1][1] is True and isinstance(failed[1][0], ValueError)
     assert asyncio.run(exchange(False, [({"probs": [[1.0]]}, LitAPIStatus.OK)])) == ({"probs": [[1.0]]}, False)

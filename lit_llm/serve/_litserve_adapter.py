@@ -9,9 +9,9 @@ worker, and answer worker errors and streamed text in OpenAI's shape. What this 
 0.2.19 has it:
 
 - ``litserve.specs.base.LitSpec`` (not exported by ``litserve`` or ``litserve.specs``): the base of a custom spec.
-  ``LitSpec.setup(server)`` sets ``response_buffer`` (``LitServer.response_buffer``: uid -> ``ResponseBufferItem``),
-  ``request_queue`` (``LitServer._get_request_queue(api_path)``) and ``data_streamer``
-  (``LitServer.data_streamer``); the server sets ``spec.response_queue_id`` in ``LitServer._start_server``.
+  ``LitSpec.setup(server)`` sets ``response_buffer`` (``LitServer.response_buffer``: uid -> ``ResponseBufferItem``)
+  and ``request_queue`` (``LitServer._get_request_queue(api_path)``); the server sets ``spec.response_queue_id``
+  in ``LitServer._start_server``.
 - the request queue's item ``(response_queue_id, uid, time.monotonic(), payload)``, unpacked by the worker loops
   (``litserve.loops``);
 - ``litserve.utils.ResponseBufferItem(event, response_queue)``: ``response_queue_to_buffer`` appends a streaming
@@ -24,7 +24,9 @@ worker, and answer worker errors and streamed text in OpenAI's shape. What this 
 - ``litserve.loops.ContinuousBatchingLoop`` and ``Output``: the loop drives a ``LitAPI`` through
   ``add_request(uid, request)``, ``has_capacity()``, ``has_active_requests()`` and ``step(prev_outputs) ->
   list[Output]``, sends each output through ``encode_response`` and ``format_encoded_response``, and closes a
-  stream on ``LitAPIStatus.FINISH_STREAMING``. Its ``run`` returns at once while no request is active, and the
+  stream on ``LitAPIStatus.FINISH_STREAMING``, whose data it sends like any other output (LitServe's own
+  ``data_streamer`` drops it; ``QueueSpec.outputs`` reads it, so a worker's last output can finish its stream
+  in one message instead of two through the queue). Its ``run`` returns at once while no request is active, and the
   base loop calls it again with only ``asyncio.sleep(0)`` between calls: an idle worker would spin a CPU core;
   and ``run`` sleeps 10 ms after a ``step`` that returned no output. Its ``step(prev_outputs, lit_api,
   lit_spec)`` is a coroutine that runs ``lit_api.step`` off the event loop. ``ContinuousLoop`` changes both
@@ -78,12 +80,21 @@ class QueueSpec(LitSpec):
 
     async def outputs(self, item: ResponseBufferItem) -> AsyncIterator[tuple[Any, bool]]:
         """A streaming job's outputs as the worker yields them, ``(output, False)``, until it finishes; a worker
-        error ends them as ``(error, True)``."""
-        async for data, status in self.data_streamer(item.response_queue, item.event, send_status=True):
-            if status == LitAPIStatus.ERROR:
-                yield worker_error(data), True
-                return
-            yield json.loads(data), False
+        error ends them as ``(error, True)``. The message that finishes the stream may carry the last output
+        (the continuous worker's do; LitServe's streaming loop sends an empty one)."""
+        while True:
+            await item.event.wait()
+            while item.response_queue:
+                data, status = item.response_queue.popleft()
+                if status == LitAPIStatus.ERROR:
+                    yield worker_error(data), True
+                    return
+                if status == LitAPIStatus.FINISH_STREAMING:
+                    if data:
+                        yield json.loads(data), False
+                    return
+                yield json.loads(data), False
+            item.event.clear()
 
     async def output(self, item: ResponseBufferItem) -> tuple[Any, bool]:
         """A non-streaming job's output, ``(output, False)``, or ``(error, True)``."""

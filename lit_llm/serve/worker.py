@@ -360,17 +360,18 @@ class ContinuousGenerationAPI(GenerationAPI):
         run = self.running[uid]
         run.token = token
         message = for_client(run.job, run.part, run.state.push(run.token))
-        if message:
-            out.append(Output(uid, message, Status.OK))
         if run.state.done:
-            self._finish(uid, out)
+            self._finish(uid, out, message)
+        elif message:
+            out.append(Output(uid, message, Status.OK))
 
-    def _finish(self, uid: str, out: list[Output]) -> None:
-        """The sequence leaves: its row is free for the next request, and LitServe closes its stream."""
+    def _finish(self, uid: str, out: list[Output], last: Optional[dict] = None) -> None:
+        """The sequence leaves: its row is free for the next request, and LitServe closes its stream with the
+        message that carries its ``last`` output (one message through the queue, not two)."""
         if uid in self.rows.keys:
             self.rows.remove(uid)
         del self.running[uid]
-        out.append(Output(uid, "", Status.FINISH_STREAMING))
+        out.append(Output(uid, last or "", Status.FINISH_STREAMING))
 
     def encode_response(self, output: Any) -> Any:
         return output
