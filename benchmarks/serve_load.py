@@ -11,8 +11,9 @@
    the client and the front end share the cores with the worker, which bounds what faster decoding can buy.
 2. Time to first token mid-batch: with ``--ttft_clients`` - 1 clients streaming completions back to back, one
    more client sends ``--ttft_probes`` streamed requests at random moments, so each arrives while others
-   decode. Prints its time to first token (p50) and the decode step time (the median gap between the tokens
-   of the other streams), and their ratio: how many decoding steps a new request waits.
+   decode. Prints its time to first token (p50) and the decode step time (the other streams' time per token:
+   from their first to their last text, over their completion tokens - 1; a server that sends a stream's text
+   in fewer, larger events has the same step), and their ratio: how many decoding steps a new request waits.
 3. Workers alone: 32 requests at once decoded in this process by the static worker (batches of 8) and the
    continuous one (32 rows): what decoding allows without HTTP and the queues between processes.
 4. KV cache: generates ``--gen_tokens`` tokens in this process with and without the KV cache (batch 1,
@@ -114,21 +115,31 @@ def load(base_url: str, concurrency: int, requests: int, max_tokens: int, server
 
 def time_to_first_token(base_url: str, clients: int, probes: int, max_tokens: int) -> dict:
     """TTFT of requests that arrive while ``clients - 1`` others stream, against the decode step time."""
-    stop, gaps, ttfts = threading.Event(), [], []
+    stop, per_token, ttfts = threading.Event(), [], []
 
-    def stream(client: httpx.Client, seed: int, on_token) -> None:
-        body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed, "stream": True}
+    def stream(client: httpx.Client, seed: int, on_text) -> int:
+        """Streams one completion, calling ``on_text(time)`` for each event with text; returns its tokens."""
+        body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed, "stream": True,
+                "stream_options": {"include_usage": True}}
+        tokens = 0
         with client.stream("POST", "/v1/completions", json=body) as r:
             r.raise_for_status()
             for line in r.iter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
-                    on_token(time.perf_counter())
+                    event = json.loads(line[6:])
+                    if event["choices"] and event["choices"][0]["text"]:
+                        on_text(time.perf_counter())
+                    if event.get("usage"):
+                        tokens = event["usage"]["completion_tokens"]
+        return tokens
 
     def background(i: int) -> None:
         with httpx.Client(base_url=base_url, timeout=300) as client:
             while not stop.is_set():
-                last: list[float] = []
-                stream(client, i, lambda t: (gaps.append(t - last[-1]) if last else None, last.append(t)))
+                times: list[float] = []
+                tokens = stream(client, i, times.append)
+                if len(times) >= 2 and tokens > 1:
+                    per_token.append((times[-1] - times[0]) / (tokens - 1))
 
     def probe() -> None:
         rng = random.Random(0)
@@ -148,7 +159,7 @@ def time_to_first_token(base_url: str, clients: int, probes: int, max_tokens: in
     stop.set()
     for t in threads:
         t.join()
-    step = statistics.median(gaps)
+    step = statistics.median(per_token)
     ttft = statistics.median(ttfts)
     return {"clients": clients, "probes": probes, "ttft_p50_ms": 1000 * ttft, "step_p50_ms": 1000 * step,
             "ttft_in_steps": ttft / step}
@@ -221,6 +232,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the --batching modes")
     p.add_argument("--max_batch_size", type=int, default=None, help="default: the server's (8 static, 32 continuous)")
     p.add_argument("--batch_timeout", type=float, default=0.005, help="seconds a static server waits to fill a batch")
+    p.add_argument("--stream_interval", type=float, default=None,
+                   help="seconds of a stream's text per event on the continuous server (default: the server's)")
     p.add_argument("--ttft_clients", type=int, default=32, help="streaming clients of the time-to-first-token test")
     p.add_argument("--ttft_probes", type=int, default=30, help="timed requests of the time-to-first-token test")
     p.add_argument("--gen_tokens", type=int, default=200)
@@ -237,6 +250,8 @@ def main() -> None:
                          "--feedback_store", str(Path(tmp) / "fb.jsonl")]
                 if args.max_batch_size:
                     flags += ["--max_batch_size", str(args.max_batch_size)]
+                if args.stream_interval is not None and mode == "continuous":
+                    flags += ["--stream_interval", str(args.stream_interval)]
                 with ServerProcess(ckpt, flags) as server:
                     levels = [load(server.base_url, c, args.requests, args.max_tokens, server.proc.pid)
                               for c in args.concurrency]
@@ -277,7 +292,7 @@ def main() -> None:
           f" {speed['without_cache']:.0f} tok/s without (median pair ratio {speed['speedup']:.2f}x)")
     print(json.dumps({"batching": summary, "continuous_over_static_req_per_s": ratios, "rounds": runs,
                       "generation_tokens_per_s": speed, "workers_alone": decode_only, "workers": args.workers, "max_batch_size": args.max_batch_size,
-                      "batch_timeout": args.batch_timeout, "model": str(args.checkpoint or args.preset),
+                      "batch_timeout": args.batch_timeout, "stream_interval": args.stream_interval, "model": str(args.checkpoint or args.preset),
                       "max_tokens": args.max_tokens, "block_size": args.block_size,
                       "torch_threads": torch.get_num_threads()}))
 

@@ -101,6 +101,33 @@ def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
     assert _texts([s[1] for s in steps if s[1]]) == _texts(list(api.predict(jobs[0])))
 
 
+def test_continuous_worker_streams_the_first_text_at_once_then_one_message_per_interval(tmp_path):
+    """stream_interval: the same text, in fewer messages; the first one still leaves in the first step."""
+    from litserve.utils import LitAPIStatus
+
+    from lit_llm.serve import ContinuousGenerationAPI
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    spec = CompletionSpec(read_served(str(ckpt), None, None, 64, 8), FeedbackStore(tmp_path / "fb.jsonl"))
+    with pytest.raises(ValueError, match="stream_interval must be >= 0"):
+        ContinuousGenerationAPI(str(ckpt), spec, stream_interval=-1)
+    sent, first = {}, {}
+    for interval in (0.0, 3600.0):
+        api = ContinuousGenerationAPI(str(ckpt), spec, max_batch_size=2, stream_interval=interval)
+        api.setup("cpu")
+        api.add_request("s", _job(api.tokenizer, "it is", 20, temperature=1.0, seed=3))
+        steps = []
+        while api.has_active_requests():
+            steps.append([o for o in api.step(None) if o.uid == "s"])
+        sent[interval] = [o.output for step in steps for o in step if o.output]
+        first[interval] = next(i for i, step in enumerate(steps) if any(o.output for o in step))
+        assert steps[-1][-1].status == LitAPIStatus.FINISH_STREAMING
+    assert first[3600.0] == first[0.0]  # the first text is not held
+    assert len(sent[0.0]) > 2 and len(sent[3600.0]) == 2  # the first text, then the rest with the end
+    (text, last), (text_0, last_0) = _texts(sent[3600.0]), _texts(sent[0.0])
+    assert text == text_0 and {**last, "text": ""} == {**last_0, "text": ""}
+
+
 def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_gets_alone(tmp_path):
     """The continuous worker as LitServe's loop drives it: requests arrive between steps (``add_request``),
     each gets its first token in the step after it arrives, leaves when it ends (FINISH_STREAMING, its row

@@ -59,6 +59,7 @@ def serve(
     batching: Literal["continuous", "static"] = "continuous",
     max_batch_size: Optional[int] = None,
     batch_timeout: float = 0.005,
+    stream_interval: float = 0.02,
     workers: int = 1,
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
     use_cache: bool = True,
@@ -94,6 +95,9 @@ def serve(
         max_batch_size: most requests decoded together (continuous: the KV-cache rows; default 32), or batched
             together (static generation and classification; default 8). 1 turns batching off (static only).
         batch_timeout: seconds LitServe waits to fill a static batch.
+        stream_interval: continuous batching: after a stream's first text, which is sent at once, the text of
+            each this many seconds goes to the client as one event (each message crosses LitServe's queue
+            between processes, which at 32 streams costs more than a decoding step); 0 sends every token's text.
         workers: model worker processes (each holds a copy of the model).
         accelerator: auto, cpu, cuda or mps.
         use_cache: generate with the KV cache (the output is the same without it, only slower).
@@ -132,7 +136,7 @@ def serve(
     if served.task == "classification":
         api = ClassifierAPI(checkpoint, ClassifySpec(served, store), api_key, max_batch_size, batch_timeout)
     elif continuous:
-        api = ContinuousGenerationAPI(checkpoint, CompletionSpec(served, store), api_key, max_batch_size)
+        api = ContinuousGenerationAPI(checkpoint, CompletionSpec(served, store), api_key, max_batch_size, stream_interval)
     else:
         api = GenerationAPI(checkpoint, CompletionSpec(served, store), api_key, use_cache, max_batch_size, batch_timeout)
     api.cpu_threads = max(1, (os.cpu_count() or 1) // workers)
