@@ -75,4 +75,3 @@ def stage_parameters(cfg: ModelConfig, pp: int = 1) -> list[int]:
     stages[0] += embeddings
     stages[-1] += final_norm + head
     return stages
-

@@ -51,8 +51,8 @@ def apply_tp(model: Decoder, tp_mesh) -> None:
         # a task without the LM head (a classifier pools the hidden states) gets them whole on every rank
         parallelize_module(model.norm, tp_mesh, PrepareModuleOutput(output_layouts=Shard(1),
                                                                     desired_output_layouts=Replicate()))
-    elif model.config.tie_embeddings and model.output is not None and model.tok_embeddings is not None:  # both sides were sharded the same way (vocab rows); one parameter again
-        model.output.weight = model.tok_embeddings.weight
+    elif model.config.tie_embeddings and model.output is not None and model.tok_embeddings is not None:
+        model.output.weight = model.tok_embeddings.weight  # both sharded the same way (vocab rows): one again
     for block in model.layers.values():
         plan = {
             "attention_norm": SequenceParallel(),

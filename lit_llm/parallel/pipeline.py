@@ -11,9 +11,8 @@ the two stages all-reduce that weight's gradient (``TiedWeights``), so both copi
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import copy
+from typing import Callable, Optional
 
 import numpy as np
 import torch
