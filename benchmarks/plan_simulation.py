@@ -7,7 +7,8 @@ the fastest with the most pipeline stages. For each, the training state per GPU 
 and AdamW moments, 16 bytes per parameter) as
 
 - ``size`` estimates it (``fsdp_state_bytes_per_gpu``: the parameters spread evenly over all GPUs),
-- ``plan`` estimates it (the largest pipeline stage, split over tp, sharded over dp), and
+- ``plan`` estimates it (``costs.rank_parameters``: the largest rank's share of each weight, split over tp as
+  ``apply_tp`` splits it and cut into dp padded shards as FSDP2 cuts it, on the largest pipeline stage), and
 - the sharded tensors of the largest ranks hold it,
 
 with the ratios. Prints one JSON object.
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_llm.commands.plan import layouts  # noqa: E402
 from lit_llm.model import ModelConfig  # noqa: E402
-from lit_llm.model.costs import estimate, stage_parameters  # noqa: E402
+from lit_llm.model.costs import estimate, rank_parameters  # noqa: E402
 from lit_llm.parallel.simulate import simulate_layout  # noqa: E402
 
 CASES = {"llama-70b": dict(global_batch=1024, context=4096), "llama-405b": dict(global_batch=2048, context=8192)}
@@ -63,7 +64,7 @@ def main() -> None:
                 plan_bytes = r["state_gib"] * 2**30
                 results.append({
                     "model": name, "parameters": cfg.num_parameters(), "gpus": gpus, "dp": r["dp"], "tp": r["tp"],
-                    "pp": r["pp"], "fits": r["fits"], "stage_parameters": stage_parameters(cfg, r["pp"]),
+                    "pp": r["pp"], "fits": r["fits"], "rank_parameters": rank_parameters(cfg, r["pp"], r["tp"], r["dp"]),
                     "size_state_bytes": size_bytes, "plan_state_bytes": plan_bytes,
                     "simulated_state_bytes": sim["max_state_bytes"],
                     "simulated_over_plan": sim["max_state_bytes"] / plan_bytes,

@@ -29,7 +29,8 @@ def test_llama_7b_on_one_node_matches_the_hand_computed_figures():
     assert _row(rows, "ddp", 8, 1, 1)["state_gib"] == pytest.approx(state / GiB)
     assert _row(rows, "ddp", 8, 1, 1)["fits"] == "no"  # 100 GiB of state on every GPU
     assert _row(rows, "fsdp", 8, 1, 1)["state_gib"] == pytest.approx(state / 8 / GiB)
-    assert _row(rows, "fsdp", 4, 2, 1)["state_gib"] == pytest.approx(state / 8 / GiB)
+    norms = 65 * 4096 * 16  # 2 per block + the final one: tensor parallelism leaves them whole
+    assert _row(rows, "fsdp", 4, 2, 1)["state_gib"] == pytest.approx(((state - norms) / 8 + norms / 4) / GiB)
     # activations of one 4096-token sequence, per layer s*(15h + 8f) bytes (SwiGLU), 32 layers, + fp32 logits
     act = 32 * 4096 * (15 * 4096 + 8 * 11008) + 4 * 4096 * 32000
     assert _row(rows, "fsdp", 8, 1, 1)["activations_gib"] == pytest.approx(act / GiB)
@@ -75,9 +76,9 @@ def test_plan_refuses_impossible_requests_with_the_fix():
 
 
 @pytest.mark.parametrize("preset", ["debug", "debug-llama"])
-def test_stage_parameters_count_what_split_stages_keeps(preset):
+def test_rank_parameters_count_what_split_stages_keeps(preset):
     from lit_llm.model import build_model
-    from lit_llm.model.costs import stage_parameters
+    from lit_llm.model.costs import rank_parameters
     from lit_llm.parallel.pipeline import split_stages
 
     cfg = ModelConfig.from_name(preset, n_layer=5)  # 5 blocks over 2 and 3 stages: uneven runs
@@ -88,24 +89,28 @@ def test_stage_parameters_count_what_split_stages_keeps(preset):
                 model = build_model(cfg)
             split_stages(model, stage, pp, 1) if pp > 1 else None
             real.append(sum(p.numel() for p in model.parameters()))  # a tied pair counts once per stage
-        assert stage_parameters(cfg, pp) == real
+        assert rank_parameters(cfg, pp) == real
 
 
 def test_fake_process_group_shards_llama_70b_as_the_plan_estimates():
-    """64 ranks (pp 2 x dp 4 x tp 8) built on one CPU: the largest ranks' sharded tensors hold what plan says,
-    within FSDP's padding of uneven shards."""
-    from lit_llm.model.costs import stage_parameters
+    """64 ranks (pp 2 x dp 4 x tp 8) and 4,096 (dp 1,024 x tp 4) built on one CPU: the largest ranks' sharded
+    tensors hold exactly what plan counts, FSDP's padding of uneven shards included."""
+    from lit_llm.model.costs import rank_parameters
     from lit_llm.parallel.simulate import simulate_layout
 
     cfg = ModelConfig.from_name("llama-70b")
     sim = simulate_layout(cfg, pp=2, dp=4, tp=8)
     assert [r["rank"] for r in sim["ranks"]] == [0, 32] and [r["stage"] for r in sim["ranks"]] == [0, 1]
-    for r, expected in zip(sim["ranks"], stage_parameters(cfg, 2)):
-        assert r["parameters"] == pytest.approx(expected / 32, rel=1e-3)
+    assert [r["parameters"] for r in sim["ranks"]] == rank_parameters(cfg, pp=2, tp=8, dp=4)
+    for r in sim["ranks"]:
         assert r["gradient_bytes"] == r["parameter_bytes"] and r["optimizer_bytes"] == 2 * r["parameter_bytes"]
     [row] = [r for r in layouts(cfg, nodes=8, gpus_per_node=8, global_batch=1024, context=4096)
              if (r["strategy"], r["dp"], r["tp"], r["pp"]) == ("fsdp", 4, 8, 2)]
-    assert sim["max_state_bytes"] / GiB == pytest.approx(row["state_gib"], rel=1e-3)
+    assert sim["max_state_bytes"] == row["state_gib"] * GiB
+    # where FSDP's padding matters: k/v projections of 256 rows a tensor-parallel rank, over 1,024 shards
+    sim = simulate_layout(cfg, pp=1, dp=1024, tp=4)
+    assert [r["parameters"] for r in sim["ranks"]] == rank_parameters(cfg, tp=4, dp=1024)
+    assert sim["ranks"][0]["parameters"] > 1.05 * cfg.num_parameters() / 4096
     with pytest.raises(ValueError, match="does not divide n_kv_heads=8"):
         simulate_layout(cfg, pp=1, dp=4, tp=16)
 

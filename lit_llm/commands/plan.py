@@ -6,9 +6,9 @@ parallel degree tp inside a node and pipeline degree pp with 1F1B, in any combin
 nodes x GPUs per node:
 
 - training state per GPU: weights, gradients and AdamW moments (``lit_llm.model.costs``: 16 bytes per
-  parameter in mixed precision) of the largest pipeline stage (``costs.stage_parameters``: the first stages
-  take the odd blocks and the embeddings, the last the head), split over tp, then sharded over dp by FSDP
-  (DDP keeps it whole);
+  parameter in mixed precision) of the largest rank (``costs.rank_parameters``: the first pipeline stages
+  take the odd blocks and the embeddings, the last the head; each weight split over tp as ``apply_tp`` splits
+  it, then cut into dp padded shards by FSDP; DDP keeps it whole);
 - activations per GPU, with and without full activation checkpointing, for one microbatch of
   ``--microbatch_size`` sequences on the first pipeline stage, which holds ``pp`` microbatches in flight
   under 1F1B; sequence parallelism divides them by tp (Korthikanti et al. 2022);
@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from lit_llm.errors import UsageError
 from lit_llm.model.config import ModelConfig
-from lit_llm.model.costs import BYTES_PER_PARAM, estimate, stage_parameters
+from lit_llm.model.costs import BYTES_PER_PARAM, estimate, parameter_shapes, rank_parameters
 
 HEADROOM = 0.9  # share of the GPU's memory a plan may use
 
@@ -49,6 +49,7 @@ def layouts(cfg: ModelConfig, nodes: int, gpus_per_node: int, global_batch: int,
     one_layer = (base["activation_bytes"] - 4 * s * microbatch_size * cfg.vocab_size) / cfg.n_layer
     logits = 4 * s * microbatch_size * cfg.vocab_size
     bytes_per_param = BYTES_PER_PARAM[precision]
+    shapes = parameter_shapes(cfg)
     step_flops = base["train_flops_per_token"] * global_batch * s
     rows = []
     for pp in _divisors(world):
@@ -58,6 +59,8 @@ def layouts(cfg: ModelConfig, nodes: int, gpus_per_node: int, global_batch: int,
             dp = world // (pp * tp)
             if pp > cfg.n_layer or cfg.n_head % tp or cfg.n_kv_heads % tp or cfg.intermediate_size % tp:
                 continue
+            if not cfg.causal and (pp > 1 or tp > 1):
+                continue  # the encoder (bert) has no pipeline or tensor-parallel plan
             if global_batch % (dp * microbatch_size):
                 continue
             m = global_batch // (dp * microbatch_size)  # microbatches per step on each pipeline
@@ -65,7 +68,7 @@ def layouts(cfg: ModelConfig, nodes: int, gpus_per_node: int, global_batch: int,
                 continue  # 1F1B needs at least pp microbatches in flight
             for strategy in (("ddp",) if tp == pp == 1 else ()) + ("fsdp",):
                 shard = dp if strategy == "fsdp" else 1
-                per_gpu_state = max(stage_parameters(cfg, pp)) * bytes_per_param / tp / shard
+                per_gpu_state = max(rank_parameters(cfg, pp, tp, shard, shapes)) * bytes_per_param
                 layers = -(-cfg.n_layer // pp)  # the first stage's layers
                 in_flight = pp if pp > 1 else 1
                 act = (layers * one_layer * in_flight + (logits if pp == 1 else 0)) / tp

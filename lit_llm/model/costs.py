@@ -55,23 +55,60 @@ def estimate(cfg: ModelConfig, world_size: int = 8, batch_size: int = 1, context
     }
 
 
-def stage_parameters(cfg: ModelConfig, pp: int = 1) -> list[int]:
-    """Parameters each of ``pp`` pipeline stages holds: even runs of consecutive blocks as
-    ``lit_llm.parallel.pipeline.split_stages`` cuts them (the first stages take one more block when ``pp``
-    does not divide ``n_layer``), the embeddings on the first stage, the final norm and the head on the last,
-    where a tied head is a copy of the embedding (Megatron-LM's scheme). ``[num_parameters()]`` for pp = 1."""
-    n = cfg.num_parameters()
-    if pp == 1:
-        return [n]
-    if not cfg.causal:
+_COLUMN = ("wq", "wk", "wv", "w1", "w3")  # tensor parallelism splits their outputs (rows; bias too)
+_ROW = ("wo", "w2")  # and these their inputs (columns; the bias stays whole)
+_VOCAB = ("tok_embeddings.weight", "pos_embeddings.weight", "output.weight")  # split by rows (vocab, positions)
+
+
+def parameter_shapes(cfg: ModelConfig) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """The shapes of the parameters outside the blocks and of one block, read from a one-block model built on
+    the meta device (no memory). A tied head is listed as ``output.weight`` too: the last pipeline stage holds
+    a copy."""
+    import torch
+
+    from lit_llm.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(ModelConfig.from_dict({**cfg.to_dict(), "n_layer": 1}))
+    root = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)
+            if not n.startswith("layers.")}
+    block = {n.split(".", 2)[2]: tuple(p.shape) for n, p in model.named_parameters() if n.startswith("layers.")}
+    return root, block
+
+
+def _rank0_elements(name: str, shape: tuple, tp: int, dp: int) -> int:
+    """Elements rank 0 holds of one parameter: split as ``apply_tp`` splits it, then its first dimension cut
+    into ``dp`` equal shards, the last ones padded (FSDP2), rank 0's full."""
+    dims = list(shape)
+    module = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
+    if tp > 1:
+        if module in _COLUMN or name in _VOCAB:
+            dims[0] = -(-dims[0] // tp)
+        elif module in _ROW and name.endswith("weight"):
+            dims[1] = -(-dims[1] // tp)
+    rows = -(-dims[0] // dp)
+    rest = 1
+    for d in dims[1:]:
+        rest *= d
+    return rows * rest
+
+
+def rank_parameters(cfg: ModelConfig, pp: int = 1, tp: int = 1, dp: int = 1, shapes=None) -> list[int]:
+    """Parameters that rank 0 of each pipeline stage holds under tensor parallelism ``tp`` and FSDP over ``dp``
+    (the largest rank of a stage: FSDP pads the last shards, and norms stay whole under tensor parallelism).
+    ``shapes``: ``parameter_shapes(cfg)``, to reuse. ``tests/test_plan.py`` checks it against the sharded
+    tensors of the real functions under a fake process group."""
+    if pp > 1 and not cfg.causal:
         raise ValueError("Pipeline stages are defined for the causal families (gpt2, llama)")
-    c, v = cfg.n_embd, cfg.vocab_size
-    embeddings = v * c + (cfg.block_size * c if cfg.positions == "learned" else 0)
-    final_norm = c + (c if cfg.norm == "layernorm" and cfg.bias else 0)
-    head = v * c  # its own weight, or the last stage's copy of the tied embedding
-    per_layer = (n - embeddings - final_norm - (0 if cfg.tie_embeddings else head)) // cfg.n_layer
+    root, block = shapes or parameter_shapes(cfg)
+    per_block = sum(_rank0_elements(n, s, tp, dp) for n, s in block.items())
+    first = {"tok_embeddings.weight", "pos_embeddings.weight"}
+    head = set(root) - first
+    if pp == 1 and cfg.tie_embeddings:
+        head -= {"output.weight"}  # one parameter on one stage
     base, extra = divmod(cfg.n_layer, pp)
-    stages = [(base + (i < extra)) * per_layer for i in range(pp)]
-    stages[0] += embeddings
-    stages[-1] += final_norm + head
+    stages = [(base + (i < extra)) * per_block for i in range(pp)]
+    stages[0] += sum(_rank0_elements(n, root[n], tp, dp) for n in first & set(root))
+    stages[-1] += sum(_rank0_elements(n, root[n], tp, dp) for n in head)
     return stages
+
