@@ -150,3 +150,12 @@ def check_real_backward(rank: int) -> None:
         assert p.grad.placements == p.placements, name
         assert optimizer.state[p]["exp_avg"].to_local().shape == p.to_local().shape, name
     dist.destroy_process_group()
+
+
+def test_plan_simulate_prints_what_the_sharded_tensors_hold(capsys):
+    rows = plan(preset="llama-70b", nodes=8, gpus_per_node=8, global_batch=512, top=2, simulate=True)
+    out = capsys.readouterr().out
+    assert "sim GiB" in out.splitlines()[1]
+    for r in rows[:2]:
+        assert r["simulated_state_gib"] == pytest.approx(r["state_gib"], rel=1e-9)
+    assert "simulated_state_gib" not in rows[2]  # only the printed rows are built
