@@ -26,6 +26,7 @@ LAYOUTS = {  # name: (extra args, per-process batch size)
     "pp_gpipe": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "gpipe"], 8),
     "pp_1f1b": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel.pipeline_schedule", "1f1b"], 8),
     "pp_dp": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "4"], 4),
+    "hsdp": (["--config", "configs/strategy/hsdp.yaml", "--trainer.devices", "4"], 2),  # 2 replicas x 2 shards
     "pp_tp_fsdp": (["--config", "configs/strategy/pp_tp_fsdp.yaml", "--trainer.devices", "8"], 4),  # 3D: 2 x 2 x 2
     # 2 ranks x 2 stages each (rank 0: blocks 0 and 2, rank 1: blocks 1 and 3), 4 microbatches
     "pp_interleaved": (["--config", "configs/strategy/pp.yaml", "--trainer.devices", "2", "--model.parallel",
@@ -74,7 +75,7 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
         pytest.skip("the interleaved schedule needs 4 blocks for 2 ranks x 2 stages; the other layouts run 2")
     if layout == "pp_gpipe" and family == "debug":
         pytest.skip("the tied weights' gradient sum runs after either schedule; 1F1B checks it for gpt2")
-    if layout == "fsdp_tp" and family == "debug":
+    if layout in ("fsdp_tp", "hsdp") and family == "debug":
         pytest.skip("4-process layouts are checked once, on the Llama family (~30 s each on 2 cores), except"
                     " pp x fsdp, which checks the tied gpt2 embedding under sharding too")
     _, corpus, single = baselines
@@ -82,7 +83,7 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
     losses = _losses(tmp_path, corpus, family, extra, batch, layout, timeout=600 if layout == "pp_tp_fsdp" else 240)
     assert len(losses) == 12
     assert losses == pytest.approx(single[family], rel=1e-4)
-    if layout in ("fsdp", "tp", "pp_1f1b", "pp_tp_fsdp", "pp_interleaved"):  # the sharded checkpoint loads as one process's: same weights as the baseline
+    if layout in ("fsdp", "tp", "pp_1f1b", "pp_tp_fsdp", "pp_interleaved", "hsdp"):  # the sharded checkpoint loads as one process's: same weights as the baseline
         merged = tmp_path / "merged.ckpt"
         proc = subprocess.run([sys.executable, "-m", "lit_llm", "consolidate", "--checkpoint",
                                str(tmp_path / layout / "checkpoints" / "last.ckpt"), "--out", str(merged)],
@@ -90,8 +91,13 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
         assert proc.returncode == 0, proc.stderr[-3000:]
         from lit_llm.generate import load_checkpoint
 
+        from lit_llm.checkpoint import read_info
+
+        single_ckpt = baselines[0] / f"single-{family}" / "checkpoints" / "last.ckpt"
+        # tensor-parallel ranks and pipeline stages share a batch: the job saw the single process's tokens
+        assert read_info(merged).tokens_seen == read_info(single_ckpt).tokens_seen
         sharded_model, _ = load_checkpoint(merged)
-        single_model, _ = load_checkpoint(baselines[0] / f"single-{family}" / "checkpoints" / "last.ckpt")
+        single_model, _ = load_checkpoint(single_ckpt)
         for (name, a), (_, b) in zip(sharded_model.state_dict().items(), single_model.state_dict().items()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
         if sharded_model.config.tie_embeddings:  # the two stages' copies took identical steps: one tied weight

@@ -111,6 +111,9 @@ def test_fake_process_group_shards_llama_70b_as_the_plan_estimates():
     sim = simulate_layout(cfg, pp=1, dp=1024, tp=4)
     assert [r["parameters"] for r in sim["ranks"]] == rank_parameters(cfg, tp=4, dp=1024)
     assert sim["ranks"][0]["parameters"] > 1.05 * cfg.num_parameters() / 4096
+    # HSDP, 512 ranks: 8 replicas of FSDP 16 x TP 4; a rank holds a 16th of its tensor-parallel slice
+    sim = simulate_layout(cfg, pp=1, dp=16, tp=4, replicas=8)
+    assert sim["world_size"] == 512 and sim["ranks"][0]["parameters"] == rank_parameters(cfg, tp=4, dp=16)[0]
     with pytest.raises(ValueError, match="does not divide n_kv_heads=8"):
         simulate_layout(cfg, pp=1, dp=4, tp=16)
 

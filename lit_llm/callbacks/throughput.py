@@ -42,6 +42,10 @@ class TokenThroughput(L.Callback):
                 available = get_available_flops(pl_module.device, dtype)
         self._meter = Throughput(available_flops=available, world_size=trainer.world_size, window_size=self.window_size)
         self._t0, self._batches, self._tokens = time.perf_counter(), 0, 0
+        # tensor-parallel ranks and pipeline stages share a batch: the job sees dp batches a step, and each
+        # process computes dp / world of the job's FLOPs
+        self._dp = getattr(pl_module, "data_parallel_size", trainer.world_size)
+        self._share = self._dp / trainer.world_size
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -50,7 +54,8 @@ class TokenThroughput(L.Callback):
         # predicted tokens of a language-model block; padded ids of a classification batch
         tokens = batch["input_ids"].numel() if isinstance(batch, dict) else batch[:, 1:].numel()
         self._tokens += tokens
-        flops = tokens * self._flops_per_token if self._flops_per_token else None  # this step's, as Throughput wants
+        # this process's FLOPs of the step, as Throughput wants
+        flops = tokens * self._flops_per_token * self._share if self._flops_per_token else None
         self._meter.update(
             time=time.perf_counter() - self._t0, batches=self._batches, samples=self._batches, lengths=self._tokens,
             flops=flops,
@@ -61,7 +66,7 @@ class TokenThroughput(L.Callback):
         metrics = self._meter.compute()
         rate = metrics.get(f"device{self._meter.separator}items_per_sec")
         if rate is not None:
-            pl_module.log("tokens_per_sec", rate * trainer.world_size, prog_bar=True, on_step=True, on_epoch=False)
+            pl_module.log("tokens_per_sec", rate * self._dp, prog_bar=True, on_step=True, on_epoch=False)
         mfu = metrics.get(f"device{self._meter.separator}mfu")
         if mfu is not None:
             pl_module.log("mfu", mfu, on_step=True, on_epoch=False)

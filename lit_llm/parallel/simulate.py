@@ -26,8 +26,9 @@ def _bytes(tensors) -> int:
     return sum(_local(t).numel() * t.element_size() for t in tensors)
 
 
-def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0) -> dict[str, Any]:
-    """Shard ``cfg`` for ``rank`` of a ``pp x dp x tp`` job (mesh dimensions as ``ModelParallel`` builds them)
+def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, replicas: int = 1) -> dict[str, Any]:
+    """Shard ``cfg`` for ``rank`` of a ``pp x replicas x dp x tp`` job (the mesh ``ModelParallel`` builds, its
+    data-parallel dimension as replicas x shards; ``replicas`` > 1 is HSDP, FSDP over ``dp`` within each)
     under a fake process group, give every parameter a gradient in its sharded layout (FSDP2 reduce-scatters
     into the parameter's layout; ``tests/test_plan.py`` checks that against a real backward at small scale),
     take one AdamW step on the meta device, and count the bytes this rank holds (float32 throughout)."""
@@ -39,8 +40,8 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0) ->
     from lit_llm.parallel.parallelize import apply_fsdp, apply_tp
     from lit_llm.parallel.pipeline import split_stages
 
-    world = pp * dp * tp
-    ParallelDims(world_size=world, dp_shard=dp, tp=tp, pp=pp).check_model(cfg)
+    world = pp * replicas * dp * tp
+    ParallelDims(world_size=world, dp_replicate=replicas, dp_shard=dp, tp=tp, pp=pp).check_model(cfg)
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside the {world} ranks of the layout")
     if dist.is_initialized():
@@ -48,8 +49,8 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0) ->
     excepthook = sys.excepthook  # init_process_group chains a "[rank N]" prefix onto it each time
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
     try:
-        mesh = init_device_mesh("cpu", (pp, dp, tp),
-                                mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+        mesh = init_device_mesh("cpu", (pp, replicas, dp, tp), mesh_dim_names=(
+            "pipeline_parallel", "data_parallel_replicate", "data_parallel_shard", "tensor_parallel"))
         with torch.device("meta"):
             model = build_model(cfg)
         stage = mesh["pipeline_parallel"].get_local_rank()
@@ -57,7 +58,8 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0) ->
             split_stages(model, stage, pp, 1)
         if tp > 1:
             apply_tp(model, mesh["tensor_parallel"])
-        apply_fsdp(model, mesh["data_parallel"])
+        apply_fsdp(model, mesh["data_parallel_replicate", "data_parallel_shard"] if replicas > 1
+                   else mesh["data_parallel_shard"])
         params = list(model.parameters())
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -75,11 +77,11 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0) ->
         sys.excepthook = excepthook
 
 
-def simulate_layout(cfg: ModelConfig, pp: int, dp: int, tp: int) -> dict[str, Any]:
+def simulate_layout(cfg: ModelConfig, pp: int, dp: int, tp: int, replicas: int = 1) -> dict[str, Any]:
     """The first and the last pipeline stage's rank 0 of ``simulate_rank`` (the largest shards: FSDP pads the
     last shard, and the stages between hold no more blocks than the first and none of the embeddings), and
     the larger of the two as the layout's per-GPU state."""
-    ranks = sorted({0, (pp - 1) * dp * tp})
-    sims = [simulate_rank(cfg, pp, dp, tp, r) for r in ranks]
-    return {"pp": pp, "dp": dp, "tp": tp, "world_size": pp * dp * tp, "ranks": sims,
-            "max_state_bytes": max(s["state_bytes"] for s in sims)}
+    ranks = sorted({0, (pp - 1) * replicas * dp * tp})
+    sims = [simulate_rank(cfg, pp, dp, tp, r, replicas) for r in ranks]
+    return {"pp": pp, "replicas": replicas, "dp": dp, "tp": tp, "world_size": pp * replicas * dp * tp,
+            "ranks": sims, "max_state_bytes": max(s["state_bytes"] for s in sims)}

@@ -12,20 +12,25 @@ from lit_llm.parallel.dims import ParallelDims
 
 
 class ModelParallel(ModelParallelStrategy):
-    """``ModelParallelStrategy`` (FSDP2 x tensor parallel) plus pipeline parallelism, on one device mesh.
+    """``ModelParallelStrategy`` (FSDP2 x tensor parallel) plus pipeline parallelism and data-parallel replicas
+    (HSDP), on one device mesh.
 
     ``"auto"`` for the data- or tensor-parallel degree means "what the other degrees leave":
     ``data_parallel_size = world_size / (tensor_parallel_size * pipeline_parallel_size)``. (Lightning's own
     ``"auto"`` means one data-parallel group per node.) Degrees that do not multiply to the number of
     processes are refused with an error that says how to fix them. With ``pipeline_parallel_size > 1`` the
     mesh has dimensions ("pipeline_parallel", "data_parallel", "tensor_parallel") and the LightningModule
-    runs the pipeline schedule (see ``lit_llm.parallel.pipeline``).
+    runs the pipeline schedule (see ``lit_llm.parallel.pipeline``). With ``data_parallel_replicate_size > 1``
+    the data-parallel dimension is two, ("data_parallel_replicate", "data_parallel_shard"), flattened into
+    "data_parallel" for the data sampler: FSDP2 shards within each replica and all-reduces the gradients
+    across replicas (HSDP), which keeps the sharding traffic inside a node or a rack.
 
     Args:
-        data_parallel_size: FSDP2 degree, or ``auto``.
+        data_parallel_size: FSDP2 degree (within a replica), or ``auto``.
         tensor_parallel_size: tensor(+sequence)-parallel degree, or ``auto`` (all processes of a node when
             both are ``auto``).
         pipeline_parallel_size: number of pipeline stages.
+        data_parallel_replicate_size: data-parallel replicas, each sharded ``data_parallel_size`` ways (HSDP).
         save_distributed_checkpoint: save sharded checkpoint folders (``consolidate`` merges them).
         process_group_backend: ``nccl``, ``gloo``... (default: chosen by device).
         timeout: collective timeout.
@@ -36,6 +41,7 @@ class ModelParallel(ModelParallelStrategy):
         data_parallel_size: Union[Literal["auto"], int] = "auto",
         tensor_parallel_size: Union[Literal["auto"], int] = "auto",
         pipeline_parallel_size: int = 1,
+        data_parallel_replicate_size: int = 1,
         save_distributed_checkpoint: bool = True,
         process_group_backend: Optional[str] = None,
         timeout: Optional[timedelta] = default_pg_timeout,
@@ -43,32 +49,41 @@ class ModelParallel(ModelParallelStrategy):
         super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint,
                          process_group_backend, timeout)
         self._pipeline_parallel_size = pipeline_parallel_size
+        self._replicate_size = data_parallel_replicate_size
 
     def setup_environment(self) -> None:
         world = self.num_nodes * self.num_processes
         dp, tp, pp = self._data_parallel_size, self._tensor_parallel_size, self._pipeline_parallel_size
+        rep = self._replicate_size
         if dp == "auto" and tp == "auto":
-            tp = self.num_processes if pp == 1 else 1  # TP within a node, DP across nodes
+            tp = self.num_processes if pp == 1 and rep == 1 else 1  # TP within a node, DP across nodes
         if dp == "auto":
-            dp = world / (tp * pp)
+            dp = world / (tp * pp * rep)
         if tp == "auto":
-            tp = world / (dp * pp)
+            tp = world / (dp * pp * rep)
         if not float(dp).is_integer() or not float(tp).is_integer():
             raise ValueError(
-                f"data_parallel_size={self._data_parallel_size}, tensor_parallel_size={self._tensor_parallel_size}"
-                f" and pipeline_parallel_size={pp} do not divide the {world} processes; pick degrees whose product"
-                " is --trainer.devices x --trainer.num_nodes"
+                f"data_parallel_size={self._data_parallel_size}, tensor_parallel_size={self._tensor_parallel_size},"
+                f" pipeline_parallel_size={pp} and data_parallel_replicate_size={rep} do not divide the {world}"
+                " processes; pick degrees whose product is --trainer.devices x --trainer.num_nodes"
             )
-        dims = ParallelDims(world_size=world, dp_shard=int(dp), tp=int(tp), pp=pp)  # raises with the fix
-        # Lightning builds a (data, tensor) mesh; pipeline stages ride along the data dimension until the 3D
-        # mesh below replaces it
+        dims = ParallelDims(world_size=world, dp_replicate=rep, dp_shard=int(dp), tp=int(tp), pp=pp)  # or raises
+        # Lightning builds a (data, tensor) mesh; pipeline stages and replicas ride along the data dimension
+        # until the mesh below replaces it
         self._data_parallel_size, self._tensor_parallel_size = dims.dp * dims.pp, dims.tp
         super().setup_environment()
         self._data_parallel_size = dims.dp
-        if dims.pp > 1:
+        if dims.pp > 1 or dims.dp_replicate > 1:
             from torch.distributed.device_mesh import init_device_mesh
 
-            mesh = init_device_mesh(self.root_device.type, (dims.pp, dims.dp, dims.tp),
-                                    mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+            if dims.dp_replicate == 1:
+                mesh = init_device_mesh(self.root_device.type, (dims.pp, dims.dp, dims.tp),
+                                        mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+            else:
+                mesh = init_device_mesh(self.root_device.type, (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp),
+                                        mesh_dim_names=("pipeline_parallel", "data_parallel_replicate",
+                                                        "data_parallel_shard", "tensor_parallel"))
+                # one data-parallel dimension for the sampler and the metrics (torchtitan flattens it the same way)
+                mesh["data_parallel_replicate", "data_parallel_shard"]._flatten("data_parallel")
             self._device_mesh = mesh
             self.lightning_module._device_mesh = mesh

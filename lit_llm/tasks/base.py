@@ -143,8 +143,12 @@ class TransformerModule(L.LightningModule):
                              " under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP meshes, whose weights"
                              " are sharded. Use --model.optimizer adamw with those strategies.")
         if mesh is not None:
-            dims = ParallelDims(world_size=mesh.size(), dp_shard=mesh["data_parallel"].size(),
-                                tp=mesh["tensor_parallel"].size(), pp=pp)
+            replicas = mesh["data_parallel_replicate"].size() if "data_parallel_replicate" in names else 1
+            dims = ParallelDims(world_size=mesh.size(), dp_replicate=replicas, tp=mesh["tensor_parallel"].size(),
+                                dp_shard=mesh["data_parallel"].size() // replicas, pp=pp)
+            # FSDP2 over the data-parallel ranks, or HSDP: sharded within a replica, replicated across them
+            fsdp_mesh = (mesh["data_parallel_replicate", "data_parallel_shard"] if replicas > 1
+                         else mesh["data_parallel"])
             dims.check_model(self.config)
             self.check_parallel(dims)
             if pp > 1:
@@ -164,11 +168,20 @@ class TransformerModule(L.LightningModule):
                 apply_compile(part)
             if mesh is not None:
                 dtype = getattr(torch, par.fsdp_param_dtype) if par.fsdp_param_dtype else None
-                apply_fsdp(part, mesh["data_parallel"], param_dtype=dtype,
+                apply_fsdp(part, fsdp_mesh, param_dtype=dtype,
                            extra=self.extra_modules() if part is parts[0] else ())
         if pp > 1:
             self.setup_pipeline(mesh, parts)
         self._parallelized = True
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many different batches one step sees: the mesh's data-parallel degree (tensor-parallel ranks and
+        pipeline stages share a batch), or every process under DDP."""
+        mesh = self.device_mesh
+        if mesh is not None and "data_parallel" in mesh.mesh_dim_names:
+            return mesh["data_parallel"].size()
+        return self.trainer.world_size
 
     def check_parallel(self, dims: ParallelDims) -> None:
         """Refuse layouts the task cannot run, before any work (override to add checks)."""

@@ -210,7 +210,7 @@ class LanguageModel(TransformerModule):
             parts = lm_loss(self.model(x, return_hidden=True), y, out.weight, out.bias, chunk_size=hp.loss_chunk_size, **kw)
         else:
             parts = lm_loss(self.model(x), y, **kw)
-        self.tokens_seen += y.numel() * self.trainer.world_size
+        self.tokens_seen += y.numel() * self.data_parallel_size
         # one self.log per step: each call costs Lightning ~0.5 ms on a small CPU (tokens_seen and tokens/s are
         # logged by lit_llm.callbacks.TokenThroughput at the logging interval); the loss parts only when they differ
         # with several processes, the mean over all of them: the loss of the global batch
@@ -237,7 +237,7 @@ class LanguageModel(TransformerModule):
             clip_across_stages(self.parameters(), self.trainer.gradient_clip_val, self.pipeline.group, tied)
         optimizer.step()
         scheduler.step()
-        self.tokens_seen += y.numel() * self.trainer.world_size // self.pipeline.num_stages
+        self.tokens_seen += y.numel() * self.data_parallel_size
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         return loss
 
