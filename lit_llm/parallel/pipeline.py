@@ -128,6 +128,11 @@ def build_schedule(stage_modules: list[nn.Module], rank: int, ranks: int, device
     return cls(stages[0], n_microbatches=microbatches, loss_fn=loss_fn)
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP, tensor parallel), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class TiedWeights:
     """The tied embedding and head weight of a pipelined gpt2 model: the first stage's ``tok_embeddings.weight``
     and the last stage's ``output.weight``, one copy each, kept equal by summing their gradients over a
@@ -149,22 +154,18 @@ class TiedWeights:
             self.is_head = model.tok_embeddings is None
             self.weight = model.output.weight if self.is_head else model.tok_embeddings.weight
 
-    @staticmethod
-    def _local(t: torch.Tensor) -> torch.Tensor:
-        return t.to_local() if hasattr(t, "to_local") else t
-
     @torch.no_grad()
     def sync_weights(self) -> None:
         """Copy the first stage's weight to the head (once, at set-up: equal already unless a stage loaded
         something else)."""
         if self.group is not None:
-            torch.distributed.broadcast(self._local(self.weight.data), group=self.group, group_src=0)
+            torch.distributed.broadcast(local_tensor(self.weight.data), group=self.group, group_src=0)
 
     @torch.no_grad()
     def sum_grads(self) -> None:
         """After backward: each side gets the sum of both sides' gradients, the tied weight's full gradient."""
         if self.group is not None and self.weight.grad is not None:
-            torch.distributed.all_reduce(self._local(self.weight.grad), group=self.group)
+            torch.distributed.all_reduce(local_tensor(self.weight.grad), group=self.group)
 
     def head_copy(self) -> Optional[torch.Tensor]:
         """The head's copy (last stage only), which a global gradient norm must count once, not twice."""

@@ -16,14 +16,11 @@ from typing import Any
 import torch
 
 from lit_llm.model import ModelConfig, build_model
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
+from lit_llm.parallel.pipeline import local_tensor, split_stages
 
 
 def _bytes(tensors) -> int:
-    return sum(_local(t).numel() * t.element_size() for t in tensors)
+    return sum(local_tensor(t).numel() * t.element_size() for t in tensors)
 
 
 def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, replicas: int = 1) -> dict[str, Any]:
@@ -38,7 +35,6 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, re
 
     from lit_llm.parallel.dims import ParallelDims
     from lit_llm.parallel.parallelize import apply_fsdp, apply_tp
-    from lit_llm.parallel.pipeline import split_stages
 
     world = pp * replicas * dp * tp
     ParallelDims(world_size=world, dp_replicate=replicas, dp_shard=dp, tp=tp, pp=pp).check_model(cfg)
@@ -67,7 +63,7 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, re
         optimizer.step()
         moments = [t for state in optimizer.state.values() for t in state.values()
                    if torch.is_tensor(t) and t.dim() > 0]  # exp_avg, exp_avg_sq (the step counters are scalars)
-        out = {"rank": rank, "stage": stage, "parameters": sum(_local(p).numel() for p in params),
+        out = {"rank": rank, "stage": stage, "parameters": sum(local_tensor(p).numel() for p in params),
                "parameter_bytes": _bytes(params), "gradient_bytes": _bytes(p.grad for p in params),
                "optimizer_bytes": _bytes(moments)}
         out["state_bytes"] = out["parameter_bytes"] + out["gradient_bytes"] + out["optimizer_bytes"]
