@@ -220,15 +220,19 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
     # the continuous loop (ContinuousLoop): what it calls on the LitAPI, and its run that returns when idle
     from litserve.loops import ContinuousBatchingLoop, base
 
-    from lit_llm.serve._litserve_adapter import ContinuousLoop
+    from lit_llm.serve._litserve_adapter import ContinuousLoop, Output
     continuous = inspect.getsource(ContinuousBatchingLoop)
     for call in ("lit_api.add_request(uid, request)", "lit_api.has_capacity()", "lit_api.has_active_requests()",
                  "lit_api.step, prev_outputs", "lit_api.encode_response(step_output.output)",
                  "lit_api.format_encoded_response(response_data)", "status == LitAPIStatus.FINISH_STREAMING",
                  "response_queue_id, uid, timestamp, input = request",
-                 # a finishing output's data is sent too: the worker's last message rides on it
-                 "transport, response_queue_id, uid, response_data, status, LoopResponseType.STREAMING"):
+                 "self.response_queue_ids[uid] = response_queue_id", "del self.response_queue_ids[uid]"):
         assert call in continuous, call
+    assert list(inspect.signature(base.LitLoop.put_response).parameters) == [
+        "self", "transport", "response_queue_id", "uid", "response_data", "status", "response_type"]
+    assert "transport.send((uid, (response_data, status, response_type, self.worker_id))" in inspect.getsource(
+        base.LitLoop.put_response)
+    assert "response_item.response_queue.append(response)" in inspect.getsource(response_queue_to_buffer)
     assert "while lit_api.has_active_requests():" in inspect.getsource(ContinuousBatchingLoop.run)
     assert "await self.run(" in inspect.getsource(base._BaseLoop.__call__)
     assert issubclass(ContinuousLoop, ContinuousBatchingLoop)
@@ -280,6 +284,40 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
     failed = asyncio.run(exchange(True, [(ok, LitAPIStatus.OK), (pickle.dumps(ValueError("boom")), LitAPIStatus.ERROR)]))
     assert failed[0] == ({"text": "a"}, False) and failed[1][1] is True and isinstance(failed[1][0], ValueError)
     assert asyncio.run(exchange(False, [({"probs": [[1.0]]}, LitAPIStatus.OK)])) == ({"probs": [[1.0]]}, False)
+
+    # a continuous worker's step: one message for every stream of a front end, each stream reads its own outputs
+    from lit_llm.serve._litserve_adapter import STEP_UID
+
+    class Sent:  # the transport as the worker's loop sees it
+        def __init__(self):
+            self.messages = []
+
+        def send(self, item, consumer_id):
+            self.messages.append((consumer_id, item))
+
+    (a, item_a), (b, item_b) = spec.submit({}, streaming=True), spec.submit({}, streaming=True)
+    requests.get_nowait(), requests.get_nowait()
+    loop, sent = ContinuousLoop(), Sent()
+    loop._worker_id = 0
+    loop.response_queue_ids, loop.active_sequences = {a: 3, b: 3}, {a: {}, b: {}}
+    api = SimpleNamespace(encode_response=lambda x: x,
+                          format_encoded_response=lambda x: ls.LitAPI.format_encoded_response(None, x))
+    loop._send([Output(a, {"text": "a"}, LitAPIStatus.OK), Output(b, {"text": "b"}, LitAPIStatus.FINISH_STREAMING)],
+               api, sent)
+    loop._send([Output(a, {"text": "c"}, LitAPIStatus.FINISH_STREAMING)], api, sent)
+    assert [(q, uid) for q, (uid, _) in sent.messages] == [(3, STEP_UID), (3, STEP_UID)]  # one message per step
+    assert loop.response_queue_ids == {} and loop.active_sequences == {}  # finished streams leave the loop
+    connector = SimpleNamespace(lit_apis=[None], any_stream=lambda: True)
+    asyncio.run(response_queue_to_buffer(Transport([m for _, m in sent.messages]), spec.response_buffer, 3, connector))
+
+    async def read(item):  # a stream that got nothing would wait for ever
+        async def outputs():
+            return [out async for out in spec.outputs(item)]
+        return await asyncio.wait_for(outputs(), timeout=5)
+
+    assert asyncio.run(read(item_a)) == [({"text": "a"}, False), ({"text": "c"}, False)]
+    assert asyncio.run(read(item_b)) == [({"text": "b"}, False)]
+    spec.release(a), spec.release(b)
     error, is_error = asyncio.run(exchange(False, [(pickle.dumps(KeyError("k")), LitAPIStatus.ERROR)]))
     assert is_error and isinstance(error, KeyError)
 

@@ -32,6 +32,13 @@ worker, and answer worker errors and streamed text in OpenAI's shape. What this 
   lit_spec)`` is a coroutine that runs ``lit_api.step`` off the event loop. ``ContinuousLoop`` changes both
   (see its docstring).
 
+- the worker loop's ``response_queue_ids`` (uid -> the front end's queue id, set in ``prefill``),
+  ``mark_completed(uid)``, ``put_response(transport, response_queue_id, uid, data, status, response_type)`` and
+  ``put_error_response``, which ``ContinuousLoop.run`` uses to send one message per decoding step; and the front
+  end's ``response_queue_to_buffer``, which appends a streaming message's ``(data, status)`` to its uid's
+  ``response_queue`` with ``append`` and sets the ``event``: ``QueueSpec`` registers a ``_Demux`` there for the
+  step messages' uid.
+
 ``tests/test_serve.py::test_the_litserve_internals_the_adapter_uses_are_there`` fails when any of these change.
 
 What litserve 0.2.19 does not have, checked in its source: any notion of a client that disconnects (no route,
@@ -46,21 +53,45 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pickle
 import time
 import uuid
 from collections import deque
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
 from litserve.loops import ContinuousBatchingLoop, Output
 from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem
+from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
 
 Status = LitAPIStatus
+logger = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.001  # how long an idle continuous worker waits before it looks for requests again
 
 LITSERVE_VERSION = "0.2.19"  # the version this module was written against and checked with
+
+# The uid of the message that carries a continuous worker's outputs of one decoding step for every stream of a front
+# end: one message through LitServe's queue per step, not one per stream (``ContinuousLoop.run``, ``_Demux``).
+STEP_UID = uuid.UUID("6c69746c-6c6d-4000-8000-000000000001")
+
+
+class _Demux:
+    """The ``response_queue`` of the ``STEP_UID`` entry of a front end's response buffer. LitServe's
+    ``response_queue_to_buffer`` appends each message it receives for that uid, ``(outputs, status)``, here; each
+    output ``(uid, data, status)`` goes on to its own stream's entry, as if it had come as a message of its own."""
+
+    def __init__(self, response_buffer: dict) -> None:
+        self.response_buffer = response_buffer
+
+    def append(self, response: Any) -> None:
+        outputs, _ = response
+        for uid, data, status in outputs:
+            item = self.response_buffer.get(uid)
+            if item is not None:  # a stream that was released (its client gone) drops its outputs
+                item.response_queue.append((data, status))
+                item.event.set()
 
 
 class QueueSpec(LitSpec):
@@ -68,6 +99,9 @@ class QueueSpec(LitSpec):
 
     def submit(self, job: Any, streaming: bool) -> tuple[uuid.UUID, ResponseBufferItem]:
         """Queue ``job`` for a model worker (its ``decode_request`` gets it as is); the answers arrive in the item."""
+        if STEP_UID not in self.response_buffer:  # in the front end's own process, where the buffer lives
+            self.response_buffer[STEP_UID] = ResponseBufferItem(event=asyncio.Event(),
+                                                                response_queue=_Demux(self.response_buffer))
         uid = uuid.uuid4()
         item = ResponseBufferItem(event=asyncio.Event(), response_queue=deque() if streaming else None)
         self.response_buffer[uid] = item
@@ -131,7 +165,11 @@ def _steps_until_output(lit_api, prev_outputs):
 
 
 class ContinuousLoop(ContinuousBatchingLoop):
-    """LitServe's continuous batching loop, with three changes:
+    """LitServe's continuous batching loop, with four changes:
+
+    - the outputs of one decoding step travel to each front end as one message (uid ``STEP_UID``, read by
+      ``_Demux``), where LitServe sends one message per stream: each is a synchronous round trip through the
+      queue manager's process, and at 32 streams those cost more than the step's decoding did;
 
     - a step with nothing to send (every running request is a non-streaming one, mid-way) does not end the
       loop's ``step``: LitServe's ``run`` sleeps 10 ms after an empty step, which made each decoding step
@@ -149,8 +187,34 @@ class ContinuousLoop(ContinuousBatchingLoop):
         return await asyncio.get_running_loop().run_in_executor(self._decoder, _steps_until_output, lit_api,
                                                                 prev_outputs)
 
-    async def run(self, lit_api, *args, **kwargs):
+    async def run(self, lit_api, device, worker_id, request_queue, transport, *args, **kwargs):
         if not lit_api.has_active_requests():
             await asyncio.sleep(IDLE_WAIT_S)
             return
-        await super().run(lit_api, *args, **kwargs)
+        try:
+            outputs = None
+            while lit_api.has_active_requests():
+                outputs = await self.step(outputs, lit_api, lit_api.spec)
+                self._send(outputs, lit_api, transport)
+        except Exception as e:  # as LitServe's loop does: every stream it tracks gets the error
+            logger.exception("Error in continuous batching loop: %s", e)
+            for uid, response_queue_id in self.response_queue_ids.items():
+                self.put_error_response(transport, response_queue_id, uid, e, LoopResponseType.STREAMING)
+            self.response_queue_ids.clear()
+            self.active_sequences.clear()
+
+    def _send(self, outputs: list[Output], lit_api, transport) -> None:
+        """One step's outputs, one message per front end; an error goes alone, as LitServe sends it."""
+        per_front_end: dict[int, list] = defaultdict(list)
+        for out in outputs:
+            response_queue_id = self.response_queue_ids[out.uid]
+            data = lit_api.format_encoded_response(lit_api.encode_response(out.output))
+            if out.status == LitAPIStatus.ERROR:
+                self.put_error_response(transport, response_queue_id, out.uid, data, LoopResponseType.STREAMING)
+            else:
+                per_front_end[response_queue_id].append((out.uid, data, out.status))
+            if out.status in (LitAPIStatus.ERROR, LitAPIStatus.FINISH_STREAMING):
+                self.mark_completed(out.uid)
+        for response_queue_id, batch in per_front_end.items():
+            self.put_response(transport, response_queue_id, STEP_UID, batch, LitAPIStatus.OK,
+                              LoopResponseType.STREAMING)
