@@ -1,7 +1,8 @@
 """How fast does ``lit_llm serve`` answer?
 
 1. Load: starts ``python -m lit_llm serve`` on a loopback port and sends ``--requests`` completion requests
-   (``--max_tokens`` tokens each, fixed seed) from 1, 8 and 32 concurrent clients, each thread with its own
+   (``--max_tokens`` tokens each, or with ``--min_tokens`` a mix of lengths drawn per request from that range, the
+   same requests in every mode; fixed seeds) from 1, 8 and 32 concurrent clients, each thread with its own
    keep-alive HTTP connection. Prints requests/s, generated tokens/s and p50/p95 latency per concurrency.
    Each ``--batching`` mode (default: ``static``, the server's batching before continuous batching, with its
    default ``--max_batch_size`` 8, and ``continuous``, 32 KV-cache rows) gets its own server, in alternating
@@ -14,6 +15,8 @@
    decode. Prints its time to first token (p50) and the decode step time (the other streams' time per token:
    from their first to their last text, over their completion tokens - 1; a server that sends a stream's text
    in fewer, larger events has the same step), and their ratio: how many decoding steps a new request waits.
+   Before it, the time to the first text of 1-token requests sent one at a time to the idle server: the
+   request path alone.
 3. Workers alone: 32 requests at once decoded in this process by the static worker (batches of 8) and the
    continuous one (32 rows): what decoding allows without HTTP and the queues between processes.
 4. KV cache: generates ``--gen_tokens`` tokens in this process with and without the KV cache (batch 1,
@@ -87,14 +90,21 @@ def _cpu_seconds(server_pid: int) -> dict[str, float]:
     return out
 
 
-def load(base_url: str, concurrency: int, requests: int, max_tokens: int, server_pid: Optional[int] = None) -> dict:
+def request_tokens(i: int, min_tokens: int, max_tokens: int) -> int:
+    """Request ``i``'s ``max_tokens``: drawn from [min_tokens, max_tokens] by its index, the same in every mode and round."""
+    return random.Random(i).randint(min_tokens, max_tokens)
+
+
+def load(base_url: str, concurrency: int, requests: int, max_tokens: int, server_pid: Optional[int] = None,
+         min_tokens: Optional[int] = None) -> dict:
     local = threading.local()
 
     def one(i: int) -> tuple[float, int]:
         if not hasattr(local, "client"):
             local.client = httpx.Client(base_url=base_url, timeout=300)
         t0 = time.perf_counter()
-        r = local.client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": max_tokens, "seed": i})
+        n = request_tokens(i, min_tokens or max_tokens, max_tokens)
+        r = local.client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": n, "seed": i})
         r.raise_for_status()
         return time.perf_counter() - t0, r.json()["usage"]["completion_tokens"]
 
@@ -165,6 +175,21 @@ def time_to_first_token(base_url: str, clients: int, probes: int, max_tokens: in
             "ttft_in_steps": ttft / step}
 
 
+def idle_first_token(base_url: str, requests: int = 40, warmup: int = 5) -> float:
+    """Median ms to the first streamed text of a 1-token request on an otherwise idle server: the request path
+    alone (HTTP, the front end, the queue between processes, one prefill)."""
+    times = []
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for i in range(requests):
+            t0 = time.perf_counter()
+            body = {"prompt": PROMPT, "max_tokens": 1, "seed": i, "stream": True}
+            with client.stream("POST", "/v1/completions", json=body) as r:
+                r.raise_for_status()
+                next(line for line in r.iter_lines() if line.startswith("data:"))
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[warmup:])
+
+
 def worker_only(checkpoint: Path, requests: int, max_tokens: int, repeats: int) -> dict:
     """The model workers without the server: ``requests`` completions all waiting at once, decoded by the
     static worker (batches of 8, one after the other) and the continuous one (32 rows), in alternating
@@ -226,6 +251,9 @@ def main() -> None:
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--requests", type=int, default=96, help="timed requests per concurrency level")
     p.add_argument("--max_tokens", type=int, default=32)
+    p.add_argument("--min_tokens", type=int, default=None,
+                   help="load requests ask for a max_tokens drawn from [min_tokens, max_tokens] (default: all ask for"
+                        " --max_tokens), as a mix of short and long answers does")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--workers", type=int, default=1, help="model worker processes of the server")
     p.add_argument("--batching", nargs="+", default=["static", "continuous"], choices=["static", "continuous"])
@@ -253,9 +281,11 @@ def main() -> None:
                 if args.stream_interval is not None and mode == "continuous":
                     flags += ["--stream_interval", str(args.stream_interval)]
                 with ServerProcess(ckpt, flags) as server:
-                    levels = [load(server.base_url, c, args.requests, args.max_tokens, server.proc.pid)
+                    levels = [load(server.base_url, c, args.requests, args.max_tokens, server.proc.pid, args.min_tokens)
                               for c in args.concurrency]
+                    idle = idle_first_token(server.base_url)
                     ttft = time_to_first_token(server.base_url, args.ttft_clients, args.ttft_probes, args.max_tokens)
+                    ttft["idle_first_token_ms"] = idle
                 runs[mode].append({"load": levels, "ttft": ttft})
         speed = generation_speed(ckpt, args.gen_tokens, args.repeats)
         decode_only = worker_only(ckpt, 32, args.max_tokens, args.repeats)
@@ -270,8 +300,9 @@ def main() -> None:
                                                                                "p95_ms")}}
                      for i, c in enumerate(args.concurrency)],
             "ttft": {k: statistics.median(run["ttft"][k] for run in runs[mode])
-                     for k in ("ttft_p50_ms", "step_p50_ms", "ttft_in_steps")}}
-    print(f"model: {args.checkpoint or args.preset}; {args.workers} worker(s), {args.max_tokens} tokens per request,"
+                     for k in ("ttft_p50_ms", "step_p50_ms", "ttft_in_steps", "idle_first_token_ms")}}
+    per_request = f"{args.min_tokens}-{args.max_tokens}" if args.min_tokens else str(args.max_tokens)
+    print(f"model: {args.checkpoint or args.preset}; {args.workers} worker(s), {per_request} tokens per request,"
           f" {args.requests} requests per level, medians of {args.rounds} rounds")
     print(f"{'batching':>10s} {'concurrency':>11s} {'req/s':>8s} {'tok/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s}")
     for mode in args.batching:
@@ -280,7 +311,8 @@ def main() -> None:
                   f" {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f}")
         t = summary[mode]["ttft"]
         print(f"{mode:>10s} time to first token mid-batch ({args.ttft_clients} clients): p50 {t['ttft_p50_ms']:.1f} ms,"
-              f" decode step {t['step_p50_ms']:.1f} ms: {t['ttft_in_steps']:.1f} steps")
+              f" decode step {t['step_p50_ms']:.1f} ms: {t['ttft_in_steps']:.1f} steps; idle first token"
+              f" {t['idle_first_token_ms']:.1f} ms")
     ratios = {}
     if {"static", "continuous"} <= set(args.batching):
         ratios = {str(c): summary["continuous"]["load"][i]["req_per_s"] / summary["static"]["load"][i]["req_per_s"]
@@ -293,7 +325,7 @@ def main() -> None:
     print(json.dumps({"batching": summary, "continuous_over_static_req_per_s": ratios, "rounds": runs,
                       "generation_tokens_per_s": speed, "workers_alone": decode_only, "workers": args.workers, "max_batch_size": args.max_batch_size,
                       "batch_timeout": args.batch_timeout, "stream_interval": args.stream_interval, "model": str(args.checkpoint or args.preset),
-                      "max_tokens": args.max_tokens, "block_size": args.block_size,
+                      "max_tokens": args.max_tokens, "min_tokens": args.min_tokens, "block_size": args.block_size,
                       "torch_threads": torch.get_num_threads()}))
 
 
