@@ -9,8 +9,8 @@ pretrained language model (run (b)'s start, ``--checkpoint``):
    training split), trained on the training split and scored on the test split. How much sentiment the
    features already separate, before fine-tuning moves them. ``--pooling mean`` probes the mean over the
    tokens instead.
-   For reference, the same regression on a bag of the tokenizer's tokens (which tokens a sentence holds): a
-   linear model of the words alone, without the network.
+   For reference, the same regression on a bag of the tokenizer's tokens (which tokens a sentence holds) and
+   on a bag of the training split's words: linear models of the text alone, without the network.
 2. **Language-model fit.** The pretrained model's next-token loss and bits per byte on each data set's
    sentences (all of SST-2's test split, all of CR): how far each text is from what the model was trained on.
 
@@ -61,6 +61,16 @@ def bag_of_tokens(model: SequenceClassifier, texts: list[str]) -> torch.Tensor:
     out = torch.zeros(len(texts), model.tokenizer.get_vocab_size())
     for row, enc in enumerate(model.tokenizer.encode_batch(texts, add_special_tokens=False)):
         out[row, enc.ids] = 1.0
+    return out
+
+
+def bag_of_words(train: list[str], texts: list[str]) -> torch.Tensor:
+    """(N, words of ``train``) 0/1: which of the training split's words (split on spaces, as the files are
+    tokenized) each text holds."""
+    vocab = {w: i for i, w in enumerate(sorted({w for t in train for w in t.split()}))}
+    out = torch.zeros(len(texts), len(vocab))
+    for row, text in enumerate(texts):
+        out[row, [vocab[w] for w in set(text.split()) if w in vocab]] = 1.0
     return out
 
 
@@ -128,10 +138,12 @@ def main() -> None:
         out["probe_acc"]["sst2"][name] = probe(tr, splits["train"][1], te, splits["test"][1], args.l2)
     tr, te = (bag_of_tokens(models["random"], splits[s][0]) for s in ("train", "test"))
     out["probe_acc"]["sst2"]["bag_of_tokens"] = probe(tr, splits["train"][1], te, splits["test"][1], args.l2, False)
+    tr, te = (bag_of_words(splits["train"][0], splits[s][0]) for s in ("train", "test"))
+    out["probe_acc"]["sst2"]["bag_of_words"] = probe(tr, splits["train"][1], te, splits["test"][1], args.l2, False)
     out["lm"]["sst2_test"] = lm_fit(args.checkpoint, splits["test"][0])
 
     cr = data_args("cr")
-    out["probe_acc"]["cr"] = {name: [] for name in [*models, "bag_of_tokens"]}
+    out["probe_acc"]["cr"] = {name: [] for name in [*models, "bag_of_tokens", "bag_of_words"]}
     for fold in range(args.folds):
         folds = ClassificationDataModule(**{**cr, "fold": fold}).load_examples()
         train = (folds["train"][0] + folds["val"][0], folds["train"][1] + folds["val"][1])
@@ -140,17 +152,20 @@ def main() -> None:
             out["probe_acc"]["cr"][name].append(probe(tr, train[1], te, folds["test"][1], args.l2))
         tr, te = bag_of_tokens(models["random"], train[0]), bag_of_tokens(models["random"], folds["test"][0])
         out["probe_acc"]["cr"]["bag_of_tokens"].append(probe(tr, train[1], te, folds["test"][1], args.l2, False))
+        tr, te = bag_of_words(train[0], train[0]), bag_of_words(train[0], folds["test"][0])
+        out["probe_acc"]["cr"]["bag_of_words"].append(probe(tr, train[1], te, folds["test"][1], args.l2, False))
         if fold == 0:
             out["lm"]["cr"] = lm_fit(args.checkpoint, train[0] + folds["test"][0])
     out["probe_acc"]["cr"] = {k: {"mean": sum(v) / len(v), "folds": v} for k, v in out["probe_acc"]["cr"].items()}
 
-    print(f"{'data':>6s} {'random features':>16s} {'pretrained features':>20s} {'bag of tokens':>14s} {'LM loss':>8s}"
-          f" {'bits/byte':>10s}")
+    print(f"{'data':>6s} {'random features':>16s} {'pretrained features':>20s} {'bag of tokens':>14s}"
+          f" {'bag of words':>13s} {'LM loss':>8s} {'bits/byte':>10s}")
     for data, lm in (("sst2", "sst2_test"), ("cr", "cr")):
         acc = out["probe_acc"][data]
-        r, pre, bag = (acc[k] if data == "sst2" else acc[k]["mean"] for k in ("random", "pretrained", "bag_of_tokens"))
-        print(f"{data:>6s} {100 * r:>16.1f} {100 * pre:>20.1f} {100 * bag:>14.1f} {out['lm'][lm]['loss']:>8.2f}"
-              f" {out['lm'][lm]['bits_per_byte']:>10.2f}")
+        r, pre, bag, words = (acc[k] if data == "sst2" else acc[k]["mean"]
+                              for k in ("random", "pretrained", "bag_of_tokens", "bag_of_words"))
+        print(f"{data:>6s} {100 * r:>16.1f} {100 * pre:>20.1f} {100 * bag:>14.1f} {100 * words:>13.1f}"
+              f" {out['lm'][lm]['loss']:>8.2f} {out['lm'][lm]['bits_per_byte']:>10.2f}")
     print(json.dumps({**out, "checkpoint": args.checkpoint, "l2": args.l2, "cr_folds": args.folds, "seed": args.seed,
                       "pooling": args.pooling}))
 
