@@ -57,8 +57,7 @@ import logging
 import pickle
 import time
 import uuid
-from collections import deque
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 

@@ -291,9 +291,9 @@ class ContinuousGenerationAPI(GenerationAPI):
     ``add_request`` runs on the loop's event-loop thread while ``step`` runs in a worker thread, so new
     requests wait in a thread-safe inbox that only ``step`` reads.
 
-    Every message to the front end is a round trip through LitServe's queue, which at 32 streams costs more
-    than the decoding step itself. So a stream's first text leaves at once, and after it the text of the
-    next ``stream_interval`` seconds travels as one message (0 sends every token's text as it comes)."""
+    A step's outputs reach the front end as one message (``ContinuousLoop``). A stream's first text leaves at
+    once, and after it the text of the next ``stream_interval`` seconds travels as one output, one SSE event
+    for the client (0 sends every token's text as it comes)."""
 
     def __init__(self, checkpoint: str, spec: CompletionSpec, api_key: Optional[str] = None,
                  max_batch_size: int = 32, stream_interval: float = 0.0):
