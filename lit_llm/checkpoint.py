@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Literal, Optional
 import torch
 
 KEY = "lit_llm"  # the checkpoint entry this module owns
-TMP_PREFIX = ".lit_llm-tmp-"  # checkpoints being written; stale ones are swept when a run starts
+TMP_PREFIX = ".lit_llm-tmp-"  # checkpoints being written (temp_path); stale ones are swept when a run starts
 Task = Literal["language_model", "classification"]
 WEIGHT_PREFIX: dict[str, str] = {"language_model": "model.", "classification": "backbone."}
 
@@ -201,17 +202,87 @@ def load_tokenizer(path: str | Path):
 
 
 def load_sharded_meta(folder: str | Path) -> dict[str, Any]:
-    """The non-tensor part (``meta.pt``) of a sharded checkpoint folder, loaded weights-only."""
+    """The non-tensor part (``meta.pt``) of a sharded checkpoint folder, loaded weights-only, after its
+    ``.metadata`` passed ``read_sharded_index``: nothing in the folder can run code."""
+    read_sharded_index(folder)
     meta = Path(folder) / "meta.pt"
     ckpt = _open(meta, "Sharded checkpoint metadata", mmap=False)
     _info(ckpt, folder, None, "consolidate")
     return ckpt
 
 
+# what torch.distributed.checkpoint pickles into a folder's .metadata: its own dataclasses and enums, the
+# storage locations, shapes, dtypes and layouts (found by recording find_class on the folders FSDP2 writes)
+_INDEX_MODULE = "torch.distributed.checkpoint.metadata"
+_INDEX_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # looks a layout up by name in torch
+    ("collections", "OrderedDict"),
+}
+_PATH_CLASSES = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Unpickles a DCP ``.metadata`` file, refusing every global but the checkpoint-metadata classes: a pickle
+    that names ``os.system`` (or anything else) fails before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _INDEX_GLOBALS
+        allowed |= module in ("pathlib", "pathlib._local") and name in _PATH_CLASSES
+        allowed |= module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if module == _INDEX_MODULE:
+            import torch.distributed.checkpoint.metadata as index
+
+            obj = getattr(index, name, None)
+            allowed |= isinstance(obj, type) and obj.__module__ == _INDEX_MODULE  # its classes, not its imports
+        if not allowed:
+            raise pickle.UnpicklingError(f"it names {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_sharded_index(folder: str | Path):
+    """The ``.metadata`` of a sharded (torch.distributed.checkpoint) folder, unpickled with an allow-list.
+
+    torch reads this file with plain ``pickle.load`` (``FileSystemReader.read_metadata``), so a folder from
+    someone else could run any code the moment Lightning or ``dcp_to_torch_save`` opens it. Every path that
+    reads a sharded folder (``consolidate``, ``fit/validate/test --ckpt_path FOLDER``, ``newest``) calls this
+    first: a file that names anything but the checkpoint-metadata classes is refused and nothing is called.
+    """
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path = Path(folder) / ".metadata"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a sharded checkpoint folder (it has no .metadata); {_WHAT_TO_PASS}")
+    try:
+        with open(path, "rb") as f:
+            index = _IndexUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("it names "):
+            raise CheckpointError(f"{path} is not a checkpoint index that torch wrote: {e}, which a sharded"
+                                  " checkpoint never does; refused without running it. Use a checkpoint your own"
+                                  " runs wrote") from None
+        raise CheckpointError(f"{path} is truncated or corrupted ({e}); use an earlier checkpoint") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupted ({type(e).__name__}: {str(e)[:120]}); use an"
+                              " earlier checkpoint") from None
+    if not isinstance(index, Metadata):
+        raise CheckpointError(f"{path} holds a {type(index).__name__}, not a checkpoint index; {_WHAT_TO_PASS}")
+    return index
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def attach(checkpoint: dict[str, Any], info: CheckpointInfo) -> None:
     """Put ``info`` into a checkpoint dict that Lightning is about to save (``on_save_checkpoint``)."""
     checkpoint[KEY] = info.to_dict()
+
+
+def temp_path(path: str | Path) -> Path:
+    """The temporary name a checkpoint is written under beside ``path``: ``TMP_PREFIX`` + ``PID@HOST+`` + its
+    name, so that a run's start-up sweep can tell a dead writer's leftover from a file another run on the same
+    folder is writing now (``lit_llm.callbacks.preemption.sweep_stale_temps``)."""
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}@{socket.gethostname()}+{path.name}")
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> Path:
@@ -222,7 +293,7 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -244,32 +315,44 @@ def save(path: str | Path, state_dict: dict[str, torch.Tensor], info: Checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- resuming
-def _step_of(path: Path) -> Optional[int]:
-    """The global step a complete checkpoint (file or sharded folder) was saved at; None if it does not load."""
+RUN_KEY = "lit_llm_run"  # which run saved a checkpoint: {"slurm_job": id or None, "config": fingerprint}
+
+
+def _candidate(path: Path) -> Optional[tuple[int, dict[str, Any]]]:
+    """(global step, run record) of a complete checkpoint (file or sharded folder); None if it does not load."""
     meta = path / "meta.pt" if path.is_dir() else path
-    if path.is_dir() and not (path / ".metadata").is_file():
-        return None
     try:
+        if path.is_dir():
+            read_sharded_index(path)  # a hostile or broken index is no candidate, and runs nothing
         ckpt = torch.load(meta, map_location="cpu", weights_only=True, mmap=not path.is_dir())
     except Exception:  # truncated, corrupted or foreign: not a candidate  # noqa: BLE001
         return None
     step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
-    return step if isinstance(step, int) and KEY in ckpt else None
+    if not isinstance(step, int) or KEY not in ckpt:
+        return None
+    run = ckpt.get(RUN_KEY)
+    return step, run if isinstance(run, dict) else {}
 
 
-def newest_checkpoint(*folders: str | Path) -> Optional[Path]:
-    """The complete lit_llm checkpoint with the highest global step in ``folders`` (``*.ckpt`` files and
-    sharded ``*.ckpt/`` folders, ``hpc_ckpt_N.ckpt`` included); a file that does not load is passed over.
-    On a tie the most recently written wins. None when there is none."""
-    best: Optional[tuple[int, float, Path]] = None
+def checkpoints_by_step(*folders: str | Path) -> list[tuple[int, float, Path, dict[str, Any]]]:
+    """Every complete lit_llm checkpoint in ``folders`` (``*.ckpt`` files and sharded ``*.ckpt/`` folders,
+    ``hpc_ckpt_N.ckpt`` included) as (step, mtime, path, run record), newest first; files that do not load are
+    passed over."""
+    found = []
     for folder in {Path(f) for f in folders if f}:
         if not folder.is_dir():
             continue
         for path in folder.glob("*.ckpt"):
             if path.name.startswith("."):
                 continue
-            step = _step_of(path)
-            if step is not None:
-                key = (step, path.stat().st_mtime, path)
-                best = key if best is None or key[:2] > best[:2] else best
-    return best[2] if best else None
+            candidate = _candidate(path)
+            if candidate is not None:
+                found.append((candidate[0], path.stat().st_mtime, path, candidate[1]))
+    return sorted(found, key=lambda c: c[:2], reverse=True)
+
+
+def newest_checkpoint(*folders: str | Path) -> Optional[Path]:
+    """The complete lit_llm checkpoint with the highest global step in ``folders``; on a tie the most recently
+    written wins. None when there is none."""
+    found = checkpoints_by_step(*folders)
+    return found[0][2] if found else None

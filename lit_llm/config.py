@@ -8,6 +8,7 @@ dotted overrides apply exactly as in ``fit``, and the result is what ``fit --pri
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -23,12 +24,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_llm.callbacks import (EvaluationReport, LogLines, LRMonitor, NonFiniteGuard, PlotCurves, Preemption,
                                SampleGenerations, TokenThroughput)
 from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
-from lit_llm.checkpoint import newest_checkpoint, read_info
+from lit_llm.checkpoint import RUN_KEY, checkpoints_by_step, load_sharded_meta, newest_checkpoint, read_info
 from lit_llm.data import PretrainDataModule
 from lit_llm.errors import USER_ERRORS, UsageError, one_line
 from lit_llm.tasks import LanguageModel
@@ -74,6 +75,43 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint[WANDB_RUN_ID] = logger.version
+
+
+class _RunRecord(Callback):
+    """Writes which run saved a checkpoint (``RUN_KEY``: the SLURM job and the config's fingerprint), so that a
+    SLURM requeue resumes only its own job's or its own config's checkpoints (``LitLLMCLI._resume_path``)."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RUN_KEY] = dict(self.record)
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """A short hash of a resolved fit config without ``ckpt_path``: the same command line gives the same one."""
+    plain = {k: v for k, v in config.items() if k != "ckpt_path"}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """A hyperparameter as JSON data (tuples as lists, dataclasses and Namespaces as dicts), for comparison."""
+    return json.loads(json.dumps(value, sort_keys=True, default=lambda v: getattr(v, "__dict__", str(v))))
+
+
+def _without_implicit_hpc_resume(trainer: L.Trainer) -> None:
+    """Lightning resumes a SLURM ``fit`` that has no ckpt_path from the highest ``hpc_ckpt_N.ckpt`` in
+    ``default_root_dir``, whichever job or config wrote it, and fails on every requeue when that one file is
+    corrupt (Lightning's ``_CheckpointConnector._hpc_resume_path``). lit_llm resolves the resume itself
+    (``LitLLMCLI._resume_path``: this job's or this config's newest complete checkpoint), so that lookup is off."""
+    connector = trainer._checkpoint_connector
+
+    class _Connector(type(connector)):  # type: ignore[misc, valid-type]
+        @property
+        def _hpc_resume_path(self) -> Optional[str]:
+            return None
+
+    connector.__class__ = _Connector
 
 
 class _WorkStarted(Callback):
@@ -218,6 +256,9 @@ class LitLLMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(self._work)
+        if self.subcommand == "fit":
+            trainer.callbacks.append(_RunRecord(self._run_record))
+        _without_implicit_hpc_resume(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -244,35 +285,91 @@ class LitLLMCLI(LightningCLI):
 
 
     def _parse_ckpt_path(self) -> None:
-        """Before LightningCLI reads the checkpoint's hyperparameters: sweep what a killed save left behind, and
-        resolve and check ``--ckpt_path`` (see ``_resume_path``)."""
+        """Before LightningCLI reads the checkpoint's hyperparameters: sweep what a killed save left behind,
+        resolve and check ``--ckpt_path`` (see ``_resume_path``), and for ``fit`` check that the run resumes with
+        the hyperparameters it was trained with, except those it can apply (``_check_resumed_hparams``).
+        LightningCLI's own step would quietly replace the command line's values with the checkpoint's; it runs
+        only for validate, test and predict, where the checkpoint's model is the one to evaluate."""
+        self._run_record: dict[str, Any] = {"slurm_job": None, "config": None}
         sub = self.config.get("subcommand")
-        if sub:
-            cfg = self.config[sub]
-            root = cfg.trainer.default_root_dir or "."
-            dirpath = cfg.checkpoint.dirpath or f"{root}/checkpoints"
-            if sub == "fit" and _first_local_process():  # nothing is being saved yet
-                for p in sweep_stale_temps(root, dirpath):
-                    rank_zero_info(f"removed {p}, left by an interrupted checkpoint save")
-            cfg.ckpt_path = self._resume_path(sub, cfg.get("ckpt_path"), root, dirpath)
-        super()._parse_ckpt_path()
+        if not sub:
+            return super()._parse_ckpt_path()
+        cfg = self.config[sub]
+        root = cfg.trainer.default_root_dir or "."
+        dirpath = cfg.checkpoint.dirpath or f"{root}/checkpoints"
+        if sub == "fit":
+            dumped = json.loads(self.parser.dump(self.config, format="json", skip_link_targets=False))[sub]
+            self._run_record = {"slurm_job": slurm_job_id(), "config": config_fingerprint(dumped)}
+        if sub == "fit" and _first_local_process():  # nothing is being saved yet
+            for p in sweep_stale_temps(root, dirpath):
+                rank_zero_info(f"removed {p}, left by an interrupted checkpoint save")
+        cfg.ckpt_path = self._resume_path(sub, cfg.get("ckpt_path"), root, dirpath)
+        if sub != "fit":
+            return super()._parse_ckpt_path()
+        if cfg.ckpt_path and Path(cfg.ckpt_path).exists():
+            self._check_resumed_hparams(cfg.ckpt_path, dumped["model"])
 
     def _resume_path(self, sub: str, ckpt_path: Optional[str], root: str, dirpath: str) -> Optional[str]:
-        """``--ckpt_path newest`` (and a SLURM job's fit without --ckpt_path, e.g. a requeue that the pre-emption
-        callback did not start) resumes from the complete checkpoint with the highest step among the run's
-        ``hpc_ckpt_N.ckpt`` and ``checkpoints/*.ckpt``; a file that does not load is passed over. A checkpoint
-        file given by path is checked before any work, so a truncated or foreign one is one clear error."""
+        """``--ckpt_path newest`` resumes from the complete checkpoint with the highest step among the run's
+        ``hpc_ckpt_N.ckpt`` and ``checkpoints/*.ckpt``; a file that does not load is passed over. A SLURM job's
+        fit without --ckpt_path (a requeue, or the same script resubmitted) does the same, among the checkpoints
+        that this job or a run of this very config saved: an earlier, different run in the folder is not
+        continued (it needs --ckpt_path). ``last``, a file or a sharded folder is checked before any work, so a
+        truncated, foreign or hostile one is one clear error."""
         on_slurm = sub == "fit" and slurm_job_id() is not None and SLURMEnvironment.detect()
-        if ckpt_path == "newest" or (ckpt_path is None and on_slurm):
+        if ckpt_path is None and on_slurm:
+            job, config = self._run_record["slurm_job"], self._run_record["config"]
+            found = checkpoints_by_step(root, dirpath)
+            mine = [c for c in found if c[3].get("slurm_job") == job or c[3].get("config") == config]
+            newest = mine[0][2] if mine else None
+            if found and found[0] not in mine:
+                rank_zero_warn(f"{found[0][2]} (step {found[0][0]}) was saved by another run (another SLURM job"
+                               " with another config); it is not continued. Pass --ckpt_path to continue it, or give"
+                               " this run its own --trainer.default_root_dir")
+            if newest is not None:
+                rank_zero_info(f"resuming from this run's newest complete checkpoint, {newest}")
+            return str(newest) if newest is not None else None
+        if ckpt_path == "newest":
             newest = newest_checkpoint(root, dirpath)
             if newest is not None:
                 rank_zero_info(f"resuming from the newest complete checkpoint, {newest}")
-            elif ckpt_path == "newest":
+            else:
                 rank_zero_info(f"--ckpt_path newest: no checkpoint in {root} or {dirpath} yet; starting from step 0")
             return str(newest) if newest is not None else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_dir():
-            read_info(ckpt_path, purpose=f"{sub} --ckpt_path")
+        if ckpt_path == "last" and Path(dirpath, "last.ckpt").exists():
+            ckpt_path = str(Path(dirpath, "last.ckpt"))  # checked below like any path
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            if Path(ckpt_path).is_dir():
+                load_sharded_meta(ckpt_path)  # its .metadata through the allow-list, meta.pt weights-only
+            else:
+                read_info(ckpt_path, purpose=f"{sub} --ckpt_path")
         return ckpt_path
+
+    def _check_resumed_hparams(self, ckpt_path: str, model: dict[str, Any]) -> None:
+        """A fit resumed with a changed model hyperparameter applies it when the task can
+        (``TransformerModule.applied_on_resume``: the learning rates, the schedule, the optimizer's settings, the
+        loss options) and refuses the others with one line naming them, never keeping the checkpoint's value
+        silently."""
+        path = Path(ckpt_path)
+        meta = path / "meta.pt" if path.is_dir() else path
+        saved = torch.load(meta, map_location="cpu", weights_only=True, mmap=not path.is_dir()).get("hyper_parameters")
+        if not isinstance(saved, dict):
+            return
+        cls = _import(model.get("class_path", ""))
+        applied = getattr(cls, "applied_on_resume", frozenset())
+        now = model.get("init_args") or {}
+        changed = [k for k in sorted(set(saved) & set(now))
+                   if now[k] is not None and _plain(saved[k]) != _plain(now[k]) and k not in applied]
+        if changed:
+            diffs = ", ".join(f"model.{k}={_plain(saved[k])!r} (this run: {_plain(now[k])!r})" for k in changed)
+            raise UsageError(f"--ckpt_path {ckpt_path} was trained with {diffs}; a resumed run cannot change"
+                             f" {'it' if len(changed) == 1 else 'them'}. Resume with the checkpoint's value, or"
+                             " start a new run in another --trainer.default_root_dir")
+        changed_applied = [k for k in sorted(set(saved) & set(now) & applied)
+                           if now[k] is not None and _plain(saved[k]) != _plain(now[k])]
+        if changed_applied:
+            rank_zero_info(f"resuming with changed {', '.join('model.' + k for k in changed_applied)}: applied from"
+                           " this step on")
 
 
 def _first_local_process() -> bool:

@@ -97,10 +97,9 @@ def test_a_language_model_is_refused_where_a_classifier_is_needed(lm):
         SequenceClassifier.restore(lm)
 
 
-def test_sharded_metadata_is_loaded_weights_only(tmp_path):
+def test_sharded_metadata_is_loaded_weights_only(lm, tmp_path):
     """consolidate reads meta.pt of a folder that may come from someone else: no pickled code may run."""
-    folder = tmp_path / "last.ckpt"
-    folder.mkdir()
+    folder = _sharded_folder(lm, tmp_path / "last.ckpt")
 
     class Evil:
         def __reduce__(self):
@@ -109,3 +108,78 @@ def test_sharded_metadata_is_loaded_weights_only(tmp_path):
     torch.save({"lit_llm": {"model_config": {}, "tokenizer": "t"}, "evil": Evil()}, folder / "meta.pt")
     with pytest.raises(CheckpointError, match="weights-only load refuses"):
         ckpt_format.load_sharded_meta(folder)
+
+
+def _sharded_folder(lm, folder):
+    """A sharded checkpoint folder as torch.distributed.checkpoint writes it (.metadata + a .distcp shard), with
+    Lightning's meta.pt beside it, made from the single-file checkpoint ``lm``."""
+    from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
+    whole = torch.load(lm, weights_only=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tensors = folder.parent / "tensors.pt"
+    torch.save({"state_dict": whole.pop("state_dict")}, tensors)
+    torch_save_to_dcp(tensors, folder)
+    torch.save(whole, folder / "meta.pt")
+    return folder
+
+
+class _RunsShell:
+    """A pickle that runs a shell command when it is loaded."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def _plant_hostile_index(folder, marker):
+    import pickle
+
+    (folder / ".metadata").write_bytes(pickle.dumps(_RunsShell(f"touch {marker}")))
+
+
+def test_a_genuine_sharded_folder_passes_the_allow_list_and_consolidates(lm, tmp_path):
+    from lit_llm.parallel.checkpoint import consolidate
+
+    folder = _sharded_folder(lm, tmp_path / "last.ckpt")
+    ckpt_format.read_sharded_index(folder)
+    merged = consolidate(str(folder), str(tmp_path / "merged.ckpt"))
+    a, b = torch.load(lm, weights_only=True)["state_dict"], torch.load(merged, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_hostile_sharded_index_is_refused_on_every_path_and_runs_nothing(lm, tmp_path, capsys):
+    """A .metadata pickle that calls os.system: consolidate (function and command), fit --ckpt_path FOLDER,
+    --ckpt_path last and newest all refuse it with one line, and the command never runs."""
+    from lit_llm.parallel.checkpoint import consolidate
+    from test_cli import call, error_line
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    folder = _sharded_folder(lm, run / "checkpoints" / "last.ckpt")
+    _plant_hostile_index(folder, marker)
+    with pytest.raises(CheckpointError, match=r"\.metadata is not a checkpoint index that torch wrote: it names"
+                                              r" (posix|os)\.system.*refused without running it"):
+        consolidate(str(folder), str(tmp_path / "merged.ckpt"))
+    code, _, err = call(["consolidate", "--checkpoint", str(folder), "--out", str(tmp_path / "m.ckpt")], capsys)
+    assert "not a checkpoint index that torch wrote" in error_line(code, err)
+    fit = ["fit", "--config", "configs/debug.yaml", "--trainer.logger", "false", "--trainer.default_root_dir", str(run)]
+    for ckpt_path in (str(folder), "last"):
+        code, _, err = call(fit + ["--ckpt_path", ckpt_path], capsys)
+        assert "not a checkpoint index that torch wrote" in error_line(code, err)
+    assert ckpt_format.newest_checkpoint(run, run / "checkpoints") is None  # not a candidate
+    assert not marker.exists()
+    assert not (tmp_path / "merged.ckpt").exists() and not (tmp_path / "m.ckpt").exists()
+
+
+def test_consolidate_calls_a_truncated_file_truncated(lm, tmp_path):
+    from lit_llm.parallel.checkpoint import consolidate
+
+    truncated = tmp_path / "t.ckpt"
+    truncated.write_bytes(lm.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        consolidate(str(truncated), str(tmp_path / "out.ckpt"))

@@ -31,6 +31,15 @@ class InjectNaN(L.Callback):
         self.weights.append(torch.cat([p.detach().flatten().clone() for p in pl_module.parameters()]))
 
 
+class SpikeLossModel(LanguageModel):
+    """Its loss (and so its gradients) 1000 times larger at the given steps: finite, but far off."""
+    spike_steps: set = set()
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1000.0 if self.global_step in self.spike_steps else loss
+
+
 class NaNLossModel(LanguageModel):
     nan_steps: set = set()
 
@@ -75,7 +84,7 @@ def test_a_nan_loss_is_skipped_too(small_corpus, tmp_path):
 
 def test_a_bad_stretch_stops_the_run_and_the_checkpoints_stay_finite(small_corpus, tmp_path):
     inject, guard = InjectNaN({5, 6, 7, 8}), NonFiniteGuard(max_consecutive=2)
-    with pytest.raises(NonFiniteError, match="not finite at step 7 .*--ckpt_path newest"):
+    with pytest.raises(NonFiniteError, match=r"Non-finite gradient norm \(nan\) at step 7 .*--ckpt_path newest"):
         _fit(small_corpus, tmp_path, 12, inject, guard)
     saved = sorted(p.name for p in (tmp_path / "ckpts").iterdir())
     assert saved == ["last.ckpt", "step2.ckpt", "step4.ckpt", "step6.ckpt"]  # the last 3 kept, and last
@@ -83,6 +92,14 @@ def test_a_bad_stretch_stops_the_run_and_the_checkpoints_stay_finite(small_corpu
         state = torch.load(tmp_path / "ckpts" / name, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert newest_checkpoint(tmp_path / "ckpts").name in ("step6.ckpt", "last.ckpt")
+
+
+def test_a_loss_spike_is_skipped_like_a_non_finite_step(small_corpus, tmp_path):
+    SpikeLossModel.spike_steps = {12}
+    inject, guard = InjectNaN(set()), NonFiniteGuard()
+    _, model = _fit(small_corpus, tmp_path, 14, inject, guard, module_cls=SpikeLossModel)
+    assert guard.skipped == 1 and torch.equal(inject.weights[12], inject.weights[11])
+    assert not torch.equal(inject.weights[13], inject.weights[12])  # the next step trains again
 
 
 def test_non_finite_weights_are_never_written(small_corpus, tmp_path):
@@ -118,3 +135,34 @@ def test_under_pipeline_parallelism_every_stage_skips_the_same_step(tmp_path, sm
     for rank in (0, 1):
         assert f"rank {rank} skipped=1" in out, out[-3000:]
         assert f"rank {rank} step 3 unchanged=True" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_exploded_weights_stop_the_run_unsaved_and_the_errors_advice_works(tmp_path, small_corpus, capsys, caplog):
+    """A resume at learning rate 1e38 explodes the weights in one update (the gradients are finite): the run stops
+    before any checkpoint holds them. Following the error's advice (--ckpt_path newest, a lower learning rate)
+    then ends with the weights of an uninterrupted run."""
+    from test_cli import call
+
+    def fit(out, *extra):
+        return call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus), "--trainer.logger",
+                     "false", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
+                     "--trainer.limit_val_batches", "1", "--model.warmup_steps", "1", "--model.lr_decay_steps", "8",
+                     "--checkpoint.every_n_train_steps", "2", *extra], capsys)
+
+    out = tmp_path / "run"
+    assert fit(out, "--trainer.max_steps", "4")[0] == 0
+    with pytest.raises(NonFiniteError, match=r"The weights' norm went from .* at step 5 .*--ckpt_path newest.*lower"
+                                             r" --model.learning_rate"):
+        fit(out, "--trainer.max_steps", "8", "--ckpt_path", "newest", "--model.learning_rate", "1e38")
+    for path in (out / "checkpoints").iterdir():  # nothing after step 4, nothing exploded
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["global_step"] <= 4, path
+        assert max(v.abs().max().item() for v in ckpt["state_dict"].values() if v.is_floating_point()) < 100
+    code, _, err = fit(out, "--trainer.max_steps", "8", "--ckpt_path", "newest")  # the advice
+    assert code == 0, err
+    assert fit(tmp_path / "straight", "--trainer.max_steps", "8")[0] == 0
+    resumed = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 8
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in straight["state_dict"].items())

@@ -127,3 +127,83 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path
     leftovers = list((root / "checkpoints").glob(f"{TMP_PREFIX}*"))
     assert len(leftovers) == 1  # the half-written file never had the final name
     assert sweep_stale_temps(root / "checkpoints") == leftovers
+
+
+def test_a_resume_that_changes_a_hyperparameter_it_cannot_apply_is_refused_naming_it(tmp_path, small_corpus, capsys):
+    """LightningCLI used to replace the command line's model arguments with the checkpoint's, silently; now a
+    change the task cannot apply (the network's shape) is one error line naming the key and both values."""
+    ckpt = tmp_path / "trained.ckpt"
+    torch.save({"global_step": 10, "state_dict": {}, KEY: {"model_config": {}, "tokenizer": "t"},
+                "hyper_parameters": {"preset": "debug", "model_args": None, "learning_rate": 3e-3}}, ckpt)
+    code, _, err = call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus),
+                         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+                         "--model.model_args", "{n_layer: 3}", "--model.learning_rate", "1e-4",
+                         "--ckpt_path", str(ckpt)], capsys)
+    line = error_line(code, err)
+    assert "was trained with model.model_args=None (this run: {'n_layer': 3}); a resumed run cannot change it" in line
+    assert "learning_rate" not in line  # applied on resume, not refused
+
+
+def _slurm_env(monkeypatch, job):
+    for key, value in dict(SLURM_JOB_ID=job, SLURM_NTASKS="1", SLURM_JOB_NAME="lit_llm", SLURM_PROCID="0",
+                           SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NTASKS_PER_NODE="1").items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.slow
+def test_a_slurm_fit_resumes_only_its_own_jobs_or_configs_checkpoints(tmp_path, small_corpus, capsys, caplog,
+                                                                       monkeypatch):
+    """Without --ckpt_path, a SLURM job continues the checkpoints of its own job or of the same config (the script
+    resubmitted), never an earlier, different run in the same folder."""
+    out = tmp_path / "run"
+
+    def fit(job, *extra):
+        _slurm_env(monkeypatch, job)
+        caplog.clear()
+        code, _, err = call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus),
+                             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                             "--trainer.default_root_dir", str(out), "--trainer.limit_val_batches", "1",
+                             "--trainer.max_steps", "2", "--model.warmup_steps", "1", "--checkpoint.every_n_train_steps", "2",
+                             *extra], capsys)
+        assert code == 0, err
+        return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+
+    first = fit("111")
+    assert first["lit_llm_run"]["slurm_job"] == "111"
+    again = fit("222")  # the same config, resubmitted: continues it (already at max_steps: nothing to do)
+    assert "resuming from this run's newest complete checkpoint" in caplog.text
+    assert again["hyper_parameters"]["learning_rate"] == 3e-3
+    with pytest.warns(UserWarning, match="was saved by another run .* it is not continued. Pass --ckpt_path"):
+        other = fit("333", "--model.learning_rate", "1e-3")  # another run: starts from step 0
+    assert "resuming" not in caplog.text
+    assert other["hyper_parameters"]["learning_rate"] == 1e-3 and other["lit_llm_run"]["slurm_job"] == "333"
+
+
+def test_the_start_up_sweep_keeps_a_temporary_file_that_a_live_run_is_writing(tmp_path):
+    """A second run on the same folder used to delete the first run's checkpoint in flight; now only files of dead
+    writers (and of another node's writers after an hour) are swept."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from lit_llm.checkpoint import temp_path
+
+    host = socket.gethostname()
+    alive = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        writing = tmp_path / f"{TMP_PREFIX}{alive.pid}@{host}+last.ckpt"
+        killed = tmp_path / f"{TMP_PREFIX}{dead.pid}@{host}+step4.ckpt"
+        mine = temp_path(tmp_path / "step2.ckpt")  # this process, at its start: nothing in flight
+        far_new = tmp_path / f"{TMP_PREFIX}{alive.pid}@another-node+step6.ckpt"
+        far_old = tmp_path / f"{TMP_PREFIX}{alive.pid}@another-node+step8.ckpt"
+        for p in (writing, killed, mine, far_new, far_old):
+            p.write_bytes(b"half")
+        os.utime(far_old, (time.time() - 7200, time.time() - 7200))
+        removed = sweep_stale_temps(tmp_path)
+        assert sorted(removed) == sorted([killed, mine, far_old])
+        assert writing.exists() and far_new.exists()
+    finally:
+        alive.kill()

@@ -17,7 +17,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +28,46 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_llm.checkpoint import TMP_PREFIX
+from lit_llm.checkpoint import TMP_PREFIX, temp_path
 
+
+OTHER_HOST_GRACE_S = 3600  # a temporary file another node writes is left alone until it is this old
+_WRITER = re.compile(re.escape(TMP_PREFIX) + r"(\d+)@([^+/]+)\+")
+
+
+def _writer_may_be_alive(path: Path) -> bool:
+    """Whether the process that writes the temporary ``path`` (named by ``temp_path``) may still be running: its
+    PID is alive on this host, or, written on another host, the file changed within ``OTHER_HOST_GRACE_S``. An
+    older lit_llm's name, which says no writer, counts as dead."""
+    match = _WRITER.match(path.name)
+    if match is None:
+        return False
+    pid, host = int(match.group(1)), match.group(2)
+    if host != socket.gethostname():  # no way to ask another node: only an old file is stale
+        return time.time() - path.stat().st_mtime < OTHER_HOST_GRACE_S
+    if pid == os.getpid():  # this process is starting its run: it is writing nothing yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def sweep_stale_temps(*folders: str | Path) -> list[Path]:
-    """Delete what a killed save left behind in ``folders``: our temporary checkpoint files and folders, and
-    the ``.hpc_ckpt_N.ckpt.partial`` names of earlier versions (which block Lightning's SLURM resume). Run
-    once before the run starts, when no save is in flight."""
+    """Delete what a killed save left behind in ``folders``: temporary checkpoint files and folders whose writer
+    is dead (a run writing into the same folder keeps its own), and the ``.hpc_ckpt_N.ckpt.partial`` names of
+    earlier versions (which block Lightning's SLURM resume). Run once before the run starts."""
     removed = []
     for folder in {Path(f) for f in folders if f}:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.name.startswith(TMP_PREFIX) or re.fullmatch(r"\.hpc_ckpt_\d+\.ckpt\.partial", p.name):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            stale = p.name.startswith(TMP_PREFIX) and not _writer_may_be_alive(p)
+            if stale or re.fullmatch(r"\.hpc_ckpt_\d+\.ckpt\.partial", p.name):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
 
@@ -99,7 +126,8 @@ class Preemption(L.Callback):
         final = root / f"hpc_ckpt_{max(versions, default=0) + 1}.ckpt"
         # the temporary name must not contain "hpc_ckpt_": Lightning resumes from the highest number in any name
         # that does, and a killed save would otherwise point every later requeue at a file that does not exist
-        tmp = root / f"{TMP_PREFIX}preemption-{final.stem.rsplit('_', 1)[-1]}.ckpt"
+        # one name on every rank (a sharded save is one folder that all of them write): rank 0's
+        tmp = Path(trainer.strategy.broadcast(str(temp_path(root / f"preemption-{final.stem.rsplit('_', 1)[-1]}.ckpt"))))
         trainer.save_checkpoint(tmp)  # collective; a killed save leaves only the temporary name, swept at start
         if trainer.is_global_zero:
             if final.exists():

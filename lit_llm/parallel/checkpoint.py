@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lit_llm.checkpoint import load_sharded_meta
+from lit_llm.checkpoint import load_sharded_meta, read_info
 
 
 def consolidate(checkpoint: str, out: str) -> Path:
@@ -28,15 +28,18 @@ def consolidate(checkpoint: str, out: str) -> Path:
 
     src = Path(checkpoint)
     if src.is_file():
+        read_info(src, purpose="consolidate")  # a truncated or foreign file gets its own error, not this one
         raise ValueError(f"{src} is already a single-file checkpoint; generate and export can read it as it is")
     if not (src / ".metadata").is_file() or not (src / "meta.pt").is_file():
         raise FileNotFoundError(f"{src} is not a sharded checkpoint folder (it needs .metadata and meta.pt)")
+    # .metadata through an allow-list unpickler (torch's reader would run any pickle), meta.pt weights-only:
+    # a folder from someone else cannot run code; both before any work
+    ckpt = load_sharded_meta(src)
     dst = Path(out)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         tensors = Path(tmp) / "tensors.pt"
         dcp_to_torch_save(src, tensors)
-        ckpt = load_sharded_meta(src)  # weights-only: a folder from someone else cannot run code
         ckpt["state_dict"] = torch.load(tensors, map_location="cpu", weights_only=True)["state_dict"]
         torch.save(ckpt, Path(tmp) / "out.ckpt")
         os.replace(Path(tmp) / "out.ckpt", dst)  # never a half-written file under the final name

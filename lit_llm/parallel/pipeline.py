@@ -176,7 +176,13 @@ class TiedWeights:
 def grad_norm(parameters, group=None) -> torch.Tensor:
     """The total L2 norm of the gradients, the same on every process: a DTensor's is gathered, and with a
     pipeline ``group`` the stages' norms are combined (each process holds only its stage's gradients)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
+    return total_norm([p.grad for p in parameters if p.grad is not None], group)
+
+
+def total_norm(tensors, group=None) -> torch.Tensor:
+    """The total L2 norm of ``tensors`` (gradients, or the weights themselves), the same on every process, as
+    ``grad_norm`` computes it."""
+    grads = [t.detach() for t in tensors]
     if not grads:
         norm = torch.zeros(())
     else:

@@ -88,6 +88,9 @@ class TransformerModule(L.LightningModule):
     """
 
     supports_pipeline = False  # a task that can run as pipeline stages says so and implements the schedule
+    # hyperparameters a resumed fit may change: they take effect from the resumed step on (``on_train_start``
+    # applies the optimizer's and the schedule's over the restored state); a change to any other is refused
+    applied_on_resume: frozenset[str] = frozenset({"parallel"})
 
     def __init__(self, parallel: Optional[Union[ParallelConfig, dict]] = None) -> None:
         super().__init__()
@@ -201,7 +204,35 @@ class TransformerModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = self.build_optimizer(self.decay_steps())
+        # the groups' settings as this run configures them, to apply over a resumed checkpoint's (on_train_start)
+        self._configured_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """On a resumed fit, apply this run's optimizer settings and schedule over the restored ones.
+
+        Restoring a checkpoint loads the optimizer's parameter groups (learning rate, weight decay, betas...) and
+        the schedule's base learning rates as they were saved, so a resume with ``--model.learning_rate 1e-4``
+        would silently keep the old rate. Here each group takes this run's settings and the learning rate its
+        schedule gives at the restored step (``base * lambda(step)``, the very expression ``LambdaLR`` uses, so an
+        unchanged config resumes bit-identically). Tasks whose groups change during training (staged
+        fine-tuning) leave ``applied_on_resume`` without optimizer settings, and resuming them with changed
+        settings is refused instead (``LitLLMCLI._check_resumed_hparams``)."""
+        configured = getattr(self, "_configured_groups", None)
+        if self.trainer.ckpt_path is None or configured is None or not self.trainer.lr_scheduler_configs:
+            return
+        if "learning_rate" not in self.applied_on_resume:
+            return
+        optimizer = self.trainer.optimizers[0]
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        if len(optimizer.param_groups) != len(configured) or not hasattr(scheduler, "lr_lambdas"):
+            raise RuntimeError(f"the restored optimizer has {len(optimizer.param_groups)} parameter groups, this run"
+                               f" configures {len(configured)}; resume with the config that trained the checkpoint")
+        for group, mine, lmbda in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
+            group.update({k: v for k, v in mine.items() if k != "lr"})
+            group["lr"] = mine["initial_lr"] * lmbda(scheduler.last_epoch)
+        scheduler.base_lrs = [mine["initial_lr"] for mine in configured]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def build_optimizer(self, decay_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """The optimizer over the task's parameter groups (``hparams.optimizer``: AdamW, or Muon for the

@@ -55,6 +55,11 @@ class LanguageModel(TransformerModule):
     """
 
     supports_pipeline = True
+    # a resumed fit applies changes to these from the resumed step on (TransformerModule.on_train_start); the
+    # network's shape, the optimizer's kind and init_from must stay as the checkpoint has them
+    applied_on_resume = frozenset({"learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "betas",
+                                   "eps", "muon_lr", "muon_momentum", "label_smoothing", "z_loss", "loss_chunk_size",
+                                   "mask_prob", "parallel"})
 
     def __init__(
         self,
