@@ -34,21 +34,23 @@ SPLIT_MODES = ("files", "random", "kfold")
 def read_labelled(path: str, format: Optional[str] = None, text_field: str = "text", label_field: str = "label",
                   label_names: Optional[list[str]] = None, num_classes: int = 2, data_dir: Optional[str] = None,
                   encoding_errors: str = "strict") -> tuple[list[str], list[int]]:
-    """(texts, labels) of one labelled file. A relative path is looked up in the data dirs, like corpora."""
+    """(texts, labels) of one labelled file. A relative path is looked up in the data dirs, like corpora.
+
+    Nothing is guessed: a missing or null text or label, a label that is not a whole number, and a file that
+    is not UTF-8 (UTF-16 included) are errors naming the file, the line or row, and the fix."""
     files = resolve_files(Source(path=path), data_dir)
     fmt = format or FORMATS.get(files[0].suffix.lower(), "label_text")
     if fmt == "text":  # .txt holding LABEL TEXT lines
         fmt = "label_text"
     texts: list[str] = []
     raw: list[Any] = []
+    where: list[str] = []  # "FILE:LINE" or "FILE, row N" of each example, for errors about its label
     no_text = 0
     if fmt == "label_text":
         for f in files:
-            if encoding_errors == "strict":
-                check_utf8(f)
-            # records end at "\n" only: U+0085 / U+2028 / form feeds inside a review stay in it
+            check_utf8(f, encoding_errors)
             text_of_file = f.read_bytes().decode("utf-8", errors=encoding_errors)
-            for n, line in enumerate(split_lines(text_of_file), 1):
+            for n, line in enumerate(_records(text_of_file), 1):
                 if not line.strip():
                     continue
                 label, _, text = line.strip().partition(" ")
@@ -59,6 +61,7 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
                     raise ValueError(f"{f}:{n}: expected 'LABEL TEXT', got {line[:80]!r}")
                 raw.append(label)
                 texts.append(text)
+                where.append(f"{f}:{n}")
     elif fmt == "feedback":  # lit_llm.feedback's store: the requests with the labels users corrected
         from lit_llm.feedback import labelled_examples
 
@@ -66,38 +69,59 @@ def read_labelled(path: str, format: Optional[str] = None, text_field: str = "te
             t, y = labelled_examples(f)
             texts += t
             raw += y
+            where += [str(f)] * len(y)
     elif fmt in ("csv", "json"):
         from datasets import load_dataset
 
-        ds = load_dataset(fmt, data_files=[str(f) for f in files], split="train", streaming=True)
-        for n, row in enumerate(ds):
-            if text_field not in row or label_field not in row:
-                raise ValueError(
-                    f"{path}: row {n} has fields {sorted(row)}; set text_field / label_field (now {text_field!r} /"
-                    f" {label_field!r})"
-                )
-            texts.append(str(row[text_field]))
-            raw.append(row[label_field])
+        for f in files:  # one at a time, so that errors name the file
+            check_utf8(f, encoding_errors)
+            kw = {"encoding_errors": encoding_errors} if fmt == "csv" else {}
+            for n, row in enumerate(load_dataset(fmt, data_files=[str(f)], split="train", streaming=True, **kw), 1):
+                at = f"{f}, row {n} below the header" if fmt == "csv" else f"{f}, record {n}"
+                if text_field not in row or label_field not in row:
+                    raise ValueError(f"{at} has fields {sorted(row)}; set text_field / label_field (now {text_field!r} /"
+                                     f" {label_field!r})")
+                for what, field in (("text", text_field), ("label", label_field)):
+                    if row[field] is None:  # streaming JSON also gives None for a field the row lacks
+                        why = "is empty (so are cells reading NA, N/A or null)" if fmt == "csv" else "is missing or null"
+                        raise ValueError(f"{at} has no {what}: its {field!r} {why}. Fill it in or drop the row.")
+                texts.append(str(row[text_field]))
+                raw.append(row[label_field])
+                where.append(at)
     else:
         raise ValueError(f"Unknown labelled format {fmt!r} for {path}; use label_text, csv, json or feedback")
     if no_text:
         warnings.warn(f"{path}: skipped {no_text} line(s) with a label but no text")
     if not texts:
         raise ValueError(f"{path} holds no labelled examples")
-    return texts, [_label_id(v, label_names, num_classes, path) for v in raw]
+    return texts, [_label_id(v, label_names, num_classes, at) for v, at in zip(raw, where)]
 
 
-def _label_id(value: Any, names: Optional[list[str]], num_classes: int, path: str) -> int:
+def _records(text: str) -> list[str]:
+    """The lines of a label_text file: split at "\\n" only (``split_lines``: U+0085 / U+2028 / form feeds inside
+    a review stay in it), or, in a file with no "\\n" at all, at its bare "\\r" line ends (classic Mac OS)."""
+    if "\n" not in text and "\r" in text:
+        text = text.replace("\r", "\n")
+    return split_lines(text)
+
+
+def _label_id(value: Any, names: Optional[list[str]], num_classes: int, where: str) -> int:
+    """The class id of one label: its index in ``names``, or the integer it is (a float only if whole)."""
     if names is not None and str(value) in names:
         return names.index(str(value))
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise ValueError(
+            f"{where}: label {value!r} is not a whole number; labels are class ids 0..{num_classes - 1} or names in"
+            f" label_names. Correct the label (rounding it would mislabel the example silently)."
+        )
     try:
         label = int(value)
     except (TypeError, ValueError):
         raise ValueError(
-            f"{path}: label {value!r} is neither an integer nor one of label_names {names}; set label_names"
+            f"{where}: label {value!r} is neither an integer nor one of label_names {names}; set label_names"
         ) from None
     if not 0 <= label < num_classes:
-        raise ValueError(f"{path}: label {label} is outside 0..{num_classes - 1}; set num_classes")
+        raise ValueError(f"{where}: label {label} is outside 0..{num_classes - 1}; set num_classes")
     return label
 
 
@@ -214,7 +238,8 @@ class ClassificationDataModule(L.LightningDataModule):
             left empty; given while the model has its own, the two must be identical.
         causal: how examples are framed: causal models get ``[EOS]`` appended (pooled as the last token),
             encoders ``[CLS] ... [SEP]``, where the tokenizer has those tokens. None: from the model.
-        encoding_errors: invalid UTF-8 in label_text files: ``strict`` (error naming the byte) or ``replace``.
+        encoding_errors: invalid UTF-8 in label_text and csv files: ``strict`` (error naming the byte) or
+            ``replace``. UTF-16 and binary files are refused either way.
     """
 
     def __init__(

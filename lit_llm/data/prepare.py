@@ -41,22 +41,43 @@ FORMAT_VERSION = 2  # 2: text lines end at \n only (not at U+0085 / U+2028 / for
 ENCODE_BATCH = 512  # documents per encode_batch call
 
 
-def check_utf8(path: Path) -> None:
-    """Fail on the first invalid UTF-8 byte, naming the file and the byte offset (streams; any file size)."""
+def check_utf8(path: Path, encoding_errors: str = "strict") -> None:
+    """Refuse text that is not UTF-8, naming the file, the byte offset and the fix (streams; any file size):
+    UTF-16 (a byte-order mark, or NUL bytes, which UTF-16 without one has in every other byte of ASCII text and
+    binary files have too), and, with ``encoding_errors: strict``, the first invalid UTF-8 byte."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as e:
+            if offset == 0 and chunk[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
                 raise ValueError(
-                    f"{path} is not valid UTF-8 at byte {offset + e.start} ({e.reason}). Convert it from its real encoding,"
-                    f" usually Windows-1252 for text called latin-1 (`iconv -f windows-1252 -t utf-8`), or set"
-                    f" encoding_errors: replace on the data config to substitute U+FFFD."
-                ) from e
+                    f"{path} is UTF-16 (it starts with the byte-order mark {chunk[:2].hex(' ').upper()}), not UTF-8."
+                    f" Convert it: `iconv -f UTF-16 -t UTF-8 {path} > OUT`."
+                )
+            nul = chunk.find(b"\x00")
+            try:
+                if encoding_errors == "strict":
+                    decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                if nul < 0 or e.start < nul:
+                    raise ValueError(
+                        f"{path} is not valid UTF-8 at byte {offset + e.start} ({e.reason}). Convert it from its real"
+                        f" encoding, usually Windows-1252 for text called latin-1 (`iconv -f windows-1252 -t utf-8`), or"
+                        f" set encoding_errors: replace on the data config to substitute U+FFFD."
+                    ) from e
+            if nul >= 0:
+                at = offset + nul  # ASCII in UTF-16LE has its NULs at odd offsets, in UTF-16BE at even ones
+                raise ValueError(
+                    f"{path} holds a NUL byte at byte {at}: it looks like UTF-16 without a byte-order mark, or a"
+                    f" binary file, not UTF-8 text. Convert it: `iconv -f UTF-16{'LE' if at % 2 else 'BE'} -t UTF-8"
+                    f" {path} > OUT`."
+                )
             offset += len(chunk)
-        decoder.decode(b"", final=True)
+        if encoding_errors == "strict":
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} ends inside a UTF-8 character ({e.reason}); it is cut short or not UTF-8") from e
 
 
 def token_folder(
@@ -156,11 +177,11 @@ def prepare(
     tmp = None
     try:
         for s in sources:  # text-based files (not parquet, which is binary) are checked before any work
-            if s.path is not None and encoding_errors == "strict":
+            if s.path is not None:
                 files = resolve_files(s, data_dir)
                 if source_format(s, files) != "parquet":
                     for f in files:
-                        check_utf8(f)
+                        check_utf8(f, encoding_errors)
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         t0 = time.perf_counter()
         docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
