@@ -191,9 +191,41 @@ def network_state(ckpt: dict[str, Any], info: CheckpointInfo, path: str | Path =
 
 
 def load_network(path: str | Path, expect: Optional[Task] = "language_model", purpose: str = "this command"):
-    """(ModelConfig, network weights, Tokenizer) of a checkpoint, for generation, export and fine-tuning."""
+    """(ModelConfig, network weights, Tokenizer) of a checkpoint, for generation, export and fine-tuning. A file
+    that loads but is wrong inside (a model config that does not build, a tokenizer that does not parse, a
+    language model's weights missing, extra or of the wrong shape) is a ``CheckpointError`` naming what."""
     info, ckpt = load(path, expect, purpose, mmap=True)
-    return info.config, network_state(ckpt, info, path), info.load_tokenizer()
+    damaged = "; the file is damaged or was not written by lit_llm: use another checkpoint of the run"
+    try:
+        config = info.config
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} holds a model config that does not build ({str(e)[:200]}){damaged}") from None
+    try:
+        tokenizer = info.load_tokenizer()
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+        raise CheckpointError(f"{path} holds a tokenizer that does not load ({str(e)[:200]}){damaged}") from None
+    state = network_state(ckpt, info, path)
+    if info.task == "language_model":
+        _check_weights(config, state, path, damaged)
+    return config, state, tokenizer
+
+
+def _check_weights(config, state: dict[str, torch.Tensor], path: str | Path, damaged: str) -> None:
+    """Compare a language model's weights with the names and shapes its config builds (on the meta device: no
+    memory, no time)."""
+    from lit_llm.model import build_model
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    problems = [f"{len(names)} {what} (e.g. {names[0]}{detail(names[0])})" for names, what, detail in (
+        (missing, "weights missing", lambda k: ""), (extra, "unexpected weights", lambda k: ""),
+        (wrong, "weights of the wrong shape", lambda k: f": {tuple(state[k].shape)}, config says {expected[k]}"))
+        if names]
+    if problems:
+        raise CheckpointError(f"{path} does not match its own model config: {'; '.join(problems)}{damaged}")
 
 
 def load_tokenizer(path: str | Path):
@@ -300,8 +332,13 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # an error, not a kill: nothing is left behind
+        from lit_llm.io import STORAGE_ERRNOS, storage_error
+
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            raise storage_error(e, path, "nothing was half-written and the earlier checkpoints are whole: free"
+                                " space or fix the folder, then resume with --ckpt_path newest") from None
         raise
     fsync_path(path.parent)
     return path

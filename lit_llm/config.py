@@ -32,6 +32,7 @@ from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
 from lit_llm.checkpoint import RUN_KEY, checkpoints_by_step, load_sharded_meta, newest_checkpoint, read_info
 from lit_llm.data import PretrainDataModule
 from lit_llm.errors import USER_ERRORS, UsageError, one_line
+from lit_llm.io import check_writable
 from lit_llm.tasks import LanguageModel
 from lit_llm.tracking import run_metadata
 
@@ -300,6 +301,8 @@ class LitLLMCLI(LightningCLI):
         if sub == "fit":
             dumped = json.loads(self.parser.dump(self.config, format="json", skip_link_targets=False))[sub]
             self._run_record = {"slurm_job": slurm_job_id(), "config": config_fingerprint(dumped)}
+        if sub == "fit":  # a read-only or misplaced output folder is found now, not at the first save
+            check_writable(dirpath, "--checkpoint.dirpath" if cfg.checkpoint.dirpath else "--trainer.default_root_dir")
         if sub == "fit" and _first_local_process():  # nothing is being saved yet
             for p in sweep_stale_temps(root, dirpath):
                 rank_zero_info(f"removed {p}, left by an interrupted checkpoint save")

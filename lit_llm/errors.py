@@ -12,6 +12,11 @@ class UsageError(ValueError):
     """A bad argument, file or value given to a command (never a bug): reported as one ``error:`` line."""
 
 
+class StorageError(UsageError):
+    """The disk refused a write (full, read-only, not permitted): reported as one ``error:`` line that says what
+    was kept, even when it happens mid-run."""
+
+
 # what counts as the user's mistake when it is raised before a command starts its work
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 import torch
 
 from lit_llm import checkpoint as ckpt_format
-from lit_llm.io import fsync_path, fsync_tree
+from lit_llm.io import fsync_path, fsync_tree, publish_mode
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
 
@@ -132,6 +132,9 @@ def check_out(checkpoint: str, out: str, overwrite: bool) -> None:
     """Refuse an ``--out`` that export must not replace: a file, a folder that holds the checkpoint, or a
     non-empty folder without ``--overwrite true``."""
     out_dir = Path(out)
+    if out_dir.resolve() == Path.cwd().resolve() or out_dir.resolve() in Path.cwd().resolve().parents:
+        raise ValueError(f"--out {out} is the current folder or one above it; export writes a folder of its own:"
+                         " pass --out exported/NAME")
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"--out {out_dir} is a file, not a folder; pass another --out")
     if out_dir.resolve() in Path(checkpoint).resolve().parents:
@@ -145,12 +148,13 @@ def check_out(checkpoint: str, out: str, overwrite: bool) -> None:
 def _write_dir(out: str, write, overwrite: bool = False) -> Path:
     """Call ``write(tmp_dir)`` on a temporary folder beside ``out``, fsync it, then rename it to ``out``. An
     existing ``out`` is moved aside and deleted only once the new folder is in place: never half a folder."""
-    out_dir = Path(out)
+    out_dir = Path(out).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp", dir=out_dir.parent))
     old = out_dir.with_name(f"{tmp.name}.old")
     try:
         write(tmp)
+        publish_mode(tmp)  # mkdtemp's 0700 would hide the export from everyone else
         fsync_tree(tmp)
         if out_dir.is_dir() and any(out_dir.iterdir()):  # checked again: it may have appeared during the write
             if not overwrite:

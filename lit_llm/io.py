@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
+
+from lit_llm.errors import StorageError
+
+# the write errors that are the disk's or the folder's, not the program's
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "the operation is not permitted"}
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -32,3 +41,34 @@ def fsync_tree(folder: str | Path) -> None:
     for p in sorted(folder.rglob("*"), reverse=True):  # files before the folders that hold them
         fsync_path(p)
     fsync_path(folder)
+
+
+def storage_error(error: OSError, path: str | Path, kept: str) -> StorageError:
+    """A ``StorageError`` naming the path, what the disk said and ``kept`` (what is still whole), for an OSError
+    whose errno is the disk's (``STORAGE_ERRNOS``)."""
+    return StorageError(f"could not write {path}: {STORAGE_ERRNOS[error.errno]}; {kept}")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create ``folder`` (and its parents) and write a probe file in it, before any long work: a read-only or
+    full disk is one error naming ``what`` (the option that chose the folder), not a failure at the first save."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lit_llm-probe-"):
+            pass
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(f"{what} {folder} is not writable ({STORAGE_ERRNOS[e.errno]}); choose a folder you"
+                               " can write to") from None
+        if isinstance(e, (FileExistsError, NotADirectoryError)):
+            raise StorageError(f"{what} {folder} is inside a file, not a folder; choose another path") from None
+        raise
+
+
+def publish_mode(folder: str | Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (mode 0700) the mode a plain ``mkdir`` would (0777 less the
+    umask), before it is renamed into place: others may read what export and prepare publish."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)

@@ -183,3 +183,39 @@ def test_consolidate_calls_a_truncated_file_truncated(lm, tmp_path):
     truncated.write_bytes(lm.read_bytes()[:2000])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         consolidate(str(truncated), str(tmp_path / "out.ckpt"))
+
+
+def test_a_checkpoint_that_loads_but_is_wrong_inside_is_one_clear_error(lm, classifier, tmp_path, capsys):
+    """Missing weights, a weight of the wrong shape, an extra weight, broken tokenizer JSON or a model config
+    that does not build: generate, export and the classifier's restore say which, instead of a traceback."""
+    from test_cli import call, error_line
+
+    whole = torch.load(lm, weights_only=True)
+
+    def variant(name, change):
+        ckpt = {k: (dict(v) if isinstance(v, dict) else v) for k, v in whole.items()}
+        change(ckpt)
+        torch.save(ckpt, tmp_path / name)
+        return tmp_path / name
+
+    first = next(iter(whole["state_dict"]))
+    cases = {
+        variant("missing.ckpt", lambda c: c["state_dict"].pop(first)): "1 weights missing",
+        variant("shape.ckpt", lambda c: c["state_dict"].update({first: torch.zeros(3, 3)})): "of the wrong shape",
+        variant("extra.ckpt", lambda c: c["state_dict"].update({"model.stray": torch.zeros(1)})): "1 unexpected",
+        variant("tokenizer.ckpt", lambda c: c["lit_llm"].update(tokenizer="{not json")): "tokenizer that does not load",
+        variant("config.ckpt", lambda c: c["lit_llm"].update(model_config={"n_layer": "many", "nope": 1})):
+            "model config that does not build",
+    }
+    for path, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(path)
+        for command in (["generate", "--checkpoint", str(path), "--prompt", "a", "--max_new_tokens", "2"],
+                        ["export", "--checkpoint", str(path), "--out", str(tmp_path / "hf")]):
+            code, _, err = call(command, capsys)
+            assert message in error_line(code, err), (command, err)
+    broken = torch.load(classifier, weights_only=True)
+    broken["state_dict"].pop(next(iter(broken["state_dict"])))
+    torch.save(broken, tmp_path / "clf.ckpt")
+    with pytest.raises(CheckpointError, match="does not match its own model config"):
+        SequenceClassifier.restore(tmp_path / "clf.ckpt")

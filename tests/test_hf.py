@@ -1,5 +1,7 @@
 """Parity with Hugging Face transformers after weight conversion (litgpt's test_against_hf style)."""
 
+import re
+
 import pytest
 import torch
 
@@ -200,3 +202,26 @@ def test_import_hf_takes_a_hub_id_from_the_local_cache_offline(tmp_path):
     last = missing.stderr.strip().splitlines()[-1]
     assert missing.returncode == 2 and last.startswith("error: ") and "neither in the local Hub cache nor reachable" in last
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_export_refuses_the_current_folder_and_its_parents_and_publishes_readable_folders(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from lit_llm.export import export
+    from test_finetune import write_lm_checkpoint
+
+    ckpt = str(write_lm_checkpoint(tmp_path / "lm.ckpt"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for out in (".", "..", "./", str(work)):
+        with pytest.raises(ValueError, match=f"--out {re.escape(out)} is the current folder or one above it"):
+            export(ckpt, out, overwrite=True)
+    assert work.is_dir() and (tmp_path / "lm.ckpt").is_file()
+    old = os.umask(0o022)
+    try:
+        out = export(ckpt, "exported")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # mkdtemp's 0700 hid it from everyone else

@@ -154,7 +154,7 @@ def _slurm_env(monkeypatch, job):
 def test_a_slurm_fit_resumes_only_its_own_jobs_or_configs_checkpoints(tmp_path, small_corpus, capsys, caplog,
                                                                        monkeypatch):
     """Without --ckpt_path, a SLURM job continues the checkpoints of its own job or of the same config (the script
-    resubmitted), never an earlier, different run in the same folder."""
+    resubmitted), never an earlier, different run in the same folder; a corrupt hpc_ckpt_N.ckpt is passed over."""
     out = tmp_path / "run"
 
     def fit(job, *extra):
@@ -168,6 +168,8 @@ def test_a_slurm_fit_resumes_only_its_own_jobs_or_configs_checkpoints(tmp_path, 
         assert code == 0, err
         return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
 
+    out.mkdir()
+    (out / "hpc_ckpt_5.ckpt").write_bytes(b"torn")  # Lightning's own SLURM resume would fail on it every time
     first = fit("111")
     assert first["lit_llm_run"]["slurm_job"] == "111"
     again = fit("222")  # the same config, resubmitted: continues it (already at max_steps: nothing to do)
@@ -207,3 +209,46 @@ def test_the_start_up_sweep_keeps_a_temporary_file_that_a_live_run_is_writing(tm
         assert writing.exists() and far_new.exists()
     finally:
         alive.kill()
+
+
+def test_a_missing_scontrol_is_a_warning_after_the_save(monkeypatch):
+    from lit_llm.callbacks.preemption import requeue
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.warns(UserWarning, match=r"`scontrol requeue 42` failed \(FileNotFoundError.*the checkpoint is saved"):
+        assert requeue("42") is False
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from lit_llm.checkpoint import torch_save_atomic
+    from lit_llm.errors import StorageError
+
+    path = tmp_path / "last.ckpt"
+    torch_save_atomic({"w": torch.ones(2)}, path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match=r"could not write .*last.ckpt: no space left on the device; nothing was"
+                                           r" half-written .*--ckpt_path newest"):
+        torch_save_atomic({"w": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, small_corpus, capsys):
+    """Found at the first save before: a read-only folder (here /sys, which even root cannot write) or a path
+    inside a file is one error line before any data or model is built."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for root, message in (("/sys/lit_llm_run", "is not writable"), (str(blocker / "run"), "is inside a file")):
+        code, _, err = call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus),
+                             "--trainer.logger", "false", "--trainer.default_root_dir", root], capsys)
+        line = error_line(code, err)
+        assert f"--trainer.default_root_dir {root}/checkpoints {message}" in line, line
+    assert not (tmp_path / "cache").exists()  # refused before the data was prepared

@@ -37,3 +37,9 @@ def test_safe_values_are_written_as_given():
         assert line in text.splitlines()
     with pytest.raises(ValueError, match="--job_name '' is empty; use only"):
         render_script(["--config", DEBUG], job_name="")
+
+
+@pytest.mark.parametrize("seconds", [-5, 0, 70000])
+def test_a_signal_time_outside_sbatchs_range_is_refused(seconds, capsys):
+    with pytest.raises(ValueError, match=f"--signal_seconds {seconds}: the warning signal must come 1 to 65535"):
+        render_script(["--config", DEBUG], signal_seconds=seconds)

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -77,6 +77,21 @@ def slurm_job_id() -> str | None:
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue(job: Optional[str]) -> bool:
+    """``scontrol requeue JOB``; a failure (no job id, scontrol missing or refusing) is a warning, never an error:
+    the checkpoint is saved already, and resubmitting the job resumes from it."""
+    try:
+        result = subprocess.call(["scontrol", "requeue", job]) if job else "no SLURM job id"
+    except OSError as e:  # scontrol is not on this node's PATH
+        result = f"{type(e).__name__}: {e}"
+    if result == 0:
+        rank_zero_info(f"Pre-emption: requeued SLURM job {job}")
+        return True
+    rank_zero_warn(f"Pre-emption: `scontrol requeue {job}` failed ({result}); the checkpoint is saved: resubmit the"
+                   " job to resume from it")
+    return False
 
 
 class Preemption(L.Callback):
@@ -137,12 +152,7 @@ class Preemption(L.Callback):
         rank_zero_info(f"Pre-emption: saved {final} at step {trainer.global_step}")
         trainer.should_stop = True
         if self.requeue and trainer.is_global_zero:
-            job = slurm_job_id()
-            result = subprocess.call(["scontrol", "requeue", job]) if job else 1
-            if result == 0:
-                rank_zero_info(f"Pre-emption: requeued SLURM job {job}")
-            else:
-                rank_zero_warn(f"Pre-emption: `scontrol requeue {job}` failed ({result}); resubmit the job to resume")
+            requeue(slurm_job_id())
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.active and self._previous is not None:

@@ -62,6 +62,9 @@ def render_script(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, t
     """The sbatch script text (see ``submit`` for the arguments; ``fit_args`` as for ``fit``)."""
     if nodes < 1 or gpus_per_node < 0 or tasks_per_node < 1 or cpus_per_task < 1:
         raise UsageError("nodes, tasks_per_node and cpus_per_task must be >= 1 and gpus_per_node >= 0")
+    if not 1 <= signal_seconds <= 65535:  # sbatch --signal's range
+        raise UsageError(f"--signal_seconds {signal_seconds}: the warning signal must come 1 to 65535 seconds before the"
+                         " time limit (default 90: enough for a checkpoint)")
     check_safe(job_name=job_name, time=time, partition=partition or None, account=account or None,
                output_dir=output_dir)
     if job_name in ("bash", "interactive"):

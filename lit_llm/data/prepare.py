@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner
-from lit_llm.io import fsync_tree, write_text_atomic
+from lit_llm.io import fsync_tree, publish_mode, write_text_atomic
 from lit_llm.data.sources import (
     MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format, split_lines,
 )
@@ -220,6 +220,7 @@ def prepare(
             "document_lengths": "doc_lengths.npy", "splits_by": "position in the token stream: train, test, val",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
+        publish_mode(tmp)  # mkdtemp's 0700 would hide the data from the other users of a shared cluster
         fsync_tree(tmp)  # the data is on disk before the rename makes the folder visible
         try:
             os.replace(tmp, out_dir)

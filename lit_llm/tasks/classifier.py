@@ -323,11 +323,20 @@ class SequenceClassifier(TransformerModule):
         info, ckpt = ckpt_format.load(path, expect="classification", purpose="restoring a classifier")
         hp = ckpt.get("hyper_parameters", {})
         kept = {"label_names": info.label_names, **{k: hp[k] for k in ("label_names", "head_dropout") if k in hp}}
-        with tempfile.TemporaryDirectory() as d:  # the from-scratch path, with the stored config and tokenizer
-            tok_path = Path(d) / "tokenizer.json"
-            tok_path.write_text(info.tokenizer)
-            # every field of the stored config overrides the preset, its name included
-            model = cls(preset="debug", model_args=info.model_config, tokenizer=str(tok_path),
-                        num_classes=info.num_classes, pooling=info.pooling, lora=info.lora_spec(), **kept)
-        model.load_state_dict(ckpt["state_dict"])
+        damaged = "; the file is damaged or was not written by lit_llm: use another checkpoint of the run"
+        try:
+            with tempfile.TemporaryDirectory() as d:  # the from-scratch path, with the stored config and tokenizer
+                tok_path = Path(d) / "tokenizer.json"
+                tok_path.write_text(info.tokenizer)
+                # every field of the stored config overrides the preset, its name included
+                model = cls(preset="debug", model_args=info.model_config, tokenizer=str(tok_path),
+                            num_classes=info.num_classes, pooling=info.pooling, lora=info.lora_spec(), **kept)
+        except Exception as e:  # noqa: BLE001 - a bad config or tokenizer JSON, whatever the library raises
+            raise ckpt_format.CheckpointError(f"{path} holds a model config or tokenizer that does not load"
+                                              f" ({str(e).splitlines()[0][:200]}){damaged}") from None
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, KeyError) as e:
+            raise ckpt_format.CheckpointError(f"{path} does not match its own model config"
+                                              f" ({str(e).splitlines()[0][:200]}){damaged}") from None
         return model.to(map_location).eval()
