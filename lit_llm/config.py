@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -136,6 +137,50 @@ def _import(class_path: str) -> Any:
         return class_path
 
 
+_UNSET = object()
+COMPOSED_DICTS = ("model_args",)  # the model's dict arguments that compose key by key across configs
+
+
+def _model_section(doc: Any) -> dict[str, Any]:
+    model = doc.get("model") if isinstance(doc, dict) else None
+    if not isinstance(model, dict):
+        return {}
+    return {**model, **(model.get("init_args") or {})}  # model.KEY or model.init_args.KEY
+
+
+def compose_dict_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` with one last ``--model.model_args`` that merges every value given for it, in order.
+
+    jsonargparse replaces a dict-typed value whole, so ``--config pretrain.yaml --model.model_args '{dropout: 0.2}'``
+    would drop the experiment's ``{n_layer: 4, n_embd: 128}`` and train the preset's full shape. Here the values
+    of ``model.model_args`` in the ``--config`` files and on the command line are merged key by key, as every
+    other section composes (a later value changes only the keys it names; ``null`` clears what came before)."""
+    argv = list(argv)
+    composed: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        given: dict[str, Any] = {}
+        if flag in ("--config", "-c") and Path(value).is_file():
+            try:
+                given = _model_section(yaml.safe_load(Path(value).read_text(encoding="utf-8")))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                given = {}  # the parser reports the file's error itself
+        for key in COMPOSED_DICTS:
+            if flag in (f"--model.{key}", f"--model.init_args.{key}"):
+                try:
+                    given = {key: yaml.safe_load(value)}
+                except yaml.YAMLError:
+                    given = {}
+            if key in given:
+                new = given[key]
+                composed[key] = None if new is None else {**(composed.get(key) or {}), **new} if isinstance(new, dict) else new
+        i += 1
+    return argv + [a for key, v in composed.items() for a in (f"--model.{key}", json.dumps(v))]
+
+
 def _prints_config(arg: str) -> bool:
     return arg == "--print_config" or arg.startswith("--print_config=")
 
@@ -240,6 +285,7 @@ class LitLLMCLI(LightningCLI):
             return super().parse_arguments(parser, args)
         argv = sys.argv[1:] if args is None else list(args)
         if not any(_asks_help(a) for a in argv):
+            argv = compose_dict_args(argv)
             probe = [a for a in argv if not _prints_config(a)]
             config = parser.parse_args(probe)
             section = config[config.subcommand] if config.get("subcommand") else config
@@ -264,6 +310,7 @@ class LitLLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        _check_optimizer_fits_strategy(cfg)
         root = cfg.trainer.default_root_dir or "."
         # keep everything a run writes inside its output directory
         if cfg.checkpoint.dirpath is None:
@@ -373,6 +420,22 @@ class LitLLMCLI(LightningCLI):
         if changed_applied:
             rank_zero_info(f"resuming with changed {', '.join('model.' + k for k in changed_applied)}: applied from"
                            " this step on")
+
+
+SHARDED_STRATEGIES = ("ModelParallel", "ModelParallelStrategy")  # class names whose weights are sharded
+
+
+def _check_optimizer_fits_strategy(cfg: Namespace) -> None:
+    """Muon on a sharded strategy, refused at parse time (``configure_model`` would refuse it too, after the
+    data is prepared): strategy fragments no longer switch the optimizer behind the user's back."""
+    strategy = cfg.trainer.get("strategy")
+    name = strategy.get("class_path", "") if isinstance(strategy, (dict, Namespace)) else str(strategy or "")
+    model = cfg.get("model")
+    optimizer = (model.get("init_args") or {}).get("optimizer") if isinstance(model, Namespace) else None
+    if optimizer == "muon" and name.rpartition(".")[2] in SHARDED_STRATEGIES:
+        raise UsageError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or under"
+                         " DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP, whose weights are sharded. Add"
+                         " --model.optimizer adamw and a learning rate for it (e.g. --model.learning_rate 1e-3)")
 
 
 def _first_local_process() -> bool:

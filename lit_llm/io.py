@@ -50,19 +50,22 @@ def storage_error(error: OSError, path: str | Path, kept: str) -> StorageError:
 
 
 def check_writable(folder: str | Path, what: str) -> None:
-    """Create ``folder`` (and its parents) and write a probe file in it, before any long work: a read-only or
-    full disk is one error naming ``what`` (the option that chose the folder), not a failure at the first save."""
-    folder = Path(folder)
+    """Write a probe file in ``folder``, or in its nearest existing parent when it does not exist yet (nothing is
+    created), before any long work: a read-only or full disk, or a path inside a file, is one error naming
+    ``what`` (the option that chose the folder), not a failure at the first save."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"{what} {folder} is inside a file, not a folder ({existing}); choose another path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lit_llm-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".lit_llm-probe-"):
             pass
     except OSError as e:
         if e.errno in STORAGE_ERRNOS:
             raise StorageError(f"{what} {folder} is not writable ({STORAGE_ERRNOS[e.errno]}); choose a folder you"
                                " can write to") from None
-        if isinstance(e, (FileExistsError, NotADirectoryError)):
-            raise StorageError(f"{what} {folder} is inside a file, not a folder; choose another path") from None
         raise
 
 

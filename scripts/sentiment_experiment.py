@@ -48,7 +48,7 @@ def sst2(run: str, seeds: int) -> None:
 
 def cr(run: str, seeds: int, folds: int) -> None:
     init = INITS["pretrained" if run == "dapt" else run]
-    sweep(cfg("classifier.yaml", "cr.yaml", init), seeds=seeds, crossval_folds=10, folds=list(range(folds)),
+    sweep(cfg("classifier.yaml", "cr.yaml", init), seeds=seeds, num_folds=10, folds=list(range(folds)),
           dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None, out=str(OUT / f"cr_{run}"))
 
 

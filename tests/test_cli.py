@@ -393,7 +393,8 @@ def test_generate_bad_prompt(tmp_path, trained):
 @pytest.mark.parametrize("family", ["debug-llama", "debug-bert"])
 def test_every_family_trains_through_the_cli(tmp_path, family):
     out = tmp_path / "out"
-    run(["fit", "--config", "configs/debug.yaml", "--config", f"configs/model/{family}.yaml",
+    data = ["--config", "configs/data/char_mlm.yaml"] if family == "debug-bert" else []
+    run(["fit", "--config", "configs/debug.yaml", "--config", f"configs/model/{family}.yaml", *data,
          "--trainer.max_steps", "6", "--trainer.val_check_interval", "6", "--trainer.logger", "false",
          "--model.warmup_steps", "2", "--trainer.default_root_dir", str(out)], tmp_path)
     ckpt = out / "checkpoints" / "last.ckpt"

@@ -130,3 +130,55 @@ def test_logger_fragments_replace_the_default_loggers(fragment, loggers, monkeyp
     assert [lg["class_path"] for lg in cfg["trainer"]["logger"]] == loggers
     if "WandbLogger" in loggers[0]:
         assert cfg["trainer"]["logger"][0]["init_args"]["offline"] is False
+
+
+# ------------------------------------------------------------------ fragments change only what they name
+
+
+def test_model_args_compose_key_by_key_across_configs_and_overrides(monkeypatch, capsys):
+    """The README's form: a later model_args changes only the keys it names (it used to replace the whole dict,
+    so the experiment's 4 x 128 shape silently became the preset's full size); null clears it."""
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    pretrain = ["--config", str(EXPERIMENT / "pretrain.yaml")]
+    args = _printed(pretrain + ["--model.model_args", "{dropout: 0.2}"], capsys)["model"]["init_args"]["model_args"]
+    assert args == {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.2}
+    args = _printed(pretrain + ["--model.model_args", "{n_layer: 2}", "--model.model_args={n_head: 2}"],
+                    capsys)["model"]["init_args"]["model_args"]
+    assert args == {"n_layer": 2, "n_head": 2, "n_embd": 128, "dropout": 0.1}
+    assert _printed(pretrain + ["--model.model_args", "null"], capsys)["model"]["init_args"]["model_args"] is None
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "strategy").glob("*.yaml")), ids=lambda p: p.name)
+def test_a_strategy_fragment_sets_only_the_trainer_and_the_parallel_plan(path):
+    doc = yaml.safe_load(path.read_text())
+    assert set(doc) <= {"trainer", "model"}, path
+    assert set(doc.get("model") or {}) <= {"parallel"}, f"{path.name} sets model keys other than the parallel plan"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "model").glob("*.yaml")), ids=lambda p: p.name)
+def test_a_model_fragment_sets_only_the_model(path):
+    assert set(yaml.safe_load(path.read_text())) == {"model"}, path
+
+
+def test_muon_on_a_sharded_strategy_is_refused_before_any_work(tmp_path, capsys):
+    """quickstart (Muon) + fsdp used to switch every weight to AdamW at Muon's embedding learning rate."""
+    from test_cli import call, error_line
+
+    args = ["fit", "--config", "configs/quickstart.yaml", "--config", "configs/strategy/fsdp.yaml",
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    line = error_line(*call(args, capsys)[::2])
+    assert "--model.optimizer muon orthogonalizes whole weight matrices" in line and "--model.optimizer adamw" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    printed = _printed(args[1:] + ["--model.optimizer", "adamw", "--model.learning_rate", "1e-3"], capsys)
+    assert printed["model"]["init_args"]["optimizer"] == "adamw"
+    assert printed["model"]["init_args"]["learning_rate"] == 1e-3
+
+
+def test_crossval_takes_the_configs_number_of_folds(tmp_path):
+    from lit_llm.commands.crossval import crossval
+    from lit_llm.errors import UsageError
+
+    args = ["--config", str(EXPERIMENT / "classifier.yaml"), "--config", str(EXPERIMENT / "sst2.yaml"),
+            "--config", str(EXPERIMENT / "init_scratch.yaml"), "--data.num_folds", "3"]
+    with pytest.raises(UsageError, match=r"folds \[5\] are outside 0..2"):  # 10 folds before
+        crossval(args, folds=[5], out=str(tmp_path))

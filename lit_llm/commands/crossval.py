@@ -29,14 +29,14 @@ def _run(args: list[str]) -> None:
         wandb.finish()
 
 
-def crossval(fit_args: Optional[list[str]] = None, num_folds: int = 10, folds: Optional[list[int]] = None,
+def crossval(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = None, folds: Optional[list[int]] = None,
              out: Optional[str] = None, dapt_config: Optional[str] = None) -> dict[str, Any]:
     """k-fold cross-validation of a classifier config: fit and test each fold, report mean ± std.
 
     Args:
         fit_args: the classifier's fit arguments, passed to every fold's fit and test: ``--config FILE``
             (repeatable, composed in order) and overrides such as ``--trainer.max_epochs 3``.
-        num_folds: number of folds.
+        num_folds: number of folds (default: the config's ``data.num_folds``).
         folds: run only these folds (default: all). The summary covers the folds run.
         out: output folder (default: the config's ``trainer.default_root_dir``); fold k goes to ``out/foldK``.
         dapt_config: a language-model fit config for domain-adaptive pretraining in each fold. Its data
@@ -49,6 +49,7 @@ def crossval(fit_args: Optional[list[str]] = None, num_folds: int = 10, folds: O
     if "split" not in data or "num_folds" not in data:
         raise UsageError(f"crossval needs a classification data config (ClassificationDataModule with split and"
                          f" num_folds); the config's data is {resolved['data']['class_path']}")
+    num_folds = data["num_folds"] if num_folds is None else num_folds  # the config's, unless given here
     root = Path(out or resolved["trainer"].get("default_root_dir") or "runs/crossval")
     if dapt_config:
         if not model.get("checkpoint"):

@@ -4,7 +4,7 @@ and a paired comparison against another sweep.
 A single run's accuracy moves by a point or more from seed to seed on SST-2-sized test sets, so one number
 cannot say whether a change helped. ``sweep`` runs the config once per seed (``seed_everything`` = seed; the
 data split stays the config's, so every seed and every config sees the same test examples), through
-``crossval`` with ``--crossval_folds K``. It writes ``sweep.json``: every run's test metrics and fit time
+``crossval`` with ``--num_folds K``. It writes ``sweep.json``: every run's test metrics and fit time
 (``seconds``; per fold, a fold's share of its seed's time, DAPT included), and per metric the
 mean, the sample standard deviation and the 95% confidence interval of the mean over seeds (Student's t; a
 cross-validated seed counts once, as its mean over folds). It is rewritten after every seed, so a sweep cut
@@ -54,7 +54,7 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     return {"mean_diff": diff["mean"], "ci95": diff["ci95"], "p_value": p, "n": len(a), "diffs": diff["values"]}
 
 
-def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int = 0, crossval_folds: int = 0,
+def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int = 0, num_folds: int = 0,
           folds: Optional[list[int]] = None, dapt_config: Optional[str] = None, out: Optional[str] = None,
           compare_to: Optional[str] = None, metric: str = "test_acc") -> dict[str, Any]:
     """Run a classifier config over seeds (and folds); report mean ± std and 95% intervals, and optionally a
@@ -64,10 +64,10 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
         fit_args: the classifier's fit arguments (``--config FILE`` repeatable, and overrides), as for ``fit``.
         seeds: how many seeds: ``first_seed``, ``first_seed + 1``, ...
         first_seed: the first seed.
-        crossval_folds: 0 fits on the config's train split and tests on its test split; K > 1 runs K-fold
+        num_folds: 0 fits on the config's train split and tests on its test split; K > 1 runs K-fold
             cross-validation (``crossval``) per seed.
-        folds: with ``crossval_folds``, run only these folds (default: all).
-        dapt_config: with ``crossval_folds``, domain-adaptive pretraining inside each fold (see ``crossval``).
+        folds: with ``num_folds``, run only these folds (default: all).
+        dapt_config: with ``num_folds``, domain-adaptive pretraining inside each fold (see ``crossval``).
         out: output folder (default: the config's ``trainer.default_root_dir`` + ``/sweep``); seed s goes to
             ``out/seedS``, and the summary to ``out/sweep.json``.
         compare_to: another sweep's ``sweep.json`` to compare with, seed by seed (the same seeds and folds).
@@ -76,10 +76,10 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
     fit_args = list(fit_args or [])
     if seeds < 1:
         raise UsageError(f"seeds must be >= 1, got {seeds}")
-    if crossval_folds == 1 or crossval_folds < 0:
-        raise UsageError(f"crossval_folds is 0 (no cross-validation) or at least 2, got {crossval_folds}")
-    if (folds is not None or dapt_config) and not crossval_folds:
-        raise UsageError("folds and dapt_config apply to cross-validation: pass --crossval_folds K")
+    if num_folds == 1 or num_folds < 0:
+        raise UsageError(f"num_folds is 0 (no cross-validation) or at least 2, got {num_folds}")
+    if (folds is not None or dapt_config) and not num_folds:
+        raise UsageError("folds and dapt_config apply to cross-validation: pass --num_folds K")
     baseline = None
     if compare_to is not None:
         path = Path(compare_to)
@@ -93,8 +93,8 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
         seed_dir = root / f"seed{seed}"
         args = fit_args + ["--seed_everything", str(seed)]
         started = time.perf_counter()
-        if crossval_folds:
-            summary = crossval(args, num_folds=crossval_folds, folds=folds, out=str(seed_dir), dapt_config=dapt_config)
+        if num_folds:
+            summary = crossval(args, num_folds=num_folds, folds=folds, out=str(seed_dir), dapt_config=dapt_config)
             seconds = (time.perf_counter() - started) / len(summary["folds"])
             runs += [{"seed": seed, **fold, "seconds": seconds} for fold in summary["folds"]]
         else:
@@ -106,13 +106,13 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
             _run(["test"] + common + ["--ckpt_path", str(best)])
             report = json.loads((seed_dir / "eval" / "test.json").read_text())
             runs.append({"seed": seed, "checkpoint": str(best), **report["metrics"], "seconds": seconds})
-        result = _summary(fit_args, crossval_folds, dapt_config, runs)
+        result = _summary(fit_args, num_folds, dapt_config, runs)
         write_text_atomic(root / "sweep.json", json.dumps(result, indent=2) + "\n")  # after every seed: a sweep
         # cut short keeps the seeds it finished
     if baseline is not None:
         result["comparison"] = compare(result, baseline, metric) | {"baseline": str(compare_to)}
         write_text_atomic(root / "sweep.json", json.dumps(result, indent=2) + "\n")
-    print(f"{seeds} seeds{f' x {crossval_folds} folds' if crossval_folds else ''} ({root / 'sweep.json'}):")
+    print(f"{seeds} seeds{f' x {num_folds} folds' if num_folds else ''} ({root / 'sweep.json'}):")
     for name, s in result["metrics"].items():
         print(f"  {name:<16s} {s['mean']:.4f} ± {s['std']:.4f}  95% CI [{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]")
     if baseline is not None:
@@ -122,9 +122,9 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
     return result
 
 
-def _summary(fit_args: list[str], crossval_folds: int, dapt_config: Optional[str],
+def _summary(fit_args: list[str], num_folds: int, dapt_config: Optional[str],
              runs: list[dict[str, Any]]) -> dict[str, Any]:
-    result = {"fit_args": fit_args, "crossval_folds": crossval_folds, "dapt_config": dapt_config, "runs": runs,
+    result = {"fit_args": fit_args, "num_folds": num_folds, "dapt_config": dapt_config, "runs": runs,
               "per_seed": per_seed(runs)}
     result["metrics"] = {name: interval([s[name] for s in result["per_seed"]]) for name in _metric_names(runs)}
     return result
