@@ -6,7 +6,8 @@ exclusive ``flock``, finishing a short write and fsyncing it, so concurrent writ
 interleave. A write that fails (a full disk) is cut off again, leaving the store as it was; a line torn by a
 crash is closed with a newline by the next append, so the next record starts on its own line; and readers
 skip (and count) any line that is not a whole record. Fields and records have size limits (``FIELD_LIMITS``,
-``MAX_RECORD_BYTES``), checked with the rest of the record.
+``MAX_RECORD_BYTES``), checked with the rest of the record, and a store may have one of its own (``max_bytes``):
+a record that would take it past that is refused (``FeedbackStoreFull``).
 
 The store is a data source: ``ClassificationDataModule(train=STORE, format="feedback")`` trains on the
 corrected labels, and ``feedback_texts`` gives the corrected texts for language-model data.
@@ -72,15 +73,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-class FeedbackStore:
-    """Append-only JSON lines at ``path`` (created on first append)."""
+class FeedbackStoreFull(Exception):
+    """The record would take the store past its ``max_bytes``: it was not written."""
 
-    def __init__(self, path: str | Path) -> None:
+
+class FeedbackStore:
+    """Append-only JSON lines at ``path`` (created on first append), of at most ``max_bytes`` if given."""
+
+    def __init__(self, path: str | Path, max_bytes: Optional[int] = None) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1 (or None: no cap), got {max_bytes}")
         self.path = Path(path)
+        self.max_bytes = max_bytes
         self.skipped: list[int] = []  # line numbers that the last records() skipped (not whole records)
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Validate, stamp (``id``, ``time``) and append one record atomically; returns the stored record."""
+        """Validate, stamp (``id``, ``time``) and append one record atomically; returns the stored record. Raises
+        ``FeedbackStoreFull``, writing nothing, when the line would take the store past ``max_bytes``."""
         stored = {"id": uuid.uuid4().hex, "time": datetime.now(timezone.utc).isoformat(), **validate_feedback(dict(record))}
         line = (json.dumps(stored, ensure_ascii=False) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +99,9 @@ class FeedbackStore:
             start = os.fstat(fd).st_size
             if start and os.pread(fd, 1, start - 1) != b"\n":  # a line torn by a crash: close it, start a new one
                 line = b"\n" + line
+            if self.max_bytes is not None and start + len(line) > self.max_bytes:  # under the lock: exact
+                raise FeedbackStoreFull(f"The feedback store {self.path} holds {start:,} of its {self.max_bytes:,}"
+                                        f" bytes; this record ({len(line):,} bytes) does not fit")
             try:
                 _write_all(fd, line)  # the whole line, under the lock
                 os.fsync(fd)

@@ -19,8 +19,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerProcess:
     """``python -m lit_llm serve`` in a subprocess on a free loopback port, for tests and benchmarks.
 
-    LitServe runs the front end and the model workers as child processes, so the server starts in a process
-    group of its own and ``stop`` signals the whole group: killing only the parent would leave the workers.
+    LitServe runs the front end and the model workers as child processes. The server stops them itself on
+    SIGTERM (``test_serve.py::test_a_signal_drains_in_flight_requests_then_stops_every_child_and_frees_the_port``);
+    it starts in a process group of its own all the same, and ``stop`` signals the whole group, so that a test
+    leaves no process behind even when the server's own shutdown fails.
 
     Args:
         checkpoint: the .ckpt to serve.

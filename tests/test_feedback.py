@@ -147,3 +147,24 @@ def test_over_long_fields_and_records_are_refused_naming_the_limit(tmp_path):
         store.append({**_rec(0), "request": big, "response": big})
     assert not store.path.exists()  # nothing was written
     store.append({**_rec(0), "request": "x" * 65_536})  # at the limit: stored
+
+
+def test_a_store_at_its_size_cap_refuses_the_next_record(tmp_path):
+    """``max_bytes`` (serve --max_feedback_store_bytes): a record that would take the store past it is refused
+    with ``FeedbackStoreFull`` and nothing is written; a smaller one that still fits is stored."""
+    from lit_llm.feedback import FeedbackStoreFull
+
+    store = FeedbackStore(tmp_path / "f.jsonl", max_bytes=600)
+    first = store.append(_rec(0))
+    size = store.path.stat().st_size
+    with pytest.raises(FeedbackStoreFull, match=f"{size:,} of its 600 bytes"):
+        store.append({**_rec(1), "request": "x" * 500})
+    assert store.path.stat().st_size == size
+    second = store.append(_rec(2))
+    assert list(store.records()) == [first, second] and store.path.stat().st_size <= 600
+    while True:  # fill it: the cap holds exactly
+        try:
+            store.append(_rec(3))
+        except FeedbackStoreFull:
+            break
+    assert 600 - size < store.path.stat().st_size <= 600

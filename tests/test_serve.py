@@ -217,6 +217,14 @@ def test_the_litserve_internals_the_adapter_uses_are_there():
         assert "response_queue_id, uid, timestamp, x_enc = request_data" in inspect.getsource(loops)
     assert "lit_api.spec.response_queue_id = response_queue_id" in inspect.getsource(LitServer._start_server)
     assert "copy.copy(self.app)" in inspect.getsource(LitServer._start_server)  # handlers on server.app apply
+    # stopping on a signal (command._Shutdown): the front ends' names and drain time, the model workers' name, and
+    # run's answer to KeyboardInterrupt (it stops what it started)
+    start_server, run = inspect.getsource(LitServer._start_server), inspect.getsource(LitServer.run)
+    assert 'name=f"LitServer-{response_queue_id}"' in start_server
+    assert "timeout_graceful_shutdown=self.uvicorn_graceful_timeout" in start_server
+    assert 'name="inference-worker"' in inspect.getsource(LitServer.launch_inference_worker)
+    assert "except KeyboardInterrupt:" in run and "self._perform_graceful_shutdown(manager, uvicorn_workers" in run
+    assert "uw.join(timeout=self.uvicorn_graceful_timeout)" in inspect.getsource(LitServer._perform_graceful_shutdown)
     # the continuous loop (ContinuousLoop): what it calls on the LitAPI, and its run that returns when idle
     from litserve.loops import ContinuousBatchingLoop, base
 
@@ -349,7 +357,7 @@ def test_importing_lit_llm_serve_does_not_import_lightning():
 def test_serve_refuses_bad_setups_before_starting(tmp_path):
     lm = write_lm_checkpoint(tmp_path / "lm.ckpt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        serve(str(tmp_path / "missing.ckpt"))
+        serve(str(tmp_path / "missing.ckpt"), port=free_port())
     with pytest.raises(ValueError, match="does not generate text"):
         serve(str(write_lm_checkpoint(tmp_path / "bert.ckpt", "debug-bert")), port=free_port())
     with pytest.raises(ValueError, match="max_prompt_tokens must be in 1..64"):
@@ -360,11 +368,50 @@ def test_serve_refuses_bad_setups_before_starting(tmp_path):
         serve(str(lm), port=free_port(), use_cache=False)
     with pytest.raises(ValueError, match="batching must be"):
         serve(str(lm), port=free_port(), batching="dynamic")
+
+
+def test_a_port_in_use_is_one_error_line_before_the_checkpoint_is_read(tmp_path, capsys):
+    """A server already on the port (or one left behind) is reported as one ``error:`` line, exit code 2, before
+    the checkpoint is even read: no model is loaded, no worker started, no traceback."""
+    from lit_llm.cli import main
+    from lit_llm.errors import UsageError
+
+    missing = str(tmp_path / "missing.ckpt")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(OSError, match="pass --port"):
-            serve(str(lm), port=taken.getsockname()[1])
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"127.0.0.1:{port} is in use.*pass --port"):
+            serve(missing, port=port)
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--checkpoint", missing, "--port", str(port)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: Cannot listen on 127.0.0.1:{port}")
+    with pytest.raises(FileNotFoundError):  # the port is free again: on to the next check
+        serve(missing, port=port)
+
+
+def test_allowed_hosts_are_the_localhost_names_unless_configured():
+    """The Host names a server answers (DNS rebinding: a web page's requests carry its own domain as Host)."""
+    from lit_llm.errors import UsageError
+    from lit_llm.serve.command import allowed_host_names
+
+    local = ["localhost", "127.0.0.1", "[::1]"]
+    assert allowed_host_names("127.0.0.1", None, None) == local
+    assert allowed_host_names("127.0.0.1", KEY, ["API.example.com", "*.lan.example", "::1", "10.0.0.5", "fe80::1"]) \
+        == local + ["api.example.com", "*.lan.example", "10.0.0.5", "[fe80::1]"]
+    assert allowed_host_names("127.0.0.1", None, ["a.example", "*"]) == ["*"]
+    # a public server with a key: the key is what guards it (a web page cannot send it), so any name reaches it
+    assert allowed_host_names("0.0.0.0", KEY, None) == ["*"]
+    assert allowed_host_names("::", KEY, ["gpu.example"]) == local + ["gpu.example"]
+    with pytest.raises(UsageError, match="DNS rebinding.*--allowed_hosts"):  # public, keyless: name the hosts
+        allowed_host_names("0.0.0.0", None, None)
+    assert allowed_host_names("0.0.0.0", None, ["10.0.0.5"]) == local + ["10.0.0.5"]
+    assert allowed_host_names("0.0.0.0", None, "gpu1.lan, 10.0.0.5") == local + ["gpu1.lan", "10.0.0.5"]  # the CLI's
+    assert allowed_host_names("0.0.0.0", None, "*") == ["*"]  # --allowed_hosts gpu1.lan,10.0.0.5 / '*'
+    for bad in ("a*.example.com", "example.com:8000", "http://example.com", ""):
+        with pytest.raises(UsageError, match="allowed_hosts"):
+            allowed_host_names("127.0.0.1", None, [bad])
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
@@ -381,13 +428,16 @@ def test_a_public_host_without_an_api_key_is_refused_before_anything_starts(tmp_
         main(["serve", "--checkpoint", missing, "--host", host])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and err[-1].startswith(f"error: --host {host} serves every network") and len(err) == 1
-    # a key (flag or variable) or the explicit opt-out lets it go on, to the next check: the missing checkpoint
-    for kwargs in ({"api_key": KEY}, {"allow_public_without_key": True}):
+    # a key (flag or variable) or the explicit opt-out lets it go on, to the next check: the missing checkpoint. The
+    # opt-out also needs the host names clients use (or "*"): any web page could reach a keyless server otherwise
+    with pytest.raises(ValueError, match="DNS rebinding"):
+        serve(missing, host=host, allow_public_without_key=True)
+    for kwargs in ({"api_key": KEY}, {"allow_public_without_key": True, "allowed_hosts": ["*"]}):
         with pytest.raises(FileNotFoundError, match="does not exist"):
-            serve(missing, host=host, **kwargs)
+            serve(missing, host=host, port=free_port(), **kwargs)
     monkeypatch.setenv("LIT_LLM_API_KEY", KEY)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        serve(missing, host=host)
+        serve(missing, host=host, port=free_port())
 
 
 # ---------------------------------------------------------------------------------------------- a language model
@@ -397,7 +447,8 @@ def lm_server(tmp_path_factory):
     ckpt = write_lm_checkpoint(tmp / "lm.ckpt")
     env = {**cli_env(tmp), "LIT_LLM_API_KEY": KEY}
     server = ServerProcess(ckpt, ["--max_tokens", "32", "--max_prompt_tokens", "48", "--feedback_store",
-                                  "feedback.jsonl"], env=env, log=tmp / "server.log", cwd=tmp)
+                                  "feedback.jsonl", "--allowed_hosts", "[api.example.com, '*.lan.example']"],
+                           env=env, log=tmp / "server.log", cwd=tmp)
     with server:
         yield server, ckpt, tmp
     assert not _group_alive(server.proc.pid)  # the front end and the model workers are all gone
@@ -503,6 +554,112 @@ def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_serve
     plain = client.chat.completions.create(model="lm", max_tokens=4, seed=1, messages=[
         {"role": "developer", "content": "be brief"}])
     assert parts.choices[0].message.content == plain.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_lone_surrogates_in_any_text_field_get_a_400(lm_server, client):
+    """A lone surrogate (U+D800..U+DFFF, not a character; JSON can carry one as an escape, and Python's JSON
+    reader lets its UTF-8-like bytes through too) in a prompt, a chat message, the model name, a stop string, a
+    feedback text or a field name: a 400 in OpenAI's shape naming the field, not a 500 and a reset connection."""
+    server, _, _ = lm_server
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    chat = '{"messages": [{"role": "user", "content": %s}], "max_tokens": 2}'
+    cases = [("/v1/completions", '{"prompt": %s, "max_tokens": 2}', "prompt"),
+             ("/v1/completions", '{"prompt": "x", "model": %s}', "model"),
+             ("/v1/completions", '{"prompt": "x", "stop": ["a", %s]}', "stop"),
+             ("/v1/completions", '{"prompt": [%s]}', "prompt"),
+             ("/v1/chat/completions", chat, "messages.0.content"),
+             ("/v1/chat/completions", chat % '[{"type": "text", "text": %s}]', "messages.0.content"),
+             ("/v1/chat/completions", '{"model": %s, "messages": [{"role": "user", "content": "hi"}]}', "model"),
+             ("/v1/feedback", '{"request": %s, "rating": 1}', "request"),
+             ("/v1/feedback", '{"request": "q", "corrected_text": %s}', "corrected_text")]
+    for path, body, field in cases:
+        for lone in (b'"a\\ud800b"', b'"\\udfff"', b'"a\xed\xa0\x80"'):  # the JSON escape; the raw bytes
+            raw = body.encode().replace(b"%s", lone)
+            r = httpx.post(f"{server.base_url}{path}", content=raw, headers=headers, timeout=30)
+            assert r.status_code == 400, (path, raw, r.status_code, r.text[:300])
+            error = r.json()["error"]
+            assert error["param"].startswith(field) and "lone surrogate" in error["message"], (raw, error)
+    for body in (b'{"prompt": "x", "\\ud800": 1}', b'{"prompt": "x", "stream_options": {"\\ud800": 1}}'):  # in a name
+        r = httpx.post(f"{server.base_url}/v1/completions", content=body, headers=headers, timeout=30)
+        assert r.status_code == 400 and "field name or text holds a lone surrogate" in r.text, r.text
+    assert client.completions.create(model="lm", prompt="still", max_tokens=3).usage.completion_tokens == 3
+
+
+@pytest.mark.slow
+def test_a_host_header_that_does_not_name_this_server_is_refused(lm_server):
+    """DNS rebinding: a web page whose domain is made to resolve to 127.0.0.1 sends its own domain as Host. The
+    server answers only localhost names and the names given to --allowed_hosts (here api.example.com and
+    *.lan.example), with any port; every other Host gets 400, /health included."""
+    server, _, _ = lm_server
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def status(host: str, path: str = "/v1/models") -> int:
+        return httpx.get(f"{server.base_url}{path}", headers={**auth, "Host": host}, timeout=30).status_code
+
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example", "lan.example",
+                 "api.example.com.evil.example", "localhost.evil.example", "[::2]"):
+        assert status(host) == 400 and status(host, "/health") == 400, host
+    for host in (f"127.0.0.1:{server.port}", "localhost", f"LOCALHOST:{server.port}", "[::1]:80", "api.example.com",
+                 "a.lan.example:443"):
+        assert status(host) == 200 and status(host, "/health") == 200, host
+    r = httpx.post(f"{server.base_url}/v1/completions", json={"prompt": "x", "max_tokens": 2},
+                   headers={**auth, "Host": "evil.example"}, timeout=30)
+    assert r.status_code == 400 and r.text == "Invalid host header"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_drains_in_flight_requests_then_stops_every_child_and_frees_the_port(tmp_path, sig):
+    """``kill PID`` (SIGTERM) or Ctrl+C (SIGINT) to the server's own process, not its group: a stream in flight
+    is sent to its end (within --drain_timeout), then every process the server started is gone (the front end,
+    the model worker, the queue manager, multiprocessing's resource tracker), the server exits 0, and the port can
+    be bound again at once."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    log = tmp_path / "server.log"
+    args = ["--max_tokens", "3000", "--drain_timeout", "30", "--feedback_store", str(tmp_path / "fb.jsonl")]
+    server = ServerProcess(ckpt, args, env=cli_env(tmp_path), log=log).start()
+    try:
+        children = psutil.Process(server.proc.pid).children(recursive=True)
+        assert len(children) >= 3, children  # the queue manager, the model worker, the front end
+        body = {"prompt": "the film", "max_tokens": 3000, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}  # about 2 s of decoding here
+        with httpx.Client(timeout=60) as client, \
+                client.stream("POST", f"{server.base_url}/v1/completions", json=body) as r:
+            events = (line[6:] for line in r.iter_lines() if line.startswith("data: "))
+            assert json.loads(next(events))["choices"][0]["text"] is not None
+            os.kill(server.proc.pid, getattr(signal, sig))  # the server process alone, as `kill PID` does
+            deadline = time.monotonic() + 10
+            while "draining" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+                time.sleep(0.05)  # the front end has been told to stop; the stream goes on
+            assert "draining" in log.read_text(errors="replace")
+            rest = list(events)
+        assert rest[-1] == "[DONE]" and json.loads(rest[-2])["usage"]["completion_tokens"] == 3000  # drained
+        assert server.proc.wait(timeout=60) == 0
+
+        def alive(p):
+            try:
+                return p.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in children if alive(p)]
+        with socket.socket() as again:  # as a new server binds it (uvicorn sets SO_REUSEADDR too)
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", server.port))
+            again.listen()
+        assert f"stopped on {sig}" in log.read_text(errors="replace")
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow

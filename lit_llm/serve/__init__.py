@@ -19,11 +19,15 @@ is ours is the OpenAI-compatible protocol, written as two LitServe specs:
   ``lit_llm.feedback`` store that fine-tuning reads) and LitServe's ``GET /health``.
 
 Requests are checked in the front end before they reach the model: unknown fields, a prompt longer than
-``--max_prompt_tokens``, ``max_tokens`` above ``--max_tokens``, a wrong API key and malformed JSON get a 4xx
-with an OpenAI-style error body that says what was wrong. Beyond ``--max_queue`` requests queued or running, the
-next gets 429 with ``Retry-After``; a client that disconnects has its request stopped in the worker. The server binds 127.0.0.1 unless told otherwise;
-with ``--api_key`` (or ``$LIT_LLM_API_KEY``) every route except ``/health`` needs ``Authorization: Bearer KEY``
-(what the ``openai`` client sends) or ``X-API-Key: KEY``.
+``--max_prompt_tokens``, ``max_tokens`` above ``--max_tokens``, a lone surrogate in a text, a wrong API key and
+malformed JSON get a 4xx with an OpenAI-style error body that says what was wrong. Beyond ``--max_queue`` requests
+queued or running, the next gets 429 with ``Retry-After``; a client that disconnects has its request stopped in
+the worker; feedback is limited per client (``--max_feedback_per_minute``, 429) and in total
+(``--max_feedback_store_bytes``, 507). The server binds 127.0.0.1 unless told otherwise, and answers only the
+``Host`` names it is given (localhost and ``--allowed_hosts``: DNS rebinding); with ``--api_key`` (or
+``$LIT_LLM_API_KEY``) every route except ``/health`` needs ``Authorization: Bearer KEY`` (what the ``openai``
+client sends) or ``X-API-Key: KEY``. SIGTERM or SIGINT lets the requests in flight finish (``--drain_timeout``),
+then stops every process of the server.
 
 Chat messages become one prompt as a plain transcript, ``"{role}: {content}\\n"`` per message followed by
 ``"assistant:"``: a from-scratch base model has no chat template of its own.

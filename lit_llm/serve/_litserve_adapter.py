@@ -39,6 +39,13 @@ worker, and answer worker errors and streamed text in OpenAI's shape. What this 
   ``response_queue`` with ``append`` and sets the ``event``: ``QueueSpec`` registers a ``_Demux`` there for the
   step messages' uid.
 
+- for stopping on SIGTERM and SIGINT (``serve``'s ``_Shutdown``): ``LitServer.run`` answers a
+  ``KeyboardInterrupt`` raised while it waits by stopping everything it started (``_perform_graceful_shutdown``:
+  each front end is sent SIGTERM and given ``LitServer.uvicorn_graceful_timeout`` seconds, which is also uvicorn's
+  ``timeout_graceful_shutdown``, to finish its requests; then the model workers and the queue manager); the
+  front-end processes are ``multiprocessing`` children named ``LitServer-N``, the model workers
+  ``inference-worker``.
+
 ``tests/test_serve.py::test_the_litserve_internals_the_adapter_uses_are_there`` fails when any of these change.
 
 What litserve 0.2.19 does not have, checked in its source: any notion of a client that disconnects (no route,
@@ -54,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing as mp
 import pickle
 import time
 import uuid
@@ -152,6 +160,22 @@ def worker_error(response: Any) -> Any:
 def fastapi_app(server):
     """The FastAPI app of a ``LitServer``, to install exception handlers on before ``run``."""
     return server.app
+
+
+def set_drain_timeout(server, seconds: float) -> None:
+    """How long, once told to stop, each front end of ``server`` may go on serving the requests it holds before
+    it is killed (uvicorn's graceful shutdown, then LitServe's join of the process)."""
+    server.uvicorn_graceful_timeout = seconds
+
+
+def front_ends() -> list:
+    """The HTTP front-end processes (uvicorn) that this process's ``LitServer.run`` started."""
+    return [p for p in mp.active_children() if p.name.startswith("LitServer-")]
+
+
+def in_model_worker() -> bool:
+    """Whether this process is one of LitServe's model (inference) workers."""
+    return mp.current_process().name == "inference-worker"
 
 
 def _steps_until_output(lit_api, prev_outputs):

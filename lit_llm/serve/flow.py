@@ -1,5 +1,6 @@
 """What the HTTP front ends and the model workers share across processes: the requests whose clients have gone
-(``CancelBoard``) and the number of requests admitted to the model workers (``Admission``, for ``--max_queue``).
+(``CancelBoard``), the number of requests admitted to the model workers (``Admission``, for ``--max_queue``) and
+each client's feedback allowance (``RateLimit``, for ``--max_feedback_per_minute``).
 
 Both live in shared memory made with the ``spawn`` context before LitServe starts its processes: the front ends
 (forked by LitServe) inherit it, and the model workers (spawned) receive it with the ``LitAPI`` and its spec.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import secrets
+import time
+import zlib
 from typing import Optional
 
 _ctx = mp.get_context("spawn")  # the model workers are spawned: a fork-context lock could not be sent to them
@@ -77,3 +80,40 @@ class Admission:
     def leave(self) -> None:
         with self._count.get_lock():
             self._count.value -= 1
+
+
+class RateLimit:
+    """At most ``per_minute`` requests a minute per client, across all front-end processes: a token bucket per
+    client that holds a minute's worth (so a client may send them at once) and refills at ``per_minute / 60``
+    a second. ``per_minute`` 0 turns it off.
+
+    The buckets live in shared memory, ``slots`` of them; a client's key (its IP address) hashes to one. Two
+    clients that share a slot share an allowance: with 4,096 slots that is rare, and it only ever errs towards
+    refusing."""
+
+    def __init__(self, per_minute: float, slots: int = 4096) -> None:
+        if per_minute < 0:
+            raise ValueError(f"per_minute must be >= 0 (0: no limit), got {per_minute}")
+        self.per_minute, self.slots = per_minute, slots
+        # per slot: the tokens left and when they were counted (time.monotonic(), the same clock in every process);
+        # a time of 0 marks a slot never used
+        self._buckets = _ctx.Array("d", 2 * slots, lock=True) if per_minute > 0 else None
+
+    def wait(self, key: str, now: Optional[float] = None) -> float:
+        """Take one request from ``key``'s allowance and return 0, or, if none is left, take nothing and return
+        the seconds until one is."""
+        if self._buckets is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        rate, capacity = self.per_minute / 60, max(1.0, self.per_minute)
+        i = 2 * (zlib.crc32(key.encode("utf-8", "backslashreplace")) % self.slots)
+        with self._buckets.get_lock():
+            buckets = self._buckets.get_obj()
+            tokens, then = buckets[i], buckets[i + 1]
+            tokens = capacity if then == 0 else min(capacity, tokens + max(0.0, now - then) * rate)
+            buckets[i + 1] = now
+            if tokens >= 1:
+                buckets[i] = tokens - 1
+                return 0.0
+            buckets[i] = tokens
+            return (1 - tokens) / rate

@@ -7,7 +7,8 @@ No LitServe and no torch here: FastAPI and pydantic only.
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional, Union
+import re
+from typing import Any, Literal, Optional, Sequence, Union
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
+LONE_SURROGATE = ("holds a lone surrogate (U+D800..U+DFFF, e.g. an unpaired \\ud800 escape), which is not a character;"
+                  " send valid Unicode text")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -28,12 +31,18 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def _writable(text: Optional[str]) -> Optional[str]:
+    """``text`` with any lone surrogate written as its escape (``\\ud800``): one cannot be encoded as UTF-8, and an
+    error message that repeats a client's field name may hold one."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                     headers: Optional[dict[str, str]] = None) -> JSONResponse:
     kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
         status, "invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status,
-                        headers=headers)
+    return JSONResponse({"error": {"message": _writable(message), "type": kind, "param": _writable(param),
+                                   "code": code}}, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
@@ -44,6 +53,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]
         field = ".".join(loc) or None
         if err.get("type") == "json_invalid":
             parts.append(f"The request body is not valid JSON ({err.get('ctx', {}).get('error', err.get('msg'))})")
+            continue
+        if err.get("type") == "string_unicode":  # a string pydantic could not read: a lone surrogate (in a name)
+            first = first or field
+            parts.append(f"{f'Invalid {field!r}: a' if field else 'A'} field name or text {LONE_SURROGATE}")
             continue
         first = first or field
         if field is None:
@@ -80,9 +93,43 @@ def install_error_handlers(app) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
 
 
+def install_host_check(app, allowed_hosts: Sequence[str]) -> None:
+    """Answer only requests whose ``Host`` is one of ``allowed_hosts`` (any port; ``*.example.com`` for its
+    subdomains; ``*`` for any): another Host gets 400 "Invalid host header" (Starlette's ``TrustedHostMiddleware``).
+    A web page that points a domain of its own at this machine (DNS rebinding) sends that domain as Host."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    if "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
+
+
+# ---------------------------------------------------------------------------------------------- text
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether ``value`` (a string, or lists and dicts of them) holds a lone surrogate: JSON can carry one as an
+    escape (``"\\ud800"``), and Python's JSON reader lets its UTF-8-like bytes through too, but it is not a
+    character, and the tokenizers, the feedback store and the JSON answers cannot take it."""
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, (list, tuple)):
+        return any(_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    return False
+
+
 # ---------------------------------------------------------------------------------------------- schemas
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an unknown field is an error, not silently ignored
+
+    @field_validator("*")
+    @classmethod
+    def _whole_characters(cls, value: Any) -> Any:
+        if _lone_surrogate(value):
+            raise ValueError(LONE_SURROGATE)
+        return value
 
 
 class StreamOptions(_Strict):

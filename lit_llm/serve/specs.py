@@ -4,8 +4,10 @@ checked and tokenized here, in the front end, then queued for the worker (``_lit
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lit_llm.data.tokenizer import encode
-from lit_llm.feedback import FeedbackStore
+from lit_llm.feedback import FeedbackStore, FeedbackStoreFull
 from lit_llm.serve._litserve_adapter import QueueSpec
-from lit_llm.serve.flow import Admission, CancelBoard, new_job_id
+from lit_llm.serve.flow import Admission, CancelBoard, RateLimit, new_job_id
 from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ClassificationRequest, CompletionRequest,
                                     FeedbackRequest, _Sampling, chat_prompt)
 
@@ -43,6 +45,7 @@ class Served:
     max_inputs: int
     label_names: Optional[list[str]] = None
     max_queue: int = 256  # most requests admitted to the model workers at once; more get 429
+    max_feedback_per_minute: float = 60.0  # feedback records one client (IP) may send a minute; 0: no limit
     max_prompt_chars: Optional[int] = None  # longer texts are never tokenized whole (see prompt_char_limit)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,7 @@ class _Spec(QueueSpec):
         self.served, self.store, self.api_path = served, store, api_path
         self.board = CancelBoard()  # jobs whose clients have gone: the model workers stop decoding them
         self.admission = Admission(served.max_queue)
+        self.feedback_limit = RateLimit(served.max_feedback_per_minute)
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/v1/feedback", self.feedback, ["POST"])
 
@@ -121,7 +125,14 @@ class _Spec(QueueSpec):
         return {"object": "list", "data": [{"id": s.name, "object": "model", "created": s.created, "owned_by": "lit_llm",
                                             "task": s.task, "max_prompt_tokens": s.max_prompt_tokens}]}
 
-    def feedback(self, body: FeedbackRequest) -> dict:  # plain def: FastAPI runs the fsync'd append in a thread
+    def feedback(self, body: FeedbackRequest, request: Request) -> dict:  # plain def: the fsync'd append, in a thread
+        client = request.client.host if request.client else "unknown"
+        wait = self.feedback_limit.wait(client)
+        if wait:
+            raise APIError(429, f"Too much feedback from {client}: this server takes at most"
+                           f" {self.served.max_feedback_per_minute:g} records a minute from one client (serve"
+                           " --max_feedback_per_minute). Retry later.", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
         record = body.model_dump(exclude_none=True)
         record["kind"] = record.get("kind") or self.served.task
         if record["kind"] != self.served.task:
@@ -139,6 +150,16 @@ class _Spec(QueueSpec):
             stored = self.store.append(record)
         except ValueError as e:
             raise APIError(400, str(e)) from e
+        except FeedbackStoreFull as e:
+            logger.warning("feedback refused: %s", e)
+            raise APIError(507, "The feedback store is full (serve --max_feedback_store_bytes); the record was not"
+                           " stored", code="feedback_store_full") from e
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            logger.error("feedback refused: %s", e)
+            raise APIError(507, "The disk of the feedback store is full; the record was not stored",
+                           code="feedback_store_full") from e
         return {"id": stored["id"], "object": "feedback", "created": stored["time"]}
 
 

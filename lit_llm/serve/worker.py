@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from fastapi import Request
 from tokenizers import Tokenizer
 
 from lit_llm.generate import ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
-from lit_llm.serve._litserve_adapter import ContinuousLoop, Output, Status
+from lit_llm.serve._litserve_adapter import ContinuousLoop, Output, Status, in_model_worker
 from lit_llm.serve.protocol import APIError, _held_back
 
 if TYPE_CHECKING:
@@ -196,6 +197,13 @@ class _WorkerAPI:
         if str(device).startswith("cpu") and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
 
+    @staticmethod
+    def _leave_signals_to_the_server() -> None:
+        """Ctrl+C sends SIGINT to every process of the terminal's group: a model worker ignores it, and the server
+        stops it once the front ends have finished their requests (``serve``'s ``_Shutdown``)."""
+        if in_model_worker():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def authorize(self, request: Request) -> None:
         if not self.api_key or request.url.path == "/health":
             return
@@ -220,6 +228,7 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
     def setup(self, device: str) -> None:
         from lit_llm.generate import load_checkpoint
 
+        self._leave_signals_to_the_server()
         self._use_threads(device)
         self.model, self.tokenizer = load_checkpoint(self.checkpoint, device)
 
@@ -409,6 +418,7 @@ class ClassifierAPI(_WorkerAPI, ls.LitAPI):
         from lit_llm.tasks import SequenceClassifier
 
         self.pad_examples = pad_examples
+        self._leave_signals_to_the_server()
         self._use_threads(device)
         model = SequenceClassifier.restore(self.checkpoint)
         if hasattr(model.backbone, "peft_config"):
