@@ -22,6 +22,8 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from lit_llm.model.lora import LoraSpec
+
 KEY = "lit_llm"  # the checkpoint entry this module owns
 TMP_PREFIX = ".lit_llm-tmp-"  # checkpoints being written (temp_path); stale ones are swept when a run starts
 Task = Literal["language_model", "classification"]
@@ -32,25 +34,9 @@ class CheckpointError(ValueError):
     """A file that is not a usable lit_llm checkpoint for what was asked of it."""
 
 
-@dataclass
-class LoraSpec:
-    """LoRA adapters (Hu et al. 2021) on the attention and MLP projections, via peft.
-
-    Args:
-        rank: adapter rank r.
-        alpha: scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the adapter input.
-        targets: names of the ``nn.Linear`` modules to adapt (lit_llm names: wq, wk, wv, wo, w1, w2, w3).
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
-
-
-# a classifier's hyper_parameters hold a LoraSpec: allow it in weights-only loads
-torch.serialization.add_safe_globals([LoraSpec])
+# a classifier's hyper_parameters hold a LoraSpec: allow it in weights-only loads, under its name and the name
+# it had when it lived in this module (classifier checkpoints written before it moved)
+torch.serialization.add_safe_globals([LoraSpec, (LoraSpec, "lit_llm.checkpoint.LoraSpec")])
 
 
 @dataclass
@@ -99,7 +85,9 @@ class CheckpointInfo:
 
         return ModelConfig.from_dict(self.model_config)
 
-    def load_tokenizer(self):
+    def build_tokenizer(self):
+        """The ``tokenizers.Tokenizer`` of the stored JSON (``lit_llm.data.tokenizer.load_tokenizer`` is the
+        loader of a tokenizer by path, a tokenizer.json or a checkpoint's)."""
         from tokenizers import Tokenizer
 
         return Tokenizer.from_str(self.tokenizer)
@@ -195,22 +183,31 @@ def load_network(path: str | Path, expect: Optional[Task] = "language_model", pu
     that loads but is wrong inside (a model config that does not build, a tokenizer that does not parse, a
     language model's weights missing, extra or of the wrong shape) is a ``CheckpointError`` naming what."""
     info, ckpt = load(path, expect, purpose, mmap=True)
-    damaged = "; the file is damaged or was not written by lit_llm: use another checkpoint of the run"
-    try:
-        config = info.config
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path} holds a model config that does not build ({str(e)[:200]}){damaged}") from None
-    try:
-        tokenizer = info.load_tokenizer()
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
-        raise CheckpointError(f"{path} holds a tokenizer that does not load ({str(e)[:200]}){damaged}") from None
+    config, tokenizer = config_and_tokenizer(info, path)
     state = network_state(ckpt, info, path)
     if info.task == "language_model":
-        _check_weights(config, state, path, damaged)
+        _check_weights(config, state, path)
     return config, state, tokenizer
 
 
-def _check_weights(config, state: dict[str, torch.Tensor], path: str | Path, damaged: str) -> None:
+DAMAGED_HINT = "; the file is damaged or was not written by lit_llm: use another checkpoint of the run"
+
+
+def config_and_tokenizer(info: CheckpointInfo, path: str | Path):
+    """(ModelConfig, Tokenizer) of a checkpoint's info; a config that does not build or a tokenizer that does not
+    parse is a ``CheckpointError`` naming it."""
+    try:
+        config = info.config
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} holds a model config that does not build ({str(e)[:200]}){DAMAGED_HINT}") from None
+    try:
+        tokenizer = info.build_tokenizer()
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+        raise CheckpointError(f"{path} holds a tokenizer that does not load ({str(e)[:200]}){DAMAGED_HINT}") from None
+    return config, tokenizer
+
+
+def _check_weights(config, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Compare a language model's weights with the names and shapes its config builds (on the meta device: no
     memory, no time)."""
     from lit_llm.model import build_model
@@ -225,12 +222,7 @@ def _check_weights(config, state: dict[str, torch.Tensor], path: str | Path, dam
         (wrong, "weights of the wrong shape", lambda k: f": {tuple(state[k].shape)}, config says {expected[k]}"))
         if names]
     if problems:
-        raise CheckpointError(f"{path} does not match its own model config: {'; '.join(problems)}{damaged}")
-
-
-def load_tokenizer(path: str | Path):
-    """The tokenizer stored in a checkpoint."""
-    return read_info(path).load_tokenizer()
+        raise CheckpointError(f"{path} does not match its own model config: {'; '.join(problems)}{DAMAGED_HINT}")
 
 
 def load_sharded_meta(folder: str | Path) -> dict[str, Any]:

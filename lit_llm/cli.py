@@ -1,6 +1,6 @@
 """``lit_llm`` / ``python -m lit_llm``: the one entry point for every command.
 
-``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (``lit_llm.config.LitLLMCLI``). The other
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (``lit_llm.lightning_cli.LitLLMCLI``). The other
 commands are typed functions whose signature and docstring are their command line, listed in ``COMMANDS`` as
 ``"module:function"`` strings: a command's module is imported only when it runs, so ``--help`` and a mistyped
 command answer at once and no command pays for another's imports (the server's litserve and fastapi, export's
@@ -48,9 +48,9 @@ COMMANDS: dict[str, Command] = {
                     "parameters, training FLOPs per token and memory per GPU of a preset or a config"),
     "plan": Command("lit_llm.commands.plan:plan",
                     "the parallel layouts of a model on a cluster: memory per GPU, bubble, step time; its SLURM job"),
-    "consolidate": Command("lit_llm.parallel.checkpoint:consolidate",
+    "consolidate": Command("lit_llm.parallel.consolidate:consolidate",
                            "merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file"),
-    "plot": Command("lit_llm.commands.plot:plot",
+    "plot": Command("lit_llm.curves:plot",
                     "draw runs' loss, val perplexity, learning rate and tokens/s as PNGs from their CSV logs"),
     "crossval": Command("lit_llm.commands.crossval:crossval",
                         "k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)"),
@@ -138,7 +138,7 @@ def _run_extra(name: str, argv: list[str]) -> None:
 
 
 def _run_lightning(argv: list[str]) -> None:
-    from lit_llm.config import run
+    from lit_llm.lightning_cli import run
 
     run(argv)
 

@@ -82,7 +82,7 @@ def trainable(run: str) -> int:
     """Parameters the run trains (all of them, but for LoRA), counted on the model its config builds."""
     import yaml
 
-    from lit_llm.checkpoint import LoraSpec
+    from lit_llm.model.lora import LoraSpec
     from lit_llm.tasks import SequenceClassifier
 
     init = yaml.safe_load((EXP / INITS["pretrained" if run == "dapt" else run]).read_text())["model"]["init_args"]

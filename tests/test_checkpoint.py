@@ -143,7 +143,7 @@ def _plant_hostile_index(folder, marker):
 
 
 def test_a_genuine_sharded_folder_passes_the_allow_list_and_consolidates(lm, tmp_path):
-    from lit_llm.parallel.checkpoint import consolidate
+    from lit_llm.parallel.consolidate import consolidate
 
     folder = _sharded_folder(lm, tmp_path / "last.ckpt")
     ckpt_format.read_sharded_index(folder)
@@ -155,7 +155,7 @@ def test_a_genuine_sharded_folder_passes_the_allow_list_and_consolidates(lm, tmp
 def test_a_hostile_sharded_index_is_refused_on_every_path_and_runs_nothing(lm, tmp_path, capsys):
     """A .metadata pickle that calls os.system: consolidate (function and command), fit --ckpt_path FOLDER,
     --ckpt_path last and newest all refuse it with one line, and the command never runs."""
-    from lit_llm.parallel.checkpoint import consolidate
+    from lit_llm.parallel.consolidate import consolidate
     from test_cli import call, error_line
 
     marker = tmp_path / "pwned"
@@ -177,7 +177,7 @@ def test_a_hostile_sharded_index_is_refused_on_every_path_and_runs_nothing(lm, t
 
 
 def test_consolidate_calls_a_truncated_file_truncated(lm, tmp_path):
-    from lit_llm.parallel.checkpoint import consolidate
+    from lit_llm.parallel.consolidate import consolidate
 
     truncated = tmp_path / "t.ckpt"
     truncated.write_bytes(lm.read_bytes()[:2000])
@@ -188,6 +188,7 @@ def test_consolidate_calls_a_truncated_file_truncated(lm, tmp_path):
 def test_a_checkpoint_that_loads_but_is_wrong_inside_is_one_clear_error(lm, classifier, tmp_path, capsys):
     """Missing weights, a weight of the wrong shape, an extra weight, broken tokenizer JSON or a model config
     that does not build: generate, export and the classifier's restore say which, instead of a traceback."""
+    from server_process import free_port
     from test_cli import call, error_line
 
     whole = torch.load(lm, weights_only=True)
@@ -211,11 +212,28 @@ def test_a_checkpoint_that_loads_but_is_wrong_inside_is_one_clear_error(lm, clas
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(path)
         for command in (["generate", "--checkpoint", str(path), "--prompt", "a", "--max_new_tokens", "2"],
-                        ["export", "--checkpoint", str(path), "--out", str(tmp_path / "hf")]):
-            code, _, err = call(command, capsys)
+                        ["export", "--checkpoint", str(path), "--out", str(tmp_path / "hf")],
+                        ["serve", "--checkpoint", str(path), "--port", str(free_port())]):
+            code, out, err = call(command, capsys)
             assert message in error_line(code, err), (command, err)
+            assert "serving" not in out  # refused before the server says it is serving
     broken = torch.load(classifier, weights_only=True)
     broken["state_dict"].pop(next(iter(broken["state_dict"])))
     torch.save(broken, tmp_path / "clf.ckpt")
     with pytest.raises(CheckpointError, match="does not match its own model config"):
         SequenceClassifier.restore(tmp_path / "clf.ckpt")
+
+
+def test_classifier_checkpoints_from_before_lora_spec_moved_still_load(monkeypatch):
+    """LoraSpec moved from lit_llm.checkpoint to lit_llm.model.lora; hyperparameters pickled under the old name
+    still load weights-only."""
+    import io
+
+    from lit_llm.model.lora import LoraSpec
+
+    buf = io.BytesIO()
+    monkeypatch.setattr(LoraSpec, "__module__", "lit_llm.checkpoint")
+    torch.save({"hyper_parameters": {"lora": LoraSpec(rank=4)}}, buf)
+    monkeypatch.undo()
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["hyper_parameters"]["lora"] == LoraSpec(rank=4)

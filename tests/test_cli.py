@@ -76,7 +76,7 @@ def test_the_cli_imports_no_command_module_before_it_runs(tmp_path):
     """Server, export and LoRA packages load only when their command runs: not for the CLI, not for fit's parser
     (which does load transformers: torchmetrics imports it for its BERTScore when it is installed)."""
     heavy = ("litserve", "fastapi", "onnx", "transformers", "peft")
-    code = ("import sys; import lit_llm.cli; print([m for m in {h} if m in sys.modules]); import lit_llm.config;"
+    code = ("import sys; import lit_llm.cli; print([m for m in {h} if m in sys.modules]); import lit_llm.lightning_cli;"
             " print([m for m in {h} if m in sys.modules])").format(h=heavy)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(tmp_path), capture_output=True,
                           text=True, timeout=300)
@@ -147,7 +147,7 @@ def test_debug_env_shows_the_traceback(monkeypatch, capsys):
 
 
 def test_resolve_config_composes_configs_and_overrides_like_fit(capsys):
-    from lit_llm.config import resolve_config
+    from lit_llm.lightning_cli import resolve_config
 
     args = [a for f in ("classifier.yaml", "sst2.yaml", "init_scratch.yaml") for a in ("--config", str(EXPERIMENT / f))]
     args += ["--model.init_args.learning_rate", "1e-3", "--data.batch_size", "4", "--trainer.max_epochs", "2"]
@@ -173,7 +173,7 @@ def test_resolve_config_gives_the_chosen_classes_their_own_defaults(tmp_path):
     parses with the chosen classes as the defaults, so none are lent."""
     import inspect
 
-    from lit_llm.config import resolve_config
+    from lit_llm.lightning_cli import resolve_config
     from lit_llm.data.labelled import ClassificationDataModule
     from lit_llm.tasks import SequenceClassifier
 
@@ -192,7 +192,7 @@ def test_resolve_config_gives_the_chosen_classes_their_own_defaults(tmp_path):
 
 
 def test_resolve_config_of_a_language_model_links_the_block_size():
-    from lit_llm.config import resolve_config
+    from lit_llm.lightning_cli import resolve_config
 
     resolved = resolve_config(["--config", DEBUG, "--config", str(REPO / "configs" / "model" / "debug-llama.yaml"),
                                "--data.block_size", "16"])
@@ -210,7 +210,7 @@ def test_commands_that_take_fit_arguments_do_not_shadow_them():
     import inspect
 
     from lit_llm.cli import FIT_ARGS
-    from lit_llm.config import resolve_config
+    from lit_llm.lightning_cli import resolve_config
 
     fit_keys = set(resolve_config([])) | {"config", "print_config", "help"}
     taking = []
@@ -301,7 +301,7 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
     assert ppl[-1] == pytest.approx(math.exp(val[-1]), rel=1e-4)
     assert any("train_loss" in r for r in rows) and any(k.startswith("lr-AdamW") for r in rows for k in r)
     # and the same curves, without W&B: the CSV log in the run's folder, drawn at the end of fit
-    from lit_llm.commands.plot import read_curves
+    from lit_llm.curves import read_curves
     curves = read_curves(out)
     assert [round(curves["val_loss"][s], 4) for s in sorted(curves["val_loss"])] == [round(v, 4) for v in val]
     assert {p.name for p in (out / "plots").iterdir()} == {"loss.png", "val_ppl.png", "learning_rate.png",
@@ -454,7 +454,7 @@ def test_prepare_command_then_fit_reuses_it_and_logs_the_report(tmp_path):
 def test_plot_reads_every_csv_version_of_a_resumed_run_and_compares_runs(tmp_path, capsys):
     """A resumed run logs to a new CSV version and repeats the steps after its checkpoint: the later values
     win. Two runs go on one figure each; a folder without a CSV log is one clear error."""
-    from lit_llm.commands.plot import plot, read_curves
+    from lit_llm.curves import plot, read_curves
 
     def write(run, version, rows):
         folder = tmp_path / run / "csv" / f"version_{version}"

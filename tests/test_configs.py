@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lit_llm.cli import main
-from lit_llm.config import LitLLMCLI
+from lit_llm.lightning_cli import LitLLMCLI
 
 from conftest import REPO
 

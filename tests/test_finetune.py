@@ -258,7 +258,7 @@ def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
     ck["lit_llm"]["tokenizer"] = torch.load(other, weights_only=True)["lit_llm"]["tokenizer"]
     ck["lit_llm"]["model_config"]["vocab_size"] = 100
     torch.save(ck, tmp_path / "small_vocab.ckpt")
-    with pytest.raises(ValueError, match="do not belong together"):
+    with pytest.raises(ValueError, match="does not match its own model config: 2 weights of the wrong shape"):
         SequenceClassifier(checkpoint=str(tmp_path / "small_vocab.ckpt"))
     with pytest.raises(ValueError, match="only dropout may be set"):
         SequenceClassifier(checkpoint=str(lm_ckpt), model_args={"n_layer": 4})
@@ -406,7 +406,7 @@ def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckp
 def test_lora_from_a_config_file_saves_and_restores(lm_ckpt, tmp_path, monkeypatch):
     """LoRA given in a YAML config (as configs/experiment/init_lora.yaml): LightningCLI records it as a dict in
     the hyperparameters, which the checkpoint must still store (this failed at the first save) and restore."""
-    from lit_llm.config import LitLLMCLI
+    from lit_llm.lightning_cli import LitLLMCLI
 
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     cfg = {"trainer": {"max_steps": 2, "limit_val_batches": 1, "val_check_interval": 2, "logger": False,

@@ -84,14 +84,14 @@ def test_a_missing_or_foreign_ckpt_path_is_one_error_line(tmp_path, small_corpus
 KILL_DURING_SAVE = r'''
 import os, signal, sys
 import torch
-from lit_llm.config import LitLLMCLI
-import lit_llm.atomic_io as atomic_io
+from lit_llm.lightning_cli import LitLLMCLI
+import lit_llm.checkpoint_io as checkpoint_io
 
 root, corpus = sys.argv[1], sys.argv[2]
 cli = LitLLMCLI(args=["--config", "configs/debug.yaml", "--data.corpus", corpus, "--trainer.logger", "false",
                       "--trainer.default_root_dir", root, "--trainer.max_steps", "2", "--model.warmup_steps", "1",
                       "--trainer.enable_progress_bar", "false"], run=False)
-assert isinstance(cli.trainer.strategy.checkpoint_io, atomic_io.AtomicCheckpointIO)
+assert isinstance(cli.trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
 cli.trainer.fit(cli.model, cli.datamodule)
 real_save = torch.save
 

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 class PlotCurves(L.Callback):
     """At the end of ``fit``, draw the loss, validation perplexity, learning rate and tokens/s of this run as
-    PNG files in ``<default_root_dir>/plots`` (``lit_llm.commands.plot``), when the run logs to CSV (the
+    PNG files in ``<default_root_dir>/plots`` (``lit_llm.curves``), when the run logs to CSV (the
     default loggers do). A drawing that fails warns; it never fails the run.
 
     Args:
@@ -25,7 +25,7 @@ class PlotCurves(L.Callback):
         csv_loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
         if not self.enabled or not csv_loggers or not trainer.is_global_zero:
             return
-        from lit_llm.commands.plot import plot
+        from lit_llm.curves import plot
 
         for lg in csv_loggers:
             lg.save()  # the rows not yet flushed

@@ -133,7 +133,7 @@ def plan(fit_args: Optional[list[str]] = None, preset: Optional[str] = None, nod
         cfg = ModelConfig.from_name(preset)
     else:
         from lit_llm.commands.size import model_config
-        from lit_llm.config import resolve_config
+        from lit_llm.lightning_cli import resolve_config
 
         cfg, _ = model_config(resolve_config(fit_args))
     rows = layouts(cfg, nodes, gpus_per_node, global_batch, microbatch_size, context, gpu_memory_gib, peak_tflops, mfu)

@@ -20,7 +20,7 @@ def prepare(fit_args: Optional[list[str]] = None) -> Path:
     """
     from jsonargparse import ArgumentParser
 
-    from lit_llm.config import resolve_config
+    from lit_llm.lightning_cli import resolve_config
     from lit_llm.data import PretrainDataModule
 
     data = resolve_config(fit_args or [])["data"]

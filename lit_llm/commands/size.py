@@ -17,7 +17,7 @@ PRESET_KEYS = ("preset", "model")
 
 
 def model_config(resolved: dict[str, Any]) -> tuple[ModelConfig, str]:
-    """The network that a resolved fit config (``lit_llm.config.resolve_config``) builds, without building it,
+    """The network that a resolved fit config (``lit_llm.lightning_cli.resolve_config``) builds, without building it,
     and where its vocabulary size came from."""
     args = resolved["model"].get("init_args") or {}
     overrides = dict(args.get("model_args") or {})
@@ -63,7 +63,7 @@ def size(fit_args: Optional[list[str]] = None, preset: Optional[str] = None, wor
             raise UsageError(f"give --preset or a config, not both (fit arguments: {' '.join(fit_args)})")
         cfg, vocab_from = ModelConfig.from_name(preset), "the preset"
     else:
-        from lit_llm.config import resolve_config
+        from lit_llm.lightning_cli import resolve_config
 
         cfg, vocab_from = model_config(resolve_config(fit_args or []))
     r = estimate(cfg, world_size, batch_size, context, precision, fused_attention)

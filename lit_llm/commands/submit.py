@@ -132,7 +132,7 @@ def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_pe
         dry_run: print the script and submit nothing.
         wait: wait for the job to end (``sbatch --wait``).
     """
-    from lit_llm.config import resolve_config
+    from lit_llm.lightning_cli import resolve_config
 
     text = render_script(fit_args, nodes, gpus_per_node, tasks_per_node, cpus_per_task, time, partition, account,
                          job_name, output_dir, signal_seconds, master_addr, python)

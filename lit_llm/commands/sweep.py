@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_llm.commands.crossval import _run, crossval
-from lit_llm.config import resolve_config
+from lit_llm.lightning_cli import resolve_config
 from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
 

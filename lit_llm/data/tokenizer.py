@@ -99,15 +99,20 @@ def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str], length: Optional[
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer from a tokenizer.json, or the one stored in a lit_llm checkpoint (``.ckpt``)."""
+    """A tokenizer by path: a tokenizer.json, or the one stored in a lit_llm checkpoint (``.ckpt``). The one
+    loader of a tokenizer file; a checkpoint's own is ``CheckpointInfo.build_tokenizer``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Tokenizer file {path} does not exist; give a tokenizer.json or a lit_llm .ckpt")
-    if path.suffix != ".ckpt":
-        return Tokenizer.from_file(str(path))
-    from lit_llm.checkpoint import load_tokenizer as from_checkpoint
+    if path.suffix == ".ckpt":
+        from lit_llm.checkpoint import read_info
 
-    return from_checkpoint(path)
+        return read_info(path).build_tokenizer()
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a file it cannot parse
+        raise ValueError(f"Tokenizer file {path} does not load ({str(e)[:200]}); give a tokenizer.json written by"
+                         " HF tokenizers, or a lit_llm .ckpt") from None
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

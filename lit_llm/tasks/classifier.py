@@ -27,7 +27,7 @@ from torchmetrics.classification import (
 )
 
 from lit_llm import checkpoint as ckpt_format
-from lit_llm.checkpoint import LoraSpec
+from lit_llm.model.lora import LoraSpec
 from lit_llm.data.tokenizer import load_tokenizer
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.parallel import ParallelDims
@@ -323,7 +323,7 @@ class SequenceClassifier(TransformerModule):
         info, ckpt = ckpt_format.load(path, expect="classification", purpose="restoring a classifier")
         hp = ckpt.get("hyper_parameters", {})
         kept = {"label_names": info.label_names, **{k: hp[k] for k in ("label_names", "head_dropout") if k in hp}}
-        damaged = "; the file is damaged or was not written by lit_llm: use another checkpoint of the run"
+        damaged = ckpt_format.DAMAGED_HINT
         try:
             with tempfile.TemporaryDirectory() as d:  # the from-scratch path, with the stored config and tokenizer
                 tok_path = Path(d) / "tokenizer.json"

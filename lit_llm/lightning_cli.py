@@ -233,8 +233,8 @@ class LitLLMCLI(LightningCLI):
                     # and a CSV file in the run's folder: curves without W&B (python -m lit_llm plot, PlotCurves)
                     {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}},
                 ],
-                # checkpoint files written beside their final name, fsynced and renamed (lit_llm.atomic_io)
-                "plugins": [{"class_path": "lit_llm.atomic_io.AtomicCheckpointIO"}],
+                # checkpoint files written beside their final name, fsynced and renamed (lit_llm.checkpoint_io)
+                "plugins": [{"class_path": "lit_llm.checkpoint_io.AtomicCheckpointIO"}],
             },
         )
         try:
