@@ -43,7 +43,7 @@ def backbones(checkpoint: str, seed: int, pooling: str) -> dict[str, SequenceCla
     torch.manual_seed(seed)
     models = {"random": SequenceClassifier(preset=scratch["preset"], model_args=scratch["model_args"], tokenizer=checkpoint,
                                            pooling=pooling),
-              "pretrained": SequenceClassifier(checkpoint=checkpoint, pooling=pooling)}
+              "pretrained": SequenceClassifier(init_from=checkpoint, pooling=pooling)}
     for m in models.values():
         m.head = torch.nn.Identity()  # forward returns the pooled feature
         m.eval()

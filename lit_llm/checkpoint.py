@@ -148,10 +148,10 @@ def _info(ckpt: dict[str, Any], path: str | Path, expect: Optional[Task], purpos
     info = CheckpointInfo.from_dict(extra)
     if expect is not None and info.task != expect:
         if expect == "language_model":
-            hint = ("pass the language-model checkpoint it was fine-tuned from (its model.checkpoint), or serve"
+            hint = ("pass the language-model checkpoint it was fine-tuned from (its model.init_from), or serve"
                     " the classifier with `lit_llm serve`")
         else:
-            hint = "fine-tune a classifier from it with --model.checkpoint instead"
+            hint = "fine-tune a classifier from it with --model.init_from instead"
         raise CheckpointError(f"{path} is a {info.task.replace('_', ' ')} checkpoint, but {purpose} needs a"
                               f" {expect.replace('_', ' ')} checkpoint; {hint}")
     return info

@@ -150,6 +150,29 @@ def _unknown(name: str) -> str:
     return f"unknown command {name!r}; the commands are {', '.join(COMMANDS)} (see {PROG} --help)"
 
 
+def did_you_mean(message: str, name: str, lightning: bool) -> str:
+    """"; did you mean --X?" for the first mistyped option a parse error names (``unrecognized arguments: --X``
+    or jsonargparse's ``Option 'X' is not accepted``), else ""."""
+    import re
+
+    typed = re.findall(r"(?:unrecognized arguments: |\s)--([\w.-]+)", message)
+    nested = re.search(r"Parser key \"(\w+)\".*?Option '([\w.]+)' is not accepted", message, re.S)
+    if nested:
+        typed.insert(0, f"{nested.group(1)}.{nested.group(2)}")
+    for key in typed:
+        if lightning:
+            from lit_llm.lightning_cli import suggest_key
+
+            close = suggest_key(key)
+        else:
+            parser = function_parser(name, _load(COMMANDS[name].target))
+            flags = [s.removeprefix("--") for a in parser._actions for s in a.option_strings if s.startswith("--")]
+            close = next(iter(difflib.get_close_matches(key, flags, n=1)), None)
+        if close:
+            return f"; did you mean --{close}?"
+    return ""
+
+
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` on one line to stderr and exit with code 2."""
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
@@ -180,5 +203,6 @@ def main(args: Optional[Sequence[str]] = None) -> None:
         if debug:
             raise
         if isinstance(e, argparse.ArgumentError):
-            fail(f"{one_line(e)} (see {' '.join([PROG, *([name] if name in COMMANDS else []), '--help'])})")
+            hint = did_you_mean(str(e), name, lightning)
+            fail(f"{one_line(e)}{hint} (see {' '.join([PROG, *([name] if name in COMMANDS else []), '--help'])})")
         fail(one_line(e))

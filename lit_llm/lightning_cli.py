@@ -165,9 +165,12 @@ def compose_dict_args(argv: Sequence[str]) -> list[str]:
         given: dict[str, Any] = {}
         if flag in ("--config", "-c") and Path(value).is_file():
             try:
-                given = _model_section(yaml.safe_load(Path(value).read_text(encoding="utf-8")))
-            except (yaml.YAMLError, UnicodeDecodeError):
-                given = {}  # the parser reports the file's error itself
+                with open(value, encoding="utf-8") as f:  # read from the file: YAML's marks name it
+                    given = _model_section(yaml.safe_load(f))
+            except yaml.YAMLError as e:  # jsonargparse would call the file "<unicode string>"
+                raise UsageError(f"--config {value} is not valid YAML: {e}") from None
+            except UnicodeDecodeError as e:
+                raise UsageError(f"--config {value} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         for key in COMPOSED_DICTS:
             if flag in (f"--model.{key}", f"--model.init_args.{key}"):
                 try:
@@ -179,6 +182,39 @@ def compose_dict_args(argv: Sequence[str]) -> list[str]:
                 composed[key] = None if new is None else {**(composed.get(key) or {}), **new} if isinstance(new, dict) else new
         i += 1
     return argv + [a for key, v in composed.items() for a in (f"--model.{key}", json.dumps(v))]
+
+
+def _sections() -> dict[str, Any]:
+    """fit's argument sections and the class whose signature each one's keys come from (for "did you mean")."""
+    from lit_llm.data.labelled import ClassificationDataModule
+    from lit_llm.tasks import SequenceClassifier
+
+    return {"trainer": [L.Trainer], "model": [LanguageModel, SequenceClassifier],
+            "data": [PretrainDataModule, ClassificationDataModule], "checkpoint": [ModelCheckpoint],
+            "lr_monitor": [LRMonitor], "throughput": [TokenThroughput], "evaluation": [EvaluationReport],
+            "preemption": [Preemption], "nonfinite": [NonFiniteGuard], "samples": [SampleGenerations],
+            "plots": [PlotCurves], "log_lines": [LogLines]}
+
+
+def suggest_key(key: str) -> Optional[str]:
+    """The fit key nearest to a mistyped one (``trainer.max_stepz`` -> ``trainer.max_steps``; ``modle.x`` ->
+    ``model.x``), from the signatures of the classes behind fit's sections; None when nothing is close."""
+    import difflib
+    import inspect
+
+    sections = _sections()
+    section, _, rest = key.partition(".")
+    rest = rest.removeprefix("init_args.")
+    if section not in sections:
+        top = ["config", "ckpt_path", "seed_everything", *sections]
+        close = difflib.get_close_matches(section, top, n=1)
+        return f"{close[0]}.{rest}".rstrip(".") if close else None
+    if not rest:
+        return None
+    head, _, tail = rest.partition(".")
+    names = {p for cls in sections[section] for p in inspect.signature(cls.__init__).parameters if p != "self"}
+    close = difflib.get_close_matches(head, sorted(names), n=1)
+    return f"{section}.{close[0]}{'.' + tail if tail else ''}" if close and close[0] != head else None
 
 
 def _prints_config(arg: str) -> bool:
@@ -311,6 +347,7 @@ class LitLLMCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         _check_optimizer_fits_strategy(cfg)
+        _check_schedule(cfg)
         root = cfg.trainer.default_root_dir or "."
         # keep everything a run writes inside its output directory
         if cfg.checkpoint.dirpath is None:
@@ -436,6 +473,20 @@ def _check_optimizer_fits_strategy(cfg: Namespace) -> None:
         raise UsageError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or under"
                          " DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP, whose weights are sharded. Add"
                          " --model.optimizer adamw and a learning rate for it (e.g. --model.learning_rate 1e-3)")
+
+
+def _check_schedule(cfg: Namespace) -> None:
+    """A warm-up longer than the schedule, refused at parse time: ``build_optimizer`` finds it only once the data
+    is prepared and the loggers have started (and left a csv/version_0 behind). The schedule's length is
+    ``lr_decay_steps``, or ``trainer.max_steps`` (an upper bound of the steps the run takes)."""
+    model = cfg.get("model")
+    args = (model.get("init_args") or {}) if isinstance(model, Namespace) else {}
+    warmup = args.get("warmup_steps")
+    length = args.get("lr_decay_steps") or (cfg.trainer.get("max_steps") or -1)
+    if isinstance(warmup, int) and isinstance(length, int) and 0 < length < warmup:
+        key = "--model.lr_decay_steps" if args.get("lr_decay_steps") else "--trainer.max_steps"
+        raise UsageError(f"--model.warmup_steps {warmup} is longer than the schedule ({key} {length}); lower the"
+                         " warm-up or lengthen the run")
 
 
 def _first_local_process() -> bool:

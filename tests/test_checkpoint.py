@@ -23,7 +23,7 @@ def lm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(lm, tmp_path_factory):
-    clf = SequenceClassifier(checkpoint=str(lm), label_names=["neg", "pos"])
+    clf = SequenceClassifier(init_from=str(lm), label_names=["neg", "pos"])
     path = tmp_path_factory.mktemp("clf") / "clf.ckpt"
     ckpt_format.save(path, {f"{k}": v for k, v in clf.state_dict().items()}, clf.checkpoint_info())
     return path

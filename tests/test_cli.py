@@ -484,3 +484,20 @@ def test_a_batch_job_prints_progress_as_lines_not_a_bar(tmp_path):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("step ")]
     assert [line.split(":")[0] for line in lines] == ["step 5/20", "step 10/20", "step 15/20", "step 20/20"]
     assert all("train_loss" in line for line in lines) and "\r" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args,hint", [
+    (["fit", "--config", "configs/debug.yaml", "--trainer.max_stepz", "5"], "did you mean --trainer.max_steps?"),
+    (["fit", "--config", "configs/debug.yaml", "--modle.learning_rate", "5"], "did you mean --model.learning_rate?"),
+    (["fit", "--config", "configs/debug.yaml", "--model.learning_rat", "5"], "did you mean --model.learning_rate?"),
+    (["generate", "--checkpoint", "x.ckpt", "--promt", "a"], "did you mean --prompt?"),
+])
+def test_a_mistyped_option_gets_a_did_you_mean(args, hint, capsys):
+    assert hint in error_line(*call(args, capsys)[::2])
+
+
+def test_a_config_that_is_not_valid_yaml_is_named_in_the_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  preset: [debug\n")
+    line = error_line(*call(["fit", "--config", str(bad)], capsys)[::2])
+    assert f"--config {bad} is not valid YAML" in line and f'"{bad}", line 2' in line and "<unicode string>" not in line

@@ -85,10 +85,10 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     assert "num_classes" not in dm and "label_names" not in dm  # link targets: they come from the model
     assert (dm["split"] == "kfold") == (data == "cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
     if init == "init_scratch.yaml":  # random weights, the pretraining run's tokenizer
-        assert model["checkpoint"] is None and model["tokenizer"] == "runs/experiment/pretrain/checkpoints/last.ckpt"
+        assert model["init_from"] is None and model["tokenizer"] == "runs/experiment/pretrain/checkpoints/last.ckpt"
     else:
         stage = "dapt_sst2" if "dapt" in init else "pretrain"
-        assert model["checkpoint"] == f"runs/experiment/{stage}/checkpoints/last.ckpt"
+        assert model["init_from"] == f"runs/experiment/{stage}/checkpoints/last.ckpt"
     staged = [c["class_path"] for c in cfg["trainer"]["callbacks"] or []]
     assert staged == ([] if init in ("init_scratch.yaml", "init_lora.yaml") else ["lit_llm.callbacks.StagedFinetuning"])
 
@@ -101,7 +101,7 @@ def test_the_hub_gpt2_config_composes_with_the_gpu_fragment(monkeypatch, capsys)
     cfg = _printed([a for f in files for a in ("--config", str(EXPERIMENT / f))]
                    + ["--config", str(REPO / "configs" / "trainer" / "gpu.yaml")], capsys)
     model = cfg["model"]["init_args"]
-    assert model["checkpoint"] == "checkpoints/gpt2.ckpt" and model["learning_rate"] == 5e-5
+    assert model["init_from"] == "checkpoints/gpt2.ckpt" and model["learning_rate"] == 5e-5
     assert cfg["trainer"]["accelerator"] == "gpu" and cfg["data"]["init_args"]["max_length"] == 128
     assert "import-hf --hf_dir gpt2 --out checkpoints/gpt2.ckpt" in (EXPERIMENT / "init_hub_gpt2.yaml").read_text()
 
@@ -182,3 +182,14 @@ def test_crossval_takes_the_configs_number_of_folds(tmp_path):
             "--config", str(EXPERIMENT / "init_scratch.yaml"), "--data.num_folds", "3"]
     with pytest.raises(UsageError, match=r"folds \[5\] are outside 0..2"):  # 10 folds before
         crossval(args, folds=[5], out=str(tmp_path))
+
+
+def test_a_warm_up_longer_than_the_run_is_refused_before_any_side_effect(tmp_path, capsys):
+    """It was found 22 s in, after W&B had started, and left a csv/version_0 behind."""
+    from test_cli import call, error_line
+
+    run = tmp_path / "run"
+    line = error_line(*call(["fit", "--config", "configs/debug.yaml", "--trainer.max_steps", "3",
+                             "--trainer.default_root_dir", str(run)], capsys)[::2])
+    assert "--model.warmup_steps 5 is longer than the schedule (--trainer.max_steps 3)" in line
+    assert not run.exists() and not (tmp_path / "cache").exists()

@@ -48,7 +48,7 @@ def lm_ckpt(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------------------------------------- metrics
 def test_metrics_match_hand_computed_values(lm_ckpt):
-    clf = SequenceClassifier(checkpoint=str(lm_ckpt))
+    clf = SequenceClassifier(init_from=str(lm_ckpt))
     labels = torch.tensor([0, 0, 1, 1, 1])
     preds = torch.tensor([0, 1, 1, 1, 0])
     clf.val_metrics.update(preds, labels)
@@ -151,7 +151,7 @@ def test_reading_labelled_formats_and_bad_labels(tmp_path):
 @pytest.mark.parametrize("family", ["debug", "debug-llama", "debug-bert"])
 def test_classifier_loads_any_family_and_pools_ignoring_padding(tmp_path, family):
     ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt", family)
-    clf = SequenceClassifier(checkpoint=str(ckpt), head_dropout=0.0).eval()
+    clf = SequenceClassifier(init_from=str(ckpt), head_dropout=0.0).eval()
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     for name, p in clf.backbone.state_dict().items():  # the pretrained weights arrive unchanged
         assert torch.equal(p, saved[f"model.{name}"])
@@ -163,7 +163,7 @@ def test_classifier_loads_any_family_and_pools_ignoring_padding(tmp_path, family
 
 
 def test_layerwise_learning_rates(lm_ckpt):
-    clf = SequenceClassifier(checkpoint=str(lm_ckpt), learning_rate=1e-3, layer_decay=0.5)
+    clf = SequenceClassifier(init_from=str(lm_ckpt), learning_rate=1e-3, layer_decay=0.5)
     clf.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)  # for the schedule length
     groups = clf.configure_optimizers()["optimizer"].param_groups
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
@@ -201,7 +201,7 @@ def _tiny_fit(clf, callbacks, steps, tmp_path):
 @pytest.mark.parametrize("head, top", [(3, 2), (0.43, 0.29)])  # steps, or fractions of the 7-step run
 def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckpt, tmp_path, head, top):
     torch.manual_seed(0)
-    clf = SequenceClassifier(checkpoint=str(lm_ckpt), learning_rate=1e-2)
+    clf = SequenceClassifier(init_from=str(lm_ckpt), learning_rate=1e-2)
     rec = _Recorder()
     _tiny_fit(clf, [StagedFinetuning(head_only_steps=head, top_blocks=1, top_blocks_steps=top), rec], 7, tmp_path)
     names = [n for n, _ in clf.named_parameters()]
@@ -222,7 +222,7 @@ def test_staged_finetuning_refuses_a_stage_length_that_is_neither_steps_nor_a_fr
 
 def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):
     torch.manual_seed(0)
-    clf = SequenceClassifier(checkpoint=str(lm_ckpt), lora=LoraSpec(rank=4, alpha=8, targets=["wq", "wv", "w1"]),
+    clf = SequenceClassifier(init_from=str(lm_ckpt), lora=LoraSpec(rank=4, alpha=8, targets=["wq", "wv", "w1"]),
                              learning_rate=1e-2, head_dropout=0.0)
     trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
@@ -235,23 +235,23 @@ def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):
     clf.merge_lora()
     assert not any("lora_" in n for n, _ in clf.named_parameters())
     torch.testing.assert_close(clf(ids), before, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(before, SequenceClassifier(checkpoint=str(lm_ckpt), head_dropout=0.0).eval()(ids))
+    assert not torch.allclose(before, SequenceClassifier(init_from=str(lm_ckpt), head_dropout=0.0).eval()(ids))
 
 
 # ---------------------------------------------------------------------------------------------- refusals
 def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
     other = write_lm_checkpoint(tmp_path / "other.ckpt", vocab=280)
     # the data module told to use another tokenizer than the model's checkpoint
-    clf = SequenceClassifier(checkpoint=str(lm_ckpt))
+    clf = SequenceClassifier(init_from=str(lm_ckpt))
     dm = ClassificationDataModule(train=str(SST2_TRAIN), tokenizer_path=str(other))
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match="differs from the tokenizer of the model's checkpoint"):
         trainer.fit(clf, dm)
     # a classifier checkpoint loaded into a model built on another pretrained checkpoint
     path = tmp_path / "clf.ckpt"
-    _tiny_fit(SequenceClassifier(checkpoint=str(lm_ckpt)), [], 1, tmp_path).save_checkpoint(path)
+    _tiny_fit(SequenceClassifier(init_from=str(lm_ckpt)), [], 1, tmp_path).save_checkpoint(path)
     with pytest.raises(ValueError, match="tokenizer differs"):
-        trainer.validate(SequenceClassifier(checkpoint=str(other)),
+        trainer.validate(SequenceClassifier(init_from=str(other)),
                          ClassificationDataModule(train=str(SST2_TRAIN), max_length=32), ckpt_path=path)
     # a tokenizer larger than the checkpoint's embedding
     ck = torch.load(lm_ckpt, weights_only=True)
@@ -259,13 +259,13 @@ def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
     ck["lit_llm"]["model_config"]["vocab_size"] = 100
     torch.save(ck, tmp_path / "small_vocab.ckpt")
     with pytest.raises(ValueError, match="does not match its own model config: 2 weights of the wrong shape"):
-        SequenceClassifier(checkpoint=str(tmp_path / "small_vocab.ckpt"))
+        SequenceClassifier(init_from=str(tmp_path / "small_vocab.ckpt"))
     with pytest.raises(ValueError, match="only dropout may be set"):
-        SequenceClassifier(checkpoint=str(lm_ckpt), model_args={"n_layer": 4})
+        SequenceClassifier(init_from=str(lm_ckpt), model_args={"n_layer": 4})
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        SequenceClassifier(checkpoint=str(tmp_path / "missing.ckpt"))
+        SequenceClassifier(init_from=str(tmp_path / "missing.ckpt"))
     with pytest.raises(ValueError, match="cls pooling needs the encoder"):
-        SequenceClassifier(checkpoint=str(lm_ckpt), pooling="cls")
+        SequenceClassifier(init_from=str(lm_ckpt), pooling="cls")
 
 
 # ---------------------------------------------------------------------------------------------- CLI end to end
@@ -312,7 +312,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
                     "callbacks": [{"class_path": "lit_llm.callbacks.StagedFinetuning",
                                    "init_args": {"head_only_steps": 2, "top_blocks": 1, "top_blocks_steps": 2}}]},
         "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
-                  "init_args": {"checkpoint": str(dapt_ckpt), "label_names": ["negative", "positive"], "layer_decay": 0.8}},
+                  "init_args": {"init_from": str(dapt_ckpt), "label_names": ["negative", "positive"], "layer_decay": 0.8}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                  "init_args": {"train": "sentiment/sst2/stsa.binary.train", "val": "sentiment/sst2/stsa.binary.dev",
                                "test": "sentiment/sst2/stsa.binary.test", "max_length": 32, "batch_size": 8}},
@@ -342,7 +342,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
 
     # k-fold cross-validation of CR with domain-adaptive pretraining inside each fold
     cr = dict(cls, trainer=dict(cls["trainer"], callbacks=[], default_root_dir=str(tmp_path / "cr"), logger=False),
-              model={"class_path": "lit_llm.tasks.SequenceClassifier", "init_args": {"checkpoint": str(lm)}},
+              model={"class_path": "lit_llm.tasks.SequenceClassifier", "init_args": {"init_from": str(lm)}},
               data={"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                     "init_args": {"train": "sentiment/cr/custrev.all", "max_length": 32, "batch_size": 8}})
     (tmp_path / "cr.yaml").write_text(yaml.safe_dump(cr))
@@ -368,7 +368,7 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
         "trainer": {"max_steps": 6, "limit_val_batches": 2, "limit_test_batches": 3, "enable_progress_bar": False,
                     "logger": False, "enable_model_summary": False},
         "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
-                  "init_args": {"checkpoint": str(lm_ckpt), "learning_rate": 3e-3, "model_args": {"dropout": 0.1}}},
+                  "init_args": {"init_from": str(lm_ckpt), "learning_rate": 3e-3, "model_args": {"dropout": 0.1}}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                  "init_args": {"train": "sentiment/sst2/stsa.binary.train", "val": "sentiment/sst2/stsa.binary.dev",
                                "test": "sentiment/sst2/stsa.binary.test", "max_length": 32, "batch_size": 8}},
@@ -397,7 +397,7 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
 def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckpt):
     from lit_llm.parallel import ParallelDims
 
-    clf = SequenceClassifier(checkpoint=str(lm_ckpt), lora=LoraSpec(rank=2))
+    clf = SequenceClassifier(init_from=str(lm_ckpt), lora=LoraSpec(rank=2))
     with pytest.raises(ValueError, match="LoRA adapters are not sharded here: fine-tune with LoRA under configs/strategy/ddp.yaml"):
         clf.check_parallel(ParallelDims(world_size=2, dp_shard=2))
     assert not SequenceClassifier.supports_pipeline  # configure_model refuses pp > 1 for it, naming the YAMLs to use
@@ -412,7 +412,7 @@ def test_lora_from_a_config_file_saves_and_restores(lm_ckpt, tmp_path, monkeypat
     cfg = {"trainer": {"max_steps": 2, "limit_val_batches": 1, "val_check_interval": 2, "logger": False,
                        "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
            "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
-                     "init_args": {"checkpoint": str(lm_ckpt), "lora": {"rank": 4, "alpha": 8, "targets": ["wq", "wv"]}}},
+                     "init_args": {"init_from": str(lm_ckpt), "lora": {"rank": 4, "alpha": 8, "targets": ["wq", "wv"]}}},
            "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                     "init_args": {"train": str(SST2_TRAIN), "max_length": 32, "batch_size": 4}}}
     (tmp_path / "lora.yaml").write_text(yaml.safe_dump(cfg))

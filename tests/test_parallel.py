@@ -201,7 +201,7 @@ def _classifier_metrics(tmp_path, lm_ckpt, extra, batch, name):
 
     out = tmp_path / name
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/classifier.yaml",
-           "--model.checkpoint", str(lm_ckpt), "--model.head_dropout", "0.0", "--model.layer_decay", "0.8",
+           "--model.init_from", str(lm_ckpt), "--model.head_dropout", "0.0", "--model.layer_decay", "0.8",
            "--model.warmup_steps", "2",
            "--data", "lit_llm.data.labelled.ClassificationDataModule",
            "--data.train", str(SENTIMENT / "sst2" / "stsa.binary.train"), "--data.val", str(SENTIMENT / "sst2" / "stsa.binary.dev"),

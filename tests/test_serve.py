@@ -488,6 +488,23 @@ def test_seed_top_p_and_stop(client):
 
 
 @pytest.mark.slow
+def test_neutral_openai_fields_that_clients_send_are_accepted_and_others_refused(client):
+    """presence_penalty: 0, frequency_penalty: 0, logprobs: false... (sent by common clients) used to be 400s."""
+    import openai
+
+    neutral = dict(presence_penalty=0, frequency_penalty=0, logit_bias={})
+    plain = client.completions.create(model="lm", prompt="the plot", max_tokens=8, temperature=0).choices[0].text
+    assert client.completions.create(model="lm", prompt="the plot", max_tokens=8, temperature=0, logprobs=0,
+                                      **neutral).choices[0].text == plain
+    chat = client.chat.completions.create(model="lm", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                          logprobs=False, **neutral)
+    assert chat.choices[0].message.content is not None
+    for field, value in (("presence_penalty", 0.5), ("frequency_penalty", -1.0), ("logit_bias", {"5": 10})):
+        with pytest.raises(openai.BadRequestError, match=f"{field} is not supported by this server"):
+            client.completions.create(model="lm", prompt="x", max_tokens=2, **{field: value})
+
+
+@pytest.mark.slow
 def test_streaming_completion_and_chat_give_the_same_text(client):
     kw = dict(model="lm", prompt="the plot", max_tokens=20, temperature=0.8, seed=3)
     whole = client.completions.create(**kw).choices[0].text
@@ -743,7 +760,7 @@ def _classifier_config(tmp: Path, lm: Path, root: Path, train: str, max_steps: i
                     "val_check_interval": max_steps, "default_root_dir": str(root), "enable_progress_bar": False,
                     "logger": False, "enable_model_summary": False},
         "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
-                  "init_args": {"checkpoint": str(lm), "label_names": ["negative", "positive"], "learning_rate": 3e-3,
+                  "init_args": {"init_from": str(lm), "label_names": ["negative", "positive"], "learning_rate": 3e-3,
                                 "warmup_steps": 0, "head_dropout": 0.0}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule", "init_args": data},
     }

@@ -309,7 +309,7 @@ def clf_ckpt(lm_ckpt):
     from lit_llm.tasks import SequenceClassifier
 
     lm, tmp = lm_ckpt
-    clf = SequenceClassifier(checkpoint=str(lm), label_names=["neg", "pos"])
+    clf = SequenceClassifier(init_from=str(lm), label_names=["neg", "pos"])
     path = ckpt_format.save(tmp / "clf.ckpt", clf.state_dict(), clf.checkpoint_info())
     return path, tmp
 

@@ -41,7 +41,7 @@ def crossval(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = No
         out: output folder (default: the config's ``trainer.default_root_dir``); fold k goes to ``out/foldK``.
         dapt_config: a language-model fit config for domain-adaptive pretraining in each fold. Its data
             sources are replaced by the training folds' text, its tokenizer and weights come from the
-            classifier's ``model.checkpoint``.
+            classifier's ``model.init_from``.
     """
     fit_args = list(fit_args or [])
     resolved = resolve_config(fit_args)  # as fit will see it; a config that does not parse fails before fold 0
@@ -52,8 +52,8 @@ def crossval(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = No
     num_folds = data["num_folds"] if num_folds is None else num_folds  # the config's, unless given here
     root = Path(out or resolved["trainer"].get("default_root_dir") or "runs/crossval")
     if dapt_config:
-        if not model.get("checkpoint"):
-            raise UsageError("Domain-adaptive pretraining continues the classifier's model.checkpoint; the config has none")
+        if not model.get("init_from"):
+            raise UsageError("Domain-adaptive pretraining continues the classifier's model.init_from; the config has none")
         resolve_config(["--config", dapt_config])
     fold_ids = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in fold_ids if not 0 <= k < num_folds]
@@ -66,8 +66,8 @@ def crossval(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = No
                              "--trainer.default_root_dir", str(fold_dir)]
         if dapt_config:
             labels = {"label_names": model.get("label_names"), "num_classes": model.get("num_classes", 2)}
-            dapt_ckpt = _dapt(fold_dir, dapt_config, model["checkpoint"], {**data, **labels}, num_folds, k)
-            common += ["--model.checkpoint", str(dapt_ckpt)]
+            dapt_ckpt = _dapt(fold_dir, dapt_config, model["init_from"], {**data, **labels}, num_folds, k)
+            common += ["--model.init_from", str(dapt_ckpt)]
         _run(["fit"] + common)
         ckpts = fold_dir / "checkpoints"
         best = ckpts / "best.ckpt" if (ckpts / "best.ckpt").is_file() else ckpts / "last.ckpt"

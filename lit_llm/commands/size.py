@@ -21,7 +21,7 @@ def model_config(resolved: dict[str, Any]) -> tuple[ModelConfig, str]:
     and where its vocabulary size came from."""
     args = resolved["model"].get("init_args") or {}
     overrides = dict(args.get("model_args") or {})
-    pretrained = args.get("checkpoint") or args.get("init_from")
+    pretrained = args.get("init_from")
     if pretrained:  # fine-tuning or continued pretraining: the checkpoint's network (dropout may change)
         from lit_llm.checkpoint import read_info
 

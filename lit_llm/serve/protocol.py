@@ -147,6 +147,21 @@ class _Sampling(_Strict):
     stream_options: Optional[StreamOptions] = None
     n: Optional[int] = None
     user: Optional[str] = None
+    # fields common clients send at their neutral value: accepted there, refused where they would change the
+    # answer in a way this server cannot honour (no penalties, log-probabilities or logit biases)
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    logprobs: Optional[Union[bool, int]] = None
+    top_logprobs: Optional[int] = None
+    logit_bias: Optional[dict[str, float]] = None
+
+    @field_validator("presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "logit_bias")
+    @classmethod
+    def _neutral(cls, value: Any, info) -> Any:
+        if value not in (None, 0, False, {}):
+            raise ValueError(f"{info.field_name} is not supported by this server; omit it or send its neutral value"
+                             f" ({'{}' if info.field_name == 'logit_bias' else 'false' if info.field_name == 'logprobs' else 0})")
+        return value
 
     @field_validator("n")
     @classmethod

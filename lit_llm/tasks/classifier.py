@@ -49,7 +49,7 @@ class SequenceClassifier(TransformerModule):
     """Classify texts with a lit_llm transformer and a linear head.
 
     Args:
-        checkpoint: the pretrained lit_llm checkpoint to start from (any family). Its config and tokenizer
+        init_from: the pretrained lit_llm checkpoint to start from (any family). Its config and tokenizer
             are used. None trains from scratch (then give ``model`` and ``tokenizer``).
         preset: model preset when training from scratch.
         model_args: overrides of the preset (from scratch), or of ``dropout`` only (from a checkpoint).
@@ -77,7 +77,7 @@ class SequenceClassifier(TransformerModule):
 
     def __init__(
         self,
-        checkpoint: Optional[str] = None,
+        init_from: Optional[str] = None,
         preset: str = "debug",
         model_args: Optional[dict[str, Any]] = None,
         tokenizer: Optional[str] = None,
@@ -108,10 +108,10 @@ class SequenceClassifier(TransformerModule):
         if label_names is not None and len(label_names) != num_classes:
             raise ValueError(f"label_names has {len(label_names)} names but num_classes is {num_classes}")
         state = None
-        if checkpoint is not None:
+        if init_from is not None:
             # a language model's checkpoint, or a classifier's (its backbone)
-            config, state, self.tokenizer = ckpt_format.load_network(checkpoint, expect=None,
-                                                                     purpose="model.checkpoint")
+            config, state, self.tokenizer = ckpt_format.load_network(init_from, expect=None,
+                                                                     purpose="model.init_from")
             extra = set(model_args or {}) - {"dropout"}
             if extra:
                 raise ValueError(f"model_args {sorted(extra)} would change the pretrained architecture; only dropout may be set")
@@ -119,7 +119,7 @@ class SequenceClassifier(TransformerModule):
         else:
             if tokenizer is None:
                 raise ValueError("A classifier trained from scratch needs model.tokenizer (a tokenizer.json or .ckpt);"
-                                 " or give model.checkpoint to fine-tune a pretrained model")
+                                 " or give model.init_from to fine-tune a pretrained model")
             self.tokenizer = load_tokenizer(tokenizer)
             args = {"vocab_size": self.tokenizer.get_vocab_size(), **(model_args or {})}
             label = args.pop("name", None)  # a stored config (``restore``) carries its own name
@@ -306,7 +306,7 @@ class SequenceClassifier(TransformerModule):
         info = ckpt_format.CheckpointInfo.from_dict(checkpoint.get(ckpt_format.KEY) or {"task": None,
                                                                                        "model_config": {}, "tokenizer": ""})
         if info.task != "classification":
-            raise ValueError("This is not a classifier checkpoint; fine-tune from it with model.checkpoint instead of --ckpt_path")
+            raise ValueError("This is not a classifier checkpoint; fine-tune from it with model.init_from instead of --ckpt_path")
         if info.tokenizer != self.tokenizer.to_str():
             raise ValueError("The checkpoint's tokenizer differs from this model's; use the model config the checkpoint was trained with")
         if info.config != self.config or info.num_classes != self.hparams.num_classes:
