@@ -84,6 +84,8 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     assert model["label_names"] == ["negative", "positive"] and model["num_classes"] == 2
     assert "num_classes" not in dm and "label_names" not in dm  # link targets: they come from the model
     assert (dm["split"] == "kfold") == (data == "cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
+    # the CSV log where plot, PlotCurves and sweep look for it (RUN/csv/version_N), not lightning_logs/
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "csv"
     if init == "init_scratch.yaml":  # random weights, the pretraining run's tokenizer
         assert model["init_from"] is None and model["tokenizer"] == "runs/experiment/pretrain/checkpoints/last.ckpt"
     else:
