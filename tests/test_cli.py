@@ -252,6 +252,8 @@ def test_prepare_resolves_every_config_like_fit(tmp_path, small_corpus, capsys):
     train, val = (int(tokens[k].replace(",", "")) for k in ("train", "val"))
     assert train + val < 20_001  # ... on A's corpus (20,000 characters), not the default Tiny Shakespeare
     assert val / (train + val) == pytest.approx(0.25, abs=0.01)  # B's val_fraction
+    png = out.split("document lengths: ")[1].split()[0]  # where the report's picture is
+    assert png.endswith("doc_lengths.png") and Path(png).is_file()
     code, _, err = call(["prepare", "--config", str(EXPERIMENT / "classifier.yaml"), "--config",
                          str(EXPERIMENT / "sst2.yaml")], capsys)
     assert "prepare runs the language-model data stage" in error_line(code, err)

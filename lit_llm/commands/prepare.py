@@ -40,4 +40,5 @@ def prepare(fit_args: Optional[list[str]] = None) -> Path:
     for row in r["cleaning"]:
         print(f"  {row['step']:<16s} in {row['in']:>10,}  out {row['out']:>10,}  removed {row['removed']:>8,}")
     print("tokens: " + ", ".join(f"{k} {v:,}" for k, v in r["tokens"].items()) + f"; {r['bytes_per_token']:.3f} bytes/token")
+    print(f"report: {dm.token_dir / 'report.json'}; document lengths: {dm.token_dir / 'doc_lengths.png'}")
     return dm.token_dir
