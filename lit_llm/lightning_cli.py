@@ -414,7 +414,8 @@ class LitLLMCLI(LightningCLI):
                                " with another config); it is not continued. Pass --ckpt_path to continue it, or give"
                                " this run its own --trainer.default_root_dir")
             if newest is not None:
-                rank_zero_info(f"resuming from this run's newest complete checkpoint, {newest}")
+                rank_zero_info(f"resuming from the newest complete checkpoint, {newest} (of this run: its SLURM job"
+                               " or its config)")
             return str(newest) if newest is not None else None
         if ckpt_path == "newest":
             newest = newest_checkpoint(root, dirpath)

@@ -173,7 +173,7 @@ def test_a_slurm_fit_resumes_only_its_own_jobs_or_configs_checkpoints(tmp_path, 
     first = fit("111")
     assert first["lit_llm_run"]["slurm_job"] == "111"
     again = fit("222")  # the same config, resubmitted: continues it (already at max_steps: nothing to do)
-    assert "resuming from this run's newest complete checkpoint" in caplog.text
+    assert "resuming from the newest complete checkpoint" in caplog.text and "(of this run" in caplog.text
     assert again["hyper_parameters"]["learning_rate"] == 3e-3
     with pytest.warns(UserWarning, match="was saved by another run .* it is not continued. Pass --ckpt_path"):
         other = fit("333", "--model.learning_rate", "1e-3")  # another run: starts from step 0
