@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from lit_llm.model.config import ModelConfig
 
+# the device mesh's dimension names, in mesh order; DP is replicate x shard flattened (the sampler's, the metrics')
+PP, DP_REPLICATE, DP_SHARD, TP = "pipeline_parallel", "data_parallel_replicate", "data_parallel_shard", "tensor_parallel"
+DP = "data_parallel"
+
 
 @dataclass(frozen=True)
 class ParallelDims:
@@ -53,11 +57,27 @@ class ParallelDims:
             raise ValueError(f"Pipeline degree {self.pp} is larger than n_layer={config.n_layer}")
 
     def build_mesh(self, device_type: str = "cpu"):
-        """A device mesh with dimensions ("pp", "dp_replicate", "dp_shard", "tp"), leaving out those of size 1."""
+        """The one device mesh that training (``ModelParallel``) and the simulation (``plan --simulate``) use:
+        dimensions (PP, DP_REPLICATE, DP_SHARD, TP), size-1 ones included, and DP, the two data-parallel
+        dimensions flattened into one (torchtitan flattens them the same way)."""
         from torch.distributed.device_mesh import init_device_mesh
 
-        dims = [(n, d) for n, d in (("pp", self.pp), ("dp_replicate", self.dp_replicate),
-                                    ("dp_shard", self.dp_shard), ("tp", self.tp)) if d > 1]
-        if not dims:
-            dims = [("dp_shard", 1)]
-        return init_device_mesh(device_type, tuple(d for _, d in dims), mesh_dim_names=tuple(n for n, _ in dims))
+        mesh = init_device_mesh(device_type, (self.pp, self.dp_replicate, self.dp_shard, self.tp),
+                                mesh_dim_names=(PP, DP_REPLICATE, DP_SHARD, TP))
+        mesh[DP_REPLICATE, DP_SHARD]._flatten(DP)
+        return mesh
+
+    @classmethod
+    def of_mesh(cls, mesh) -> "ParallelDims":
+        """The degrees of a mesh that ``build_mesh`` made, or of Lightning's own (DP, TP) mesh."""
+        names = mesh.mesh_dim_names
+        size = {n: mesh[n].size() for n in (PP, DP_REPLICATE, DP_SHARD, TP) if n in names}
+        replicas = size.get(DP_REPLICATE, 1)
+        return cls(world_size=mesh.size(), dp_replicate=replicas, tp=size.get(TP, 1), pp=size.get(PP, 1),
+                   dp_shard=size.get(DP_SHARD, mesh[DP].size() // replicas if DP in names else 1))
+
+    def fsdp_mesh(self, mesh):
+        """What FSDP2 shards over: the shard dimension, or (replicate, shard) for HSDP."""
+        if self.dp_replicate > 1:
+            return mesh[DP_REPLICATE, DP_SHARD]
+        return mesh[DP_SHARD] if DP_SHARD in mesh.mesh_dim_names else mesh[DP]

@@ -30,14 +30,14 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, re
     into the parameter's layout; ``tests/test_plan.py`` checks that against a real backward at small scale),
     take one AdamW step on the meta device, and count the bytes this rank holds (float32 throughout)."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
 
-    from lit_llm.parallel.dims import ParallelDims
+    from lit_llm.parallel.dims import PP, TP, ParallelDims
     from lit_llm.parallel.parallelize import apply_fsdp, apply_tp
 
     world = pp * replicas * dp * tp
-    ParallelDims(world_size=world, dp_replicate=replicas, dp_shard=dp, tp=tp, pp=pp).check_model(cfg)
+    dims = ParallelDims(world_size=world, dp_replicate=replicas, dp_shard=dp, tp=tp, pp=pp)
+    dims.check_model(cfg)
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside the {world} ranks of the layout")
     if dist.is_initialized():
@@ -45,17 +45,15 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, re
     excepthook = sys.excepthook  # init_process_group chains a "[rank N]" prefix onto it each time
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
     try:
-        mesh = init_device_mesh("cpu", (pp, replicas, dp, tp), mesh_dim_names=(
-            "pipeline_parallel", "data_parallel_replicate", "data_parallel_shard", "tensor_parallel"))
+        mesh = dims.build_mesh("cpu")  # the mesh training builds
         with torch.device("meta"):
             model = build_model(cfg)
-        stage = mesh["pipeline_parallel"].get_local_rank()
+        stage = mesh[PP].get_local_rank()
         if pp > 1:
             split_stages(model, stage, pp, 1)
         if tp > 1:
-            apply_tp(model, mesh["tensor_parallel"])
-        apply_fsdp(model, mesh["data_parallel_replicate", "data_parallel_shard"] if replicas > 1
-                   else mesh["data_parallel_shard"])
+            apply_tp(model, mesh[TP])
+        apply_fsdp(model, dims.fsdp_mesh(mesh))
         params = list(model.parameters())
         for p in params:
             p.grad = torch.zeros_like(p)

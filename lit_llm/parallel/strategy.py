@@ -18,12 +18,14 @@ class ModelParallel(ModelParallelStrategy):
     ``"auto"`` for the data- or tensor-parallel degree means "what the other degrees leave":
     ``data_parallel_size = world_size / (tensor_parallel_size * pipeline_parallel_size)``. (Lightning's own
     ``"auto"`` means one data-parallel group per node.) Degrees that do not multiply to the number of
-    processes are refused with an error that says how to fix them. With ``pipeline_parallel_size > 1`` the
-    mesh has dimensions ("pipeline_parallel", "data_parallel", "tensor_parallel") and the LightningModule
-    runs the pipeline schedule (see ``lit_llm.parallel.pipeline``). With ``data_parallel_replicate_size > 1``
-    the data-parallel dimension is two, ("data_parallel_replicate", "data_parallel_shard"), flattened into
-    "data_parallel" for the data sampler: FSDP2 shards within each replica and all-reduces the gradients
-    across replicas (HSDP), which keeps the sharding traffic inside a node or a rack.
+    processes are refused with an error that says how to fix them. The device mesh is the one
+    ``ParallelDims.build_mesh`` makes for every layout: dimensions ("pipeline_parallel",
+    "data_parallel_replicate", "data_parallel_shard", "tensor_parallel"), size-1 ones included, with the two
+    data-parallel ones flattened into "data_parallel" for the data sampler and Lightning. With
+    ``pipeline_parallel_size > 1`` the LightningModule runs the pipeline schedule (see
+    ``lit_llm.parallel.pipeline``); with ``data_parallel_replicate_size > 1`` FSDP2 shards within each replica
+    and all-reduces the gradients across replicas (HSDP), which keeps the sharding traffic inside a node or a
+    rack.
 
     Args:
         data_parallel_size: FSDP2 degree (within a replica), or ``auto``.
@@ -73,17 +75,6 @@ class ModelParallel(ModelParallelStrategy):
         self._data_parallel_size, self._tensor_parallel_size = dims.dp * dims.pp, dims.tp
         super().setup_environment()
         self._data_parallel_size = dims.dp
-        if dims.pp > 1 or dims.dp_replicate > 1:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            if dims.dp_replicate == 1:
-                mesh = init_device_mesh(self.root_device.type, (dims.pp, dims.dp, dims.tp),
-                                        mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
-            else:
-                mesh = init_device_mesh(self.root_device.type, (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp),
-                                        mesh_dim_names=("pipeline_parallel", "data_parallel_replicate",
-                                                        "data_parallel_shard", "tensor_parallel"))
-                # one data-parallel dimension for the sampler and the metrics (torchtitan flattens it the same way)
-                mesh["data_parallel_replicate", "data_parallel_shard"]._flatten("data_parallel")
-            self._device_mesh = mesh
-            self.lightning_module._device_mesh = mesh
+        mesh = dims.build_mesh(self.root_device.type)  # the one mesh builder, with a pipeline dimension and HSDP
+        self._device_mesh = mesh
+        self.lightning_module._device_mesh = mesh

@@ -23,6 +23,7 @@ from torch import nn
 
 from lit_llm.model import ModelConfig
 from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
+from lit_llm.parallel.dims import TP
 from lit_llm.tasks import optim
 
 
@@ -128,9 +129,9 @@ class TransformerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ parallelism
     def configure_model(self) -> None:
-        """Build the network, then parallelize it from outside. Under Lightning's ModelParallelStrategy
-        ``self.device_mesh`` has "data_parallel" and "tensor_parallel" dimensions (and "pipeline_parallel" under
-        lit_llm's ModelParallel): the pipeline stage is cut first, then tensor + sequence parallel, activation
+        """Build the network, then parallelize it from outside. Under lit_llm's ModelParallel ``self.device_mesh``
+        is ``ParallelDims.build_mesh``'s (Lightning's own ModelParallelStrategy: "data_parallel" and
+        "tensor_parallel" only; ``ParallelDims.of_mesh`` reads both): the pipeline stage is cut first, then tensor + sequence parallel, activation
         checkpointing and compile per block, then FSDP2 over data parallel. The full network is built (seeded)
         before it is sharded, so every layout starts from the same weights as one process."""
         if self._parallelized:
@@ -138,20 +139,16 @@ class TransformerModule(L.LightningModule):
         self.build_network()
         net, par = self.network, self.parallel
         mesh = self.device_mesh
-        names = mesh.mesh_dim_names if mesh is not None else ()
         parts = [net]  # what runs: the network, or this rank's pipeline stages
-        pp = mesh["pipeline_parallel"].size() if "pipeline_parallel" in names else 1
+        dims = ParallelDims.of_mesh(mesh) if mesh is not None else None
+        pp = dims.pp if dims is not None else 1
         if mesh is not None and self.hparams.get("optimizer", "adamw") == "muon":
             raise ValueError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or"
                              " under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP meshes, whose weights"
                              " are sharded. Use --model.optimizer adamw with those strategies.")
         if mesh is not None:
-            replicas = mesh["data_parallel_replicate"].size() if "data_parallel_replicate" in names else 1
-            dims = ParallelDims(world_size=mesh.size(), dp_replicate=replicas, tp=mesh["tensor_parallel"].size(),
-                                dp_shard=mesh["data_parallel"].size() // replicas, pp=pp)
             # FSDP2 over the data-parallel ranks, or HSDP: sharded within a replica, replicated across them
-            fsdp_mesh = (mesh["data_parallel_replicate", "data_parallel_shard"] if replicas > 1
-                         else mesh["data_parallel"])
+            fsdp_mesh = dims.fsdp_mesh(mesh)
             dims.check_model(self.config)
             self.check_parallel(dims)
             if pp > 1:
@@ -161,9 +158,9 @@ class TransformerModule(L.LightningModule):
                 parts = self.split_pipeline(mesh)
             if dims.tp > 1:
                 for part in parts:
-                    apply_tp(part, mesh["tensor_parallel"])
+                    apply_tp(part, mesh[TP])
                 for module in self.extra_modules():
-                    _replicate_over(module, mesh["tensor_parallel"])
+                    _replicate_over(module, mesh[TP])
         for part in parts:  # several parts: the stages of an interleaved pipeline, each its own FSDP root
             if par.activation_checkpointing != "none":
                 apply_ac(part, par.activation_checkpointing, par.ac_every)
@@ -182,8 +179,8 @@ class TransformerModule(L.LightningModule):
         """How many different batches one step sees: the mesh's data-parallel degree (tensor-parallel ranks and
         pipeline stages share a batch), or every process under DDP."""
         mesh = self.device_mesh
-        if mesh is not None and "data_parallel" in mesh.mesh_dim_names:
-            return mesh["data_parallel"].size()
+        if mesh is not None:  # build_mesh's DP is a flattened dimension: not in mesh_dim_names
+            return ParallelDims.of_mesh(mesh).dp
         return self.trainer.world_size
 
     def check_parallel(self, dims: ParallelDims) -> None:

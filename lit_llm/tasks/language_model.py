@@ -16,6 +16,7 @@ from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
+from lit_llm.parallel.dims import PP
 from lit_llm.parallel.pipeline import (PipelineRunner, TiedWeights, adopt_blocks, build_schedule, clip_across_stages,
                                        split_stages)
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
@@ -144,11 +145,11 @@ class LanguageModel(TransformerModule):
         if batch is not None and batch % self.parallel.microbatches:
             raise ValueError(f"--data.batch_size {batch} is not divisible by --model.parallel.microbatches"
                              f" {self.parallel.microbatches}")
-        pp_mesh = mesh["pipeline_parallel"]
+        pp_mesh = mesh[PP]
         return split_stages(self.model, pp_mesh.get_local_rank(), pp_mesh.size(), self.parallel.stages_per_rank)
 
     def setup_pipeline(self, mesh, stages) -> None:
-        pp_mesh = mesh["pipeline_parallel"]
+        pp_mesh = mesh[PP]
         stage, n = pp_mesh.get_local_rank(), pp_mesh.size()
         adopt_blocks(self.model, stages)
         schedule = build_schedule(stages, stage, n, self.trainer.strategy.root_device, pp_mesh.get_group(),
