@@ -246,6 +246,7 @@ class LitLLMCLI(LightningCLI):
         }
         self._class_parsers: list[LightningArgumentParser] = []  # the parsers that hold default_classes
         self._work = _WorkStarted()
+        self._run_record: dict[str, Any] = {"slurm_job": None, "config": None}  # set by _parse_ckpt_path for fit
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 1337)

@@ -164,7 +164,11 @@ class SequenceClassifier(TransformerModule):
             backbone.head_dense = backbone.head_norm = None
 
     def _add_lora(self, spec: LoraSpec) -> None:
-        from peft import LoraConfig, LoraModel
+        try:
+            from peft import LoraConfig, LoraModel
+        except ImportError as e:
+            raise ImportError(f"LoRA (model.lora) needs peft, which is not installed ({e}): pip install"
+                              " 'lit_llm[lora]'") from None
 
         cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
         self.backbone = LoraModel(self.backbone, cfg, "default")  # freezes every non-adapter backbone weight
