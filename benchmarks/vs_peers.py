@@ -14,17 +14,27 @@ Shapes: ``quickstart`` (4 layers, width 128, context 64, vocab 65, batch 16) and
 vocab 50,304, batch 8). The two models are timed in alternating blocks of steps; the figure is the median
 ms/step of each and the ratio lit_llm / litgpt (goal <= 1).
 
-Needs the ``bench`` extra (``pip install -e '.[bench]'``, which installs litgpt); prints one JSON object.
+litgpt never enters lit_llm's environment: its requirements cap numpy, huggingface_hub and jsonargparse below what
+lit_llm needs (pip falls back to litgpt 0.5.9, which downgrades numpy to 1.x and breaks pyarrow, and with it
+``datasets``). So the script runs itself in a venv of its own, built on first use (about a minute) and reused
+after: ``$LIT_LLM_CACHE_DIR/peers-venv`` (default ``~/.cache/lit_llm/peers-venv``), with torch pinned by the
+repository's ``constraints.txt`` (the same torch as lit_llm's environment) and ``PEERS`` below. Both models are
+timed in that one process, lit_llm's ``Decoder`` imported from this checkout's source, so the loop, batches and
+torch are the same for both; it says so on stderr and in the JSON (``peers_venv``). Prints one JSON object.
 
     python benchmarks/vs_peers.py [--shapes quickstart tiny] [--steps 30] [--device cpu]
+    python benchmarks/vs_peers.py --setup_only      # build (or check) the peers' venv and print its path
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,8 +42,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from lit_llm.model import Decoder, ModelConfig  # noqa: E402
+
+# the peers and their versions (litgpt 0.5.13 is the one docs/performance.md measured); torch comes from constraints.txt
+PEERS = ["litgpt==0.5.13"]
+IN_PEERS_VENV = "LIT_LLM_IN_PEERS_VENV"  # set when the script runs itself inside the peers' venv
 
 SHAPES = {
     "quickstart": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, batch=16),
@@ -101,6 +116,49 @@ def compare(name: str, family: str, device: str, steps: int, blocks: int) -> dic
             "lit_llm_tokens_per_s": round(tokens / ms_ours * 1000), "litgpt_tokens_per_s": round(tokens / ms_peer * 1000)}
 
 
+def peers_venv_dir() -> Path:
+    cache = os.environ.get("LIT_LLM_CACHE_DIR") or Path.home() / ".cache" / "lit_llm"
+    return Path(cache) / "peers-venv"
+
+
+def _stamp() -> str:
+    """What the peers' venv was built from: when it changes (another torch pin, other peers, another Python), the
+    venv is built anew."""
+    text = json.dumps({"python": sys.version, "constraints": (ROOT / "constraints.txt").read_text(), "peers": PEERS})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ensure_peers_venv() -> Path:
+    """The peers' venv (``peers_venv_dir()``), built if missing or built from other pins; returns its python."""
+    venv = peers_venv_dir()
+    python, stamp = venv / "bin" / "python", venv / ".lit_llm_stamp"
+    if python.exists() and stamp.exists() and stamp.read_text() == _stamp():
+        return python
+    print(f"vs_peers: building the peers' venv {venv} (torch from constraints.txt, {' '.join(PEERS)}); once, about a"
+          " minute", file=sys.stderr, flush=True)
+    if stamp.exists():
+        stamp.unlink()
+    pip = [str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt")]
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([*pip, "torch"], check=True)
+        subprocess.run([*pip, *PEERS], check=True)
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"error: building the peers' venv {venv} failed ({' '.join(map(str, e.cmd))} exited with"
+                         f" {e.returncode}); nothing of lit_llm's own environment was touched")
+    stamp.write_text(_stamp())
+    return python
+
+
+def run_in_peers_venv(argv: list[str]) -> int:
+    """Run this script again inside the peers' venv; lit_llm's environment never gets the peers."""
+    python = ensure_peers_venv()
+    print(f"vs_peers: running in the peers' venv {python.parents[1]} (litgpt is not installed in this environment,"
+          " by design); both models are timed there, lit_llm's Decoder from this checkout", file=sys.stderr, flush=True)
+    env = {**os.environ, IN_PEERS_VENV: str(python.parents[1])}
+    return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], env=env).returncode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
@@ -108,11 +166,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--blocks", type=int, default=4, help="alternating blocks per model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--setup_only", action="store_true", help="build (or check) the peers' venv, print its path")
     args = parser.parse_args()
+    if not os.environ.get(IN_PEERS_VENV):
+        if args.setup_only:
+            print(ensure_peers_venv().parents[1])
+            return
+        sys.exit(run_in_peers_venv(sys.argv[1:]))
     try:
         import litgpt  # noqa: F401
     except ImportError:
-        raise SystemExit("error: litgpt is not installed; pip install -e '.[bench]' (the peers' extra)")
+        raise SystemExit(f"error: litgpt is missing from the peers' venv {os.environ[IN_PEERS_VENV]}; delete that"
+                         " folder and run this script again to rebuild it")
     shapes = args.shapes or (["gpt2-124m"] if args.device == "cuda" else ["quickstart", "tiny"])
     rows = []
     for name in shapes:
@@ -123,7 +188,8 @@ def main() -> None:
 
     print(json.dumps({"device": torch.cuda.get_device_name() if args.device == "cuda" else
                       f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-                      "torch": torch.__version__, "litgpt": version("litgpt"), "rows": rows}))
+                      "torch": torch.__version__, "litgpt": version("litgpt"),
+                      "peers_venv": os.environ[IN_PEERS_VENV], "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -120,21 +120,57 @@ def split_fit_args(parser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return own, fit
 
 
+def _extra_of(module: str) -> Optional[str]:
+    """The extra of lit_llm that installs ``module``'s package (by lit_llm's installed metadata), if one does; the
+    narrowest such extra, never ``all`` or ``dev``."""
+    import re
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("lit_llm") or []
+    except metadata.PackageNotFoundError:
+        return None
+    top = module.partition(".")[0].lower()
+    for line in requires:  # e.g. 'lm_eval[hf]>=0.4.13; extra == "eval"'
+        dist, extra = re.match(r"\s*([A-Za-z0-9._-]+)", line), re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", line)
+        if dist and extra and extra.group(1) not in ("all", "dev") and \
+                re.sub(r"[-.]", "_", dist.group(1).lower()) == top:
+            return extra.group(1)
+    return None
+
+
+def _missing_module(error: ImportError) -> Optional[str]:
+    """The module whose absence ``error`` reports (itself, or the ModuleNotFoundError it was raised from)."""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name and not seen.name.startswith("lit_llm"):
+            return seen.name
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _run_extra(name: str, argv: list[str]) -> None:
+    # a package of an extra that is not installed, at the command's import or at run time (a lazy import):
+    # one error line naming the extra to install, never a traceback
     try:
         fn = _load(COMMANDS[name].target)
-    except ModuleNotFoundError as e:
-        if e.name and not e.name.startswith("lit_llm"):
-            raise UsageError(f"{name} needs the {e.name!r} package, which is not installed") from e
-        raise
-    parser = function_parser(name, fn)
-    if FIT_ARGS in inspect.signature(fn).parameters:
-        own, fit_args = split_fit_args(parser, argv)
-        kwargs = parser.parse_args(own).as_dict()
-        kwargs[FIT_ARGS] = fit_args
-    else:
-        kwargs = parser.parse_args(argv).as_dict()
-    fn(**kwargs)
+        parser = function_parser(name, fn)
+        if FIT_ARGS in inspect.signature(fn).parameters:
+            own, fit_args = split_fit_args(parser, argv)
+            kwargs = parser.parse_args(own).as_dict()
+            kwargs[FIT_ARGS] = fit_args
+        else:
+            kwargs = parser.parse_args(argv).as_dict()
+        fn(**kwargs)
+    except ImportError as e:
+        missing = _missing_module(e)
+        if "pip install 'lit_llm[" in str(e):  # the message already names the extra
+            raise UsageError(f"{name}: {one_line(e)}") from e
+        if missing is None:
+            raise
+        extra = _extra_of(missing)
+        fix = f": pip install 'lit_llm[{extra}]'" if extra else ""
+        raise UsageError(f"{name} needs the {missing.partition('.')[0]!r} package, which is not installed{fix}") from e
 
 
 def _run_lightning(argv: list[str]) -> None:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv and install lit_llm with the extras in $LIT_LLM_EXTRAS (default: dev, everything the tests
 # need; scripts/quickstart.sh sets it empty, the core only). torch is pinned by constraints.txt to the CPU
-# build on this kind of machine's disk; pyproject.toml itself keeps version ranges for users.
+# build on this kind of machine's disk; every other package by constraints-lock.txt, the exact versions CI
+# tested (LIT_LLM_LOCK= for none: the newest versions pyproject.toml's ranges allow). docs/installing.md says more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+LOCK=${LIT_LLM_LOCK-constraints-lock.txt}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt torch
+.venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} torch
 EXTRAS=${LIT_LLM_EXTRAS-dev}
-.venv/bin/python -m pip install -q -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}"
+.venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} -e ".${EXTRAS:+[$EXTRAS]}"
