@@ -247,14 +247,25 @@ _INDEX_GLOBALS = {
 _PATH_CLASSES = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
 
 
-class _IndexUnpickler(pickle.Unpickler):
-    """Unpickles a DCP ``.metadata`` file, refusing every global but the checkpoint-metadata classes: a pickle
-    that names ``os.system`` (or anything else) fails before it is called."""
+class _IndexUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD step can be checked
+    """Unpickles a DCP ``.metadata`` file, refusing every global but the checkpoint-metadata classes (a pickle
+    that names ``os.system``, or anything else, fails before it is called) and any BUILD that would set
+    attributes on a class or function rather than on an instance (which would tamper with the process)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, type) or callable(target):
+            raise pickle.UnpicklingError(f"it sets attributes on {getattr(target, '__name__', target)!r}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = (module, name) in _INDEX_GLOBALS
         allowed |= module in ("pathlib", "pathlib._local") and name in _PATH_CLASSES
-        allowed |= module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        allowed |= module == "torch" and isinstance(vars(torch).get(name), torch.dtype)  # no lazy imports
         if module == _INDEX_MODULE:
             import torch.distributed.checkpoint.metadata as index
 
@@ -268,12 +279,15 @@ class _IndexUnpickler(pickle.Unpickler):
 def read_sharded_index(folder: str | Path):
     """The ``.metadata`` of a sharded (torch.distributed.checkpoint) folder, unpickled with an allow-list.
 
-    torch reads this file with plain ``pickle.load`` (``FileSystemReader.read_metadata``), so a folder from
-    someone else could run any code the moment Lightning or ``dcp_to_torch_save`` opens it. Every path that
-    reads a sharded folder (``consolidate``, ``fit/validate/test --ckpt_path FOLDER``, ``newest``) calls this
-    first: a file that names anything but the checkpoint-metadata classes is refused and nothing is called.
+    torch reads this file with plain ``pickle.load`` (``FileSystemReader.read_metadata``), and the non-tensor
+    items in the ``.distcp`` shards (an optimizer's ``param_groups``) with ``torch.load(weights_only=False)``
+    (``DefaultLoadPlanner.load_bytes``), so a folder from someone else could run any code the moment Lightning
+    or ``dcp_to_torch_save`` opens it. Every path that reads a sharded folder (``consolidate``,
+    ``fit/validate/test --ckpt_path FOLDER``, ``newest``) calls this first: an index that names anything but the
+    checkpoint-metadata classes is refused, and so is a shard item that a weights-only load refuses or that
+    lies outside the folder; nothing is called.
     """
-    from torch.distributed.checkpoint.metadata import Metadata
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
     path = Path(folder) / ".metadata"
     if not path.is_file():
@@ -292,7 +306,35 @@ def read_sharded_index(folder: str | Path):
                               " earlier checkpoint") from None
     if not isinstance(index, Metadata):
         raise CheckpointError(f"{path} holds a {type(index).__name__}, not a checkpoint index; {_WHAT_TO_PASS}")
+    storage = index.storage_data if isinstance(index.storage_data, dict) else {}
+    for key, info in storage.items():
+        item = index.state_dict_metadata.get(getattr(key, "fqn", None))
+        where = getattr(info, "relative_path", "")
+        if not isinstance(where, str) or Path(where).name != where or where in ("", ".", ".."):
+            raise CheckpointError(f"{path} points at {where!r}, outside its folder; refused")
+        if isinstance(item, BytesStorageMetadata):
+            _check_shard_item(Path(folder), info, path)
     return index
+
+
+def _check_shard_item(folder: Path, info: Any, index_path: Path) -> None:
+    """Load one pickled (non-tensor) item of a ``.distcp`` shard weights-only: torch would load it with
+    ``weights_only=False``, so a pickle that calls anything must be refused before torch sees it."""
+    import io
+
+    if getattr(info, "transform_descriptors", None):
+        raise CheckpointError(f"{index_path} stores items through transforms {info.transform_descriptors}, which"
+                              " lit_llm's checks do not read; refused")
+    try:
+        with open(folder / info.relative_path, "rb") as f:
+            f.seek(int(info.offset))
+            blob = f.read(int(info.length))
+        torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{folder / info.relative_path} holds an item that a weights-only load refuses"
+                              f" ({reason}); refused without running it. Use a checkpoint your own runs"
+                              " wrote") from None
 
 
 # ---------------------------------------------------------------------------------------------- writing

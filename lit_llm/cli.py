@@ -191,7 +191,8 @@ def did_you_mean(message: str, name: str, lightning: bool) -> str:
     or jsonargparse's ``Option 'X' is not accepted``), else ""."""
     import re
 
-    typed = re.findall(r"(?:unrecognized arguments: |\s)--([\w.-]+)", message)
+    unknown = message.partition("unrecognized arguments: ")[2]
+    typed = re.findall(r"(?:^|\s)--([\w.-]+)", unknown)
     nested = re.search(r"Parser key \"(\w+)\".*?Option '([\w.]+)' is not accepted", message, re.S)
     if nested:
         typed.insert(0, f"{nested.group(1)}.{nested.group(2)}")

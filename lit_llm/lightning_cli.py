@@ -208,7 +208,7 @@ def suggest_key(key: str) -> Optional[str]:
     if section not in sections:
         top = ["config", "ckpt_path", "seed_everything", *sections]
         close = difflib.get_close_matches(section, top, n=1)
-        return f"{close[0]}.{rest}".rstrip(".") if close else None
+        return f"{close[0]}.{rest}".rstrip(".") if close and close[0] != section else None
     if not rest:
         return None
     head, _, tail = rest.partition(".")
@@ -340,9 +340,9 @@ class LitLLMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(self._work)
-        if self.subcommand == "fit":
+        if self.subcommand == "fit":  # a CLI that runs fit resolves its resume itself (_resume_path)
             trainer.callbacks.append(_RunRecord(self._run_record))
-        _without_implicit_hpc_resume(trainer)
+            _without_implicit_hpc_resume(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -386,7 +386,7 @@ class LitLLMCLI(LightningCLI):
         if sub == "fit":
             dumped = json.loads(self.parser.dump(self.config, format="json", skip_link_targets=False))[sub]
             self._run_record = {"slurm_job": slurm_job_id(), "config": config_fingerprint(dumped)}
-        if sub == "fit":  # a read-only or misplaced output folder is found now, not at the first save
+        if sub == "fit" and "://" not in str(dirpath):  # a read-only or misplaced local folder: now, not at a save
             check_writable(dirpath, "--checkpoint.dirpath" if cfg.checkpoint.dirpath else "--trainer.default_root_dir")
         if sub == "fit" and _first_local_process():  # nothing is being saved yet
             for p in sweep_stale_temps(root, dirpath):
@@ -422,12 +422,19 @@ class LitLLMCLI(LightningCLI):
             newest = newest_checkpoint(root, dirpath)
             if newest is not None:
                 rank_zero_info(f"resuming from the newest complete checkpoint, {newest}")
+            elif sub != "fit":  # evaluating nothing would report a random model's numbers
+                raise UsageError(f"--ckpt_path newest: no complete checkpoint in {root} or {dirpath} to {sub}")
             else:
                 rank_zero_info(f"--ckpt_path newest: no checkpoint in {root} or {dirpath} yet; starting from step 0")
             return str(newest) if newest is not None else None
+        if ckpt_path == "hpc":  # Lightning's own lookup is off: the highest hpc_ckpt_N.ckpt that loads
+            hpc = [c for c in checkpoints_by_step(root) if c[2].name.startswith("hpc_ckpt_")]
+            if not hpc:
+                raise UsageError(f"--ckpt_path hpc: no complete hpc_ckpt_N.ckpt in {root}")
+            return str(hpc[0][2])
         if ckpt_path == "last" and Path(dirpath, "last.ckpt").exists():
             ckpt_path = str(Path(dirpath, "last.ckpt"))  # checked below like any path
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+        if ckpt_path and ckpt_path not in ("last", "best") and not ckpt_path.startswith("registry"):
             if Path(ckpt_path).is_dir():
                 load_sharded_meta(ckpt_path)  # its .metadata through the allow-list, meta.pt weights-only
             else:

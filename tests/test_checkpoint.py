@@ -237,3 +237,50 @@ def test_classifier_checkpoints_from_before_lora_spec_moved_still_load(monkeypat
     monkeypatch.undo()
     buf.seek(0)
     assert torch.load(buf, weights_only=True)["hyper_parameters"]["lora"] == LoraSpec(rank=4)
+
+
+def test_a_hostile_pickled_item_in_a_shard_is_refused_before_torch_loads_it(lm, tmp_path, capsys):
+    """torch loads a shard's non-tensor items with weights_only=False: a genuine index that points at a pickle
+    calling os.system must be refused before consolidate or a resume hands the folder to torch."""
+    import torch.distributed.checkpoint as dcp
+
+    from lit_llm.parallel.consolidate import consolidate
+    from test_cli import call, error_line
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    whole = torch.load(lm, weights_only=True)
+    state = {"state_dict": whole.pop("state_dict"), "optimizer": {"param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99)}]}}
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)  # a genuine folder with byte items
+    torch.save(whole, folder / "meta.pt")
+    ckpt_format.read_sharded_index(folder)  # genuine items (an optimizer's param_groups) load weights-only
+    state["optimizer"]["param_groups"] = [_RunsShell(f"touch {marker}")]
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(folder, overwrite=True), no_dist=True)
+    with pytest.raises(CheckpointError, match=r"holds an item that a weights-only load refuses .*refused without"):
+        consolidate(str(folder), str(tmp_path / "merged.ckpt"))
+    code, _, err = call(["fit", "--config", "configs/debug.yaml", "--trainer.logger", "false",
+                         "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(folder)], capsys)
+    assert "holds an item that a weights-only load refuses" in error_line(code, err)
+    assert ckpt_format.newest_checkpoint(tmp_path / "run" / "checkpoints") is None
+    assert not marker.exists() and not (tmp_path / "merged.ckpt").exists()
+
+
+def test_the_index_unpickler_refuses_to_set_attributes_on_a_class(tmp_path):
+    """An allowed class is no licence to change it: a BUILD on the class itself is refused."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(_build_on_class_pickle())
+    with pytest.raises(CheckpointError, match="sets attributes on 'Metadata'"):
+        ckpt_format.read_sharded_index(folder)
+    assert not hasattr(Metadata, "tampered")
+
+
+def _build_on_class_pickle() -> bytes:
+    """GLOBAL torch.distributed.checkpoint.metadata Metadata, then BUILD with (None, {"tampered": True})."""
+    import pickle
+
+    return (b"\x80\x04" + pickle.GLOBAL + b"torch.distributed.checkpoint.metadata\nMetadata\n" + pickle.NONE
+            + pickle.EMPTY_DICT + pickle.SHORT_BINUNICODE + bytes([8]) + b"tampered" + pickle.NEWTRUE
+            + pickle.SETITEM + pickle.TUPLE2 + pickle.BUILD + pickle.STOP)

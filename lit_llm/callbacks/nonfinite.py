@@ -154,11 +154,18 @@ class NonFiniteGuard(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        bad = None
         for name, value in checkpoint.get("state_dict", {}).items():
             local = value.to_local() if hasattr(value, "to_local") else value
             if torch.is_tensor(local) and local.is_floating_point() and not torch.isfinite(local).all():
-                raise NonFiniteError(f"Weight {name} is not finite at step {trainer.global_step}; not writing a"
-                                     " checkpoint that would overwrite finite ones")
+                bad = name
+                break
+        flag = torch.tensor(float(bad is not None), device=pl_module.device)
+        if trainer.world_size > 1:  # shards and stages differ: every rank must stop, or the others wait forever
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if flag.item():
+            raise NonFiniteError(f"Weight {bad or '(on another rank)'} is not finite at step {trainer.global_step};"
+                                 " not writing a checkpoint that would overwrite finite ones")
         if trainer.training:  # a save from inside a step (pre-emption) may come before the batch-end check
             self._check_weights(trainer, pl_module)
 

@@ -44,7 +44,10 @@ def _writer_may_be_alive(path: Path) -> bool:
         return False
     pid, host = int(match.group(1)), match.group(2)
     if host != socket.gethostname():  # no way to ask another node: only an old file is stale
-        return time.time() - path.stat().st_mtime < OTHER_HOST_GRACE_S
+        try:
+            return time.time() - path.stat().st_mtime < OTHER_HOST_GRACE_S
+        except OSError:  # renamed into place (or swept) meanwhile
+            return True
     if pid == os.getpid():  # this process is starting its run: it is writing nothing yet
         return False
     try:
