@@ -217,10 +217,15 @@ def _check_weights(config, state: dict[str, torch.Tensor], path: str | Path) -> 
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-    problems = [f"{len(names)} {what} (e.g. {names[0]}{detail(names[0])})" for names, what, detail in (
-        (missing, "weights missing", lambda k: ""), (extra, "unexpected weights", lambda k: ""),
-        (wrong, "weights of the wrong shape", lambda k: f": {tuple(state[k].shape)}, config says {expected[k]}"))
-        if names]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected weights (e.g. {extra[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} weights of the wrong shape (e.g. {k}: {tuple(state[k].shape)}, config says"
+                        f" {expected[k]})")
     if problems:
         raise CheckpointError(f"{path} does not match its own model config: {'; '.join(problems)}{DAMAGED_HINT}")
 
