@@ -30,6 +30,7 @@ FIT_ARGS = "fit_args"  # the parameter through which a command receives fit's ar
 class Command(NamedTuple):
     target: str  # "module:function", imported when the command runs; "" for a LightningCLI subcommand
     summary: str  # one line for the top-level help
+    positional: str = ""  # a list parameter that also takes the command's bare words (``plot RUN [RUN ...]``)
 
 
 COMMANDS: dict[str, Command] = {
@@ -51,7 +52,8 @@ COMMANDS: dict[str, Command] = {
     "consolidate": Command("lit_llm.parallel.consolidate:consolidate",
                            "merge a sharded (FSDP / tensor-parallel) checkpoint folder into one file"),
     "plot": Command("lit_llm.curves:plot",
-                    "draw runs' loss, val perplexity, learning rate and tokens/s as PNGs from their CSV logs"),
+                    "draw runs' loss, val perplexity, learning rate and tokens/s as PNGs from their CSV logs",
+                    positional="runs"),
     "crossval": Command("lit_llm.commands.crossval:crossval",
                         "k-fold cross-validation of a classifier config (fit + test per fold, mean ± std)"),
     "sweep": Command("lit_llm.commands.sweep:sweep",
@@ -83,6 +85,93 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+def _module_file(module: str) -> Optional[str]:
+    """The source file of ``module`` (``a.b.c``), found without importing ``a.b`` (whose ``__init__`` may be heavy)."""
+    from importlib.machinery import PathFinder
+
+    spec = None
+    for i, part in enumerate(module.split(".")):
+        path = None if spec is None else spec.submodule_search_locations
+        if i and not path:
+            return None
+        spec = PathFinder.find_spec(part, path)
+        if spec is None:
+            return None
+    return spec.origin if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def help_function(target: str, _hops: int = 2) -> Optional[Callable]:
+    """A stand-in for the command function ``target`` names, read from its module's source without importing the
+    module, so that ``COMMAND --help`` costs no torch or Lightning import: the same name, docstring and parameters,
+    whose annotations and defaults are evaluated among the names the module takes from ``typing`` and ``pathlib``
+    and its own module-level aliases (``Format = Literal["hf", "onnx"]``). A function the module imports from
+    another is looked up there. None where the source needs any other name: the caller imports the module."""
+    import ast
+    import collections.abc
+    import pathlib
+    import typing
+
+    plain = {"typing": typing, "pathlib": pathlib, "collections.abc": collections.abc}  # modules read by name
+    module, _, name = target.partition(":")
+    path = _module_file(module)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    names: dict = {t.__name__: t for t in (bool, bytes, dict, float, frozenset, int, list, set, str, tuple)}
+    fn = None
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module in plain and not node.level:
+            for alias in node.names:
+                if hasattr(plain[node.module], alias.name):
+                    names[alias.asname or alias.name] = getattr(plain[node.module], alias.name)
+        elif isinstance(node, ast.ImportFrom) and _hops and any((a.asname or a.name) == name for a in node.names):
+            origin = next(a.name for a in node.names if (a.asname or a.name) == name)
+            base = module.split(".")[: len(module.split(".")) - node.level + (1 if path.endswith("__init__.py") else 0)]
+            imported = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
+            return help_function(f"{imported}:{origin}", _hops - 1)
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                names[node.targets[0].id] = _evaluate(node.value, names, path)
+            except Exception:  # noqa: BLE001 - a module constant that is not a plain value: not needed for help
+                pass
+        elif isinstance(node, ast.FunctionDef) and node.name == name:
+            fn = node
+    if fn is None or fn.args.vararg or fn.args.kwarg or fn.args.posonlyargs:
+        return None
+    args = fn.args
+    defaults = [None] * (len(args.args) - len(args.defaults)) + list(args.defaults)
+    given = [(a, d, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a, d in zip(args.args, defaults)]
+    given += [(a, d, inspect.Parameter.KEYWORD_ONLY) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+    try:
+        params = [inspect.Parameter(
+            a.arg, kind,
+            annotation=inspect.Parameter.empty if a.annotation is None else _evaluate(a.annotation, names, path),
+            default=inspect.Parameter.empty if d is None else _evaluate(d, names, path)) for a, d, kind in given]
+    except Exception:  # noqa: BLE001 - a name from elsewhere (a class, a constant of another module)
+        return None
+
+    def stand_in(*_: object, **__: object) -> NoReturn:
+        raise RuntimeError(f"{target} was read for --help only")
+
+    stand_in.__name__ = stand_in.__qualname__ = name
+    stand_in.__module__ = __name__  # jsonargparse imports a function's module to read its globals
+    stand_in.__doc__ = ast.get_docstring(fn, clean=False)
+    stand_in.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return stand_in
+
+
+def _evaluate(node, names: dict, path: str):
+    """The value of an annotation or default expression among ``names`` only (no builtins); a string annotation
+    (``"Optional[int]"``) is evaluated in turn."""
+    import ast
+
+    value = eval(compile(ast.Expression(node), path, "eval"), {"__builtins__": {}, **names})  # noqa: S307
+    if isinstance(node, ast.Constant) or not isinstance(value, str):
+        return value
+    return eval(value, {"__builtins__": {}, **names})  # noqa: S307
+
+
 def function_parser(name: str, fn: Callable):
     """The parser of an extra command: ``fn``'s arguments as --flags (without ``fit_args``), its docstring as help."""
     from jsonargparse import ArgumentParser, DefaultHelpFormatter
@@ -95,6 +184,12 @@ def function_parser(name: str, fn: Callable):
     if takes_fit:
         description += "\n\n" + FIT_ARGS_HELP
     usage = f"{PROG} {name} [--config FILE ...] [fit overrides ...] [options]" if takes_fit else None
+    positional = COMMANDS[name].positional if name in COMMANDS else ""
+    if positional:
+        word = positional.upper()
+        usage = f"{PROG} {name} {word} [{word} ...] [options]"
+        description += (f"\n\n{word}: one or more words before or after the options, or --{positional} (a word, or a"
+                        f" list: --{positional} '[a, b]').")
     parser = ArgumentParser(prog=f"{PROG} {name}", usage=usage, description=description, formatter_class=Formatter,
                             exit_on_error=False)
     parser.add_function_arguments(fn, as_positional=False, skip={FIT_ARGS} if takes_fit else None)
@@ -118,6 +213,43 @@ def split_fit_args(parser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
             fit.append(arg)
             i += 1
     return own, fit
+
+
+def gather_positional(parser, argv: Sequence[str], dest: str) -> list[str]:
+    """``argv`` with its bare words, and the words after ``--DEST``, as one ``--DEST`` list (JSON) at the end:
+    ``A B --out X`` and ``--runs A B --out X`` both become ``--out X --runs '["A", "B"]'``. A word written as a
+    list (``'[A, B]'``) adds its items. A value of another option stays with it."""
+    import json
+
+    import yaml
+
+    flag = f"--{dest}"
+    takes_value = {s for a in parser._actions if a.nargs != 0 for s in a.option_strings}
+    words: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in (flag, flag + "+"):
+            if eq:
+                words.append(value)
+            while not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                words.append(argv[i + 1])
+                i += 1
+        elif arg.startswith("-"):
+            rest.append(arg)
+            if not eq and name in takes_value and i + 1 < len(argv):
+                rest.append(argv[i + 1])
+                i += 1
+        else:
+            words.append(arg)
+        i += 1
+    items: list[str] = []
+    for word in words:
+        loaded = yaml.safe_load(word) if word.lstrip().startswith("[") else None
+        items += [str(x) for x in loaded] if isinstance(loaded, list) else [word]
+    return rest + ([flag, json.dumps(items)] if items else [])
 
 
 def _extra_of(module: str) -> Optional[str]:
@@ -153,8 +285,11 @@ def _run_extra(name: str, argv: list[str]) -> None:
     # a package of an extra that is not installed, at the command's import or at run time (a lazy import):
     # one error line naming the extra to install, never a traceback
     try:
-        fn = _load(COMMANDS[name].target)
+        asks_help = any(a in ("-h", "--help") for a in argv)
+        fn = (help_function(COMMANDS[name].target) if asks_help else None) or _load(COMMANDS[name].target)
         parser = function_parser(name, fn)
+        if COMMANDS[name].positional:
+            argv = gather_positional(parser, argv, COMMANDS[name].positional)
         if FIT_ARGS in inspect.signature(fn).parameters:
             own, fit_args = split_fit_args(parser, argv)
             kwargs = parser.parse_args(own).as_dict()

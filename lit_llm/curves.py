@@ -1,4 +1,4 @@
-"""``python -m lit_llm plot --runs RUN_DIR [...]``: training curves as PNG files, from the runs' CSV logs.
+"""``python -m lit_llm plot RUN_DIR [RUN_DIR ...]``: training curves as PNG files, from the runs' CSV logs.
 
 Every ``fit`` logs to W&B (offline) and to a CSV file in its run folder (``RUN_DIR/csv/version_N/metrics.csv``;
 a resumed run adds a version). This reads the CSV, so curves need no W&B account, browser or network, and
@@ -72,11 +72,12 @@ def plot(runs: list[str], out: Optional[str] = None) -> list[Path]:
     """Draw training curves (loss, val perplexity, learning rate, tokens/s) from runs' CSV logs as PNG files.
 
     Args:
-        runs: run folders (a fit's ``trainer.default_root_dir``); several are drawn on the same axes.
+        runs: run folders (a fit's ``trainer.default_root_dir``); several are drawn on the same axes. On the
+            command line: ``plot runs/a runs/b``, or ``--runs runs/a``.
         out: folder for the PNG files (default: ``RUN/plots`` of the first run).
     """
     if not runs:
-        raise UsageError("Give at least one run folder: --runs outputs/quickstart (or a list: --runs '[a, b]')")
+        raise UsageError("Give at least one run folder: plot outputs/quickstart (several: plot runs/a runs/b)")
     dirs = [Path(r) for r in runs]
     for d in dirs:
         if not d.is_dir():

@@ -263,7 +263,7 @@ class LitLLMCLI(LightningCLI):
             {
                 "logger": [
                     {
-                        "class_path": "lightning.pytorch.loggers.WandbLogger",
+                        "class_path": "lit_llm.tracking.WandbLogger",  # Lightning's, quiet at start-up
                         # offline: no account, no network; set offline: false (and log in) to sync
                         "init_args": {"project": "lit_llm", "offline": True},
                     },

@@ -1,11 +1,17 @@
-"""What a tracked run records besides its config: the code version, the hardware, the data's hashes.
+"""What a tracked run records besides its config: the code version, the hardware, the data's hashes; and the
+trackers' own start-up noise, silenced where it says nothing about the run.
 
 ``run_metadata`` is logged with the resolved config as the ``run`` hyperparameters (W&B config, CSV
 hparams.yaml), so every run says which commit, which machine and which prepared data produced it.
+
+``WandbLogger`` is the default W&B logger of ``fit``: Lightning's, without the warning W&B prints for an argument
+Lightning always passes. Importing this module (the CLI does) drops one line from Lightning's log: its suggestion to
+install its own cloud logger, printed by every Trainer whose loggers do not include it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -14,8 +20,44 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's ``WandbLogger``, quiet at start-up. Lightning hands ``anonymous=None`` to ``wandb.init`` unless
+    told otherwise, and W&B since 0.23 warns "The anonymous setting has no effect and will be removed" for any
+    value, None included (wandb/wandb#10909, which names Lightning's logger). The argument is left out when it is
+    None; ``anonymous=True`` is still passed on (and warned about)."""
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and self._wandb_init.get("anonymous", False) is None:
+            del self._wandb_init["anonymous"]
+        return super().experiment
+
+
+class _WithoutLitLoggerTip(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line (``Trainer.__init__`` logs it when no logger is
+    Lightning's LitLogger): lit_llm's runs log to W&B and CSV. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("litlogger" in message and message.lstrip().startswith("💡 Tip"))
+
+
+def drop_litlogger_tip() -> None:
+    """Install ``_WithoutLitLoggerTip`` (once) on the logger that Lightning's ``rank_zero_info`` writes to: the one
+    ``lightning.pytorch`` sets on import (a filter of a logger applies to the records that logger creates)."""
+    import lightning_utilities.core.rank_zero as rank_zero
+
+    for log in {rank_zero.log, logging.getLogger("lightning.pytorch.utilities.rank_zero")}:
+        if not any(isinstance(f, _WithoutLitLoggerTip) for f in log.filters):
+            log.addFilter(_WithoutLitLoggerTip())
+
+
+drop_litlogger_tip()
 
 
 def code_version(path: Path = PACKAGE_DIR) -> dict[str, Any]:

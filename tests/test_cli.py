@@ -103,6 +103,33 @@ def test_every_command_has_help(capsys):
     assert "32-true" in out and "bf16-true" in out and "--config FILE" in out  # the choices, and fit's arguments
 
 
+def test_help_read_from_the_source_is_the_help_of_the_imported_command():
+    """``COMMAND --help`` is built from a stand-in read from the command's source (no import of its module); it must
+    print exactly what the imported function's parser prints."""
+    from lit_llm.cli import _load, function_parser, help_function
+
+    read = set()
+    for name, command in COMMANDS.items():
+        stand_in = help_function(command.target) if command.target else None
+        if stand_in is not None:
+            read.add(name)
+            real = function_parser(name, _load(command.target))
+            assert function_parser(name, stand_in).format_help() == real.format_help(), name
+    assert read >= {"generate", "export", "prepare", "consolidate", "plot", "serve"}
+
+
+@pytest.mark.slow
+def test_the_help_of_commands_that_train_nothing_imports_neither_torch_nor_lightning(tmp_path):
+    code = ("import sys\nfrom lit_llm.cli import main\n"
+            "for name in ['generate', 'export', 'prepare', 'consolidate', 'plot', 'serve']:\n"
+            "    try:\n        main([name, '--help'])\n    except SystemExit as e:\n        assert not e.code, name\n"
+            "print('IMPORTED', sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("usage: python -m lit_llm ") == 6 and "IMPORTED []" in proc.stdout
+
+
 # ------------------------------------------------------------------ errors: one line, exit code 2
 
 
@@ -324,6 +351,18 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
 
 
 @pytest.mark.slow
+def test_fit_prints_no_logger_tip_no_wandb_anonymous_warning_and_no_negative_epoch_total(trained):
+    """Lightning's litlogger tip, W&B's warning about the `anonymous` argument Lightning always passes, and the
+    progress bar's "Epoch 0/-2" of a max_steps run (max_epochs -1) are gone; the lines around them stay."""
+    _, _, proc = trained
+    out = proc.stdout + proc.stderr
+    assert "GPU available" in out and "Epoch 0" in out  # Lightning's log and the progress bar still print
+    assert "litlogger" not in out and "💡 Tip" not in out
+    assert "anonymous setting" not in out
+    assert "Epoch 0/-" not in out
+
+
+@pytest.mark.slow
 def test_generate_from_the_checkpoint(trained):
     tmp, out, _ = trained
     ckpt = str(out / "checkpoints" / "last.ckpt")
@@ -475,6 +514,29 @@ def test_plot_reads_every_csv_version_of_a_resumed_run_and_compares_runs(tmp_pat
     (tmp_path / "empty").mkdir()
     code, _, err = call(["plot", "--runs", f"[{tmp_path / 'empty'}]"], capsys)
     assert "has no CSV log" in error_line(code, err)
+
+
+def test_plot_takes_run_folders_as_words_or_as_the_runs_option(tmp_path, capsys, monkeypatch):
+    """``plot RUN_DIR`` (as configs/logger/csv.yaml shows it), several words, ``--runs A``, ``--runs A B`` and the
+    list form all reach plot() as the same list; a value of another option stays with it."""
+    from typing import Optional
+
+    seen = []
+
+    def plot(runs: list[str], out: Optional[str] = None) -> None:
+        seen.append((runs, out))
+
+    monkeypatch.setattr("lit_llm.curves.plot", plot)
+    a, b, out = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "o")
+    for args in ([a, b, "--out", out], ["--out", out, a, b], ["--runs", a, b, "--out", out],
+                 ["--runs", f"[{a}, {b}]", "--out", out], [a, "--runs", b, "--out", out], [f"--runs={a}", b, "--out", out]):
+        code, _, err = call(["plot", *args], capsys)
+        assert code == 0, (args, err)
+        assert seen.pop() == ([a, b], out), args
+    assert call(["plot", a], capsys)[0] == 0 and seen.pop() == ([a], None)
+    code, out_text, _ = call(["plot", "--help"], capsys)
+    assert code == 0 and out_text.startswith("usage: python -m lit_llm plot RUNS [RUNS ...]")
+    assert "required" in error_line(*call(["plot", "--out", out], capsys)[::2])  # no run folder at all
 
 
 @pytest.mark.slow

@@ -119,13 +119,12 @@ def test_experiment_lm_configs_parse(name, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("fragment, loggers", [
-    ("wandb_online.yaml", ["lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.CSVLogger"]),
+    ("wandb_online.yaml", ["lit_llm.tracking.WandbLogger", "lightning.pytorch.loggers.CSVLogger"]),
     ("csv.yaml", ["lightning.pytorch.loggers.CSVLogger"])])
 def test_logger_fragments_replace_the_default_loggers(fragment, loggers, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     default = _printed(["--config", str(REPO / "configs" / "debug.yaml")], capsys)["trainer"]["logger"]
-    assert [lg["class_path"] for lg in default] == ["lightning.pytorch.loggers.WandbLogger",
-                                                    "lightning.pytorch.loggers.CSVLogger"]
+    assert [lg["class_path"] for lg in default] == ["lit_llm.tracking.WandbLogger", "lightning.pytorch.loggers.CSVLogger"]
     assert default[0]["init_args"]["offline"] is True
     cfg = _printed(["--config", str(REPO / "configs" / "debug.yaml"), "--config",
                     str(REPO / "configs" / "logger" / fragment)], capsys)
@@ -160,6 +159,43 @@ def test_a_strategy_fragment_sets_only_the_trainer_and_the_parallel_plan(path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "model").glob("*.yaml")), ids=lambda p: p.name)
 def test_a_model_fragment_sets_only_the_model(path):
     assert set(yaml.safe_load(path.read_text())) == {"model"}, path
+
+
+def _documented_fits(text: str) -> list[list[str]]:
+    """The arguments of every ``python -m lit_llm fit ...`` command in ``text`` (a README, or a YAML's comment lines),
+    continuation lines (a trailing backslash) joined, trailing comments dropped."""
+    import shlex
+
+    lines = [line.strip().lstrip("#").strip() for line in text.splitlines()]
+    commands, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("python -m lit_llm fit "):
+            command = lines[i]
+            while command.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                command = command[:-1] + " " + lines[i]
+            commands.append(shlex.split(command, comments=True)[4:])
+        i += 1
+    return commands
+
+
+def test_the_debug_llama_and_bert_runs_are_documented_with_folders_of_their_own(monkeypatch):
+    """debug.yaml writes to outputs/debug; a model fragment sets only the model, so the documented debug-llama and
+    debug-bert commands name their own folder: the second run no longer replaces the first one's checkpoints."""
+    from lit_llm.lightning_cli import resolve_config
+
+    monkeypatch.chdir(REPO)
+    roots: dict[str, set[str]] = {}
+    for path in ["configs/model/debug-llama.yaml", "configs/model/debug-bert.yaml", "configs/data/char_mlm.yaml",
+                 "README.md"]:
+        for args in _documented_fits((REPO / path).read_text()):
+            if any(name in args for name in ("configs/model/debug-llama.yaml", "configs/model/debug-bert.yaml")):
+                resolved = resolve_config(args)
+                roots.setdefault(resolved["model"]["init_args"]["preset"], set()).add(
+                    resolved["trainer"]["default_root_dir"])
+    assert {k: len(v) for k, v in roots.items()} == {"debug-llama": 1, "debug-bert": 1}, roots  # one folder each
+    debug = resolve_config(["--config", "configs/debug.yaml"])["trainer"]["default_root_dir"]
+    assert len({debug, *roots["debug-llama"], *roots["debug-bert"]}) == 3, (debug, roots)
 
 
 def test_muon_on_a_sharded_strategy_is_refused_before_any_work(tmp_path, capsys):

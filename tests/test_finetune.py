@@ -238,6 +238,32 @@ def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):
     assert not torch.allclose(before, SequenceClassifier(init_from=str(lm_ckpt), head_dropout=0.0).eval()(ids))
 
 
+def test_a_test_report_names_the_step_of_the_checkpoint_it_evaluated(lm_ckpt, tmp_path):
+    """``test`` does not restore the loops, so the module's global_step is 0 there: the report and the confusion
+    matrix's title take the loaded checkpoint's step, and leave the step out for weights from no fit checkpoint."""
+    from lit_llm.callbacks import EvaluationReport
+    from lit_llm.callbacks.evaluation import confusion_title
+
+    path = tmp_path / "clf.ckpt"
+    _tiny_fit(SequenceClassifier(init_from=str(lm_ckpt)), [], 3, tmp_path).save_checkpoint(path)
+
+    def test(ckpt_path):
+        report = EvaluationReport(dirpath=str(tmp_path / "eval"), confusion_image=False)
+        dm = ClassificationDataModule(train=str(SST2_TRAIN), test=str(SST2_TRAIN.with_suffix(".test")), max_length=32,
+                                      batch_size=8)
+        L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  limit_test_batches=2, callbacks=[report]).test(SequenceClassifier(init_from=str(lm_ckpt)), dm,
+                                                                  ckpt_path=ckpt_path)
+        return json.loads((tmp_path / "eval" / "test.json").read_text())
+
+    loaded = test(str(path))
+    assert loaded["step"] == 3 and loaded["checkpoint"] == str(path)
+    assert confusion_title(loaded).startswith("test confusion matrix, clf.ckpt (step 3) (rows: true")
+    fresh = test(None)
+    assert fresh["step"] is None and fresh["checkpoint"] is None
+    assert confusion_title(fresh) == "test confusion matrix (rows: true, columns: predicted)"
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
     other = write_lm_checkpoint(tmp_path / "other.ckpt", vocab=280)
@@ -392,6 +418,38 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
     bad = subprocess.run([sys.executable, "-m", "lit_llm", *base, "--compare_to", "missing.json"], cwd=tmp_path,
                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --compare_to missing.json")
+
+
+def test_sweep_and_crossval_print_a_progress_line_before_each_run(tmp_path, monkeypatch, capsys):
+    """"seed 2 of 2" before each seed's fit; "fold 1 of 2 (seed 1 of 2)" before each fold's; crossval alone says
+    "fold 1 of 2". The runs themselves are stubbed: each fit/test writes the report the loop reads."""
+    from lit_llm.commands import crossval, sweep
+
+    order = []
+
+    def fake_run(args: list[str]) -> None:
+        root = Path(args[args.index("--trainer.default_root_dir") + 1])
+        order.append((args[0], root))
+        if args[0] == "test":
+            (root / "eval").mkdir(parents=True, exist_ok=True)
+            (root / "eval" / "test.json").write_text(json.dumps({"metrics": {"test_acc": 0.5 + 0.01 * len(order)}}))
+
+    monkeypatch.setattr(crossval, "_run", fake_run)
+    monkeypatch.setattr(sweep, "_run", fake_run)
+    experiment = REPO / "configs" / "experiment"
+    args = [a for name in ("classifier", "sst2", "init_scratch") for a in ("--config", str(experiment / f"{name}.yaml"))]
+
+    def progress() -> list[str]:
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith(("seed ", "fold "))]
+
+    sweep.sweep(args, seeds=2, first_seed=3, out=str(tmp_path / "s"))
+    assert progress() == [f"seed 1 of 2: {tmp_path / 's' / 'seed3'}", f"seed 2 of 2: {tmp_path / 's' / 'seed4'}"]
+    assert [a for a, _ in order] == ["fit", "test"] * 2
+    sweep.sweep(args, seeds=2, num_folds=3, folds=[0, 2], out=str(tmp_path / "f"))
+    assert progress() == [f"fold {i} of 2 (seed {s} of 2): {tmp_path / 'f' / f'seed{s - 1}' / f'fold{k}'}"
+                          for s in (1, 2) for i, k in ((1, 0), (2, 2))]
+    crossval.crossval(args, num_folds=2, out=str(tmp_path / "c"))
+    assert progress() == [f"fold 1 of 2: {tmp_path / 'c' / 'fold0'}", f"fold 2 of 2: {tmp_path / 'c' / 'fold1'}"]
 
 
 def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckpt):

@@ -148,3 +148,29 @@ def test_muon_steps_the_blocks_matrices_with_torch_muon_and_the_rest_with_adamw(
     assert optimizer.state_dict()["muon"]["state"].keys() == state["muon"]["state"].keys()
     with pytest.raises(ValueError, match="another --model.optimizer"):
         optimizer.load_state_dict(torch_adamw.state_dict())
+
+
+def test_learning_rate_curves_are_named_by_the_parameter_groups_name(small_corpus, tmp_path):
+    """The LR monitor's columns take a group's ``name`` (pgN without one); under Muon + AdamW the two copies of a
+    task group are told apart by their optimizer (Lightning refuses two groups of one optimizer with one name)."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_llm.callbacks import LRMonitor
+    from lit_llm.callbacks.lr_monitor import name_param_groups
+
+    plain = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.ones(2))]},
+                               {"params": [torch.nn.Parameter(torch.ones(2))], "name": "head"}])
+    name_param_groups(plain)
+    assert [g.get("name") for g in plain.param_groups] == [None, "head"]  # Lightning: lr-AdamW/pg1, lr-AdamW/head
+
+    dm = PretrainDataModule(corpus=str(small_corpus), block_size=32, batch_size=4, val_fraction=0.1)
+    model = LanguageModel("debug", vocab_size=dm.vocab_size, block_size=32, optimizer="muon", warmup_steps=0,
+                          lr_decay_steps=10)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1,
+              callbacks=[LRMonitor(logging_interval="step")]).fit(model, dm)
+    with next(tmp_path.glob("csv/version_*/metrics.csv")).open() as f:
+        columns = {c for c in next(csv.reader(f)) if c.startswith("lr")}
+    assert columns == {"lr-MuonWithAdamW/muon/decay", "lr-MuonWithAdamW/adamw/decay", "lr-MuonWithAdamW/adamw/no_decay"}

@@ -1,12 +1,33 @@
 """Progress as plain lines, for a log file: a SLURM job's output is a file, where a progress bar's carriage
-returns pile up into one unreadable line."""
+returns pile up into one unreadable line. And the progress bar's title for runs of ``max_steps``."""
 
 from __future__ import annotations
 
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+
+
+class _UnboundedEpochsRichProgressBar(RichProgressBar):
+    """Lightning's RichProgressBar, whose title for a run without an epoch limit (``max_steps`` given, so
+    ``max_epochs`` is -1) reads "Epoch 0" instead of "Epoch 0/-2" (Lightning-AI/pytorch-lightning#21925, fixed
+    upstream by #21924 after Lightning 2.6). Drop this once the pinned Lightning has that fix."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"  # padded as Lightning's
+
+
+def fix_unbounded_epochs_title(trainer: L.Trainer) -> None:
+    """Give the trainer's progress bar the title above, when it is Lightning's own RichProgressBar (the default when
+    ``rich`` is installed); a user's own progress bar class is left as it is."""
+    bar = trainer.progress_bar_callback
+    if type(bar) is RichProgressBar:
+        bar.__class__ = _UnboundedEpochsRichProgressBar
 
 
 class LogLines(L.Callback):
@@ -23,6 +44,9 @@ class LogLines(L.Callback):
             raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._started = time.monotonic()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        fix_unbounded_epochs_title(trainer)  # the CLI always adds this callback: its progress bar reads right
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.monotonic()

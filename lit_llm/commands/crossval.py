@@ -43,6 +43,12 @@ def crossval(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = No
             sources are replaced by the training folds' text, its tokenizer and weights come from the
             classifier's ``model.init_from``.
     """
+    return run_folds(fit_args, num_folds, folds, out, dapt_config)
+
+
+def run_folds(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = None, folds: Optional[list[int]] = None,
+              out: Optional[str] = None, dapt_config: Optional[str] = None, within: str = "") -> dict[str, Any]:
+    """``crossval``; ``within`` names the outer loop in each fold's progress line (``sweep``: "seed 1 of 2")."""
     fit_args = list(fit_args or [])
     resolved = resolve_config(fit_args)  # as fit will see it; a config that does not parse fails before fold 0
     model, data = resolved["model"].get("init_args") or {}, resolved["data"].get("init_args") or {}
@@ -60,8 +66,9 @@ def crossval(fit_args: Optional[list[str]] = None, num_folds: Optional[int] = No
     if bad:
         raise UsageError(f"folds {bad} are outside 0..{num_folds - 1}")
     results = []
-    for k in fold_ids:
+    for i, k in enumerate(fold_ids):
         fold_dir = root / f"fold{k}"
+        print(f"fold {i + 1} of {len(fold_ids)}{f' ({within})' if within else ''}: {fold_dir}", flush=True)
         common = fit_args + ["--data.split", "kfold", "--data.num_folds", str(num_folds), "--data.fold", str(k),
                              "--trainer.default_root_dir", str(fold_dir)]
         if dapt_config:

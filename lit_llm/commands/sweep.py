@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from lit_llm.commands.crossval import _run, crossval
+from lit_llm.commands.crossval import _run, run_folds
 from lit_llm.lightning_cli import resolve_config
 from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
@@ -89,15 +89,18 @@ def sweep(fit_args: Optional[list[str]] = None, seeds: int = 5, first_seed: int 
     resolved = resolve_config(fit_args)  # a config that does not parse fails before the first seed
     root = Path(out or Path(resolved["trainer"].get("default_root_dir") or "runs") / "sweep")
     runs: list[dict[str, Any]] = []
-    for seed in range(first_seed, first_seed + seeds):
+    for i, seed in enumerate(range(first_seed, first_seed + seeds)):
         seed_dir = root / f"seed{seed}"
         args = fit_args + ["--seed_everything", str(seed)]
         started = time.perf_counter()
+        progress = f"seed {i + 1} of {seeds}"  # one line before each run; with folds, in each fold's line
         if num_folds:
-            summary = crossval(args, num_folds=num_folds, folds=folds, out=str(seed_dir), dapt_config=dapt_config)
+            summary = run_folds(args, num_folds=num_folds, folds=folds, out=str(seed_dir), dapt_config=dapt_config,
+                                within=progress)
             seconds = (time.perf_counter() - started) / len(summary["folds"])
             runs += [{"seed": seed, **fold, "seconds": seconds} for fold in summary["folds"]]
         else:
+            print(f"{progress}: {seed_dir}", flush=True)
             common = args + ["--trainer.default_root_dir", str(seed_dir)]
             _run(["fit"] + common)
             seconds = time.perf_counter() - started

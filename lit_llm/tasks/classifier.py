@@ -292,7 +292,7 @@ class SequenceClassifier(TransformerModule):
                 continue
             groups.setdefault((self._depth(name), p.dim() >= 2), []).append(p)
         return [{"params": ps, "lr_scale": hp.layer_decay**depth, "weight_decay": hp.weight_decay if decay else 0.0,
-                 "depth": depth}
+                 "depth": depth, "name": f"depth{depth}/{'decay' if decay else 'no_decay'}"}
                 for (depth, decay), ps in sorted(groups.items())]
 
     # ------------------------------------------------------------------ checkpoints

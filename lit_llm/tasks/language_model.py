@@ -293,8 +293,8 @@ class LanguageModel(TransformerModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """Weight decay on matrices and embeddings only, not on biases and norm weights."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay, "name": "decay"},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"}]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
