@@ -16,7 +16,7 @@ import os
 import pickle
 import socket
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -51,7 +51,8 @@ class CheckpointInfo:
         num_classes: classifier only.
         label_names: classifier only: class names in id order.
         pooling: classifier only: ``last``, ``cls`` or ``mean``.
-        lora: classifier only: the LoRA spec as a dict, when adapters are trained.
+        lora: the LoRA spec as a dict, when adapters are trained (a classifier's, or a language model's tuned by
+            ``InstructionModel`` / ``PreferenceModel``, whose adapters are merged when it is loaded).
         rng: random-number generator states for an exact resume: ``cpu`` and, on GPUs, ``cuda`` (one per device).
     """
 
@@ -185,9 +186,30 @@ def load_network(path: str | Path, expect: Optional[Task] = "language_model", pu
     info, ckpt = load(path, expect, purpose, mmap=True)
     config, tokenizer = config_and_tokenizer(info, path)
     state = network_state(ckpt, info, path)
+    if info.task == "language_model" and info.lora:
+        state = merge_lora(config, state, info.lora_spec(), path)
     if info.task == "language_model":
         _check_weights(config, state, path)
     return config, state, tokenizer
+
+
+def merge_lora(config, state: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path) -> dict[str, torch.Tensor]:
+    """The plain network weights of a language model tuned with LoRA (``InstructionModel``): peft folds each
+    adapter's update into its projection, so readers see an ordinary language model."""
+    try:
+        from peft import LoraConfig, LoraModel
+    except ImportError:
+        raise CheckpointError(f"{path} holds LoRA adapters; merging them into the weights needs peft: pip install"
+                              " 'lit_llm[lora]'") from None
+    from lit_llm.model import build_model
+
+    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
+    net = LoraModel(build_model(config), cfg, "default")
+    try:
+        net.load_state_dict(state)  # LoraModel's names: model.<the network's>
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} holds LoRA adapters that do not match its spec ({str(e)[:200]}){DAMAGED_HINT}") from None
+    return net.merge_and_unload().state_dict()
 
 
 DAMAGED_HINT = "; the file is damaged or was not written by lit_llm: use another checkpoint of the run"

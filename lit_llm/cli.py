@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command("lit_llm.commands.prepare:prepare",
                        "run the data stage of a config: sources, cleaning, tokenizer, token files, report"),
     "generate": Command("lit_llm.generate:generate", "sample text from a checkpoint"),
+    "chat": Command("lit_llm.chat:chat", "chat with a language model in the terminal (/reset, /exit)"),
     "export": Command("lit_llm.export:export",
                       "write a checkpoint as a Hugging Face transformers directory or ONNX (--format hf|onnx)"),
     "import-hf": Command("lit_llm.export:import_hf",

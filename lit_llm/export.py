@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from typing import Literal, Optional
 import torch
 
 from lit_llm import checkpoint as ckpt_format
+from lit_llm.chat import CHAT_TEMPLATE
 from lit_llm.io import fsync_path, fsync_tree, publish_mode
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
@@ -55,20 +57,28 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", over
         special = {k: t for k, t in (("mask_token", "[MASK]"), ("pad_token", "[PAD]"), ("unk_token", "[UNK]"),
                                      ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("bos_token", "[BOS]"),
                                      ("eos_token", "[EOS]")) if t in vocab}
-        hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+        # model_max_length: longer inputs are truncated or refused by transformers instead of running past the
+        # position table (its default is 1e30)
+        hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model.config.block_size, **special)
         if model.config.causal:
-            hf_tok.chat_template = CHAT_TEMPLATE
+            hf_tok.chat_template = CHAT_TEMPLATE  # lit_llm.chat's transcript, as serve and chat prompt it
         hf_tok.save_pretrained(tmp)
+        _portable_tokenizer_class(tmp / "tokenizer_config.json")
 
     out_dir = _write_dir(out, write, overwrite)
     print(f"Wrote {type(hf_model).__name__} and its tokenizer to {out_dir}")
     return out_dir
 
 
-# the transcript `lit_llm serve` builds from chat messages (serve.protocol.chat_prompt), as a transformers chat
-# template: a from-scratch base model has no chat format of its own, so an exported one is prompted the same way
-CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}assistant:{% endif %}")
+def _portable_tokenizer_class(path: Path) -> None:
+    """Name the tokenizer class that transformers 4.x and 5.x both load: 5.x writes ``TokenizersBackend``, a
+    class 4.x (which lm-eval and vLLM often run) does not have; ``PreTrainedTokenizerFast`` is the same
+    tokenizer.json-backed class in both."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
 
 HUB_FILES = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
 

@@ -23,7 +23,7 @@ import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 KINDS = ("completion", "classification")
 # longest value of each string field, in characters; and the longest stored line, in bytes (well under
@@ -164,3 +164,68 @@ def feedback_texts(path: str | Path) -> list[str]:
         elif r.get("response") and r.get("rating") == 1:
             out.append(r["request"] + r["response"])
     return out
+
+
+def _answer(text: str) -> str:
+    """A served chat answer as message content: the template writes ``assistant: CONTENT``, and the model's text
+    begins after ``assistant:``, with the space."""
+    return text[1:] if text.startswith(" ") else text
+
+
+def preference_pairs(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Preference pairs ``{"prompt", "chosen", "rejected"}`` from completion feedback, and counts of what became
+    of the records. The request is the user's turn, the answers are the texts as served:
+
+    - a corrected text is preferred to the answer it corrects (``chosen`` = the correction, ``rejected`` = the
+      response), when the record has the response;
+    - of two different answers to the same request, one rated good (1) is preferred to one rated bad (-1),
+      every such combination once.
+    """
+    pairs, counts = [], {"corrections": 0, "rated_pairs": 0, "unused": 0}
+    rated: dict[str, dict[Any, Any]] = {}  # request -> {1: answers rated good, -1: rated bad, "records": count}
+    for r in records:
+        if r.get("kind") != "completion" or not r.get("response"):
+            counts["unused"] += 1
+            continue
+        response = _answer(r["response"])
+        if r.get("corrected_text") and _answer(r["corrected_text"]) != response:
+            pairs.append({"prompt": r["request"], "chosen": _answer(r["corrected_text"]), "rejected": response})
+            counts["corrections"] += 1
+        elif r.get("rating") in (1, -1):
+            by_rating = rated.setdefault(r["request"], {1: [], -1: [], "records": 0})
+            by_rating["records"] += 1
+            if response not in by_rating[r["rating"]]:
+                by_rating[r["rating"]].append(response)
+        else:
+            counts["unused"] += 1
+    for request, by_rating in rated.items():
+        made = [{"prompt": request, "chosen": good, "rejected": bad}
+                for good in by_rating[1] for bad in by_rating[-1] if good != bad]
+        pairs += made
+        counts["rated_pairs"] += len(made)
+        if not made:  # ratings of one kind only: nothing to prefer
+            counts["unused"] += by_rating["records"]
+    return pairs, counts
+
+
+def is_feedback_record(record: dict[str, Any]) -> bool:
+    """A record of a feedback store (``kind`` and ``request``), as opposed to a preference pair."""
+    return "kind" in record and "request" in record and "chosen" not in record
+
+
+def pairs_of_records(records: list[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, dict[str, Any]]], Optional[str]]:
+    """``(where, pair)`` records: preference pairs as they are, feedback-store records turned into pairs
+    (``preference_pairs``; ``where`` is then ``feedback:N``), and a line saying what the feedback gave (None
+    without feedback). Nothing to pair is an error saying why."""
+    given = [(w, r) for w, r in records if not is_feedback_record(r)]
+    feedback = [r for _, r in records if is_feedback_record(r)]
+    if not feedback:
+        return given, None
+    pairs, counts = preference_pairs(feedback)
+    said = (f"feedback: {len(feedback):,} records gave {counts['corrections']:,} correction pairs and"
+            f" {counts['rated_pairs']:,} pairs of rated answers; {counts['unused']:,} unused (no response, or a"
+            " rating without an opposite one)")
+    if not pairs and not given:
+        raise ValueError(f"The feedback store's {len(feedback):,} records give no preference pair: a pair needs a"
+                         " corrected_text with the response it corrects, or two answers to one request rated 1 and -1")
+    return given + [(f"feedback:{i}", p) for i, p in enumerate(pairs, 1)], said

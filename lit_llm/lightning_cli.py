@@ -186,11 +186,13 @@ def compose_dict_args(argv: Sequence[str]) -> list[str]:
 
 def _sections() -> dict[str, Any]:
     """fit's argument sections and the class whose signature each one's keys come from (for "did you mean")."""
+    from lit_llm.data.instructions import InstructionDataModule, PreferenceDataModule
     from lit_llm.data.labelled import ClassificationDataModule
-    from lit_llm.tasks import SequenceClassifier
+    from lit_llm.tasks import InstructionModel, PreferenceModel, SequenceClassifier
 
-    return {"trainer": [L.Trainer], "model": [LanguageModel, SequenceClassifier],
-            "data": [PretrainDataModule, ClassificationDataModule], "checkpoint": [ModelCheckpoint],
+    return {"trainer": [L.Trainer], "model": [LanguageModel, SequenceClassifier, InstructionModel, PreferenceModel],
+            "data": [PretrainDataModule, ClassificationDataModule, InstructionDataModule, PreferenceDataModule],
+            "checkpoint": [ModelCheckpoint],
             "lr_monitor": [LRMonitor], "throughput": [TokenThroughput], "evaluation": [EvaluationReport],
             "preemption": [Preemption], "nonfinite": [NonFiniteGuard], "samples": [SampleGenerations],
             "plots": [PlotCurves], "log_lines": [LogLines]}

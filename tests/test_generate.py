@@ -30,3 +30,26 @@ def test_sampling_is_reproducible_for_a_seed_and_crops_the_context():
     run = lambda seed: generate_tokens(model, idx, 12, 1.0, None, None, torch.Generator().manual_seed(seed))
     a, b, c = run(1), run(1), run(2)
     assert a.shape == (2, 15) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_generate_ends_a_sample_at_eos(tmp_path):
+    """A model that always prefers [EOS] gives back the prompt alone (nothing after the end of text is printed);
+    with stop_at_eos false the samples run on, [EOS] and all."""
+    from test_finetune import write_lm_checkpoint
+    from tokenizers import Tokenizer
+
+    from lit_llm.generate import generate
+
+    path = write_lm_checkpoint(tmp_path / "lm.ckpt", tie_embeddings=False)
+    ckpt = torch.load(path, weights_only=True)
+    state = ckpt["state_dict"]
+    eos = Tokenizer.from_str(ckpt["lit_llm"]["tokenizer"]).token_to_id("[EOS]")
+    state["model.norm.weight"].zero_()
+    state["model.norm.bias"].fill_(1.0)  # every position's final hidden state is all ones
+    state["model.output.weight"].zero_()
+    state["model.output.weight"][eos] = 1.0  # so [EOS] has the highest logit everywhere
+    torch.save(ckpt, path)
+    assert generate(str(path), prompt="a good film", max_new_tokens=5, temperature=0, num_samples=2) == [
+        "a good film", "a good film"]
+    run_on = generate(str(path), prompt="a good film", max_new_tokens=3, temperature=0, stop_at_eos=False)[0]
+    assert run_on.count("[EOS]") == 3

@@ -135,6 +135,9 @@ def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
         assert config[f"{name}_token_id"] == generation[f"{name}_token_id"] == tok.token_to_id(f"[{name.upper()}]")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok.eos_token == "[EOS]" and hf_tok.eos_token_id == config["eos_token_id"]
+    # a class transformers 4.x loads too (5.x writes TokenizersBackend), and the context as the longest input
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert hf_tok.model_max_length == 64
     hf = transformers.AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():  # a head that always prefers [EOS]: generation ends after one token
         hf.lm_head.weight.zero_()

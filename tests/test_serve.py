@@ -5,8 +5,10 @@ import json
 import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import httpx
 import openai
@@ -21,7 +23,7 @@ from lit_llm.feedback import FeedbackStore
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.tasks import SequenceClassifier
 from lit_llm.serve import CompletionSpec, CompletionText, GenerationAPI, read_served, serve, stream_completion
-from lit_llm.serve.protocol import _held_back
+from lit_llm.generate import _held_back
 from server_process import ServerProcess, _group_alive, free_port
 from test_finetune import SST2_TRAIN, run, sst2_texts, write_lm_checkpoint
 
@@ -825,3 +827,294 @@ def test_classifier_serving_batches_and_the_feedback_loop_corrects_it(tmp_path):
     with ServerProcess(v2, args, env=cli_env(tmp_path), log=tmp_path / "v2.log") as server:
         after = _classify(server, target)["data"][0]
     assert after["label"] == corrected and after["probs"][corrected] > 0.5
+
+
+# ---------------------------------------------------------------------------------------------- reloads
+def _greedy(model, tok, prompt: str, n: int) -> str:
+    ids = encode(tok, prompt)
+    return tok.decode(generate_tokens(model, torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist())
+
+
+def _as_classifier(lm: Path, out: Path, classes: int = 2) -> Path:
+    """``lm``'s weights and tokenizer as a classifier checkpoint (task ``classification``; no head): the wrong kind
+    to serve in a language model's place."""
+    ckpt = torch.load(lm, weights_only=True)
+    ckpt["lit_llm"] = {**ckpt["lit_llm"], "task": "classification", "num_classes": classes, "pooling": "last"}
+    ckpt["state_dict"] = {"backbone." + k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, out)
+    return out
+
+
+def _truncated(ckpt: Path, out: Path) -> Path:
+    out.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_lms(tmp_path_factory):
+    """Two language models with the same tokenizer and different (random) weights, and one with another tokenizer."""
+    tmp = tmp_path_factory.mktemp("reload")
+    return (write_lm_checkpoint(tmp / "a.ckpt", seed=0), write_lm_checkpoint(tmp / "b.ckpt", seed=1),
+            write_lm_checkpoint(tmp / "other_tokenizer.ckpt", vocab=200))
+
+
+def test_a_reload_is_checked_before_anything_is_swapped(two_lms, tmp_path):
+    """What cannot take the served checkpoint's place without a restart is refused with what is wrong, by the
+    front end, before a worker loads anything; and the HTTP route is off without an API key unless allowed."""
+    import asyncio
+
+    from lit_llm.checkpoint import CheckpointError
+    from lit_llm.serve.protocol import APIError
+    from lit_llm.serve.specs import check_replacement
+
+    a, b, other = two_lms
+    served = read_served(str(a), None, None, 64, 8)
+    check_replacement(served, str(b))  # same task, tokenizer and limits: fine
+    for path, message in [(_as_classifier(a, tmp_path / "clf.ckpt"), "is a classifier checkpoint, but this server"
+                                                                       " serves a language model"),
+                          (write_lm_checkpoint(tmp_path / "bert.ckpt", "debug-bert"), "does not generate text"),
+                          (other, "another tokenizer"),
+                          (_truncated(a, tmp_path / "torn.ckpt"), "truncated or corrupted")]:
+        with pytest.raises(CheckpointError, match=message):
+            check_replacement(served, str(path))
+    with pytest.raises(CheckpointError, match="block of 64 tokens, shorter than the prompts of up to 100"):
+        check_replacement(replace(served, max_prompt_tokens=100), str(b))
+    classifier = read_served(str(_as_classifier(a, tmp_path / "clf2.ckpt")), None, None, 64, 8)
+    check_replacement(classifier, str(_as_classifier(b, tmp_path / "clf2b.ckpt")))
+    with pytest.raises(CheckpointError, match="is a language model checkpoint, but this server serves a classifier"):
+        check_replacement(classifier, str(b))
+    with pytest.raises(CheckpointError, match=r"has the classes \['0', '1', '2'\], and the served classifier"):
+        check_replacement(classifier, str(_as_classifier(b, tmp_path / "clf3.ckpt", classes=3)))
+    spec = CompletionSpec(served, FeedbackStore(tmp_path / "fb.jsonl"))  # reload False: a server without a key
+    with pytest.raises(APIError, match="Reloading over HTTP is off.*--allow_reload true") as refused:
+        asyncio.run(spec.reload(None, None))
+    assert refused.value.status == 403
+
+
+def test_a_reload_swaps_every_worker_or_none_and_running_requests_finish_on_the_old_model(two_lms, tmp_path):
+    """Two workers (as two processes would, on one ReloadBoard): a reload loads the new checkpoint in each, and
+    swaps once all have; a request that was decoding goes on on the old model to its end, one that starts after
+    the swap decodes on the new, and each says which (system_fingerprint). A checkpoint that a worker cannot load
+    calls the reload off in every worker; so does a timeout; and one reload runs at a time."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    from litserve.utils import LitAPIStatus
+
+    from lit_llm.serve import ContinuousGenerationAPI
+    from lit_llm.serve.flow import CheckpointRef, ReloadError
+    from lit_llm.serve.protocol import APIError
+
+    a, b, _ = two_lms
+    served = replace(read_served(str(a), None, None, 64, 8), workers=2)
+    spec = CompletionSpec(served, FeedbackStore(tmp_path / "fb.jsonl"))
+    continuous = ContinuousGenerationAPI(str(a), spec, max_batch_size=4)
+    static = GenerationAPI(str(a), spec)
+    continuous.setup("cpu")
+    static.setup("cpu")
+    stop = threading.Event()
+    followers = [threading.Thread(target=api.follow_reloads, args=(stop,), daemon=True) for api in (continuous, static)]
+    for t in followers:
+        t.start()
+    try:
+        (model_a, tok), (model_b, _) = load_checkpoint(a), load_checkpoint(b)
+        fp_a, fp_b = CheckpointRef.of(a).fingerprint, CheckpointRef.of(b).fingerprint
+        old_text, new_text = _greedy(model_a, tok, "the film", 30), _greedy(model_b, tok, "the film", 30)
+        assert old_text != new_text
+        old_model = weakref.ref(continuous.model)
+
+        got = {"old": [], "new": []}
+
+        def step():
+            for out in continuous.step(None):
+                assert out.status != LitAPIStatus.ERROR, out.output
+                if out.output:
+                    got[out.uid].append(out.output)
+
+        continuous.add_request("old", _job(tok, "the film", 30))
+        for _ in range(5):
+            step()
+        done = spec.reload_checkpoint(str(b))  # returns once both workers serve b to new requests
+        assert (done["generation"], done["workers"], done["system_fingerprint"]) == (1, 2, fp_b)
+        assert done["previous"]["system_fingerprint"] == fp_a
+        assert continuous.current.fingerprint == static.current.fingerprint == fp_b
+        continuous.add_request("new", _job(tok, "the film", 30))
+        while continuous.has_active_requests():
+            step()
+        for uid, text, fp in (("old", old_text, fp_a), ("new", new_text, fp_b)):
+            assert "".join(m["text"] for m in got[uid]) == text, uid  # all of it from one model
+            assert got[uid][0]["system_fingerprint"] == fp and all("system_fingerprint" not in m for m in got[uid][1:])
+        gc.collect()
+        assert old_model() is None  # freed with its last request
+        static_out = list(static.predict(_job(tok, "the film", 30, stream=False)))
+        assert static_out[0]["text"] == new_text and static_out[0]["system_fingerprint"] == fp_b
+
+        # a file the workers cannot load (past the front end's checks, e.g. replaced meanwhile): called off in both
+        torn = _truncated(a, tmp_path / "torn.ckpt")
+        with pytest.raises(ReloadError, match="truncated or corrupted") as failed:
+            spec.reloads.reload(CheckpointRef.of(torn), timeout=60)
+        assert failed.value.reason == "checkpoint"
+        assert continuous.current.fingerprint == static.current.fingerprint == fp_b
+        assert spec.reloads.current() == (1, CheckpointRef.of(b))
+        # the front end refuses it first, with a 4xx, naming what goes on serving
+        with pytest.raises(APIError, match=f"Reload refused; .*b.ckpt \\({fp_b}\\) goes on serving: .*truncated") as e:
+            spec.reload_checkpoint(str(torn))
+        assert e.value.status == 400
+        with pytest.raises(APIError, match="does not exist") as e:
+            spec.reload_checkpoint(str(tmp_path / "missing.ckpt"))
+        assert e.value.status == 404
+        # with the path served unchanged, a reload without a path reads it again
+        assert spec.reload_checkpoint()["generation"] == 3 and continuous.current.generation == 3
+    finally:
+        stop.set()
+        for t in followers:
+            t.join(5)
+
+    # nobody follows: the reload times out, called off; and a second one meanwhile is refused as busy
+    late = threading.Thread(target=lambda: pytest.raises(ReloadError, spec.reloads.reload, CheckpointRef.of(a), 1.0))
+    late.start()
+    time.sleep(0.2)
+    with pytest.raises(ReloadError, match="Another reload") as busy:
+        spec.reloads.reload(CheckpointRef.of(a), 1.0)
+    late.join()
+    assert busy.value.reason == "busy" and spec.reloads.current()[0] == 3
+    with pytest.raises(ReloadError, match=r"model worker\(s\) \[0, 1\] did not load") as slow:
+        spec.reloads.reload(CheckpointRef.of(a), 0.1)
+    assert slow.value.reason == "timeout" and spec.reloads.current()[0] == 3
+
+
+@pytest.fixture(scope="module")
+def reload_server(two_lms, tmp_path_factory):
+    """One server for the reload tests: two model workers, an API key, long completions allowed. It serves
+    ``served.ckpt``, a copy of ``a.ckpt``, so that a test can replace the file at the path served."""
+    import shutil
+
+    a, _, _ = two_lms
+    tmp = tmp_path_factory.mktemp("reload_server")
+    shutil.copyfile(a, tmp / "served.ckpt")
+    env = {**cli_env(tmp), "LIT_LLM_API_KEY": KEY}
+    args = ["--workers", "2", "--max_tokens", "3000", "--feedback_store", str(tmp / "fb.jsonl")]
+    with ServerProcess(tmp / "served.ckpt", args, env=env, log=tmp / "server.log", cwd=tmp) as server:
+        yield server, tmp
+
+
+def _post(server: ServerProcess, path: str, body: Optional[dict] = None, key: Optional[str] = KEY,
+          timeout: float = 120) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{server.base_url}{path}", json=body, headers=headers, timeout=timeout)
+
+
+def _served_fingerprint(server: ServerProcess) -> str:
+    r = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    return r.json()["data"][0]["system_fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_reload_mid_stream_finishes_the_stream_on_the_old_model_and_serves_the_new_one_after(two_lms, reload_server):
+    """A greedy 1,500-token stream from model A is in flight when a reload to B returns (both workers swapped): the
+    stream goes on to its end without an error, every token of it A's (its greedy text, byte for byte, and A's
+    fingerprint on every event); the requests after the reload are B's."""
+    import threading
+    import time
+
+    a, b, _ = two_lms
+    server, tmp = reload_server
+    assert _post(server, "/v1/admin/reload", {"checkpoint": str(tmp / "served.ckpt")}).status_code == 200
+    (model_a, tok), (model_b, _) = load_checkpoint(a), load_checkpoint(b)
+    n = 1500  # a few seconds of decoding here; the reload takes well under one
+    events, ended = [], {}
+
+    def stream():
+        body = {"prompt": "the film", "max_tokens": n, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        with httpx.Client(timeout=120) as c, c.stream("POST", f"{server.base_url}/v1/completions", json=body,
+                                                     headers={"Authorization": f"Bearer {KEY}"}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+        ended["at"] = time.monotonic()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    while not events and reader.is_alive():
+        time.sleep(0.01)
+    fp_old = _served_fingerprint(server)
+    asked_at = time.monotonic()
+    r = _post(server, "/v1/admin/reload", {"checkpoint": str(b)})
+    reloaded_at = time.monotonic()
+    print(f"reload took {reloaded_at - asked_at:.2f} s")
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["workers"] == 2 and done["checkpoint"] == str(b) and done["previous"]["system_fingerprint"] == fp_old
+    assert "at" not in ended  # the stream was still running when every worker had swapped
+    prompts = ("the film", "it is", "the film", "what a")
+    later = [_post(server, "/v1/completions", {"prompt": p, "max_tokens": 30, "temperature": 0}).json()
+             for p in prompts]
+    reader.join(120)
+    assert ended["at"] > reloaded_at and events[-1] == "[DONE]"
+    print(f"the stream ended {ended['at'] - reloaded_at:.2f} s after the reload")
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert not [c for c in chunks if "error" in c]
+    assert {c["system_fingerprint"] for c in chunks} == {fp_old}
+    assert chunks[-1]["usage"]["completion_tokens"] == n
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == _greedy(model_a, tok, "the film", n)
+    assert [r["system_fingerprint"] for r in later] == [done["system_fingerprint"]] * 4 and fp_old not in done.values()
+    assert [r["choices"][0]["text"] for r in later] == [_greedy(model_b, tok, p, 30) for p in prompts] \
+        != [_greedy(model_a, tok, p, 30) for p in prompts]
+    assert _served_fingerprint(server) == done["system_fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_bad_reload_is_refused_and_the_old_model_keeps_serving(two_lms, reload_server):
+    """Without the key: 401. A missing file (404), a damaged one, a classifier, another tokenizer (400), an
+    unknown field (400): each says what is wrong, and the model served goes on answering as before."""
+    a, _, other = two_lms
+    server, tmp = reload_server
+    before = _post(server, "/v1/completions", {"prompt": "it is", "max_tokens": 8, "temperature": 0}).json()
+    fp = _served_fingerprint(server)
+    assert _post(server, "/v1/admin/reload", {}, key=None).status_code == 401
+    assert _post(server, "/v1/admin/reload", {}, key="wrong").status_code == 401
+    for body, status, message in [
+            ({"checkpoint": str(tmp / "missing.ckpt")}, 404, "does not exist"),
+            ({"checkpoint": str(_truncated(a, tmp / "torn.ckpt"))}, 400, "truncated or corrupted"),
+            ({"checkpoint": str(_as_classifier(a, tmp / "clf.ckpt"))}, 400, "is a classifier checkpoint"),
+            ({"checkpoint": str(other)}, 400, "another tokenizer"),
+            ({"path": str(a)}, 400, "Unknown field 'path'")]:
+        r = _post(server, "/v1/admin/reload", body)
+        assert r.status_code == status and message in r.json()["error"]["message"], (body, r.text)
+        if "Unknown" not in message:
+            assert f"({fp}) goes on serving" in r.json()["error"]["message"]
+        assert _served_fingerprint(server) == fp
+    after = _post(server, "/v1/completions", {"prompt": "it is", "max_tokens": 8, "temperature": 0}).json()
+    assert after["choices"] == before["choices"] and after["system_fingerprint"] == before["system_fingerprint"] == fp
+
+
+@pytest.mark.slow
+def test_sighup_reloads_the_file_at_the_path_served(two_lms, reload_server):
+    """A training run renames a new last.ckpt over the old one; SIGHUP to the server makes it serve the new file."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    _, b, _ = two_lms
+    server, tmp = reload_server
+    served = tmp / "served.ckpt"
+    assert _post(server, "/v1/admin/reload", {"checkpoint": str(served)}).status_code == 200
+    fp = _served_fingerprint(server)
+    shutil.copyfile(b, tmp / "served.ckpt.tmp")
+    os.replace(tmp / "served.ckpt.tmp", served)  # as checkpoint_io writes a checkpoint
+    os.kill(server.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while _served_fingerprint(server) == fp and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new_fp = _served_fingerprint(server)
+    assert new_fp != fp
+    model_b, tok = load_checkpoint(b)
+    answer = _post(server, "/v1/completions", {"prompt": "it is", "max_tokens": 8, "temperature": 0}).json()
+    assert answer["system_fingerprint"] == new_fp and answer["choices"][0]["text"] == _greedy(model_b, tok, "it is", 8)
+    assert "SIGHUP: reload" in (tmp / "server.log").read_text(errors="replace")
+    assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200  # nothing else stopped

@@ -341,8 +341,9 @@ def _with_lone_surrogates(body):
 
 # the operations each server's /openapi.json must have, and the fewest requests the fuzzing must send it
 _FUZZED = {
-    "language_model": ({"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/feedback", "/health"}, 1000),
-    "classification": ({"/v1/classify", "/v1/models", "/v1/feedback", "/health"}, 500),
+    "language_model": ({"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/feedback", "/v1/admin/reload",
+                        "/health"}, 1000),
+    "classification": ({"/v1/classify", "/v1/models", "/v1/feedback", "/v1/admin/reload", "/health"}, 500),
 }
 
 
@@ -360,8 +361,10 @@ def test_fuzzing_every_endpoint_from_its_openapi_schema_finds_no_5xx(task, reque
 
     ckpt, tmp = request.getfixturevalue("lm_ckpt" if task == "language_model" else "clf_ckpt")
     required, least = _FUZZED[task]
-    # no feedback rate limit: the fuzzing sends hundreds of records a minute, and each should reach the checks
-    args = ["--max_tokens", "8", "--max_feedback_per_minute", "0", "--feedback_store", str(tmp / f"fuzz-{task}.jsonl")]
+    # no feedback rate limit: the fuzzing sends hundreds of records a minute, and each should reach the checks; and
+    # reloads allowed without a key, so that the fuzzed paths reach the checkpoint checks
+    args = ["--max_tokens", "8", "--max_feedback_per_minute", "0", "--feedback_store", str(tmp / f"fuzz-{task}.jsonl"),
+            "--allow_reload", "true"]
     with ServerProcess(ckpt, args, env=cli_env(tmp), log=tmp / f"fuzz-{task}.log") as server:
         schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]

@@ -34,8 +34,8 @@ Chat messages become one prompt as a plain transcript, ``"{role}: {content}\\n"`
 
 The package, by job: ``protocol`` (request schemas, OpenAI-style errors, the chat transcript, stop-string
 hold-back), ``worker`` (the model workers and their batched decoding), ``specs`` (the LitServe specs that glue the
-routes to the worker), ``flow`` (what the front ends and workers share: cancelled requests and the ``--max_queue``
-count), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
+routes to the worker), ``flow`` (what the front ends and workers share: cancelled requests, the ``--max_queue``
+count, and the ``ReloadBoard`` of ``POST /v1/admin/reload``), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
 module that touches LitServe internals). A server in a subprocess, for tests and benchmarks, is
 ``tests/server_process.py``.
 """

@@ -1,5 +1,6 @@
 """The ``serve`` command: read the checkpoint's task, tokenizer and config, check the limits and the setup, and
-run LitServe with the spec and model worker of the checkpoint's task, until SIGTERM or SIGINT stops it whole."""
+run LitServe with the spec and model worker of the checkpoint's task, until SIGTERM or SIGINT stops it whole.
+SIGHUP reloads the checkpoint (the file at the path served, read again) without a restart."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -19,7 +22,8 @@ from lit_llm.checkpoint import config_and_tokenizer, load_network, read_info
 from lit_llm.errors import UsageError
 from lit_llm.feedback import FeedbackStore
 from lit_llm.serve._litserve_adapter import fastapi_app, front_ends, set_drain_timeout
-from lit_llm.serve.protocol import install_error_handlers, install_host_check
+from lit_llm.serve.flow import CheckpointRef
+from lit_llm.serve.protocol import APIError, install_error_handlers, install_host_check
 from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
 from lit_llm.serve.worker import ClassifierAPI, ContinuousGenerationAPI, GenerationAPI
 
@@ -150,6 +154,44 @@ class _Shutdown:
             _say(f"stopped on {signal.Signals(self.signal).name}")
 
 
+class _ReloadOnHangup:
+    """SIGHUP to the serving process reloads the checkpoint: the file at the path served, read again (a
+    ``last.ckpt`` that training keeps replacing), as ``POST /v1/admin/reload`` with no body does. The reload runs
+    in a thread of its own and says how it went on stderr; the model served goes on serving if it fails.
+
+    Only the serving process reloads: the front ends (forked from it, with this handler) ignore SIGHUP, and so do
+    the model workers (``_WorkerAPI``), which a reload reaches through the ``ReloadBoard``."""
+
+    def __init__(self, reload) -> None:
+        self.reload = reload  # the spec's reload_checkpoint
+        self.pid = os.getpid()
+        self.previous = None
+
+    def __enter__(self) -> "_ReloadOnHangup":
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            self.previous = signal.signal(signal.SIGHUP, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if os.getpid() == self.pid:
+            threading.Thread(target=self._reload, name="lit_llm-sighup-reload", daemon=True).start()
+
+    def _reload(self) -> None:
+        _say("SIGHUP: reloading the checkpoint served")
+        try:
+            done = self.reload()
+        except APIError as e:
+            _say(f"SIGHUP: {e.message}")
+        except Exception as e:  # noqa: BLE001 - said, and the server goes on as it was
+            _say(f"SIGHUP: the reload failed ({type(e).__name__}: {e}); the model served goes on serving")
+        else:
+            _say(f"SIGHUP: reload {done['generation']}: serving {done['checkpoint']} ({done['system_fingerprint']})")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGHUP, self.previous)
+
+
 def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optional[int], max_tokens: int,
                 max_inputs: int, max_queue: int = 256, max_feedback_per_minute: float = 60.0) -> Served:
     """The checkpoint's task, tokenizer and config (memory-mapped: only the weights' shapes are read), with the
@@ -180,7 +222,7 @@ def read_served(checkpoint: str, name: Optional[str], max_prompt_tokens: Optiona
     return Served(name=name or path.stem, task=task, tokenizer=tokenizer, config=config,
                   created=int(path.stat().st_mtime), max_prompt_tokens=limit, max_tokens=max_tokens,
                   max_inputs=max_inputs, label_names=labels, max_queue=max_queue,
-                  max_feedback_per_minute=max_feedback_per_minute)
+                  max_feedback_per_minute=max_feedback_per_minute, checkpoint=CheckpointRef.of(path))
 
 
 def serve(
@@ -208,10 +250,13 @@ def serve(
     timeout: float = 60.0,
     max_payload_bytes: int = 1 << 20,
     drain_timeout: float = 5.0,
+    allow_reload: Optional[bool] = None,
+    reload_timeout: float = 600.0,
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
 ) -> None:
     """Serve a checkpoint over HTTP: OpenAI-compatible completions and chat for a language model, /v1/classify for
-    a classifier, plus /v1/models, /v1/feedback and /health.
+    a classifier, plus /v1/models, /v1/feedback, /v1/admin/reload (another checkpoint, or the served path's new
+    file, without a restart; SIGHUP does the same) and /health.
 
     Args:
         checkpoint: a .ckpt written by ``fit`` (a causal language model or a SequenceClassifier).
@@ -258,6 +303,12 @@ def serve(
         max_payload_bytes: largest request body accepted, in bytes (413 above it).
         drain_timeout: on SIGTERM or SIGINT (Ctrl+C), seconds the requests in flight get to finish (new
             connections are no longer accepted); then every process of the server stops and the port is free.
+        allow_reload: whether ``POST /v1/admin/reload`` may replace the checkpoint served without a restart (the
+            requests in flight finish on the old one). Default: on when the server has an API key, which the route
+            then needs, and off without one (anyone who reaches the port could otherwise swap the model); ``true``
+            turns it on without a key. SIGHUP to the server's process reloads the served path either way.
+        reload_timeout: seconds every model worker gets to load a new checkpoint; past it the reload is called
+            off and the old checkpoint goes on serving.
         log_level: uvicorn / LitServe log level.
     """
     if host not in HOSTS:
@@ -274,6 +325,8 @@ def serve(
     if drain_timeout < 0 or max_feedback_store_bytes < 0:
         raise ValueError(f"drain_timeout and max_feedback_store_bytes must be >= 0, got {drain_timeout} and"
                          f" {max_feedback_store_bytes}")
+    if reload_timeout <= 0 or workers < 1:
+        raise ValueError(f"reload_timeout must be > 0 and workers >= 1, got {reload_timeout} and {workers}")
     if batching not in ("continuous", "static"):
         raise ValueError(f"batching must be 'continuous' or 'static', got {batching!r}")
     continuous = batching == "continuous"
@@ -281,6 +334,8 @@ def serve(
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs, max_queue,
                          max_feedback_per_minute)
+    served = replace(served, workers=workers, reload=bool(api_key) if allow_reload is None else allow_reload,
+                     reload_timeout=reload_timeout)
     continuous = continuous and served.task == "completion"  # a classifier answers in one forward pass
     if max_batch_size is None:
         max_batch_size = 32 if continuous else 8
@@ -311,8 +366,9 @@ def serve(
     routes = "/v1/classify" if served.task == "classification" else "/v1/completions, /v1/chat/completions"
     print(f"serving '{served.name}' ({served.task}) on http://{host}:{port}: {routes}, /v1/models, /v1/feedback,"
           f" /health; feedback -> {Path(feedback_store).resolve()}; API key {'required' if api_key else 'off'};"
-          f" Host {'any' if hosts == ['*'] else ', '.join(hosts)}", flush=True)
-    with _Shutdown(drain_timeout):
+          f" Host {'any' if hosts == ['*'] else ', '.join(hosts)}; reload: SIGHUP"
+          f"{', POST /v1/admin/reload' if served.reload else ''}", flush=True)
+    with _Shutdown(drain_timeout), _ReloadOnHangup(api.spec.reload_checkpoint):
         try:
             server.run(host=host, port=port, generate_client_file=False, log_level=log_level)
         except KeyboardInterrupt:  # a signal before LitServer.run was waiting (while the workers loaded)

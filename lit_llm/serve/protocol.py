@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lit_llm import chat
+
 logger = logging.getLogger(__name__)
 LONE_SURROGATE = ("holds a lone surrogate (U+D800..U+DFFF, e.g. an unpaired \\ud800 escape), which is not a character;"
                   " send valid Unicode text")
@@ -222,22 +224,14 @@ class FeedbackRequest(_Strict):
     model: Optional[str] = None
 
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The plain transcript a base model continues: one ``role: content`` line per message, then ``assistant:``."""
-    return "".join(f"{m.role}: {m.text()}\n" for m in messages) + "assistant:"
+class ReloadRequest(_Strict):
+    """``POST /v1/admin/reload``: the checkpoint to serve from now on; without one (or without a body), the file at
+    the path served now, read again (a ``last.ckpt`` that a training run keeps replacing)."""
+
+    checkpoint: Optional[str] = Field(None, min_length=1, max_length=4096)
 
 
-# ---------------------------------------------------------------------------------------------- streamed text
-def _held_back(text: str, stops: list[str]) -> int:
-    """How much of ``text`` may be sent now: not a tail that could still grow into a stop string, nor a
-    trailing U+FFFD (a multi-byte character whose other bytes are still to come)."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    safe = len(text) - hold
-    while safe > 0 and text[safe - 1] == "\ufffd":
-        safe -= 1
-    return safe
+def chat_prompt(messages: list[ChatMessage], eos: str = "") -> str:
+    """The transcript the model continues (``lit_llm.chat``'s template, as instruction tuning trained it): one
+    ``role: content`` line per message, each assistant turn closed by ``eos``, then ``assistant:``."""
+    return chat.prompt([{"role": m.role, "content": m.text()} for m in messages], eos=eos)

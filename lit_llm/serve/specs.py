@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
+from lit_llm import chat as chat_format
 from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore, FeedbackStoreFull
 from lit_llm.serve._litserve_adapter import QueueSpec
-from lit_llm.serve.flow import Admission, CancelBoard, RateLimit, new_job_id
+from lit_llm.checkpoint import CheckpointError, config_and_tokenizer, load_network, read_info
+from lit_llm.serve.flow import Admission, CancelBoard, CheckpointRef, RateLimit, ReloadBoard, ReloadError, new_job_id
 from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ClassificationRequest, CompletionRequest,
-                                    FeedbackRequest, _Sampling, chat_prompt)
+                                    FeedbackRequest, ReloadRequest, _Sampling, chat_prompt)
 
 if TYPE_CHECKING:
     from lit_llm.model import ModelConfig
@@ -47,10 +50,54 @@ class Served:
     max_queue: int = 256  # most requests admitted to the model workers at once; more get 429
     max_feedback_per_minute: float = 60.0  # feedback records one client (IP) may send a minute; 0: no limit
     max_prompt_chars: Optional[int] = None  # longer texts are never tokenized whole (see prompt_char_limit)
+    checkpoint: Optional[CheckpointRef] = None  # the file served at the start (reloads replace it: ReloadBoard)
+    workers: int = 1  # model worker processes: a reload waits for every one of them
+    reload: bool = False  # whether POST /v1/admin/reload may replace the checkpoint (SIGHUP always may)
+    reload_timeout: float = 600.0  # seconds the workers get to load a new checkpoint before the reload is called off
 
     def __post_init__(self) -> None:
         if self.max_prompt_chars is None:
             self.max_prompt_chars = prompt_char_limit(self.tokenizer, self.max_prompt_tokens)
+
+
+def check_replacement(served: Served, path: str) -> None:
+    """Raise ``CheckpointError`` (a ValueError) naming the problem when the checkpoint at ``path`` cannot replace the
+    one served without a restart: it must be a lit_llm checkpoint that loads (a language model's weights are
+    checked against its config), of the same task, with the same tokenizer (the front ends tokenize with the one
+    they started with), a block as long as the prompts the server accepts, and a classifier's classes."""
+    restart = f"; to serve it, restart the server with --checkpoint {path}"
+    info = read_info(path)  # FileNotFoundError, or CheckpointError for a damaged or foreign file
+    task = "classification" if info.task == "classification" else "completion"
+    if task != served.task:
+        kinds = {"classification": "a classifier", "completion": "a language model"}
+        raise CheckpointError(f"{path} is {kinds[task]} checkpoint, but this server serves"
+                              f" {kinds[served.task]}{restart}")
+    if task == "completion":
+        config, _, tokenizer = load_network(path, purpose="serve")
+        if not config.causal:
+            raise CheckpointError(f"{path} holds a {config.family} encoder, which does not generate text: reload a"
+                                  " causal (gpt2/llama) checkpoint")
+    else:
+        config, tokenizer = config_and_tokenizer(info, path)
+        if config.causal != served.config.causal:
+            raise CheckpointError(f"{path} is a classifier on another kind of backbone (causal: {config.causal}); the"
+                                  f" server frames texts for the one it started with{restart}")
+        labels = list(info.label_names) if info.label_names else [str(i) for i in range(info.num_classes or 0)]
+        if labels != served.label_names:
+            raise CheckpointError(f"{path} has the classes {labels}, and the served classifier {served.label_names}"
+                                  f"{restart}")
+    if tokenizer.to_str() != served.tokenizer.to_str():
+        raise CheckpointError(f"{path} has another tokenizer than the checkpoint served, and the server tokenizes"
+                              f" requests with the one it started with{restart}")
+    if config.block_size < served.max_prompt_tokens:
+        raise CheckpointError(f"{path} has a block of {config.block_size} tokens, shorter than the prompts of up to"
+                              f" {served.max_prompt_tokens} tokens this server accepts (--max_prompt_tokens){restart}")
+
+
+# how a reload that did not happen is answered: (status, code)
+_RELOAD_REFUSED = {"busy": (409, "reload_in_progress"), "checkpoint": (400, "invalid_checkpoint"),
+                   "changed": (409, "checkpoint_changed"), "worker": (500, "reload_failed"),
+                   "timeout": (504, "reload_timeout")}
 
 
 def prompt_char_limit(tok: Tokenizer, max_tokens: int) -> int:
@@ -89,8 +136,10 @@ class _Spec(QueueSpec):
         self.board = CancelBoard()  # jobs whose clients have gone: the model workers stop decoding them
         self.admission = Admission(served.max_queue)
         self.feedback_limit = RateLimit(served.max_feedback_per_minute)
+        self.reloads = ReloadBoard(served.workers, served.checkpoint)  # the checkpoint served, and its reloads
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/v1/feedback", self.feedback, ["POST"])
+        self.add_endpoint("/v1/admin/reload", self.reload, ["POST"])
 
     def decode_request(self, request, context_kwargs=None):
         return request
@@ -122,8 +171,55 @@ class _Spec(QueueSpec):
 
     async def models(self) -> dict:
         s = self.served
+        generation, ref = self.reloads.current()
         return {"object": "list", "data": [{"id": s.name, "object": "model", "created": s.created, "owned_by": "lit_llm",
-                                            "task": s.task, "max_prompt_tokens": s.max_prompt_tokens}]}
+                                            "task": s.task, "max_prompt_tokens": s.max_prompt_tokens,
+                                            "checkpoint": os.path.basename(ref.path) if ref else None,
+                                            "system_fingerprint": ref.fingerprint if ref else None,
+                                            "generation": generation}]}
+
+    async def reload(self, request: Request, body: Optional[ReloadRequest] = None) -> dict:
+        """``POST /v1/admin/reload``: serve another checkpoint (or the served path's new file) from now on; the
+        requests in flight finish on the old one. Answers once every model worker has swapped."""
+        if not self.served.reload:
+            raise APIError(403, "Reloading over HTTP is off on this server: it is on when the server has an API key"
+                           " (--api_key or $LIT_LLM_API_KEY), or with serve --allow_reload true. SIGHUP to the"
+                           " server's process reloads the served path either way", code="reload_disabled")
+        return await run_in_threadpool(self.reload_checkpoint, body.checkpoint if body else None)
+
+    def reload_checkpoint(self, path: Optional[str] = None) -> dict:
+        """Check the checkpoint at ``path`` (default: the path served now) and have every model worker swap to it
+        (``ReloadBoard.reload``); blocks until they have. A checkpoint that cannot replace the one served, or a
+        reload that fails, is an ``APIError`` (4xx/5xx), and the model served before goes on serving."""
+        _, now = self.reloads.current()
+        path = path or (now.path if now else None)
+        if not path:
+            raise APIError(400, "Name the checkpoint to serve: {\"checkpoint\": PATH}", "checkpoint")
+        serving = f"{now.path} ({now.fingerprint})" if now else "the model served"
+        try:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"Checkpoint {path} does not exist (a relative path is from the server's"
+                                        f" working directory, {os.getcwd()})")
+            ref = CheckpointRef.of(path)
+            check_replacement(self.served, ref.path)
+            if not ref.unchanged():
+                raise ReloadError("changed", f"{ref.path} was replaced while it was being checked; reload again")
+            done = self.reloads.reload(ref, self.served.reload_timeout)
+        except (ReloadError, ValueError, OSError) as e:  # CheckpointError, FileNotFoundError and the like: the file
+            if isinstance(e, ReloadError):
+                status, code = _RELOAD_REFUSED[e.reason]
+            elif isinstance(e, FileNotFoundError):
+                status, code = 404, "checkpoint_not_found"
+            else:
+                status, code = 400, "invalid_checkpoint"
+            reason = e.message if isinstance(e, ReloadError) else str(e)
+            logger.warning("reload of %s refused (%d): %s", path, status, reason)
+            raise APIError(status, f"Reload refused; {serving} goes on serving: {reason}", "checkpoint", code) from None
+        logger.warning("reload %d: serving %s (%s), was %s (%s)", done.generation, ref.path, ref.fingerprint,
+                       done.previous.path, done.previous.fingerprint)
+        return {"object": "reload", "model": self.served.name, "generation": done.generation, "checkpoint": ref.path,
+                "system_fingerprint": ref.fingerprint, "workers": done.workers,
+                "previous": {"checkpoint": done.previous.path, "system_fingerprint": done.previous.fingerprint}}
 
     def feedback(self, body: FeedbackRequest, request: Request) -> dict:  # plain def: the fsync'd append, in a thread
         client = request.client.host if request.client else "unknown"
@@ -216,7 +312,8 @@ class CompletionSpec(_Spec):
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await self._answer(body, chat_prompt(body.messages), limit, "messages", chat=True, request=request)
+        prompt = chat_prompt(body.messages, chat_format.eos_token(self.served.tokenizer))
+        return await self._answer(body, prompt, limit, "messages", chat=True, request=request)
 
     async def _answer(self, body: _Sampling, prompt: str, max_tokens: Optional[int], field: str, chat: bool,
                       request: Optional[Request] = None):
@@ -226,6 +323,8 @@ class CompletionSpec(_Spec):
         try:
             # tokenizing a long prompt takes a while: in a thread, so the event loop goes on serving others
             job = await run_in_threadpool(self._job, body, prompt, max_tokens, field)
+            if chat:  # an answer ends where the transcript's next turn would begin (lit_llm.chat.STOP_STRINGS)
+                job["stop"] = job["stop"] + [s for s in chat_format.STOP_STRINGS if s not in job["stop"]]
             uid, item = self.submit(job, streaming=True)
             chunks = self._chunks(uid, item)
             try:  # a queue timeout or a failed worker is still a plain HTTP error
@@ -236,7 +335,8 @@ class CompletionSpec(_Spec):
             if first is None:  # the client went away while its job waited or ran: nobody reads this
                 return Response(status_code=499)
             meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uid.hex[:24]}", "created": int(time.time()),
-                    "model": self.served.name}
+                    "model": self.served.name,  # the checkpoint that answers (one for all of it, across reloads)
+                    "system_fingerprint": first.pop("system_fingerprint", None)}
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 state = {"finished": False}  # set by _sse once the worker has sent the job's last message
@@ -389,4 +489,5 @@ class ClassifySpec(_Spec):
                          "truncated": truncated[i]})
         n_tokens = sum(len(r) for r in rows)
         return {"object": "list", "model": s.name, "data": data, "batch_requests": response["batch_requests"],
+                "system_fingerprint": response.get("system_fingerprint"),
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}

@@ -3,6 +3,11 @@ the decoding they run (one completion, or a batch decoded together with the KV c
 
 Only LitServe's public ``LitAPI`` is used here. What loads a model (``load_checkpoint``, ``SequenceClassifier``,
 which brings Lightning) is imported in the worker's ``setup``, so that importing ``lit_llm.serve`` stays light.
+
+Reloads (``serve``'s ``POST /v1/admin/reload`` and SIGHUP): each worker follows the ``ReloadBoard`` from a thread
+of its own, loads the new checkpoint beside the model it serves, and, once every worker has, swaps its
+``current`` model (``_LoadedModel``). A request holds the ``_LoadedModel`` it started on to its end, so the requests in
+flight finish on the old weights while the new ones start on the new; the old model is freed with its last request.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,9 +26,10 @@ import torch
 from fastapi import Request
 from tokenizers import Tokenizer
 
-from lit_llm.generate import ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
+from lit_llm.generate import CompletionText, ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
 from lit_llm.serve._litserve_adapter import ContinuousLoop, Output, Status, in_model_worker
-from lit_llm.serve.protocol import APIError, _held_back
+from lit_llm.serve.flow import RELOAD_POLL_S, CheckpointRef
+from lit_llm.serve.protocol import APIError
 
 if TYPE_CHECKING:
     from lit_llm.serve.specs import ClassifySpec, CompletionSpec
@@ -31,63 +38,6 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-class CompletionText:
-    """One completion's text as its tokens arrive: where it ends ([EOS], a stop string, ``max_tokens``) and
-    which text is final and may be sent.
-
-    ``push`` returns ``{"text": delta}`` (``{}`` while nothing new is final) and, once the completion ends, the
-    last message ``{"text", "finish_reason", "usage"}``. The stop string itself is not returned, and
-    ``completion_tokens`` counts every token the model sampled."""
-
-    def __init__(self, tok: Tokenizer, prompt: list[int], max_tokens: int, stops: Optional[list[str]] = None) -> None:
-        self.tok, self.prompt, self.max_tokens, self.stops = tok, prompt, max_tokens, stops or []
-        self.prompt_tokens = len(prompt)
-        # the completion is decoded after its prompt: WordPiece and Metaspace (unigram) decoders drop the
-        # space before a sequence's first word, which here is not the first word
-        self.prefix = tok.decode(prompt)
-        self.eos = tok.token_to_id("[EOS]")
-        self.ids: list[int] = []
-        self.sampled, self.sent, self.text = 0, 0, ""
-        self.finish: Optional[str] = None
-
-    @property
-    def done(self) -> bool:
-        return self.finish is not None
-
-    def push(self, token: int) -> dict[str, Any]:
-        self.sampled += 1
-        if token == self.eos:
-            return self._end("stop")
-        self.ids.append(token)
-        self.text = self._decode()
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            return self._end("stop")
-        if self.sampled >= self.max_tokens:
-            return self._end("length")
-        safe = _held_back(self.text, self.stops)
-        if safe <= self.sent:
-            return {}
-        delta, self.sent = self.text[self.sent : safe], safe
-        return {"text": delta}
-
-    def _decode(self) -> str:
-        """The completion's text (special tokens such as [UNK] and [PAD] are not text)."""
-        full = self.tok.decode(self.prompt + self.ids)
-        return full[len(self.prefix) :] if full.startswith(self.prefix) else self.tok.decode(self.ids)
-
-    def cancel(self) -> None:
-        """The client has gone: the completion ends here, with nothing more to send."""
-        self.finish = "cancelled"
-
-    def _end(self, reason: str) -> dict[str, Any]:
-        self.finish = reason
-        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.sampled,
-                 "total_tokens": self.prompt_tokens + self.sampled}
-        return {"text": self.text[self.sent :], "finish_reason": reason, "usage": usage}
-
-
 def _sampling(temperature: float, top_p: float, seed: Optional[int], device) -> tuple[float, float, torch.Generator]:
     """A request's temperature and top-p as sampling uses them, and its own seeded generator."""
     generator = torch.Generator(device=device)
@@ -185,13 +135,93 @@ def _fits_together(jobs: list[dict], block_size: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- model workers
+@dataclass(eq=False)
+class _LoadedModel:
+    """The model a worker starts requests on: one checkpoint's, from load to the last request that started on it.
+    A reload replaces a worker's ``current`` one; each request keeps the one it started on (``_Running.served``,
+    or a local of ``predict``) to its end."""
+
+    model: torch.nn.Module
+    generation: int  # the ReloadBoard's: 0 for the checkpoint serve started with
+    fingerprint: str  # ``system_fingerprint`` of the answers it gives (CheckpointRef.fingerprint)
+    rows: Optional[ContinuousBatch] = None  # continuous batching: the KV-cache rows of the requests decoding on it
+
+
+def _with_fingerprint(message: dict[str, Any], served: _LoadedModel) -> dict[str, Any]:
+    """A request's first message, which tells the front end the checkpoint that answers it."""
+    return {**message, "system_fingerprint": served.fingerprint}
+
+
 class _WorkerAPI:
     """What both model workers share: the optional API key, checked by LitServe on every route it registers
-    (``LitAPI.authorize``), and the CPU threads of a worker: ``serve`` splits the cores between the workers (each torch process would
-    otherwise take them all, and N workers would fight over them)."""
+    (``LitAPI.authorize``); the CPU threads of a worker: ``serve`` splits the cores between the workers (each torch
+    process would otherwise take them all, and N workers would fight over them); and reloads of the checkpoint
+    (``follow_reloads``)."""
 
     api_key: Optional[str] = None
     cpu_threads: Optional[int] = None
+    checkpoint: str
+    current: _LoadedModel
+
+    def _load(self, path: str, device: str) -> torch.nn.Module:
+        """The model of the checkpoint at ``path``, on ``device``, ready for requests (each worker's own)."""
+        raise NotImplementedError
+
+    def _loaded(self, model: torch.nn.Module, generation: int, fingerprint: str) -> _LoadedModel:
+        return _LoadedModel(model, generation, fingerprint)
+
+    def _setup_model(self, device: str) -> None:
+        """Load the checkpoint served now (the one ``serve`` started with, or the last one reloaded), and follow
+        the reloads that come: from a thread of its own in a model worker; ``follow_reloads`` elsewhere (tests)."""
+        board = self.spec.reloads
+        self.device_name = device
+        self.worker_slot = board.join()
+        generation, ref = board.current()
+        ref = ref or CheckpointRef.of(self.checkpoint)
+        self.current = self._loaded(self._load(ref.path, device), generation, ref.fingerprint)
+        board.serving(self.worker_slot, generation)
+        if in_model_worker():
+            threading.Thread(target=self.follow_reloads, name="lit_llm-reload", daemon=True).start()
+
+    def follow_reloads(self, stop: Optional[threading.Event] = None, poll: float = RELOAD_POLL_S) -> None:
+        """Carry out the reloads of the ``ReloadBoard`` until ``stop`` is set: load each checkpoint asked beside the
+        model served (requests go on meanwhile), vote, and swap ``current`` once every worker is ready. The swap is
+        one assignment: a request holds the ``_LoadedModel`` it started on, so the ones in flight finish on the old
+        model, which is freed with the last of them."""
+        board, handled = self.spec.reloads, self.current.generation
+        stop = stop or threading.Event()
+        while not stop.wait(poll):
+            generation, ref = board.asked()
+            if generation <= handled or ref is None:
+                continue
+            handled = generation
+            if board.outcome(generation) is False:  # called off before this worker got to it
+                continue
+            loaded, failure = None, None
+            try:
+                loaded = self._loaded(self._load(ref.path, self.device_name), generation, ref.fingerprint)
+                if not ref.unchanged():
+                    failure = ("changed", f"{ref.path} was replaced while it was being loaded (a training run"
+                               " writing a new checkpoint?); reload again")
+            except (ValueError, OSError) as e:  # CheckpointError, FileNotFoundError: the file
+                failure = ("checkpoint", f"{ref.path}: {e}")
+            except Exception as e:  # noqa: BLE001 - out of memory, a broken install: the old model goes on serving
+                logger.exception("reload: loading %s failed", ref.path)
+                failure = ("worker", f"{type(e).__name__}: {e}")
+            if failure is not None:
+                loaded = None
+                logger.warning("reload %d refused by model worker %d: %s", generation, self.worker_slot, failure[1])
+                board.vote(self.worker_slot, generation, failure[0], failure[1])
+                continue
+            board.vote(self.worker_slot, generation)
+            while (outcome := board.outcome(generation)) is None and not stop.wait(poll):
+                pass
+            if outcome:
+                self.current = loaded  # the requests that start from here on decode on it
+                board.serving(self.worker_slot, generation)
+                logger.warning("reload %d: model worker %d serves %s (%s) to new requests", generation,
+                               self.worker_slot, ref.path, ref.fingerprint)
+            loaded = None
 
     def _use_threads(self, device: str) -> None:
         if str(device).startswith("cpu") and self.cpu_threads:
@@ -200,9 +230,12 @@ class _WorkerAPI:
     @staticmethod
     def _leave_signals_to_the_server() -> None:
         """Ctrl+C sends SIGINT to every process of the terminal's group: a model worker ignores it, and the server
-        stops it once the front ends have finished their requests (``serve``'s ``_Shutdown``)."""
+        stops it once the front ends have finished their requests (``serve``'s ``_Shutdown``). SIGHUP (a reload,
+        when sent to the server) is ignored too: the reload reaches the workers through the ``ReloadBoard``."""
         if in_model_worker():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if hasattr(signal, "SIGHUP"):  # not on Windows
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def authorize(self, request: Request) -> None:
         if not self.api_key or request.url.path == "/health":
@@ -226,11 +259,22 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
         self.checkpoint, self.api_key, self.use_cache = checkpoint, api_key, use_cache
 
     def setup(self, device: str) -> None:
-        from lit_llm.generate import load_checkpoint
-
         self._leave_signals_to_the_server()
         self._use_threads(device)
-        self.model, self.tokenizer = load_checkpoint(self.checkpoint, device)
+        self._setup_model(device)
+
+    def _load(self, path: str, device: str) -> torch.nn.Module:
+        from lit_llm.generate import load_checkpoint
+
+        model, tokenizer = load_checkpoint(path, device, purpose="serving")
+        if not hasattr(self, "tokenizer"):  # a reload keeps it: the front end checked that the new one is the same
+            self.tokenizer = tokenizer
+        return model
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model new requests start on."""
+        return self.current.model
 
     def decode_request(self, request: dict) -> dict:
         return request  # the front end already tokenized and checked it
@@ -238,26 +282,31 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
     def batch(self, jobs: list[dict]) -> list[dict]:
         return jobs
 
-    def _one(self, job: dict) -> Iterator[dict]:
-        return stream_completion(self.model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
+    def _one(self, model: torch.nn.Module, job: dict) -> Iterator[dict]:
+        return stream_completion(model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
                                  job["top_p"], job["stop"], job["seed"], self.use_cache, job.get("id"),
                                  self.spec.board.cancelled)
 
-    def _steps(self, jobs: list[dict]) -> Iterator[list[dict]]:
+    def _steps(self, model: torch.nn.Module, jobs: list[dict]) -> Iterator[list[dict]]:
         """Per step, one message per job. A job whose client has gone (the spec's ``CancelBoard``) stops there."""
-        if len(jobs) > 1 and _fits_together(jobs, self.model.config.block_size):
-            yield from stream_batch(self.model, self.tokenizer, jobs, self.use_cache, self.spec.board.cancelled)
+        if len(jobs) > 1 and _fits_together(jobs, model.config.block_size):
+            yield from stream_batch(model, self.tokenizer, jobs, self.use_cache, self.spec.board.cancelled)
             return
         for i, job in enumerate(jobs):
-            for message in self._one(job):
+            for message in self._one(model, job):
                 yield [message if k == i else {} for k in range(len(jobs))]
 
     def predict(self, jobs: Union[dict, list[dict]]) -> Iterator:
         single = isinstance(jobs, dict)  # max_batch_size 1: LitServe's unbatched loop
         jobs = [jobs] if single else jobs
+        served = self.current  # the batch decodes on it to its end, whatever a reload swaps in meanwhile
         parts: list[list[str]] = [[] for _ in jobs]
-        for step in self._steps(jobs):
+        told = [False] * len(jobs)  # whether a job's first message has gone (with the fingerprint)
+        for step in self._steps(served.model, jobs):
             out = [for_client(job, part, message) for job, part, message in zip(jobs, parts, step)]
+            for k, message in enumerate(out):
+                if message and not told[k]:
+                    out[k], told[k] = _with_fingerprint(message, served), True
             if any(out):  # LitServe sends one message per request of each list: skip steps with nothing to say
                 yield out[0] if single else out
 
@@ -283,6 +332,8 @@ class _Running:
     solo: Optional[Iterator[torch.Tensor]] = None
     held: str = ""  # streamed text not sent yet (``stream_interval``)
     last_sent: Optional[float] = None  # when its last message left (None: nothing sent yet)
+    served: Optional[_LoadedModel] = None  # the model it decodes on from its first token to its last
+    told: bool = False  # whether its first message has gone (with the fingerprint)
 
 
 class ContinuousGenerationAPI(GenerationAPI):
@@ -302,7 +353,11 @@ class ContinuousGenerationAPI(GenerationAPI):
 
     A step's outputs reach the front end as one message (``ContinuousLoop``). A stream's first text leaves at
     once, and after it the text of the next ``stream_interval`` seconds travels as one output, one SSE event
-    for the client (0 sends every token's text as it comes)."""
+    for the client (0 sends every token's text as it comes).
+
+    Each model (``_LoadedModel``) has its own rows. After a reload swaps in a new one, the requests prefilled from then
+    on take rows of the new model, while those running go on in the rows of the old: a step runs one forward per
+    model in use, and the old model (and its KV cache) is freed when its last request ends."""
 
     def __init__(self, checkpoint: str, spec: CompletionSpec, api_key: Optional[str] = None,
                  max_batch_size: int = 32, stream_interval: float = 0.0):
@@ -315,10 +370,21 @@ class ContinuousGenerationAPI(GenerationAPI):
     def setup(self, device: str) -> None:
         super().setup(device)
         self.device = next(self.model.parameters()).device
-        self.rows = ContinuousBatch(self.model, self.max_batch_size)
         self.inbox: deque[tuple[str, dict]] = deque()
         self.running: dict[str, _Running] = {}
         self.pad = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def _loaded(self, model: torch.nn.Module, generation: int, fingerprint: str) -> _LoadedModel:
+        return _LoadedModel(model, generation, fingerprint, ContinuousBatch(model, self.max_batch_size))
+
+    @property
+    def rows(self) -> ContinuousBatch:
+        """The KV-cache rows of the requests on the current model."""
+        return self.current.rows
+
+    def _models_in_use(self) -> list[_LoadedModel]:
+        """The models with requests in rows: the current one and any older one whose requests have not ended."""
+        return list({id(run.served): run.served for run in self.running.values() if run.served.rows.keys}.values())
 
     def add_request(self, uid: str, request: dict) -> None:
         self.inbox.append((uid, request))
@@ -337,7 +403,7 @@ class ContinuousGenerationAPI(GenerationAPI):
             uids = list(self.running) + [uid for uid, _ in self.inbox]
             self.running.clear()
             self.inbox.clear()
-            self.rows = ContinuousBatch(self.model, self.max_batch_size)
+            self.current.rows = ContinuousBatch(self.model, self.max_batch_size)
             return [Output(uid, e, Status.ERROR) for uid in uids]
 
     def _step(self) -> list[Output]:
@@ -348,24 +414,26 @@ class ContinuousGenerationAPI(GenerationAPI):
                 logger.warning("client gone: stopped job %x after %d of %d tokens", run.job["id"], run.state.sampled,
                                run.state.max_tokens)
                 self._finish(uid, out)
-        keys = list(self.rows.keys)
-        if keys:  # one forward for every sequence in a row, and one sampling call
-            logits = self.rows.step(torch.tensor([self.running[k].token for k in keys], device=self.device))
+        for served in self._models_in_use():  # one forward per model for every sequence in its rows, one sampling
+            keys = list(served.rows.keys)
+            logits = served.rows.step(torch.tensor([self.running[k].token for k in keys], device=self.device))
             for uid, token in zip(keys, self._sample(keys, logits).tolist()):
                 self._push(uid, token, out)
         for uid, run in list(self.running.items()):  # the ones that do not fit a row: one token each
             if run.solo is not None:
                 self._push(uid, int(next(run.solo)), out)
+        current = self.current  # the requests that start in this step start on it (a reload may swap it meanwhile)
         while self.inbox:  # the requests that arrived since the last step: prefill, first token
             uid, job = self.inbox.popleft()
             run = _Running(job, CompletionText(self.tokenizer, job["ids"], job["max_tokens"], job["stop"]),
-                           *_sampling(job["temperature"], job["top_p"], job["seed"], self.device))
+                           *_sampling(job["temperature"], job["top_p"], job["seed"], self.device), served=current)
             self.running[uid] = run
-            if self.rows.fits(len(job["ids"]), job["max_tokens"]):
-                self._push(uid, int(self._sample([uid], self.rows.add(uid, job["ids"])[None])[0]), out)
+            if current.rows.fits(len(job["ids"]), job["max_tokens"]):
+                self._push(uid, int(self._sample([uid], current.rows.add(uid, job["ids"])[None])[0]), out)
             else:
-                run.solo = iter_tokens(self.model, torch.tensor([job["ids"]], device=self.device), job["max_tokens"],
-                                       use_cache=True, sample=lambda logits, uid=uid: self._sample([uid], logits)[:, None])
+                run.solo = iter_tokens(current.model, torch.tensor([job["ids"]], device=self.device),
+                                       job["max_tokens"], use_cache=True,
+                                       sample=lambda logits, uid=uid: self._sample([uid], logits)[:, None])
                 self._push(uid, int(next(run.solo)), out)
         return out
 
@@ -382,6 +450,8 @@ class ContinuousGenerationAPI(GenerationAPI):
         if message and run.held:  # what was held back goes first
             message = {**message, "text": run.held + message["text"]}
             run.held = ""
+        if message and not run.told:  # its first message names the checkpoint that answers it
+            message, run.told = _with_fingerprint(message, run.served), True
         if run.state.done:
             self._finish(uid, out, message)
         elif message:
@@ -395,9 +465,11 @@ class ContinuousGenerationAPI(GenerationAPI):
     def _finish(self, uid: str, out: list[Output], last: Optional[dict] = None) -> None:
         """The sequence leaves: its row is free for the next request, and LitServe closes its stream with the
         message that carries its ``last`` output (one message through the queue, not two)."""
-        if uid in self.rows.keys:
-            self.rows.remove(uid)
-        del self.running[uid]
+        run = self.running.pop(uid)
+        if uid in run.served.rows.keys:
+            run.served.rows.remove(uid)
+        if run.served is not self.current and not any(r.served is run.served for r in self.running.values()):
+            logger.warning("reload: the last request on %s has ended; its model is freed", run.served.fingerprint)
         out.append(Output(uid, last or "", Status.FINISH_STREAMING))
 
     def encode_response(self, output: Any) -> Any:
@@ -415,16 +487,24 @@ class ClassifierAPI(_WorkerAPI, ls.LitAPI):
 
     def setup(self, device: str) -> None:
         from lit_llm.data.labelled import pad_examples
-        from lit_llm.tasks import SequenceClassifier
 
         self.pad_examples = pad_examples
         self._leave_signals_to_the_server()
         self._use_threads(device)
-        model = SequenceClassifier.restore(self.checkpoint)
+        self.device = device
+        self._setup_model(device)
+
+    def _load(self, path: str, device: str) -> torch.nn.Module:
+        from lit_llm.tasks import SequenceClassifier
+
+        model = SequenceClassifier.restore(path)
         if hasattr(model.backbone, "peft_config"):
             model.merge_lora()  # the same logits with plain modules
-        self.model = model.to(device).eval()
-        self.device = device
+        return model.to(device).eval()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.current.model
 
     def decode_request(self, request: dict) -> dict:
         return request
@@ -436,13 +516,15 @@ class ClassifierAPI(_WorkerAPI, ls.LitAPI):
     def predict(self, jobs: Union[dict, list[dict]]) -> Union[dict, list[dict]]:
         single = isinstance(jobs, dict)
         jobs = [jobs] if single else jobs
+        served = self.current
         rows = [ids for job in jobs for ids in job["ids"]]
-        input_ids, mask = self.pad_examples(self.model.tokenizer, rows)
-        probs = self.model(input_ids.to(self.device), mask.to(self.device)).float().softmax(-1).cpu().tolist()
+        input_ids, mask = self.pad_examples(served.model.tokenizer, rows)
+        probs = served.model(input_ids.to(self.device), mask.to(self.device)).float().softmax(-1).cpu().tolist()
         out, start = [], 0
         for job in jobs:
             n = len(job["ids"])
-            out.append({"probs": probs[start : start + n], "batch_requests": len(jobs)})
+            out.append({"probs": probs[start : start + n], "batch_requests": len(jobs),
+                        "system_fingerprint": served.fingerprint})
             start += n
         return out[0] if single else out
 

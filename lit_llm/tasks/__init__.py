@@ -3,6 +3,9 @@
 from lit_llm.model.lora import LoraSpec
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
 from lit_llm.tasks.classifier import SequenceClassifier
+from lit_llm.tasks.instruction import InstructionModel
 from lit_llm.tasks.language_model import LanguageModel
+from lit_llm.tasks.preference import PreferenceModel
 
-__all__ = ["LanguageModel", "LoraSpec", "ParallelConfig", "SequenceClassifier", "TransformerModule"]
+__all__ = ["InstructionModel", "LanguageModel", "LoraSpec", "ParallelConfig", "PreferenceModel", "SequenceClassifier",
+           "TransformerModule"]
