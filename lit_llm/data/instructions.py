@@ -228,9 +228,10 @@ class InstructionDataModule(_FineTuneData):
 
 def pair_messages(record: dict[str, Any], where: str) -> tuple[list[dict[str, str]], str, str]:
     """(the conversation before the answer, the chosen answer, the rejected answer) of one pair record."""
-    for key in ("chosen", "rejected"):
-        if not isinstance(record.get(key), str) or not record[key].strip():
-            raise ValueError(f"{where}: a preference pair needs '{key}', a non-empty answer text")
+    if not isinstance(record.get("chosen"), str) or not record["chosen"].strip():
+        raise ValueError(f"{where}: a preference pair needs 'chosen', a non-empty answer text")
+    if not isinstance(record.get("rejected"), str):  # may be empty: a model that ended its answer at once
+        raise ValueError(f"{where}: a preference pair needs 'rejected', the answer text not preferred")
     if record["chosen"] == record["rejected"]:
         raise ValueError(f"{where}: 'chosen' and 'rejected' are the same text; a pair must differ")
     if "messages" in record:
