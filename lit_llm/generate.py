@@ -229,7 +229,7 @@ def generate(
     num_samples: int = 1,
     device: str = "cpu",
     use_cache: bool = True,
-    stop_at_eos: bool = True,
+    ignore_eos: bool = False,
 ) -> list[str]:
     """Sample text from a checkpoint written by ``lit_llm fit`` and print it.
 
@@ -244,7 +244,8 @@ def generate(
         num_samples: number of independent samples.
         device: torch device to run on.
         use_cache: reuse attention keys/values between steps (KV cache); the output is the same either way.
-        stop_at_eos: end a sample at the tokenizer's [EOS] (not printed); false: sample all ``max_new_tokens``.
+        ignore_eos: sample all ``max_new_tokens``, past the tokenizer's [EOS]; by default a sample ends there (the
+            [EOS] is not printed).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -265,7 +266,7 @@ def generate(
         raise ValueError("The prompt is empty; pass --prompt with at least one character")
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    eos = tok.token_to_id("[EOS]") if stop_at_eos else None
+    eos = None if ignore_eos else tok.token_to_id("[EOS]")
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     ended = [False] * num_samples
     for step in iter_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):

@@ -34,7 +34,7 @@ def test_sampling_is_reproducible_for_a_seed_and_crops_the_context():
 
 def test_generate_ends_a_sample_at_eos(tmp_path):
     """A model that always prefers [EOS] gives back the prompt alone (nothing after the end of text is printed);
-    with stop_at_eos false the samples run on, [EOS] and all."""
+    with ignore_eos the samples run on, [EOS] and all."""
     from test_finetune import write_lm_checkpoint
     from tokenizers import Tokenizer
 
@@ -51,5 +51,5 @@ def test_generate_ends_a_sample_at_eos(tmp_path):
     torch.save(ckpt, path)
     assert generate(str(path), prompt="a good film", max_new_tokens=5, temperature=0, num_samples=2) == [
         "a good film", "a good film"]
-    run_on = generate(str(path), prompt="a good film", max_new_tokens=3, temperature=0, stop_at_eos=False)[0]
+    run_on = generate(str(path), prompt="a good film", max_new_tokens=3, temperature=0, ignore_eos=True)[0]
     assert run_on.count("[EOS]") == 3
