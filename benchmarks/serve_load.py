@@ -51,8 +51,8 @@ from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.model import ModelConfig, build_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server-in-a-subprocess test harness
-from server_process import ServerProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.helpers
+from tests.helpers.server_process import ServerProcess  # noqa: E402  (the server-in-a-subprocess test harness)
 
 PROMPT = "ROMEO:\nWhat light through yonder window breaks"
 

@@ -1,10 +1,11 @@
+"""Fixtures for every test. Helpers that tests import live in tests/helpers/."""
+
 import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+from tests.helpers.paths import SHAKESPEARE
 
 
 @pytest.fixture(autouse=True)
@@ -26,9 +27,3 @@ def small_corpus(tmp_path) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
     return path
-
-
-def cli_env(tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(LIT_LLM_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
-    return env

@@ -6,14 +6,13 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.checkpoint import CheckpointError, CheckpointInfo
 from lit_llm.generate import load_checkpoint
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.tasks import SequenceClassifier
-
-from test_finetune import write_lm_checkpoint
+from tests.helpers.checkpoints import write_lm_checkpoint
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +155,7 @@ def test_a_hostile_sharded_index_is_refused_on_every_path_and_runs_nothing(lm, t
     """A .metadata pickle that calls os.system: consolidate (function and command), fit --ckpt_path FOLDER,
     --ckpt_path last and newest all refuse it with one line, and the command never runs."""
     from lit_llm.parallel.consolidate import consolidate
-    from test_cli import call, error_line
+    from tests.helpers.cli import call, error_line
 
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
@@ -188,8 +187,8 @@ def test_consolidate_calls_a_truncated_file_truncated(lm, tmp_path):
 def test_a_checkpoint_that_loads_but_is_wrong_inside_is_one_clear_error(lm, classifier, tmp_path, capsys):
     """Missing weights, a weight of the wrong shape, an extra weight, broken tokenizer JSON or a model config
     that does not build: generate, export and the classifier's restore say which, instead of a traceback."""
-    from server_process import free_port
-    from test_cli import call, error_line
+    from tests.helpers.server_process import free_port
+    from tests.helpers.cli import call, error_line
 
     whole = torch.load(lm, weights_only=True)
 
@@ -245,7 +244,7 @@ def test_a_hostile_pickled_item_in_a_shard_is_refused_before_torch_loads_it(lm, 
     import torch.distributed.checkpoint as dcp
 
     from lit_llm.parallel.consolidate import consolidate
-    from test_cli import call, error_line
+    from tests.helpers.cli import call, error_line
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, cli_env
 from lit_llm.cli import COMMANDS, main
-from wandb_offline import config as wandb_config
-from wandb_offline import history as wandb_history
+from tests.helpers.cli import call, error_line
+from tests.helpers.paths import REPO, cli_env
+from tests.helpers.wandb_offline import config as wandb_config
+from tests.helpers.wandb_offline import history as wandb_history
 
 EXPERIMENT = REPO / "configs" / "experiment"
 DEBUG = str(REPO / "configs" / "debug.yaml")
@@ -28,27 +29,6 @@ def run(args, tmp_path, check=True, timeout=300):
     if check and proc.returncode != 0:
         raise AssertionError(f"lit_llm {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
-
-
-def call(args, capsys) -> tuple[int, str, str]:
-    """``python -m lit_llm *args`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = 0 if e.code is None else e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(code: int, err: str) -> str:
-    """The one ``error:`` line a refused command prints last (exit code 2, no traceback). In this process
-    stderr may also hold Lightning's log lines, and logging's own complaints about an earlier test's closed
-    capture stream ("--- Logging error ---" and its traceback)."""
-    lines = err.splitlines()
-    assert code == 2 and [line for line in lines if line.startswith("error:")] == lines[-1:], err
-    assert err.count("Traceback (most recent call last)") == err.count("--- Logging error ---"), err
-    return lines[-1]
 
 
 # ------------------------------------------------------------------ the entry point

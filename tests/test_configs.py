@@ -13,7 +13,7 @@ import yaml
 from lit_llm.cli import main
 from lit_llm.lightning_cli import LitLLMCLI
 
-from conftest import REPO
+from tests.helpers.paths import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
@@ -200,7 +200,7 @@ def test_the_debug_llama_and_bert_runs_are_documented_with_folders_of_their_own(
 
 def test_muon_on_a_sharded_strategy_is_refused_before_any_work(tmp_path, capsys):
     """quickstart (Muon) + fsdp used to switch every weight to AdamW at Muon's embedding learning rate."""
-    from test_cli import call, error_line
+    from tests.helpers.cli import call, error_line
 
     args = ["fit", "--config", "configs/quickstart.yaml", "--config", "configs/strategy/fsdp.yaml",
             "--trainer.default_root_dir", str(tmp_path / "run")]
@@ -224,7 +224,7 @@ def test_crossval_takes_the_configs_number_of_folds(tmp_path):
 
 def test_a_warm_up_longer_than_the_run_is_refused_before_any_side_effect(tmp_path, capsys):
     """It was found 22 s in, after W&B had started, and left a csv/version_0 behind."""
-    from test_cli import call, error_line
+    from tests.helpers.cli import call, error_line
 
     run = tmp_path / "run"
     line = error_line(*call(["fit", "--config", "configs/debug.yaml", "--trainer.max_steps", "3",

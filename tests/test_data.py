@@ -9,7 +9,7 @@ from lit_llm.data.pretrain import RandomBlocks, ResumableBlockSampler
 from lit_llm.data.tokenizer import decode, encode, train_char_tokenizer
 from lit_llm.data.tokens import read_manifest
 
-from conftest import SHAKESPEARE
+from tests.helpers.paths import SHAKESPEARE
 
 
 def test_named_corpus_is_found_offline_in_shared_data():
@@ -149,7 +149,10 @@ def test_a_stalled_download_times_out_and_a_good_one_is_checked(tmp_path, monkey
     body = b"to be, or not to be\n"
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "input.txt").write_bytes(body)
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"), **k)
+
+    def handler(*a, **k):
+        return http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"), **k)
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -12,33 +12,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, cli_env
 from lit_llm.callbacks import StagedFinetuning
 from lit_llm.commands.crossval import summarize
 from lit_llm.data.labelled import ClassificationDataModule, kfold_indices, read_labelled, split_indices
-from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
 from lit_llm.errors import UsageError
-from lit_llm.model import ModelConfig, build_model
 from lit_llm.tasks import LoraSpec, SequenceClassifier
-
-SENTIMENT = REPO.parent / "shared" / "data" / "sentiment"
-SST2_TRAIN = SENTIMENT / "sst2" / "stsa.binary.train"
-
-
-def sst2_texts(n: int) -> list[str]:
-    return [line.split(" ", 1)[1] for line in SST2_TRAIN.read_text().splitlines()[:n]]
-
-
-def write_lm_checkpoint(path: Path, family: str = "debug", vocab: int = 300, seed: int = 0, **overrides) -> Path:
-    """A lit_llm language-model checkpoint (random weights, a BPE tokenizer trained on SST-2 text) in the
-    format that ``fit`` writes: what fine-tuning reads from it."""
-    tok = train_tokenizer(TokenizerSpec(kind="bpe", vocab_size=vocab), sst2_texts(3000))
-    cfg = ModelConfig.from_name(family, vocab_size=tok.get_vocab_size(), block_size=64, **overrides)
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "lit_llm": {"model_config": cfg.to_dict(), "tokenizer": tok.to_str()}}, path)
-    return path
+from tests.helpers.checkpoints import write_lm_checkpoint
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import REPO, SENTIMENT, SST2_TRAIN, cli_env
+from tests.helpers.training import tiny_fit
 
 
 @pytest.fixture(scope="module")
@@ -190,20 +172,12 @@ class _Recorder(L.Callback):
         self.changed, self.grads = [], []
 
 
-def _tiny_fit(clf, callbacks, steps, tmp_path):
-    dm = ClassificationDataModule(train=str(SST2_TRAIN), max_length=32, batch_size=8)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=tmp_path)
-    trainer.fit(clf, dm)
-    return trainer
-
-
 @pytest.mark.parametrize("head, top", [(3, 2), (0.43, 0.29)])  # steps, or fractions of the 7-step run
 def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckpt, tmp_path, head, top):
     torch.manual_seed(0)
     clf = SequenceClassifier(init_from=str(lm_ckpt), learning_rate=1e-2)
     rec = _Recorder()
-    _tiny_fit(clf, [StagedFinetuning(head_only_steps=head, top_blocks=1, top_blocks_steps=top), rec], 7, tmp_path)
+    tiny_fit(clf, [StagedFinetuning(head_only_steps=head, top_blocks=1, top_blocks_steps=top), rec], 7, tmp_path)
     names = [n for n, _ in clf.named_parameters()]
     head = {n for n in names if n.startswith("head.")}
     top = head | {n for n in names if n.startswith("backbone.layers.1.") or n.startswith("backbone.norm.")}
@@ -227,7 +201,7 @@ def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):
     trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     rec = _Recorder()
-    _tiny_fit(clf, [rec], 3, tmp_path)
+    tiny_fit(clf, [rec], 3, tmp_path)
     assert all(n in trainable for n in rec.changed[-1]) and any("lora_B" in n for n in rec.changed[-1])
     clf.eval()
     ids = torch.randint(5, 200, (3, 12))
@@ -245,7 +219,7 @@ def test_a_test_report_names_the_step_of_the_checkpoint_it_evaluated(lm_ckpt, tm
     from lit_llm.callbacks.evaluation import confusion_title
 
     path = tmp_path / "clf.ckpt"
-    _tiny_fit(SequenceClassifier(init_from=str(lm_ckpt)), [], 3, tmp_path).save_checkpoint(path)
+    tiny_fit(SequenceClassifier(init_from=str(lm_ckpt)), [], 3, tmp_path).save_checkpoint(path)
 
     def test(ckpt_path):
         report = EvaluationReport(dirpath=str(tmp_path / "eval"), confusion_image=False)
@@ -275,7 +249,7 @@ def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
         trainer.fit(clf, dm)
     # a classifier checkpoint loaded into a model built on another pretrained checkpoint
     path = tmp_path / "clf.ckpt"
-    _tiny_fit(SequenceClassifier(init_from=str(lm_ckpt)), [], 1, tmp_path).save_checkpoint(path)
+    tiny_fit(SequenceClassifier(init_from=str(lm_ckpt)), [], 1, tmp_path).save_checkpoint(path)
     with pytest.raises(ValueError, match="tokenizer differs"):
         trainer.validate(SequenceClassifier(init_from=str(other)),
                          ClassificationDataModule(train=str(SST2_TRAIN), max_length=32), ckpt_path=path)
@@ -295,14 +269,6 @@ def test_mismatched_tokenizers_and_vocabularies_are_refused(lm_ckpt, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- CLI end to end
-def run(args, cwd, tmp_path, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "lit_llm", *args], cwd=cwd, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"lit_llm {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
 @pytest.mark.slow
 def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
     """The whole story at toy size: LM pretraining on SST-2 train text, domain-adaptive continuation,
@@ -317,7 +283,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
                  "tokenizer": {"kind": "bpe", "vocab_size": 400}},
     }
     (tmp_path / "pre.yaml").write_text(yaml.safe_dump(pre))
-    run(["fit", "--config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
+    run_cli(["fit", "--config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
     lm = tmp_path / "pre" / "checkpoints" / "last.ckpt"
     report = json.loads((tmp_path / "pre" / "eval" / "val.json").read_text())["metrics"]
     assert report["val_bpb"] > 0 and report["val_ppl"] == pytest.approx(math.exp(report["val_loss"]), rel=1e-5)
@@ -328,7 +294,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lit_llm", *dapt, "--data.tokenizer.vocab_size", "300"], cwd=tmp_path, env=cli_env(tmp_path),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "set data.tokenizer.path" in bad.stderr  # another tokenizer is refused
-    run(dapt + ["--data.tokenizer.path", str(lm)], tmp_path, tmp_path)
+    run_cli(dapt + ["--data.tokenizer.path", str(lm)], tmp_path, tmp_path)
     dapt_ckpt = tmp_path / "dapt" / "checkpoints" / "last.ckpt"
     assert torch.load(dapt_ckpt, weights_only=True)["lit_llm"]["tokenizer"] == torch.load(lm, weights_only=True)["lit_llm"]["tokenizer"]
 
@@ -345,18 +311,18 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
         "checkpoint": {"monitor": "val_acc", "mode": "max", "filename": "best"},
     }
     (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cls))
-    proc = run(["fit", "--config", str(tmp_path / "cls.yaml")], tmp_path, tmp_path)
+    proc = run_cli(["fit", "--config", str(tmp_path / "cls.yaml")], tmp_path, tmp_path)
     out = proc.stdout + proc.stderr
     assert "from step 2, training the top 1 blocks" in out and "from step 4, training the whole backbone" in out
     best = tmp_path / "cls" / "checkpoints" / "best.ckpt"
     ev = tmp_path / "cls" / "eval"
     assert {"val_step4.json", "val_step8.json", "val.json", "val_step8_confusion.png"} <= {p.name for p in ev.iterdir()}
-    run(["test", "--config", str(tmp_path / "cls.yaml"), "--ckpt_path", str(best)], tmp_path, tmp_path)
+    run_cli(["test", "--config", str(tmp_path / "cls.yaml"), "--ckpt_path", str(best)], tmp_path, tmp_path)
     test = json.loads((ev / "test.json").read_text())
     assert test["examples"] == 24 and np.sum(test["confusion_matrix"]) == 24 and test["checkpoint"] == str(best)
     assert set(test["metrics"]) == {"test_acc", "test_f1", "test_f1_macro", "test_precision", "test_recall", "test_loss"}
     assert test["label_names"] == ["negative", "positive"] and (ev / "test_confusion.png").stat().st_size > 1000
-    run(["validate", "--config", str(tmp_path / "cls.yaml"), "--ckpt_path", str(best)], tmp_path, tmp_path)
+    run_cli(["validate", "--config", str(tmp_path / "cls.yaml"), "--ckpt_path", str(best)], tmp_path, tmp_path)
     assert json.loads((ev / "val.json").read_text())["examples"] == 24
     # the W&B run (offline, the default logger) got the confusion matrix as an image
     assert list((tmp_path / "cls" / "wandb").glob("offline-run-*/files/media/images/val_confusion_matrix_*.png"))
@@ -372,7 +338,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
               data={"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                     "init_args": {"train": "sentiment/cr/custrev.all", "max_length": 32, "batch_size": 8}})
     (tmp_path / "cr.yaml").write_text(yaml.safe_dump(cr))
-    run(["crossval", "--config", str(tmp_path / "cr.yaml"), "--num_folds", "10", "--folds", "[0, 1]",
+    run_cli(["crossval", "--config", str(tmp_path / "cr.yaml"), "--num_folds", "10", "--folds", "[0, 1]",
          "--dapt_config", str(tmp_path / "pre.yaml")], tmp_path, tmp_path)
     summary = json.loads((tmp_path / "cr" / "crossval.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [0, 1] and set(summary["metrics"]["test_acc"]) == {"mean", "std", "folds"}
@@ -401,8 +367,8 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
     }
     (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cfg))
     base = ["sweep", "--config", str(tmp_path / "cls.yaml"), "--seeds", "2"]
-    run(base + ["--out", "a"], tmp_path, tmp_path)
-    run(base + ["--out", "b", "--model.learning_rate", "1e-4", "--compare_to", "a/sweep.json"], tmp_path, tmp_path)
+    run_cli(base + ["--out", "a"], tmp_path, tmp_path)
+    run_cli(base + ["--out", "b", "--model.learning_rate", "1e-4", "--compare_to", "a/sweep.json"], tmp_path, tmp_path)
     a, b = (json.loads((tmp_path / x / "sweep.json").read_text()) for x in ("a", "b"))
     assert [r["seed"] for r in a["runs"]] == [0, 1] and a["metrics"]["test_acc"]["n"] == 2
     assert a["runs"][0]["test_loss"] != a["runs"][1]["test_loss"]  # the seed reached the run
@@ -411,7 +377,7 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
     c = b["comparison"]
     assert c["seeds"] == [0, 1] and c["diffs"] == pytest.approx(
         [rb["test_acc"] - ra["test_acc"] for ra, rb in zip(a["runs"], b["runs"])])
-    run(["sweep", "--config", str(tmp_path / "cls.yaml"), "--seeds", "1", "--first_seed", "1", "--out", "again"],
+    run_cli(["sweep", "--config", str(tmp_path / "cls.yaml"), "--seeds", "1", "--first_seed", "1", "--out", "again"],
         tmp_path, tmp_path)
     again = json.loads((tmp_path / "again" / "sweep.json").read_text())["runs"][0]
     assert again["test_loss"] == pytest.approx(a["runs"][1]["test_loss"], abs=1e-6)  # seed 1, run again

@@ -27,7 +27,10 @@ def test_sampling_is_reproducible_for_a_seed_and_crops_the_context():
     torch.manual_seed(0)
     model = Decoder(ModelConfig.from_name("debug", vocab_size=20, block_size=8)).eval()
     idx = torch.zeros(2, 3, dtype=torch.long)
-    run = lambda seed: generate_tokens(model, idx, 12, 1.0, None, None, torch.Generator().manual_seed(seed))
+
+    def run(seed):
+        return generate_tokens(model, idx, 12, 1.0, None, None, torch.Generator().manual_seed(seed))
+
     a, b, c = run(1), run(1), run(2)
     assert a.shape == (2, 15) and torch.equal(a, b) and not torch.equal(a, c)
 
@@ -35,7 +38,7 @@ def test_sampling_is_reproducible_for_a_seed_and_crops_the_context():
 def test_generate_ends_a_sample_at_eos(tmp_path):
     """A model that always prefers [EOS] gives back the prompt alone (nothing after the end of text is printed);
     with ignore_eos the samples run on, [EOS] and all."""
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
     from tokenizers import Tokenizer
 
     from lit_llm.generate import generate

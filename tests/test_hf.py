@@ -82,7 +82,7 @@ def test_export_refuses_a_non_empty_out_and_replaces_it_only_with_overwrite(tmp_
 
     from lit_llm.cli import main
     from lit_llm.export import _write_dir, export
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     ckpt = str(write_lm_checkpoint(tmp_path / "lm.ckpt"))
     run = tmp_path / "outputs" / "run"  # a training run's folder: `export --out outputs/run` must not delete it
@@ -124,7 +124,7 @@ def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
 
     from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
     from lit_llm.export import export
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt", family=family)
     out = export(str(ckpt), str(tmp_path / "hf"))
@@ -175,9 +175,9 @@ def test_import_hf_takes_a_hub_id_from_the_local_cache_offline(tmp_path):
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from tests.helpers.paths import cli_env
     from lit_llm.export import export
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
     folder = export(str(ckpt), str(tmp_path / "hf"))
@@ -212,7 +212,7 @@ def test_export_refuses_the_current_folder_and_its_parents_and_publishes_readabl
     import stat
 
     from lit_llm.export import export
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     ckpt = str(write_lm_checkpoint(tmp_path / "lm.ckpt"))
     work = tmp_path / "work"

@@ -6,11 +6,10 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli_env
+from tests.helpers.paths import REPO, cli_env
 
 try:
     import tomllib
@@ -62,7 +61,7 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def missing_extra_runs(tmp_path_factory):
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     tmp = tmp_path_factory.mktemp("missing")
     ckpt = write_lm_checkpoint(tmp / "lm.ckpt")

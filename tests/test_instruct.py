@@ -15,8 +15,6 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import REPO, cli_env
-from test_finetune import write_lm_checkpoint
 from lit_llm import chat
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.instructions import InstructionDataModule, PreferenceDataModule
@@ -26,6 +24,8 @@ from lit_llm.model import build_model
 from lit_llm.model.loss import IGNORE_INDEX
 from lit_llm.tasks import InstructionModel, LoraSpec, PreferenceModel
 from lit_llm.tasks.preference import dpo_loss
+from tests.helpers.checkpoints import write_lm_checkpoint
+from tests.helpers.paths import REPO, cli_env
 
 CONVERSATION = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "a fine film"},
                 {"role": "assistant", "content": "positive"}, {"role": "user", "content": "a dull film"},

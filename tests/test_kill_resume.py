@@ -2,14 +2,9 @@
 (--ckpt_path newest); the run that completes must have the uninterrupted run's weights, bit for bit. CI runs
 a few kills; `python benchmarks/kill_resume.py --kills 20 [--devices 2]` runs more."""
 
-import sys
-
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from kill_resume import kill_and_resume  # noqa: E402
+from benchmarks.kill_resume import kill_and_resume
 
 
 @pytest.mark.slow

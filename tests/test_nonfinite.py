@@ -119,15 +119,15 @@ def test_under_pipeline_parallelism_every_stage_skips_the_same_step(tmp_path, sm
     import subprocess
     import sys
 
-    from conftest import REPO, cli_env
+    from tests.helpers.paths import REPO, cli_env
 
-    env = dict(cli_env(tmp_path), PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(cli_env(tmp_path), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/debug.yaml", "--config",
            "configs/model/debug-llama.yaml", "--config", "configs/strategy/pp.yaml", "--trainer.devices", "2",
            "--data.corpus", str(small_corpus), "--trainer.max_steps", "6", "--trainer.logger", "false",
            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
            "--trainer.default_root_dir", str(tmp_path / "run"),
-           "--trainer.callbacks+=nan_injection.PoisonOneRank", "--trainer.callbacks.rank=1",
+           "--trainer.callbacks+=tests.helpers.nan_injection.PoisonOneRank", "--trainer.callbacks.rank=1",
            "--trainer.callbacks.step=3"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -142,7 +142,7 @@ def test_exploded_weights_stop_the_run_unsaved_and_the_errors_advice_works(tmp_p
     """A resume at learning rate 1e38 explodes the weights in one update (the gradients are finite): the run stops
     before any checkpoint holds them. Following the error's advice (--ckpt_path newest, a lower learning rate)
     then ends with the weights of an uninterrupted run."""
-    from test_cli import call
+    from tests.helpers.cli import call
 
     def fit(out, *extra):
         return call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus), "--trainer.logger",

@@ -3,7 +3,6 @@
 kept: the notebooks stay stripped in git (``test_notebooks_are_stripped``)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,8 @@ import torch
 from lit_llm.export import export
 from lit_llm.generate import load_checkpoint
 from lit_llm.tasks import LoraSpec, SequenceClassifier
-from test_finetune import _tiny_fit, write_lm_checkpoint
+from tests.helpers.checkpoints import write_lm_checkpoint
+from tests.helpers.training import tiny_fit
 
 
 @pytest.mark.parametrize("family", ["debug", "debug-llama"])
@@ -32,7 +33,7 @@ def test_language_model_onnx_matches_pytorch(tmp_path, family):
 def test_classifier_onnx_matches_pytorch(tmp_path, family, lora):
     lm = write_lm_checkpoint(tmp_path / "lm.ckpt", family)
     clf = SequenceClassifier(init_from=str(lm), label_names=["neg", "pos"], lora=lora, learning_rate=1e-2)
-    trainer = _tiny_fit(clf, [], 2, tmp_path)
+    trainer = tiny_fit(clf, [], 2, tmp_path)
     trainer.save_checkpoint(tmp_path / "clf.ckpt")
     out = export(str(tmp_path / "clf.ckpt"), str(tmp_path / "onnx"), format="onnx")
     meta = json.loads((out / "lit_llm.json").read_text())

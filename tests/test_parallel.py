@@ -16,7 +16,7 @@ import torch
 from lit_llm.model import ModelConfig
 from lit_llm.parallel import ParallelDims
 
-from conftest import REPO, cli_env
+from tests.helpers.paths import REPO, cli_env
 
 LAYOUTS = {  # name: (extra args, per-process batch size)
     "ddp": (["--config", "configs/strategy/ddp.yaml", "--trainer.devices", "2"], 4),
@@ -59,7 +59,7 @@ def _losses(tmp_path, corpus, family, extra, batch, name, timeout=240):
 def baselines(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
     corpus = tmp / "small.txt"
-    from conftest import SHAKESPEARE
+    from tests.helpers.paths import SHAKESPEARE
 
     corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
     families = ("debug", "debug-llama", "debug-4layer")
@@ -197,7 +197,7 @@ CLASSIFIER_LAYOUTS = {  # name: (extra args, per-process batch size); the global
 def _classifier_metrics(tmp_path, lm_ckpt, extra, batch, name):
     """8 steps of fine-tuning a classifier on SST-2 from ``lm_ckpt`` (validation after 4 and 8): the training
     losses, then the validation loss and accuracy of each validation."""
-    from test_finetune import SENTIMENT
+    from tests.helpers.paths import SENTIMENT
 
     out = tmp_path / name
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/classifier.yaml",
@@ -220,7 +220,7 @@ def _classifier_metrics(tmp_path, lm_ckpt, extra, batch, name):
 
 @pytest.fixture(scope="module")
 def classifier_baseline(tmp_path_factory):
-    from test_finetune import write_lm_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     tmp = tmp_path_factory.mktemp("clf")
     lm = write_lm_checkpoint(tmp / "lm.ckpt", family="debug-llama", vocab=300, seed=0)

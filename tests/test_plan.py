@@ -12,7 +12,7 @@ from lit_llm.commands.plan import layouts, plan
 from lit_llm.errors import UsageError
 from lit_llm.model import ModelConfig
 
-from conftest import REPO
+from tests.helpers.paths import REPO
 
 GiB = 2**30
 
@@ -123,7 +123,7 @@ def test_gradients_and_adamw_state_take_the_parameters_sharded_layout_in_a_real_
     """What simulate_rank assumes at scale (a gradient per parameter in its sharded layout), checked with a
     real forward and backward of a small model under FSDP 2 x TP 2 x PP 2 and the fake process group. In a
     process of its own: torch's collectives keep process groups cached past destroy_process_group."""
-    code = f"import sys; sys.path.insert(0, 'tests'); import test_plan; test_plan.check_real_backward({rank})"
+    code = f"from tests import test_plan; test_plan.check_real_backward({rank})"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

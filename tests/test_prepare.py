@@ -13,7 +13,7 @@ from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, decode, train_tokenizer
 from lit_llm.data.tokens import open_split, read_manifest
 
-from conftest import SHAKESPEARE
+from tests.helpers.paths import SHAKESPEARE
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from lit_llm.callbacks.preemption import TMP_PREFIX, sweep_stale_temps
 from lit_llm.checkpoint import KEY, newest_checkpoint
 
-from test_cli import call, error_line
+from tests.helpers.cli import call, error_line
 
 
 def _fake_checkpoint(path: Path, step: int) -> Path:
@@ -112,7 +112,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path
     import subprocess
     import sys
 
-    from conftest import REPO, cli_env
+    from tests.helpers.paths import REPO, cli_env
     from lit_llm.checkpoint import read_info
 
     script = tmp_path / "kill.py"

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli_env
 from lit_llm.data.sources import Source, iter_documents
 from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.feedback import FeedbackStore
@@ -24,8 +23,10 @@ from lit_llm.generate import generate_tokens, load_checkpoint
 from lit_llm.tasks import SequenceClassifier
 from lit_llm.serve import CompletionSpec, CompletionText, GenerationAPI, read_served, serve, stream_completion
 from lit_llm.generate import _held_back
-from server_process import ServerProcess, _group_alive, free_port
-from test_finetune import SST2_TRAIN, run, sst2_texts, write_lm_checkpoint
+from tests.helpers.checkpoints import sst2_texts, write_lm_checkpoint
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import SST2_TRAIN, cli_env
+from tests.helpers.server_process import ServerProcess, _group_alive, free_port
 
 KEY = "test-key-123"
 
@@ -777,7 +778,7 @@ def test_classifier_serving_batches_and_the_feedback_loop_corrects_it(tmp_path):
     the feedback store -> serve the new checkpoint -> the corrected example gets the corrected label."""
     lm = write_lm_checkpoint(tmp_path / "lm.ckpt")
     first = _classifier_config(tmp_path, lm, tmp_path / "v1", str(SST2_TRAIN), 20)
-    run(["fit", "--config", str(first)], tmp_path, tmp_path)
+    run_cli(["fit", "--config", str(first)], tmp_path, tmp_path)
     v1 = tmp_path / "v1" / "checkpoints" / "last.ckpt"
     store = tmp_path / "feedback.jsonl"
     texts = [line.split(" ", 1)[1] for line in SST2_TRAIN.read_text().splitlines()[:12]]
@@ -821,7 +822,7 @@ def test_classifier_serving_batches_and_the_feedback_loop_corrects_it(tmp_path):
 
     # continue training the served checkpoint (optimizer, step and all) on what users corrected
     second = _classifier_config(tmp_path, lm, tmp_path / "v2", str(store), 50, fmt="feedback")
-    run(["fit", "--config", str(second), "--ckpt_path", str(v1)], tmp_path, tmp_path)
+    run_cli(["fit", "--config", str(second), "--ckpt_path", str(v1)], tmp_path, tmp_path)
     v2 = tmp_path / "v2" / "checkpoints" / "last.ckpt"
     assert torch.load(v2, weights_only=True)["global_step"] == 50  # resumed at 20, not restarted
     with ServerProcess(v2, args, env=cli_env(tmp_path), log=tmp_path / "v2.log") as server:

@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cli_env
 from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
 from lit_llm.serve import ClassifySpec, CompletionSpec, GenerationAPI, read_served, stream_batch, stream_completion
 from lit_llm.serve.flow import Admission, CancelBoard, RateLimit
-from server_process import ServerProcess
-from test_finetune import write_lm_checkpoint
+from tests.helpers.checkpoints import write_lm_checkpoint
+from tests.helpers.paths import cli_env
+from tests.helpers.server_process import ServerProcess
 
 
 def _error(r: httpx.Response) -> dict:

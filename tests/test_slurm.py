@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli_env
 from lit_llm.commands.submit import render_script
-from wandb_offline import config as wandb_config
-from wandb_offline import history as wandb_history
+from tests.helpers.paths import REPO, cli_env
+from tests.helpers.wandb_offline import config as wandb_config
+from tests.helpers.wandb_offline import history as wandb_history
 
 SCRIPT = REPO / "slurm" / "local_cluster.sh"
 pytestmark = pytest.mark.skipif(

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from tests.helpers.paths import REPO
 from lit_llm.cli import main
 from lit_llm.commands.submit import render_script
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from conftest import REPO
+from tests.helpers.paths import REPO
 from lit_llm.callbacks import SampleGenerations, TokenThroughput
 from lit_llm.data import PretrainDataModule
 from lit_llm.tasks import LanguageModel

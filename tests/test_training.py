@@ -47,7 +47,9 @@ def _fit(corpus, max_steps, ckpt_path=None, ckpt_dir=None, every_n=5, dropout=0.
 
 
 def test_cosine_schedule_shape():
-    f = lambda s: cosine_with_warmup(s, warmup_steps=10, decay_steps=110, min_ratio=0.1)
+    def f(s):
+        return cosine_with_warmup(s, warmup_steps=10, decay_steps=110, min_ratio=0.1)
+
     assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
     assert f(500) == pytest.approx(0.1)

@@ -37,7 +37,7 @@ hold-back), ``worker`` (the model workers and their batched decoding), ``specs``
 routes to the worker), ``flow`` (what the front ends and workers share: cancelled requests, the ``--max_queue``
 count, and the ``ReloadBoard`` of ``POST /v1/admin/reload``), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
 module that touches LitServe internals). A server in a subprocess, for tests and benchmarks, is
-``tests/server_process.py``.
+``tests/helpers/server_process.py``.
 """
 
 from lit_llm.serve.command import HOSTS, read_served, serve

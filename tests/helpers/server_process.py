@@ -1,5 +1,5 @@
 """``python -m lit_llm serve`` in a subprocess on a free loopback port: the harness of tests/test_serve.py and
-benchmarks/serve_load.py (which puts this folder on ``sys.path``). Not part of the library."""
+benchmarks/serve_load.py (as ``tests.helpers.server_process``). Not part of the library."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A callback for subprocess runs (``--trainer.callbacks+=nan_injection.PoisonOneRank``, with tests/ on the
-path): poison one gradient on one rank at one step, and report each rank's skipped-step count at the end."""
+"""A callback for subprocess runs (``--trainer.callbacks+=tests.helpers.nan_injection.PoisonOneRank``, with the
+repository root on the path): poison one gradient on one rank at one step, and report each rank's skipped-step count at the end."""
 
 import lightning as L
 import torch
