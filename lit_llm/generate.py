@@ -261,6 +261,19 @@ def generate(
             f"{checkpoint} holds a {model.config.family} encoder, which does not generate text;"
             " use a gpt2- or llama-family checkpoint"
         )
+    texts = sample_texts(model, tok, prompt, max_new_tokens, temperature, top_k, top_p, seed, num_samples, device, use_cache,
+                   ignore_eos)
+    for i, text in enumerate(texts):
+        if num_samples > 1:
+            print(f"--- sample {i}")
+        print(text)
+    return texts
+
+
+def sample_texts(model: Decoder, tok: Tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: Optional[int],
+           top_p: Optional[float], seed: int, num_samples: int = 1, device: str = "cpu", use_cache: bool = True,
+           ignore_eos: bool = False) -> list[str]:
+    """``num_samples`` texts: the prompt and its continuation, each ended at [EOS] unless ``ignore_eos``."""
     ids = encode(tok, prompt)
     if not ids:
         raise ValueError("The prompt is empty; pass --prompt with at least one character")
@@ -276,12 +289,7 @@ def generate(
                 rows[row].append(token)
         if all(ended):
             break
-    texts = [decode(tok, ids + row) for row in rows]
-    for i, text in enumerate(texts):
-        if num_samples > 1:
-            print(f"--- sample {i}")
-        print(text)
-    return texts
+    return [decode(tok, ids + row) for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------- streamed text
