@@ -231,3 +231,43 @@ def test_a_warm_up_longer_than_the_run_is_refused_before_any_side_effect(tmp_pat
                              "--trainer.default_root_dir", str(run)], capsys)[::2])
     assert "--model.warmup_steps 5 is longer than the schedule (--trainer.max_steps 3)" in line
     assert not run.exists() and not (tmp_path / "cache").exists()
+
+
+def _yaml_blocks(text: str) -> dict[str, str]:
+    """The fenced YAML blocks of a page that name their file on their first line (``# feedback.yaml: ...``)."""
+    import re
+
+    blocks = {}
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
+        first = re.match(r"#\s*([\w./-]+\.yaml)\b", block.strip())
+        if first:
+            blocks[first.group(1)] = block
+    return blocks
+
+
+@pytest.mark.slow
+def test_every_documented_fit_command_resolves(monkeypatch, tmp_path):
+    """Every `python -m lit_llm fit ...` in the README, docs/ and the configs' comments parses as written (a file a
+    page defines in a YAML block is written out first): a renamed key or file cannot leave a stale command."""
+    from lit_llm.lightning_cli import resolve_config
+
+    monkeypatch.chdir(REPO)
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *CONFIGS]
+    checked = []
+    for page in pages:
+        text = page.read_text()
+        defined = {}
+        for name, block in _yaml_blocks(text).items():
+            defined[name] = tmp_path / page.stem / name
+            defined[name].parent.mkdir(parents=True, exist_ok=True)
+            defined[name].write_text(block)
+        for args in _documented_fits(text):
+            if any(a == "--print_config" or a.endswith(".help") or a == "--help" for a in args):
+                continue
+            args = [str(defined.get(a, a)) for a in args]
+            try:
+                resolve_config(args)
+            except BaseException as e:  # noqa: BLE001 - name the page and the command
+                pytest.fail(f"{page.relative_to(REPO)}: `python -m lit_llm fit {' '.join(args)}` does not resolve: {e}")
+            checked.append(args)
+    assert len(checked) >= 40  # the README, docs and configs document this many
