@@ -1,8 +1,9 @@
 """Functions that parallelize a single-device model in place (torchtitan's parallelize functions).
 
-Called from ``TransformerModule.configure_model`` (``lit_llm.tasks.base``) with the device mesh Lightning's ``ModelParallelStrategy``
-builds: tensor + sequence parallelism first, then activation checkpointing and compilation per block,
-then FSDP2 over the data-parallel dimension.
+``parallelize`` is the one sequence that training (``TransformerModule.configure_model``, ``lit_llm.tasks.base``,
+with the mesh of ``ParallelDims.build_mesh``) and ``plan --simulate`` (``parallel/simulate.py``) both apply to the
+parts a rank runs after its pipeline cut: tensor + sequence parallelism first, then activation checkpointing and
+compilation per block, then FSDP2 over the data-parallel dimension.
 """
 
 from __future__ import annotations
@@ -22,6 +23,43 @@ from torch.distributed.tensor.parallel import (
 )
 
 from lit_llm.model.transformer import Decoder
+from lit_llm.parallel.dims import TP, ParallelDims
+
+
+def parallelize(parts: Sequence[nn.Module], mesh=None, dims: Optional[ParallelDims] = None,
+                activation_checkpointing: str = "none", ac_every: int = 2, compile: bool = False,
+                param_dtype: Optional[torch.dtype] = None, extra: Sequence[nn.Module] = ()) -> None:
+    """Parallelize the ``parts`` this rank runs (the network, or its pipeline stages, each its own FSDP root) over
+    ``mesh`` (``ParallelDims.build_mesh``'s; None: one device or DDP, where only activation checkpointing and
+    compilation apply). ``extra`` modules (a task's head) are replicated over the tensor-parallel ranks and sharded
+    with the first part."""
+    if mesh is not None and dims.tp > 1:
+        for part in parts:
+            apply_tp(part, mesh[TP])
+        for module in extra:
+            replicate_over(module, mesh[TP])
+    for part in parts:
+        if activation_checkpointing != "none":
+            apply_ac(part, activation_checkpointing, ac_every)
+        if compile:
+            apply_compile(part)
+        if mesh is not None:
+            apply_fsdp(part, dims.fsdp_mesh(mesh), param_dtype=param_dtype, extra=extra if part is parts[0] else ())
+
+
+def replicate_over(module: nn.Module, mesh) -> None:
+    """Make a small task module (a classifier head) a replicated DTensor module over the tensor-parallel mesh:
+    its weights become DTensors like the sharded network's (gradient clipping needs one kind), it takes and
+    returns plain tensors, and every rank computes the same output from the same full input."""
+    from torch.distributed.tensor import DTensor, distribute_module
+
+    def to_dtensor(mod, inputs, device_mesh):
+        return tuple(DTensor.from_local(x, device_mesh, [Replicate()], run_check=False) for x in inputs)
+
+    def to_local(mod, outputs, device_mesh):
+        return outputs.to_local()
+
+    distribute_module(module, mesh, input_fn=to_dtensor, output_fn=to_local)
 
 
 def apply_tp(model: Decoder, tp_mesh) -> None:

@@ -1,6 +1,6 @@
 """Checking a parallel layout at cluster scale on one CPU: torch's fake process group stands in for the
-other ranks, the model is built on the meta device (no memory), and the real ``split_stages``, ``apply_tp``
-and ``apply_fsdp`` shard it as ``configure_model`` would on that rank of the real job. The per-rank
+other ranks, the model is built on the meta device (no memory), and the real ``split_stages`` and ``parallelize``
+(TP, then FSDP2) shard it as ``configure_model`` does on that rank of the real job. The per-rank
 parameters, gradients and AdamW state are then read from the sharded tensors themselves.
 
 What it checks: that the mesh, the pipeline cut, the tensor-parallel plans and FSDP2 accept the layout,
@@ -32,8 +32,8 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, re
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
 
-    from lit_llm.parallel.dims import PP, TP, ParallelDims
-    from lit_llm.parallel.parallelize import apply_fsdp, apply_tp
+    from lit_llm.parallel.dims import PP, ParallelDims
+    from lit_llm.parallel.parallelize import parallelize
 
     world = pp * replicas * dp * tp
     dims = ParallelDims(world_size=world, dp_replicate=replicas, dp_shard=dp, tp=tp, pp=pp)
@@ -51,9 +51,7 @@ def simulate_rank(cfg: ModelConfig, pp: int, dp: int, tp: int, rank: int = 0, re
         stage = mesh[PP].get_local_rank()
         if pp > 1:
             split_stages(model, stage, pp, 1)
-        if tp > 1:
-            apply_tp(model, mesh[TP])
-        apply_fsdp(model, dims.fsdp_mesh(mesh))
+        parallelize([model], mesh, dims)  # what configure_model applies on this rank
         params = list(model.parameters())
         for p in params:
             p.grad = torch.zeros_like(p)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from lit_llm.model import ModelConfig
-from lit_llm.parallel import ParallelDims, apply_ac, apply_compile, apply_fsdp, apply_tp
-from lit_llm.parallel.dims import TP
+from lit_llm.parallel import ParallelDims
+from lit_llm.parallel.parallelize import parallelize
 from lit_llm.tasks import optim
 
 
@@ -147,8 +147,6 @@ class TransformerModule(L.LightningModule):
                              " under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP meshes, whose weights"
                              " are sharded. Use --model.optimizer adamw with those strategies.")
         if mesh is not None:
-            # FSDP2 over the data-parallel ranks, or HSDP: sharded within a replica, replicated across them
-            fsdp_mesh = dims.fsdp_mesh(mesh)
             dims.check_model(self.config)
             self.check_parallel(dims)
             if pp > 1:
@@ -156,20 +154,9 @@ class TransformerModule(L.LightningModule):
                     raise ValueError(f"{type(self).__name__} does not run as pipeline stages; use"
                                      " configs/strategy/ddp.yaml, fsdp.yaml or tp.yaml")
                 parts = self.split_pipeline(mesh)
-            if dims.tp > 1:
-                for part in parts:
-                    apply_tp(part, mesh[TP])
-                for module in self.extra_modules():
-                    _replicate_over(module, mesh[TP])
-        for part in parts:  # several parts: the stages of an interleaved pipeline, each its own FSDP root
-            if par.activation_checkpointing != "none":
-                apply_ac(part, par.activation_checkpointing, par.ac_every)
-            if par.compile:
-                apply_compile(part)
-            if mesh is not None:
-                dtype = getattr(torch, par.fsdp_param_dtype) if par.fsdp_param_dtype else None
-                apply_fsdp(part, fsdp_mesh, param_dtype=dtype,
-                           extra=self.extra_modules() if part is parts[0] else ())
+        # the sequence plan --simulate applies too: TP + SP, activation checkpointing, compile, then FSDP2 (or HSDP)
+        parallelize(parts, mesh, dims, par.activation_checkpointing, par.ac_every, par.compile,
+                    getattr(torch, par.fsdp_param_dtype) if par.fsdp_param_dtype else None, self.extra_modules())
         if pp > 1:
             self.setup_pipeline(mesh, parts)
         self._parallelized = True
@@ -258,18 +245,3 @@ class TransformerModule(L.LightningModule):
             optimizer, lambda step: cosine_with_warmup(step, hp.warmup_steps, decay_steps, min_ratio)
         )
         return optimizer, scheduler
-
-
-def _replicate_over(module: nn.Module, mesh) -> None:
-    """Make a small task module (a classifier head) a replicated DTensor module over the tensor-parallel mesh:
-    its weights become DTensors like the sharded network's (gradient clipping needs one kind), it takes and
-    returns plain tensors, and every rank computes the same output from the same full input."""
-    from torch.distributed.tensor import DTensor, Replicate, distribute_module
-
-    def to_dtensor(mod, inputs, device_mesh):
-        return tuple(DTensor.from_local(x, device_mesh, [Replicate()], run_check=False) for x in inputs)
-
-    def to_local(mod, outputs, device_mesh):
-        return outputs.to_local()
-
-    distribute_module(module, mesh, input_fn=to_dtensor, output_fn=to_local)
