@@ -63,6 +63,9 @@ COMMANDS: dict[str, Command] = {
                       "write the SLURM job script that fits a config and sbatch it (--dry_run true prints it)"),
     "serve": Command("lit_llm.serve:serve",
                      "serve a checkpoint over HTTP (OpenAI-compatible completions/chat, or /v1/classify)"),
+    "monitor": Command("lit_llm.monitor:monitor",
+                       "report on a feedback store: ratings, corrections, label drift; PNGs, one line for cron (exit 1:"
+                       " alert)", positional="stores"),
 }
 
 FIT_ARGS_HELP = (

@@ -26,6 +26,7 @@ from lit_llm.generate import _held_back
 from tests.helpers.checkpoints import sst2_texts, write_lm_checkpoint
 from tests.helpers.cli import run_cli
 from tests.helpers.paths import SST2_TRAIN, cli_env
+from tests.helpers import prometheus
 from tests.helpers.server_process import ServerProcess, _group_alive, free_port
 
 KEY = "test-key-123"
@@ -1119,3 +1120,83 @@ def test_sighup_reloads_the_file_at_the_path_served(two_lms, reload_server):
     assert answer["system_fingerprint"] == new_fp and answer["choices"][0]["text"] == _greedy(model_b, tok, "it is", 8)
     assert "SIGHUP: reload" in (tmp / "server.log").read_text(errors="replace")
     assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200  # nothing else stopped
+
+
+# ---------------------------------------------------------------------------------------------- GET /metrics
+def _scrape(server: ServerProcess) -> dict:
+    """/metrics of ``server``, without the samples of the /metrics route itself (each scrape adds to those)."""
+    r = httpx.get(f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    return {k: v for k, v in prometheus.samples(r.text).items() if ("route", "/metrics") not in k[1]}
+
+
+def _sse_usage(response: httpx.Response) -> dict:
+    """The usage a streamed answer ends with (``stream_options.include_usage``)."""
+    events = [json.loads(line[6:]) for line in response.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    return [e["usage"] for e in events if e.get("usage")][-1]
+
+
+@pytest.mark.slow
+def test_metrics_count_exactly_what_a_load_sent_across_two_front_ends(reload_server):
+    """A load of known requests (completions and chats, streamed and not, bad requests, feedback, an unauthorized
+    scrape) against a server with two model workers and so two front ends: /metrics counts exactly what was sent
+    and answered, and every scrape, whichever front end answers it, gives the same totals."""
+    server, _ = reload_server
+    url, auth = server.base_url, {"Authorization": f"Bearer {KEY}"}
+    before = _scrape(server)
+    assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401  # behind the API key
+
+    def send(kind: str, i: int):
+        body = {"prompt": f"it is {i}", "max_tokens": 3 + i % 4, "temperature": 0}
+        if kind == "bad":
+            return kind, httpx.post(f"{url}/v1/completions", json={**body, "max_tokens": 0}, headers=auth, timeout=60)
+        if kind == "chat":
+            body = {"messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 3 + i % 4, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            return kind, httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=60)
+        if kind == "stream":
+            body.update(stream=True, stream_options={"include_usage": True})
+        return kind, httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=60)
+
+    load = ["plain"] * 8 + ["stream"] * 6 + ["chat"] * 4 + ["bad"] * 3
+    with ThreadPoolExecutor(8) as pool:  # a new connection per request: the kernel spreads them over the front ends
+        answers = list(pool.map(lambda a: send(*a), [(kind, i) for i, kind in enumerate(load)]))
+    usage = {"/v1/completions": [0, 0], "/v1/chat/completions": [0, 0]}
+    for kind, r in answers:
+        assert r.status_code == (400 if kind == "bad" else 200), r.text
+        if kind != "bad":
+            u = r.json()["usage"] if kind == "plain" else _sse_usage(r)
+            route = usage["/v1/chat/completions" if kind == "chat" else "/v1/completions"]
+            route[0], route[1] = route[0] + u["prompt_tokens"], route[1] + u["completion_tokens"]
+    for body in ({"request": "Q ", "response": "A", "rating": 1}, {"request": "Q ", "response": "A", "rating": -1},
+                 {"request": "Q ", "response": "A", "corrected_text": "B"}):
+        assert httpx.post(f"{url}/v1/feedback", json=body, headers=auth, timeout=30).status_code == 200
+
+    pages = [_scrape(server) for _ in range(6)]
+    assert all(page == pages[0] for page in pages), "front ends disagree"
+    after = pages[0]
+
+    def delta(name: str, **labels: str) -> float:
+        return prometheus.value(after, name, **labels) - prometheus.value(before, name, **labels)
+
+    assert delta("lit_llm_http_requests_total", route="/v1/completions", status="200") == 14
+    assert delta("lit_llm_http_requests_total", route="/v1/completions", status="400") == 3
+    assert delta("lit_llm_http_requests_total", route="/v1/chat/completions", status="200") == 4
+    assert delta("lit_llm_http_requests_total", route="/v1/feedback", status="200") == 3
+    assert prometheus.total(after, "lit_llm_http_requests_total") - prometheus.total(before, "lit_llm_http_requests_total") == 24
+    assert delta("lit_llm_http_request_duration_seconds_count", route="/v1/completions") == 17
+    assert delta("lit_llm_time_to_first_token_seconds_count", route="/v1/completions") == 6
+    assert delta("lit_llm_time_to_first_token_seconds_count", route="/v1/chat/completions") == 4
+    for route, (prompt, generated) in usage.items():
+        assert delta("lit_llm_prompt_tokens_total", route=route) == prompt
+        assert delta("lit_llm_generated_tokens_total", route=route) == generated > 0
+    assert delta("lit_llm_feedback_total", kind="completion", rating="good", correction="none") == 1
+    assert delta("lit_llm_feedback_total", kind="completion", rating="bad", correction="none") == 1
+    assert delta("lit_llm_feedback_total", kind="completion", rating="none", correction="text") == 1
+    assert delta("lit_llm_rejected_requests_total", reason="queue_full") == 0
+    assert prometheus.value(after, "lit_llm_queue_depth", default=-1) == 0
+    info = [dict(labels) for (name, labels) in after if name == "lit_llm_model_info"]
+    assert info and info[0]["workers"] == "2" and info[0]["task"] == "completion"
+    unauthorized = prometheus.samples(httpx.get(f"{url}/metrics", headers=auth, timeout=30).text)
+    assert prometheus.value(unauthorized, "lit_llm_http_requests_total", route="/metrics", status="401") >= 1

@@ -16,7 +16,7 @@ is ours is the OpenAI-compatible protocol, written as two LitServe specs:
   gives each text's label and class probabilities. Concurrent requests are batched by LitServe
   (``--max_batch_size``, ``--batch_timeout``) and padded together into one forward pass;
 - both get ``GET /v1/models``, ``POST /v1/feedback`` (users' ratings and corrections, appended to a
-  ``lit_llm.feedback`` store that fine-tuning reads) and LitServe's ``GET /health``.
+  ``lit_llm.feedback`` store that fine-tuning reads), ``GET /metrics`` (Prometheus) and LitServe's ``GET /health``.
 
 Requests are checked in the front end before they reach the model: unknown fields, a prompt longer than
 ``--max_prompt_tokens``, ``max_tokens`` above ``--max_tokens``, a lone surrogate in a text, a wrong API key and
@@ -35,7 +35,8 @@ Chat messages become one prompt as a plain transcript, ``"{role}: {content}\\n"`
 The package, by job: ``protocol`` (request schemas, OpenAI-style errors, the chat transcript, stop-string
 hold-back), ``worker`` (the model workers and their batched decoding), ``specs`` (the LitServe specs that glue the
 routes to the worker), ``flow`` (what the front ends and workers share: cancelled requests, the ``--max_queue``
-count, and the ``ReloadBoard`` of ``POST /v1/admin/reload``), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
+count, and the ``ReloadBoard`` of ``POST /v1/admin/reload``), ``metrics`` (``GET /metrics``: counters shared by the
+front ends), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
 module that touches LitServe internals). A server in a subprocess, for tests and benchmarks, is
 ``tests/helpers/server_process.py``.
 """

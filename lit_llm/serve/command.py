@@ -23,6 +23,7 @@ from lit_llm.errors import UsageError
 from lit_llm.feedback import FeedbackStore
 from lit_llm.serve._litserve_adapter import fastapi_app, front_ends, set_drain_timeout
 from lit_llm.serve.flow import CheckpointRef
+from lit_llm.serve.metrics import install_metrics
 from lit_llm.serve.protocol import APIError, install_error_handlers, install_host_check
 from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
 from lit_llm.serve.worker import ClassifierAPI, ContinuousGenerationAPI, GenerationAPI
@@ -256,14 +257,14 @@ def serve(
 ) -> None:
     """Serve a checkpoint over HTTP: OpenAI-compatible completions and chat for a language model, /v1/classify for
     a classifier, plus /v1/models, /v1/feedback, /v1/admin/reload (another checkpoint, or the served path's new
-    file, without a restart; SIGHUP does the same) and /health.
+    file, without a restart; SIGHUP does the same), /metrics (Prometheus) and /health.
 
     Args:
         checkpoint: a .ckpt written by ``fit`` (a causal language model or a SequenceClassifier).
         host: address to bind: 127.0.0.1 (this machine only), 0.0.0.0 or ::.
         port: TCP port.
-        api_key: require this key (``Authorization: Bearer KEY``) on every route but /health. Default:
-            ``$LIT_LLM_API_KEY``, else no key. Prefer the variable: a flag shows in the process list.
+        api_key: require this key (``Authorization: Bearer KEY``) on every route but /health (/metrics included).
+            Default: ``$LIT_LLM_API_KEY``, else no key. Prefer the variable: a flag shows in the process list.
         allow_public_without_key: serve on 0.0.0.0 or :: (every network this machine is on) with no API key;
             refused otherwise, so that a public server is never open by mistake.
         allowed_hosts: the names in the ``Host`` header that the server answers, besides localhost, 127.0.0.1 and
@@ -362,10 +363,11 @@ def serve(
                           max_payload_size=max_payload_bytes, model_metadata={"name": served.name, "task": served.task})
     install_error_handlers(fastapi_app(server))
     install_host_check(fastapi_app(server), hosts)
+    install_metrics(fastapi_app(server), api.spec.metrics)  # last: the outermost, so it counts what the others refuse
     set_drain_timeout(server, drain_timeout)
     routes = "/v1/classify" if served.task == "classification" else "/v1/completions, /v1/chat/completions"
     print(f"serving '{served.name}' ({served.task}) on http://{host}:{port}: {routes}, /v1/models, /v1/feedback,"
-          f" /health; feedback -> {Path(feedback_store).resolve()}; API key {'required' if api_key else 'off'};"
+          f" /metrics, /health; feedback -> {Path(feedback_store).resolve()}; API key {'required' if api_key else 'off'};"
           f" Host {'any' if hosts == ['*'] else ', '.join(hosts)}; reload: SIGHUP"
           f"{', POST /v1/admin/reload' if served.reload else ''}", flush=True)
     with _Shutdown(drain_timeout), _ReloadOnHangup(api.spec.reload_checkpoint):

@@ -25,6 +25,7 @@ from lit_llm.feedback import FeedbackStore, FeedbackStoreFull
 from lit_llm.serve._litserve_adapter import QueueSpec
 from lit_llm.checkpoint import CheckpointError, config_and_tokenizer, load_network, read_info
 from lit_llm.serve.flow import Admission, CancelBoard, CheckpointRef, RateLimit, ReloadBoard, ReloadError, new_job_id
+from lit_llm.serve.metrics import CONTENT_TYPE, ModelInfo, ServerMetrics, request_start
 from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ClassificationRequest, CompletionRequest,
                                     FeedbackRequest, ReloadRequest, _Sampling, chat_prompt)
 
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from lit_llm.model import ModelConfig
 
 logger = logging.getLogger(__name__)
+
+# every path a server answers (ours, either task's, and LitServe's own): the ``route`` label values of /metrics
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/classify", "/v1/models", "/v1/feedback", "/v1/admin/reload",
+          "/metrics", "/health", "/info", "/")
 
 
 @dataclass
@@ -137,9 +142,11 @@ class _Spec(QueueSpec):
         self.admission = Admission(served.max_queue)
         self.feedback_limit = RateLimit(served.max_feedback_per_minute)
         self.reloads = ReloadBoard(served.workers, served.checkpoint)  # the checkpoint served, and its reloads
+        self.metrics = ServerMetrics(ROUTES)  # GET /metrics: counted by every front end, in shared memory
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/v1/feedback", self.feedback, ["POST"])
         self.add_endpoint("/v1/admin/reload", self.reload, ["POST"])
+        self.add_endpoint("/metrics", self.prometheus, ["GET"])
 
     def decode_request(self, request, context_kwargs=None):
         return request
@@ -156,6 +163,7 @@ class _Spec(QueueSpec):
         """Count a request that goes to the model workers, or refuse it at once with 429 when ``max_queue`` are
         already in (queued or running): a flood gets fast answers instead of piling up. Pair with ``leave``."""
         if not self.admission.try_enter():
+            self.metrics.rejected("queue_full")
             raise APIError(429, f"The server is busy: {self.served.max_queue} requests are already queued or running"
                            " (serve --max_queue). Retry after a second.", code="server_busy",
                            headers={"Retry-After": "1"})
@@ -177,6 +185,15 @@ class _Spec(QueueSpec):
                                             "checkpoint": os.path.basename(ref.path) if ref else None,
                                             "system_fingerprint": ref.fingerprint if ref else None,
                                             "generation": generation}]}
+
+    async def prometheus(self) -> Response:
+        """``GET /metrics``: the counters of every front end, in Prometheus's text format (``serve/metrics.py``)."""
+        generation, ref = self.reloads.current()
+        s = self.served
+        info = ModelInfo(model=s.name, task=s.task, system_fingerprint=ref.fingerprint if ref else "",
+                         generation=generation, workers=s.workers, queue_depth=self.admission.count,
+                         queue_limit=s.max_queue)
+        return Response(self.metrics.exposition(info), media_type=CONTENT_TYPE)
 
     async def reload(self, request: Request, body: Optional[ReloadRequest] = None) -> dict:
         """``POST /v1/admin/reload``: serve another checkpoint (or the served path's new file) from now on; the
@@ -225,6 +242,7 @@ class _Spec(QueueSpec):
         client = request.client.host if request.client else "unknown"
         wait = self.feedback_limit.wait(client)
         if wait:
+            self.metrics.rejected("feedback_rate_limit")
             raise APIError(429, f"Too much feedback from {client}: this server takes at most"
                            f" {self.served.max_feedback_per_minute:g} records a minute from one client (serve"
                            " --max_feedback_per_minute). Retry later.", code="rate_limit_exceeded",
@@ -256,6 +274,8 @@ class _Spec(QueueSpec):
             logger.error("feedback refused: %s", e)
             raise APIError(507, "The disk of the feedback store is full; the record was not stored",
                            code="feedback_store_full") from e
+        self.metrics.feedback(stored["kind"], stored.get("rating"), stored.get("corrected_text") is not None,
+                              stored.get("corrected_label") is not None)
         return {"id": stored["id"], "object": "feedback", "created": stored["time"]}
 
 
@@ -318,6 +338,8 @@ class CompletionSpec(_Spec):
     async def _answer(self, body: _Sampling, prompt: str, max_tokens: Optional[int], field: str, chat: bool,
                       request: Optional[Request] = None):
         self.check_model(body.model)
+        start = (request_start(request.scope) if request is not None else None) or time.perf_counter()
+        route = "/v1/chat/completions" if chat else "/v1/completions"
         self.admit()
         streaming = False
         try:
@@ -338,6 +360,7 @@ class CompletionSpec(_Spec):
                     "model": self.served.name,  # the checkpoint that answers (one for all of it, across reloads)
                     "system_fingerprint": first.pop("system_fingerprint", None)}
             if body.stream:
+                self.metrics.first_token(route, time.perf_counter() - start)
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 state = {"finished": False}  # set by _sse once the worker has sent the job's last message
 
@@ -354,6 +377,7 @@ class CompletionSpec(_Spec):
                 return Response(status_code=499)
             parts = [first["text"]] + [c["text"] for c in rest]
             last = rest[-1] if rest else first
+            self.metrics.tokens(route, last["usage"]["prompt_tokens"], last["usage"]["completion_tokens"])
         finally:
             if not streaming:
                 self.leave()
@@ -422,6 +446,8 @@ class CompletionSpec(_Spec):
                 state["finished"] = "usage" in chunk
                 yield event([choice(chunk["text"], chunk.get("finish_reason"))])
                 if "usage" in chunk:
+                    self.metrics.tokens("/v1/chat/completions" if chat else "/v1/completions",
+                                        chunk["usage"]["prompt_tokens"], chunk["usage"]["completion_tokens"])
                     if include_usage:
                         yield event([], chunk["usage"])
                     break
@@ -488,6 +514,7 @@ class ClassifySpec(_Spec):
             data.append({"index": i, "label": names[k], "label_id": k, "probs": dict(zip(names, probs)),
                          "truncated": truncated[i]})
         n_tokens = sum(len(r) for r in rows)
+        self.metrics.tokens("/v1/classify", n_tokens, 0)
         return {"object": "list", "model": s.name, "data": data, "batch_requests": response["batch_requests"],
                 "system_fingerprint": response.get("system_fingerprint"),
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
