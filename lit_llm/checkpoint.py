@@ -196,15 +196,14 @@ def load_network(path: str | Path, expect: Optional[Task] = "language_model", pu
 def merge_lora(config, state: dict[str, torch.Tensor], spec: LoraSpec, path: str | Path) -> dict[str, torch.Tensor]:
     """The plain network weights of a language model tuned with LoRA (``InstructionModel``): peft folds each
     adapter's update into its projection, so readers see an ordinary language model."""
+    from lit_llm.model import build_model
+    from lit_llm.model.lora import add_lora
+
     try:
-        from peft import LoraConfig, LoraModel
+        net = add_lora(build_model(config), spec)
     except ImportError:
         raise CheckpointError(f"{path} holds LoRA adapters; merging them into the weights needs peft: pip install"
                               " 'lit_llm[lora]'") from None
-    from lit_llm.model import build_model
-
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
-    net = LoraModel(build_model(config), cfg, "default")
     try:
         net.load_state_dict(state)  # LoraModel's names: model.<the network's>
     except RuntimeError as e:

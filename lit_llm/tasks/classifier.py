@@ -27,7 +27,7 @@ from torchmetrics.classification import (
 )
 
 from lit_llm import checkpoint as ckpt_format
-from lit_llm.model.lora import LoraSpec
+from lit_llm.model.lora import LoraSpec, add_lora
 from lit_llm.data.tokenizer import load_tokenizer
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.parallel import ParallelDims
@@ -164,14 +164,7 @@ class SequenceClassifier(TransformerModule):
             backbone.head_dense = backbone.head_norm = None
 
     def _add_lora(self, spec: LoraSpec) -> None:
-        try:
-            from peft import LoraConfig, LoraModel
-        except ImportError as e:
-            raise ImportError(f"LoRA (model.lora) needs peft, which is not installed ({e}): pip install"
-                              " 'lit_llm[lora]'") from None
-
-        cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
-        self.backbone = LoraModel(self.backbone, cfg, "default")  # freezes every non-adapter backbone weight
+        self.backbone = add_lora(self.backbone, spec)  # freezes every non-adapter backbone weight
 
     @property
     def core(self) -> nn.Module:

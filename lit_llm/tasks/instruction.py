@@ -19,21 +19,10 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lit_llm import checkpoint as ckpt_format
-from lit_llm.model.lora import LoraSpec
+from lit_llm.model.lora import LoraSpec, add_lora
 from lit_llm.parallel import ParallelDims
 from lit_llm.tasks.base import ParallelConfig
 from lit_llm.tasks.language_model import LanguageModel
-
-
-def add_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
-    """``model`` inside peft's ``LoraModel``: adapters on the ``spec.targets`` projections, every other weight
-    frozen."""
-    try:
-        from peft import LoraConfig, LoraModel
-    except ImportError as e:
-        raise ImportError(f"LoRA (model.lora) needs peft, which is not installed ({e}): pip install 'lit_llm[lora]'") from None
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.targets))
-    return LoraModel(model, cfg, "default")
 
 
 class InstructionModel(LanguageModel):
