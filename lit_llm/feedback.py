@@ -166,12 +166,6 @@ def feedback_texts(path: str | Path) -> list[str]:
     return out
 
 
-def _answer(text: str) -> str:
-    """A served chat answer as message content: the template writes ``assistant: CONTENT``, and the model's text
-    begins after ``assistant:``, with the space."""
-    return text[1:] if text.startswith(" ") else text
-
-
 def preference_pairs(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Preference pairs ``{"prompt", "chosen", "rejected"}`` from completion feedback, and counts of what became
     of the records. The request is the user's turn, the answers are the texts as served:
@@ -181,15 +175,18 @@ def preference_pairs(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, 
     - of two different answers to the same request, one rated good (1) is preferred to one rated bad (-1),
       every such combination once.
     """
+    from lit_llm.chat import answer_content  # a served answer as message content, as the chat template writes it
+
     pairs, counts = [], {"corrections": 0, "rated_pairs": 0, "unused": 0}
     rated: dict[str, dict[Any, Any]] = {}  # request -> {1: answers rated good, -1: rated bad, "records": count}
     for r in records:
         if r.get("kind") != "completion" or not r.get("response"):
             counts["unused"] += 1
             continue
-        response = _answer(r["response"])
-        if r.get("corrected_text") and _answer(r["corrected_text"]) != response:
-            pairs.append({"prompt": r["request"], "chosen": _answer(r["corrected_text"]), "rejected": response})
+        response = answer_content(r["response"])
+        corrected = answer_content(r["corrected_text"]) if r.get("corrected_text") else None
+        if corrected and corrected != response:
+            pairs.append({"prompt": r["request"], "chosen": corrected, "rejected": response})
             counts["corrections"] += 1
         elif r.get("rating") in (1, -1):
             by_rating = rated.setdefault(r["request"], {1: [], -1: [], "records": 0})

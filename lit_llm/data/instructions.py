@@ -24,9 +24,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from lit_llm import chat
+from lit_llm.data.labelled import seeded_sampler
 from lit_llm.data.sources import Source, resolve_files
 from lit_llm.data.tokenizer import encode
 from lit_llm.model.loss import IGNORE_INDEX
@@ -169,11 +170,7 @@ class _FineTuneData(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.rows[split]
-        kw: dict = {}
-        if shuffle:
-            dist_kw = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {} if self.trainer else {}
-            kw["sampler"] = DistributedSampler(data, num_replicas=dist_kw.get("num_replicas", 1),
-                                               rank=dist_kw.get("rank", 0), shuffle=True, seed=self.seed)
+        kw = {"sampler": seeded_sampler(self.trainer, data, self.seed)} if shuffle else {}
         return DataLoader(data, batch_size=self.batch_size, collate_fn=self.collate, num_workers=self.num_workers, **kw)
 
     def train_dataloader(self) -> DataLoader:

@@ -373,16 +373,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if split not in self.encoded:
             raise ValueError(f"This data config has no {split} split; give data.{split} or use split: random/kfold")
         data = self.encoded[split]
-        kw: dict = {}
-        if shuffle:
-            # one seeded permutation per epoch, dealt out to the data-parallel ranks (all processes under DDP/FSDP,
-            # the dp dimension of a 2D mesh): the global batch is the same whatever the layout, so every strategy
-            # trains like one process. Lightning keeps a DistributedSampler it finds and calls its set_epoch.
-            replicas, rank = 1, 0
-            if self.trainer is not None:
-                dist_kw = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {}
-                replicas, rank = dist_kw.get("num_replicas", 1), dist_kw.get("rank", 0)
-            kw["sampler"] = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=True, seed=self.hparams.seed)
+        kw = {"sampler": seeded_sampler(self.trainer, data, self.hparams.seed)} if shuffle else {}
         return DataLoader(data, batch_size=self.hparams.batch_size, collate_fn=self.collate,
                           num_workers=self.hparams.num_workers, **kw)
 
@@ -397,6 +388,15 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.encoded else "val", shuffle=False)
+
+
+def seeded_sampler(trainer, data, seed: int) -> DistributedSampler:
+    """One seeded permutation of ``data`` per epoch, dealt out to the data-parallel ranks (all processes under
+    DDP/FSDP, the dp dimension of a 2D mesh): the global batch is the same whatever the layout, so every strategy
+    trains like one process. Lightning keeps a DistributedSampler it finds and calls its set_epoch."""
+    dist_kw = (getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}) if trainer is not None else {}
+    return DistributedSampler(data, num_replicas=dist_kw.get("num_replicas", 1), rank=dist_kw.get("rank", 0),
+                              shuffle=True, seed=seed)
 
 
 def _take(texts: list[str], labels: list[int], idx: np.ndarray) -> tuple[list[str], list[int]]:
