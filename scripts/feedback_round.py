@@ -160,12 +160,14 @@ def lm_accuracy(checkpoint: Path, data: tuple[list[str], list[int]]) -> dict[str
     """``acc``: the answer with the higher log-probability is the right one; ``gen_acc``: the greedy answer
     (up to [EOS]) is exactly the right word."""
     from lit_llm.data.instructions import encode_conversation, inputs_and_labels, pad_rows
+    from lit_llm.data.tokenizer import encode
     from lit_llm.generate import iter_batch_tokens, load_checkpoint
     from lit_llm.model.loss import IGNORE_INDEX
     from lit_llm.tasks.preference import answer_logps
 
     model, tok = load_checkpoint(checkpoint)
     eos = chat.eos_token(tok)
+    eos_id = tok.token_to_id(chat.EOS_TOKEN)
     texts, labels = data
     right = gen_right = 0
     for start in range(0, len(texts), 64):
@@ -178,13 +180,10 @@ def lm_accuracy(checkpoint: Path, data: tuple[list[str], list[int]]) -> dict[str
         logps, _ = answer_logps(model, x, y)
         choice = logps.view(2, -1).argmax(0).tolist()
         right += sum(c == lab for c, lab in zip(choice, labels[start : start + 64]))
-        from lit_llm.data.tokenizer import encode
-
         prompts = [encode(tok, chat.prompt([{"role": "user", "content": t}], eos)) for t in batch]
         steps = list(iter_batch_tokens(model, prompts, 3, sample=lambda logits: logits.argmax(-1, keepdim=True)))
         out = torch.stack([s.view(-1) for s in steps], dim=1).tolist()
         for ids, lab in zip(out, labels[start : start + 64]):
-            eos_id = tok.token_to_id(chat.EOS_TOKEN)
             ids = ids[: ids.index(eos_id)] if eos_id in ids else ids
             gen_right += tok.decode(ids).strip() == WORDS[lab]
     return {"acc": right / len(texts), "gen_acc": gen_right / len(texts)}
