@@ -26,7 +26,6 @@ from functools import lru_cache
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 ROLES = ("system", "developer", "user", "assistant")
-EOS_TOKEN = "[EOS]"
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
@@ -44,8 +43,11 @@ def _compiled():
 
 
 def eos_token(tokenizer) -> str:
-    """The end-of-text token of a ``tokenizers.Tokenizer`` as text, or "" when its vocabulary has none."""
-    return EOS_TOKEN if tokenizer.token_to_id(EOS_TOKEN) is not None else ""
+    """The end-of-text token of a ``tokenizers.Tokenizer`` as text (lit_llm's ``[EOS]``, or the one an imported
+    model's checkpoint declares), or "" when its vocabulary has none."""
+    from lit_llm.data.tokenizer import eos_token as end_of_text
+
+    return end_of_text(tokenizer)
 
 
 def check_messages(messages: Any, where: str = "messages") -> list[dict[str, str]]:

@@ -54,6 +54,8 @@ class CheckpointInfo:
         lora: the LoRA spec as a dict, when adapters are trained (a classifier's, or a language model's tuned by
             ``InstructionModel`` / ``PreferenceModel``, whose adapters are merged when it is loaded).
         rng: random-number generator states for an exact resume: ``cpu`` and, on GPUs, ``cuda`` (one per device).
+        special_tokens: role -> token of the tokenizer's special tokens (``{"eos": "<|endoftext|>", ...}``) when
+            they are not lit_llm's bracketed names: a model imported from Hugging Face keeps its end of text.
     """
 
     task: Task
@@ -65,6 +67,7 @@ class CheckpointInfo:
     pooling: Optional[str] = None
     lora: Optional[dict[str, Any]] = None
     rng: Optional[dict[str, Any]] = None
+    special_tokens: Optional[dict[str, str]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,11 +90,14 @@ class CheckpointInfo:
         return ModelConfig.from_dict(self.model_config)
 
     def build_tokenizer(self):
-        """The ``tokenizers.Tokenizer`` of the stored JSON (``lit_llm.data.tokenizer.load_tokenizer`` is the
-        loader of a tokenizer by path, a tokenizer.json or a checkpoint's)."""
+        """The ``tokenizers.Tokenizer`` of the stored JSON, with the roles of its special tokens declared
+        (``lit_llm.data.tokenizer.special_tokens`` reads them; ``load_tokenizer`` is the loader of a tokenizer by
+        path, a tokenizer.json or a checkpoint's)."""
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_str(self.tokenizer)
+        from lit_llm.data.tokenizer import declare_special_tokens
+
+        return declare_special_tokens(Tokenizer.from_str(self.tokenizer), self.special_tokens)
 
     def lora_spec(self) -> Optional[LoraSpec]:
         return LoraSpec(**self.lora) if self.lora else None

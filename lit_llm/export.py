@@ -13,6 +13,7 @@ import torch
 
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.chat import CHAT_TEMPLATE
+from lit_llm.data.tokenizer import ROLE_TOKENS, special_id, special_tokens
 from lit_llm.io import fsync_path, fsync_tree, publish_mode
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
@@ -43,20 +44,18 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", over
     model, tok = load_checkpoint(checkpoint, purpose="export --format hf")  # refuses a classifier, with the fix
     tf = _require_transformers()
     hf_model = to_hf_model(model.config, model.state_dict())
-    vocab = tok.get_vocab()
-    # generation in transformers or vLLM stops at the tokenizer's [EOS]; a vocabulary without one (character
-    # level) gets None, never transformers' default id (Llama's 2, which is some other token here)
+    roles = special_tokens(tok)  # lit_llm's [EOS] ..., or the ones an imported model's checkpoint declares
+    # generation in transformers or vLLM stops at the tokenizer's end of text; a vocabulary without one
+    # (character level) gets None, never transformers' default id (Llama's 2, which is some other token here)
     for name in ("bos", "eos", "pad"):
-        token_id = vocab.get(f"[{name.upper()}]")
+        token_id = special_id(tok, name)
         setattr(hf_model.config, f"{name}_token_id", token_id)
         if getattr(hf_model, "generation_config", None) is not None:
             setattr(hf_model.generation_config, f"{name}_token_id", token_id)
 
     def write(tmp: Path) -> None:
         hf_model.save_pretrained(tmp)
-        special = {k: t for k, t in (("mask_token", "[MASK]"), ("pad_token", "[PAD]"), ("unk_token", "[UNK]"),
-                                     ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("bos_token", "[BOS]"),
-                                     ("eos_token", "[EOS]")) if t in vocab}
+        special = {f"{role}_token": token for role, token in roles.items()}
         # model_max_length: longer inputs are truncated or refused by transformers instead of running past the
         # position table (its default is 1e30)
         hf_tok = tf.PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model.config.block_size, **special)
@@ -131,11 +130,42 @@ def import_hf(hf_dir: str, out: str, revision: Optional[str] = None) -> Path:
         raise ValueError(f"{src} holds a {hf_config.model_type!r} model; lit_llm imports gpt2, llama and bert")
     hf_model = cls.from_pretrained(src, dtype=torch.float32)
     cfg, state = from_hf_model(hf_model)
-    info = ckpt_format.CheckpointInfo(task="language_model", model_config=cfg.to_dict(),
-                                      tokenizer=(src / "tokenizer.json").read_text())
+    tokenizer = (src / "tokenizer.json").read_text()
+    info = ckpt_format.CheckpointInfo(task="language_model", model_config=cfg.to_dict(), tokenizer=tokenizer,
+                                      special_tokens=_source_special_tokens(tf, src, hf_config, tokenizer))
     out_path = ckpt_format.save(out, {f"model.{k}": v for k, v in state.items()}, info)
     print(f"Wrote {out_path} ({cfg.family}, {cfg.num_parameters():,} parameters)")
     return out_path
+
+
+def _source_special_tokens(tf, src: Path, hf_config, tokenizer_json: str) -> dict[str, str]:
+    """Role -> token of an imported model's special tokens, as transformers reads them (tokenizer_config.json,
+    special_tokens_map.json), completed by the ids in config.json / generation_config.json where the tokenizer
+    names none (GPT-2 checkpoints often carry only ``eos_token_id``). Kept in the checkpoint, so that
+    generation, serving, chat, fine-tuning and the export stop at the source's end of text."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    roles: dict[str, str] = {}
+    try:
+        hf_tok = tf.AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError):  # a folder with tokenizer.json but no usable tokenizer config: the ids alone
+        hf_tok = None
+    for role in ROLE_TOKENS:
+        token = getattr(hf_tok, f"{role}_token", None) if hf_tok is not None else None
+        if isinstance(token, str) and tok.token_to_id(token) is not None:
+            roles[role] = token
+    generation = getattr(tf.GenerationConfig, "from_pretrained", None)
+    try:
+        gen_config = generation(src) if generation and (src / "generation_config.json").is_file() else None
+    except (OSError, ValueError):
+        gen_config = None
+    for role in ("bos", "eos", "pad"):
+        ids = [getattr(c, f"{role}_token_id", None) for c in (hf_config, gen_config) if c is not None]
+        token_id = next((i[0] if isinstance(i, list) else i for i in ids if i not in (None, [])), None)
+        if role not in roles and token_id is not None and tok.id_to_token(token_id) is not None:
+            roles[role] = tok.id_to_token(token_id)
+    return roles
 
 
 def check_out(checkpoint: str, out: str, overwrite: bool) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from tokenizers import Tokenizer
 
-from lit_llm.data.tokenizer import decode, encode
+from lit_llm.data.tokenizer import decode, encode, eos_id
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.model import Decoder, build_model
 
@@ -279,7 +279,7 @@ def sample_texts(model: Decoder, tok: Tokenizer, prompt: str, max_new_tokens: in
         raise ValueError("The prompt is empty; pass --prompt with at least one character")
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    eos = None if ignore_eos else tok.token_to_id("[EOS]")
+    eos = None if ignore_eos else eos_id(tok)
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     ended = [False] * num_samples
     for step in iter_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
@@ -322,7 +322,7 @@ class CompletionText:
         # the completion is decoded after its prompt: WordPiece and Metaspace (unigram) decoders drop the
         # space before a sequence's first word, which here is not the first word
         self.prefix = tok.decode(prompt)
-        self.eos = tok.token_to_id("[EOS]")
+        self.eos = eos_id(tok)
         self.ids: list[int] = []
         self.sampled, self.sent, self.text = 0, 0, ""
         self.finish: Optional[str] = None

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.distributed.tensor import DTensor
 from tokenizers import Tokenizer
 
-from lit_llm.data.tokenizer import decode, encode
+from lit_llm.data.tokenizer import decode, declare_special_tokens, encode, eos_id
 from lit_llm.generate import generate_tokens
 from lit_llm.io import write_text_atomic
 
@@ -53,13 +53,13 @@ class SampleGenerations(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._can_sample(trainer, pl_module):
             return  # sharded or pipelined weights are not whole on one rank; samples come from `generate` then
-        tok = Tokenizer.from_str(pl_module.tokenizer_json)
+        tok = declare_special_tokens(Tokenizer.from_str(pl_module.tokenizer_json), pl_module.special_tokens)
         gen = torch.Generator(pl_module.device).manual_seed(self.seed)
         was_training = pl_module.model.training
         pl_module.model.eval()
         rows = []
         for prompt in self.prompts:
-            ids = encode(tok, prompt) or [tok.token_to_id("[EOS]") or 0]
+            ids = encode(tok, prompt) or [eos_id(tok) or 0]
             idx = torch.tensor([ids], device=pl_module.device)
             out = generate_tokens(pl_module.model, idx, self.max_new_tokens, self.temperature, self.top_k,
                                   generator=gen)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from lit_llm import chat
 from lit_llm.data.labelled import seeded_sampler
 from lit_llm.data.sources import Source, resolve_files
-from lit_llm.data.tokenizer import encode
+from lit_llm.data.tokenizer import encode, special_id
 from lit_llm.model.loss import IGNORE_INDEX
 
 Overlong = Literal["drop", "truncate", "error"]
@@ -219,7 +219,7 @@ class InstructionDataModule(_FineTuneData):
         return [item[0] for item in fit_context(rows, where, context, self.overlong, f"{name} conversations")]
 
     def collate(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        pad = self.tokenizer.token_to_id("[PAD]") or 0
+        pad = special_id(self.tokenizer, "pad") or 0
         return {"input_ids": pad_rows([x for x, _ in batch], pad), "labels": pad_rows([y for _, y in batch], IGNORE_INDEX)}
 
 
@@ -286,6 +286,6 @@ class PreferenceDataModule(_FineTuneData):
         return [tuple(item) for item in fit_context(items, where, context, self.overlong, f"{name} pairs")]
 
     def collate(self, batch: list) -> dict[str, torch.Tensor]:
-        pad = self.tokenizer.token_to_id("[PAD]") or 0
+        pad = special_id(self.tokenizer, "pad") or 0
         rows = [c for c, _ in batch] + [r for _, r in batch]
         return {"input_ids": pad_rows([x for x, _ in rows], pad), "labels": pad_rows([y for _, y in rows], IGNORE_INDEX)}

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_llm.data.prepare import check_utf8
 from lit_llm.data.sources import FORMATS, Source, resolve_files, split_lines
-from lit_llm.data.tokenizer import load_tokenizer
+from lit_llm.data.tokenizer import load_tokenizer, special_id
 
 SPLIT_MODES = ("files", "random", "kfold")
 
@@ -129,15 +129,15 @@ def frame_examples(tok: Tokenizer, texts: list[str], causal: bool, max_length: i
     """Token ids of each text as a classifier sees it: ``[EOS]`` appended for causal models (pooled as the last
     token), ``[CLS] ... [SEP]`` for encoders, where the vocabulary has those tokens; cut to ``max_length``.
     Training (``ClassificationDataModule``) and serving (``lit_llm serve``) both frame text here."""
-    head = [i for i in [None if causal else tok.token_to_id("[CLS]")] if i is not None]
-    tail = [i for i in [tok.token_to_id("[EOS]" if causal else "[SEP]")] if i is not None]
+    head = [i for i in [None if causal else special_id(tok, "cls")] if i is not None]
+    tail = [i for i in [special_id(tok, "eos" if causal else "sep")] if i is not None]
     room = max_length - len(head) - len(tail)
     return [head + e.ids[:room] + tail for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
 def pad_examples(tok: Tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` (B, T) and the ``attention_mask`` (True on real tokens) of ragged rows."""
-    pad = tok.token_to_id("[PAD]") or 0
+    pad = special_id(tok, "pad") or 0
     width = max(len(ids) for ids in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)

@@ -34,7 +34,7 @@ from lit_llm.io import fsync_tree, publish_mode, write_text_atomic
 from lit_llm.data.sources import (
     MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format, split_lines,
 )
-from lit_llm.data.tokenizer import TokenizerSpec, load_tokenizer, tokenizer_hash, train_tokenizer
+from lit_llm.data.tokenizer import TokenizerSpec, eos_id, load_tokenizer, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import MANIFEST, read_manifest, token_dtype
 
 FORMAT_VERSION = 2  # 2: text lines end at \n only (not at U+0085 / U+2028 / form feeds)
@@ -196,7 +196,8 @@ def prepare(
         tok = train_tokenizer(tokenizer, _read_jsonl(tmp / "cleaned.jsonl"), length=stats["documents"])
         tok.save(str(tmp / "tokenizer.json"))
         t_tok = time.perf_counter() - t0 - t_clean
-        eos = tok.token_to_id(tokenizer.eos_token)
+        # a checkpoint's tokenizer that declares another end of text (an imported model's </s>) ends documents with it
+        eos = tok.token_to_id(tokenizer.eos_token) if tokenizer.eos_token in tok.get_vocab() else eos_id(tok)
         dtype = token_dtype(tok.get_vocab_size())
         doc_tokens = _tokenize(tok, tmp / "cleaned.jsonl", tmp / "all.bin", dtype, eos, stats["documents"], progress,
                                by_line=tokenizer.kind == "char")

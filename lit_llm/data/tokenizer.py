@@ -18,6 +18,13 @@ from lit_llm.data.sources import split_lines
 
 # bos, eos, pad, unk, mask, cls, sep: what the model families need (causal: eos/bos; BERT: mask/cls/sep/pad)
 DEFAULT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]"]
+# the role of each of lit_llm's own special tokens, by which every reader finds them
+ROLE_TOKENS = {"bos": "[BOS]", "eos": "[EOS]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]", "cls": "[CLS]",
+               "sep": "[SEP]"}
+# a tokenizer.json does not say which of its tokens ends a text: a checkpoint that declares its own roles (one
+# imported from Hugging Face, whose end of text is e.g. <|endoftext|> or </s>) has them set on the Tokenizer
+# object it builds, under this attribute (CheckpointInfo.build_tokenizer, the one place that builds one)
+_DECLARED = "lit_llm_special_tokens"
 
 
 @dataclass
@@ -27,9 +34,11 @@ class TokenizerSpec:
     Args:
         kind: ``char``, ``bpe`` (byte-level BPE), ``wordpiece`` or ``unigram``.
         vocab_size: target vocabulary size, special tokens included (not used by ``char``).
-        special_tokens: tokens added whole; default none for ``char`` and bos/eos/pad/unk/mask/cls/sep
-            (``[BOS]`` ...) for the trained kinds.
-        eos_token: the token written after every document, if the vocabulary has it.
+        special_tokens: tokens added whole; default ``[UNK]`` alone for ``char`` (so that a Hugging Face export
+            reads any text: lit_llm itself refuses characters the vocabulary lacks) and bos/eos/pad/unk/mask/
+            cls/sep (``[BOS]`` ...) for the trained kinds.
+        eos_token: the token written after every document, if the vocabulary has it; if not, the end of text
+            that a loaded checkpoint declares (an imported model's, e.g. ``</s>``).
         min_frequency: pairs/pieces seen fewer times are not merged (bpe, wordpiece).
         path: load this tokenizer instead of training one: a tokenizer.json, or a lit_llm checkpoint (.ckpt),
             whose stored tokenizer is used (continued pretraining of that checkpoint needs its vocabulary).
@@ -46,7 +55,7 @@ class TokenizerSpec:
         if self.kind not in ("char", "bpe", "wordpiece", "unigram"):
             raise ValueError(f"tokenizer kind must be char, bpe, wordpiece or unigram, got {self.kind!r}")
         if self.special_tokens is None:
-            self.special_tokens = [] if self.kind == "char" else list(DEFAULT_SPECIAL_TOKENS)
+            self.special_tokens = ["[UNK]"] if self.kind == "char" else list(DEFAULT_SPECIAL_TOKENS)
         if self.path is not None and not Path(self.path).is_file():
             raise FileNotFoundError(f"Tokenizer file {self.path} does not exist; train one (drop tokenizer.path) or fix the path")
         if self.kind == "wordpiece" and "[UNK]" not in self.special_tokens:
@@ -55,12 +64,17 @@ class TokenizerSpec:
 
 def train_char_tokenizer(text: str | Iterable[str], special_tokens: Sequence[str] = ()) -> Tokenizer:
     """A character-level tokenizer over the characters that occur in ``text`` (ids in sorted order), followed
-    by ``special_tokens`` (e.g. ``[MASK]`` for masked-LM), which are matched whole before splitting."""
+    by ``special_tokens`` (e.g. ``[MASK]`` for masked-LM), which are matched whole before splitting. With
+    ``[UNK]`` among them, other characters become ``[UNK]`` in tokenizers and transformers (``encode`` still
+    refuses them, with their names)."""
     chars: set[str] = set()
     for piece in [text] if isinstance(text, str) else text:
         chars.update(piece)
     vocab = {ch: i for i, ch in enumerate(sorted(chars))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    unk = "[UNK]" if "[UNK]" in special_tokens else None
+    if unk is not None:  # WordLevel looks its unknown token up in its own vocabulary
+        vocab[unk] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     # Oniguruma: (?m) lets '.' match newlines too, so every character is its own piece
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m)."), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -115,24 +129,76 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                          " HF tokenizers, or a lit_llm .ckpt") from None
 
 
+def declare_special_tokens(tok: Tokenizer, roles: Optional[dict[str, str]]) -> Tokenizer:
+    """``tok`` with its special tokens' roles (``{"eos": "</s>", ...}``) declared, as a checkpoint records them;
+    ``None`` leaves lit_llm's bracketed names (``ROLE_TOKENS``). A role whose token is not in the vocabulary is
+    an error, raised here rather than as a model that never stops."""
+    if roles:
+        unknown = {r: t for r, t in roles.items() if r not in ROLE_TOKENS or tok.token_to_id(t) is None}
+        if unknown:
+            raise ValueError(f"Special tokens {unknown} are not roles ({', '.join(ROLE_TOKENS)}) with a token in the"
+                             " vocabulary")
+    setattr(tok, _DECLARED, dict(roles) if roles else None)
+    return tok
+
+
+def special_tokens(tok: Tokenizer) -> dict[str, str]:
+    """Role -> token text of ``tok``'s special tokens: the roles its checkpoint declares (an imported model's),
+    else lit_llm's own (``[EOS]``, ``[BOS]``, ...) that its vocabulary holds."""
+    declared = getattr(tok, _DECLARED, None)
+    if declared:
+        return dict(declared)
+    return {role: t for role, t in ROLE_TOKENS.items() if tok.token_to_id(t) is not None}
+
+
+def declared_special_tokens(tok: Tokenizer) -> Optional[dict[str, str]]:
+    """The roles declared on ``tok`` (to record in a checkpoint of a model trained with it), or None."""
+    return getattr(tok, _DECLARED, None)
+
+
+def eos_token(tok: Tokenizer) -> str:
+    """The token that ends a text (a document in the token files, an answer in a chat), or "" if none."""
+    return special_tokens(tok).get("eos", "")
+
+
+def special_id(tok: Tokenizer, role: str) -> Optional[int]:
+    """The id of ``tok``'s special token of ``role`` (``eos``, ``pad``, ``cls``, ...), or None if it has none."""
+    token = special_tokens(tok).get(role)
+    return tok.token_to_id(token) if token else None
+
+
+def eos_id(tok: Tokenizer) -> Optional[int]:
+    """The id at which generation stops, or None when the vocabulary has no end-of-text token."""
+    return special_id(tok, "eos")
+
+
 def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
 
 def encode(tok: Tokenizer, text: str) -> list[int]:
-    """Encode ``text`` (no special tokens), with an error naming any characters the vocabulary lacks."""
+    """Encode ``text`` (no special tokens), with an error naming any characters a character-level vocabulary
+    lacks (whether it maps them to ``[UNK]`` or has no unknown token at all)."""
     try:
         # line by line: encode_batch runs in parallel and keeps memory of the offsets small
-        return [i for e in tok.encode_batch(split_lines(text, keepends=True), add_special_tokens=False) for i in e.ids]
+        ids = [i for e in tok.encode_batch(split_lines(text, keepends=True), add_special_tokens=False) for i in e.ids]
     except Exception as e:  # tokenizers raises a bare Exception for out-of-vocabulary input
-        vocab = tok.get_vocab()
-        missing = sorted({ch for ch in text if ch not in vocab})
-        if missing and "Missing [UNK]" in str(e):
-            raise ValueError(
-                f"The text holds characters the tokenizer does not know: {missing[:20]}."
-                " Remove them, or train the tokenizer on text that contains them."
-            ) from e
+        if "Missing [UNK]" in str(e):
+            _refuse_unknown_characters(tok, text)
         raise
+    if isinstance(tok.model, models.WordLevel):
+        unk = tok.token_to_id(tok.model.unk_token) if tok.model.unk_token else None
+        if unk is not None and unk in ids:
+            _refuse_unknown_characters(tok, text)
+    return ids
+
+
+def _refuse_unknown_characters(tok: Tokenizer, text: str) -> None:
+    vocab = tok.get_vocab()
+    missing = sorted({ch for ch in text if ch not in vocab})
+    if missing:
+        raise ValueError(f"The text holds characters the tokenizer does not know: {missing[:20]}. Remove them, or"
+                         " train the tokenizer on text that contains them.")
 
 
 def decode(tok: Tokenizer, ids: list[int]) -> str:

@@ -26,6 +26,7 @@ import torch
 from fastapi import Request
 from tokenizers import Tokenizer
 
+from lit_llm.data.tokenizer import special_id
 from lit_llm.generate import CompletionText, ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
 from lit_llm.serve._litserve_adapter import ContinuousLoop, Output, Status, in_model_worker
 from lit_llm.serve.flow import RELOAD_POLL_S, CheckpointRef
@@ -112,7 +113,7 @@ def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True
     def sample(logits: torch.Tensor) -> torch.Tensor:
         return torch.cat([f(logits[r : r + 1]) for r, f in enumerate(samplers)])
 
-    pad = tok.token_to_id("[PAD]") or 0
+    pad = special_id(tok, "pad") or 0
     steps = max(j["max_tokens"] for j in jobs)
     for tokens in iter_batch_tokens(model, [j["ids"] for j in jobs], steps, sample, use_cache, pad):
         _stop_gone(states, job_ids, cancelled)
@@ -372,7 +373,7 @@ class ContinuousGenerationAPI(GenerationAPI):
         self.device = next(self.model.parameters()).device
         self.inbox: deque[tuple[str, dict]] = deque()
         self.running: dict[str, _Running] = {}
-        self.pad = self.tokenizer.token_to_id("[PAD]") or 0
+        self.pad = special_id(self.tokenizer, "pad") or 0
 
     def _loaded(self, model: torch.nn.Module, generation: int, fingerprint: str) -> _LoadedModel:
         return _LoadedModel(model, generation, fingerprint, ContinuousBatch(model, self.max_batch_size))

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lit_llm import checkpoint as ckpt_format
+from lit_llm.data.tokenizer import declare_special_tokens
 from lit_llm.model.lora import LoraSpec, add_lora
 from lit_llm.parallel import ParallelDims
 from lit_llm.tasks.base import ParallelConfig
@@ -76,7 +77,8 @@ class InstructionModel(LanguageModel):
             raise ValueError(f"{init_from} is a {self.config.family} (masked-LM) model; instruction tuning needs a"
                              " causal one (gpt2 or llama family)")
         self.lora = lora
-        self.tokenizer = Tokenizer.from_str(self.init_tokenizer)  # the data module encodes with it
+        # the data module encodes with it, and ends each answer with its end-of-text token
+        self.tokenizer = declare_special_tokens(Tokenizer.from_str(self.init_tokenizer), self.special_tokens)
 
     @property
     def network(self) -> nn.Module:

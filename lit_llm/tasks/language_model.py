@@ -14,6 +14,7 @@ from torchmetrics.text import Perplexity
 
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.masking import mask_tokens
+from lit_llm.data.tokenizer import declare_special_tokens, declared_special_tokens, special_id
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
 from lit_llm.parallel.dims import PP
@@ -89,8 +90,12 @@ class LanguageModel(TransformerModule):
         self.save_hyperparameters(ignore=["parallel"])
         self._keep_parallel_as_dict()
         self.init_tokenizer: Optional[str] = None  # the tokenizer of init_from, which the data must match
+        # the roles of the tokenizer's special tokens when they are not lit_llm's [EOS] ... (an imported model's);
+        # from init_from or the data's tokenizer, and saved in checkpoints
+        self.special_tokens: Optional[dict[str, str]] = None
         if init_from is not None:
-            self.config, self.init_tokenizer = self._init_config(init_from, model_args, vocab_size, block_size)
+            self.config, init_info = self._init_config(init_from, model_args, vocab_size, block_size)
+            self.init_tokenizer, self.special_tokens = init_info.tokenizer, init_info.special_tokens
         else:
             overrides = dict(model_args or {})
             if vocab_size is not None:
@@ -113,7 +118,7 @@ class LanguageModel(TransformerModule):
         self.eval_ppl = Perplexity(ignore_index=IGNORE_INDEX)
 
     @staticmethod
-    def _init_config(path: str, model_args, vocab_size, block_size) -> tuple[ModelConfig, str]:
+    def _init_config(path: str, model_args, vocab_size, block_size) -> tuple[ModelConfig, ckpt_format.CheckpointInfo]:
         info = ckpt_format.read_info(path, expect="language_model", purpose="model.init_from")
         cfg = info.model_config
         changed = sorted(set(model_args or {}) - {"dropout"})
@@ -124,7 +129,7 @@ class LanguageModel(TransformerModule):
                              f" init_from; set data.tokenizer.path to {path} to use its tokenizer")
         if block_size is not None and block_size > cfg["block_size"]:
             raise ValueError(f"data.block_size {block_size} exceeds the block_size {cfg['block_size']} of init_from")
-        return ModelConfig.from_dict({**cfg, **(model_args or {})}), info.tokenizer
+        return ModelConfig.from_dict({**cfg, **(model_args or {})}), info
 
     # ------------------------------------------------------------------ network and parallelism
     @property
@@ -168,6 +173,7 @@ class LanguageModel(TransformerModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "tokenizer"):
             self.tokenizer_json = dm.tokenizer.to_str()
+            self.special_tokens = declared_special_tokens(dm.tokenizer) or self.special_tokens
             if self.init_tokenizer is not None and self.init_tokenizer != self.tokenizer_json:
                 raise ValueError(
                     "The data's tokenizer differs from the one of model.init_from. Continued pretraining must keep the"
@@ -181,7 +187,8 @@ class LanguageModel(TransformerModule):
                     f" {self.config.vocab_size:,}; use a smaller tokenizer or let the CLI link vocab_size from the data"
                 )
         if not self.config.causal and self.tokenizer_json is not None:
-            self.mask_id = Tokenizer.from_str(self.tokenizer_json).token_to_id("[MASK]")
+            self.mask_id = special_id(declare_special_tokens(Tokenizer.from_str(self.tokenizer_json),
+                                                             self.special_tokens), "mask")
             if self.mask_id is None:
                 raise ValueError(
                     "The bert family trains with masked-LM and needs a [MASK] token in the tokenizer;"
@@ -300,7 +307,7 @@ class LanguageModel(TransformerModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ckpt_format.attach(checkpoint, ckpt_format.CheckpointInfo(
             task="language_model", model_config=self.config.to_dict(), tokenizer=self.tokenizer_json,
-            tokens_seen=self.tokens_seen,
+            tokens_seen=self.tokens_seen, special_tokens=self.special_tokens,
             rng=ckpt_format.capture_rng(),  # dropout masks continue as in an uninterrupted run
         ))
 
@@ -323,4 +330,5 @@ class LanguageModel(TransformerModule):
                 f" {self.config.to_dict()}; pass the same model settings as the run that wrote it."
             )
         self.tokens_seen = info.tokens_seen
+        self.special_tokens = self.special_tokens or info.special_tokens
         ckpt_format.restore_rng(info.rng)
