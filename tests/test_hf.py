@@ -228,3 +228,62 @@ def test_export_refuses_the_current_folder_and_its_parents_and_publishes_readabl
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755  # mkdtemp's 0700 hid it from everyone else
+
+
+# transformers 4.x, as lm-eval and vLLM often run it: the newest 4.x and the tokenizers / hub it accepts
+TRANSFORMERS_4 = ["transformers==4.57.6", "tokenizers==0.22.1", "huggingface_hub==0.36.0"]
+_LOAD_UNDER_4X = r"""
+import json, sys
+import torch, transformers
+out, ids = sys.argv[1], json.loads(sys.argv[2])
+tok = transformers.AutoTokenizer.from_pretrained(out)
+model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+with torch.no_grad():
+    logits = model(torch.tensor([ids])).logits[0].tolist()
+print(json.dumps({"version": transformers.__version__, "tokenizer": type(tok).__name__,
+                  "ids": tok("a good film")["input_ids"], "eos": [tok.eos_token, tok.eos_token_id],
+                  "model_max_length": tok.model_max_length, "logits": logits}))
+"""
+
+
+@pytest.fixture(scope="module")
+def transformers4(tmp_path_factory):
+    """A folder that holds transformers 4.x (pip install --target), put first on PYTHONPATH to shadow 5.x."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("transformers4")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *TRANSFORMERS_4],
+                   check=True, timeout=600)
+    return target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["debug", "debug-llama"])
+def test_the_export_loads_under_transformers_4(tmp_path, family, transformers4):
+    """The export written under transformers 5 loads in transformers 4.57 (installed beside the test's
+    environment with pip --target, reusing its torch): the same tokenizer ids, end of text, context and logits."""
+    import json
+    import subprocess
+    import sys
+
+    from lit_llm.data.tokenizer import encode
+    from lit_llm.export import export
+    from lit_llm.generate import load_checkpoint
+    from tests.helpers.checkpoints import write_lm_checkpoint
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt", family=family)
+    out = export(str(ckpt), str(tmp_path / "hf"))
+    model, tok = load_checkpoint(ckpt)
+    ids = encode(tok, "the cast is great , and the film is good")
+    env = {"PYTHONPATH": str(transformers4), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", _LOAD_UNDER_4X, str(out), json.dumps(ids)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["version"].startswith("4.") and got["tokenizer"] == "PreTrainedTokenizerFast"
+    assert got["ids"] == encode(tok, "a good film")
+    assert got["eos"] == ["[EOS]", tok.token_to_id("[EOS]")] and got["model_max_length"] == model.config.block_size
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0]
+    torch.testing.assert_close(torch.tensor(got["logits"]), ours, atol=1e-4, rtol=1e-4)
