@@ -13,7 +13,7 @@ import torch
 
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.chat import CHAT_TEMPLATE
-from lit_llm.data.tokenizer import ROLE_TOKENS, special_id, special_tokens
+from lit_llm.data.tokenizer import ROLE_TOKENS, declared_special_tokens, special_tokens
 from lit_llm.io import fsync_path, fsync_tree, publish_mode
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
 from lit_llm.generate import load_checkpoint
@@ -45,10 +45,15 @@ def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", over
     tf = _require_transformers()
     hf_model = to_hf_model(model.config, model.state_dict())
     roles = special_tokens(tok)  # lit_llm's [EOS] ..., or the ones an imported model's checkpoint declares
+    if declared_special_tokens(tok) is None and model.config.causal and "eos" in roles:
+        # what precedes a text in lit_llm's training is the previous document's [EOS], never [BOS] (GPT-2's
+        # convention: one <|endoftext|> for both); so lm-eval's --model hf, which starts a text with the BOS,
+        # scores the export as lit_llm evaluate scores the checkpoint
+        roles["bos"] = roles["eos"]
     # generation in transformers or vLLM stops at the tokenizer's end of text; a vocabulary without one
     # (character level) gets None, never transformers' default id (Llama's 2, which is some other token here)
     for name in ("bos", "eos", "pad"):
-        token_id = special_id(tok, name)
+        token_id = tok.token_to_id(roles[name]) if name in roles else None
         setattr(hf_model.config, f"{name}_token_id", token_id)
         if getattr(hf_model, "generation_config", None) is not None:
             setattr(hf_model.generation_config, f"{name}_token_id", token_id)

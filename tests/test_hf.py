@@ -131,8 +131,9 @@ def test_export_stops_at_the_tokenizers_eos(tmp_path, family):
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     config = json.loads((out / "config.json").read_text())
     generation = json.loads((out / "generation_config.json").read_text())
-    for name in ("bos", "eos", "pad"):
-        assert config[f"{name}_token_id"] == generation[f"{name}_token_id"] == tok.token_to_id(f"[{name.upper()}]")
+    # a text starts after an [EOS] in lit_llm's training, never after [BOS]: the export's BOS is the [EOS] (as GPT-2's)
+    for name, token in (("bos", "[EOS]"), ("eos", "[EOS]"), ("pad", "[PAD]")):
+        assert config[f"{name}_token_id"] == generation[f"{name}_token_id"] == tok.token_to_id(token)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok.eos_token == "[EOS]" and hf_tok.eos_token_id == config["eos_token_id"]
     # a class transformers 4.x loads too (5.x writes TokenizersBackend), and the context as the longest input

@@ -28,6 +28,7 @@ MISSING = {
     "export-hf": (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/hf"], "transformers", "hf"),
     "import-hf": (["import-hf", "--hf_dir", "{tmp}", "--out", "{tmp}/x.ckpt"], "transformers", "hf"),
     "export-onnx": (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/onnx", "--format", "onnx"], "onnx", "onnx"),
+    "evaluate": (["evaluate", "--checkpoint", "{ckpt}", "--tasks", "hellaswag"], "lm_eval", "eval"),
     "prepare-minhash": (["prepare", "--config", str(REPO / "configs" / "debug.yaml"), "--data.cleaning",
                          "[dedup_minhash]", "--trainer.default_root_dir", "{tmp}/run"], "datasketch", "data"),
 }
