@@ -248,6 +248,8 @@ def evaluate(
     device: str = "cpu",
     seed: int = 1234,
     bootstrap_iters: int = 100000,
+    log_to: Optional[str] = None,
+    wandb: bool = True,
 ) -> dict[str, Any]:
     """Score a checkpoint on lm-evaluation-harness tasks (hellaswag, mmlu ... or your own YAML) and print the table.
 
@@ -269,6 +271,11 @@ def evaluate(
         seed: lm-eval's seeds (python, numpy, torch, few-shot sampling) and the sampler of sampling tasks.
         bootstrap_iters: resamples for the standard errors lm-eval bootstraps (LAMBADA's perplexity, F1, BLEU
             ...; a mean's is exact); 0 skips every standard error.
+        log_to: a run folder (the training run's ``default_root_dir``, e.g. ``outputs/quickstart``): the metrics
+            are logged there as ``lm_eval/TASK/METRIC`` at the checkpoint's training step, by the loggers a run has
+            by default: CSV (``RUN/csv/lm_eval/metrics.csv``) and W&B (offline in ``RUN/wandb`` unless
+            ``WANDB_MODE=online``).
+        wandb: with ``log_to``, log to W&B as well as CSV.
     """
     if batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
@@ -281,6 +288,8 @@ def evaluate(
                          " for lm-eval to score; evaluate a gpt2- or llama-family checkpoint")
     if out is not None:
         check_writable(Path(out).absolute().parent, "--out")
+    if log_to is not None:
+        check_writable(Path(log_to), "--log_to")
     manager, names = resolve_tasks(tasks, include_path)
     try:
         results = simple_evaluate(
@@ -298,4 +307,39 @@ def evaluate(
     if out is not None:
         write_text_atomic(out, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
         print(f"Wrote the results to {out}")
+    if log_to is not None:
+        log_results(results, checkpoint, log_to, wandb)
     return results
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``lm_eval/TASK/METRIC`` -> value of lm-eval's results (the filter suffix ``,none`` dropped; standard errors
+    kept as ``METRIC_stderr``)."""
+    return {f"lm_eval/{task}/{metric.replace(',none', '')}": float(value)
+            for task, row in results["results"].items() for metric, value in row.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def log_results(results: dict[str, Any], checkpoint: str, run_dir: str, wandb: bool = True) -> None:
+    """Log the metrics into a run folder with Lightning's loggers, at the training step of the checkpoint, so that
+    they sit beside the run's own curves (CSV for ``lit_llm plot``, W&B)."""
+    import os
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    step = ckpt_format.load(checkpoint, mmap=True)[1].get("global_step")
+    step = step if isinstance(step, int) else 0
+    loggers = [CSVLogger(save_dir=run_dir, name="csv", version="lm_eval")]
+    if wandb:
+        from lit_llm.tracking import WandbLogger
+
+        loggers.append(WandbLogger(project="lit_llm", name=f"lm_eval-{Path(checkpoint).stem}", save_dir=run_dir,
+                                   offline=os.environ.get("WANDB_MODE") != "online", job_type="eval"))
+    metrics = flat_metrics(results)
+    for logger in loggers:
+        logger.log_hyperparams({"checkpoint": str(Path(checkpoint).resolve()), "tasks": sorted(results["results"])})
+        logger.log_metrics(metrics, step=step)
+        logger.finalize("success")
+    if wandb:
+        loggers[-1].experiment.finish()  # the run's files whole now, not at interpreter exit
+    print(f"Logged {len(metrics)} metrics at step {step} to {run_dir} ({', '.join(type(lg).__name__ for lg in loggers)})")

@@ -174,7 +174,8 @@ def test_parity_the_command_gives_the_metrics_of_hf_on_the_export(models, tasks,
     ckpt, hf_dir = models["debug"]
     out = tmp_path / "results" / "eval.json"
     code, stdout, err = call(["evaluate", "--checkpoint", str(ckpt), "--tasks", MC_TASK, PPL_TASK, "--include_path",
-                              str(tasks), "--out", str(out), "--batch_size", "4", "--bootstrap_iters", "0"], capsys)
+                              str(tasks), "--out", str(out), "--batch_size", "4", "--bootstrap_iters", "0",
+                              "--log_to", str(tmp_path / "run")], capsys)
     assert code == 0, err
     assert f"|{MC_TASK}" in stdout and "bits_per_byte" in stdout and "acc_norm" in stdout  # lm-eval's table
     native = json.loads(out.read_text())
@@ -186,6 +187,18 @@ def test_parity_the_command_gives_the_metrics_of_hf_on_the_export(models, tasks,
     diff = max(abs(ours_m[k] - theirs_m[k]) / max(1.0, abs(theirs_m[k])) for k in ours_m)
     print(f"\nnative vs hf, {len(ours_m)} metrics: largest difference (relative above 1) {diff:.2e}")
     assert diff < TOL
+    # --log_to: the run's CSV log and its (offline) W&B run hold the metrics at the checkpoint's step
+    import csv
+
+    from tests.helpers.wandb_offline import history
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "csv" / "lm_eval" / "metrics.csv")))
+    step = torch.load(ckpt, weights_only=True).get("global_step", 0)
+    assert len(rows) == 1 and int(rows[0]["step"]) == step
+    assert float(rows[0][f"lm_eval/{PPL_TASK}/bits_per_byte"]) == pytest.approx(ours_m[f"{PPL_TASK}/bits_per_byte,none"])
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = [row for row in history(run_file) if f"lm_eval/{MC_TASK}/acc" in row]
+    assert logged and logged[0][f"lm_eval/{MC_TASK}/acc"] == pytest.approx(ours_m[f"{MC_TASK}/acc,none"])
 
 
 @pytest.mark.slow
