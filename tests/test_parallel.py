@@ -7,6 +7,7 @@ stages, which sum their gradients every step (Megatron-LM's way of keeping them 
 """
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -237,3 +238,45 @@ def test_classifier_fine_tunes_under_every_strategy_like_one_process(classifier_
     got = _classifier_metrics(tmp_path, lm, extra, batch, layout)
     assert len(got) == len(single) == 8 + 2 * 2
     assert got == pytest.approx(single, rel=1e-4, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- instruction tuning
+def _instruction_losses(tmp_path, lm_ckpt, extra, batch, name):
+    """6 steps of instruction tuning (full) from ``lm_ckpt`` on SST-2 reviews as chats (validation after 3 and
+    6, on 24 chats: a multiple of the global batch, so no process repeats one to even out): the training losses,
+    then each validation loss."""
+    from tests.helpers.paths import SENTIMENT
+
+    sft = tmp_path / "sft.jsonl"
+    if not sft.exists():
+        # short reviews: every chat fits the context of 64 (none dropped), so the splits are exactly 72 and 24
+        lines = [line for line in (SENTIMENT / "sst2" / "stsa.binary.train").read_text().splitlines()
+                 if len(line.split()) <= 12][:96]
+        # answers of 1 to 4 words: processes hold different numbers of trained tokens, which the loss must weigh
+        sft.write_text("".join(json.dumps({"prompt": text, "response": " ".join([["negative", "positive"][int(label)]]
+                                                                                  * (1 + i % 4))}) + "\n"
+                               for i, (label, text) in enumerate(line.split(" ", 1) for line in lines)))
+    out = tmp_path / name
+    cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/instruct.yaml",
+           "--model.init_from", str(lm_ckpt), "--model.warmup_steps", "2", "--data.train", str(sft),
+           "--data.val_fraction", "0.25", "--data.batch_size", str(batch), "--trainer.max_steps", "6",
+           "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+           "--trainer.default_root_dir", str(out), "--plots.enabled", "false", "--samples.prompts", "[]", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.DictReader(open(next(out.glob("**/metrics.csv")))))
+    return ([float(r["train_loss"]) for r in rows if r.get("train_loss")]
+            + [float(r["val_loss"]) for r in rows if r.get("val_loss")])
+
+
+@pytest.mark.slow
+def test_instruction_tuning_under_fsdp_matches_one_process(classifier_baseline):
+    """InstructionModel is a LanguageModel on the shared base: FSDP over 2 processes (a global batch of 8 as 2 x 4)
+    gives the losses of one process with batch 8, answers-only labels and padding included."""
+    tmp, lm, _ = classifier_baseline
+    single = _instruction_losses(tmp, lm, [], 8, "sft_single")
+    fsdp = _instruction_losses(tmp, lm, ["--config", "configs/strategy/fsdp.yaml", "--trainer.devices", "2"], 4,
+                               "sft_fsdp")
+    assert len(single) == 6 + 2
+    assert fsdp == pytest.approx(single, rel=1e-4, abs=1e-6)

@@ -37,14 +37,19 @@ def lm_loss(
     z_loss: float = 0.0,
     chunk_size: Optional[int] = None,
     ignore_index: int = IGNORE_INDEX,
+    count: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """Mean loss over non-ignored targets and its parts: ``{"loss", "ce", "z_loss"}``.
+
+    ``count`` replaces the divisor (the non-ignored targets here): data-parallel training on targets of varying
+    length passes the mean count over its processes, so that the averaged gradients are those of the global
+    batch's token mean, as on one process.
 
     Without ``chunk_size``, ``hidden_or_logits`` are logits (..., V). With it, they are the hidden states
     (..., C) before the output head, and ``head_weight`` (V, C) (and ``head_bias``) are applied chunk by chunk.
     """
     targets = targets.reshape(-1)
-    count = (targets != ignore_index).sum().clamp(min=1)
+    count = (targets != ignore_index).sum().clamp(min=1) if count is None else count
     if chunk_size is None:
         ce, z = _sums(hidden_or_logits.reshape(targets.numel(), -1), targets, label_smoothing, z_loss, ignore_index)
     else:

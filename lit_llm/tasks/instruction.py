@@ -21,6 +21,7 @@ from torch import nn
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.tokenizer import declare_special_tokens
 from lit_llm.model.lora import LoraSpec, add_lora
+from lit_llm.model.loss import IGNORE_INDEX
 from lit_llm.parallel import ParallelDims
 from lit_llm.tasks.base import ParallelConfig
 from lit_llm.tasks.language_model import LanguageModel
@@ -103,6 +104,15 @@ class InstructionModel(LanguageModel):
 
     def _eval_inputs_targets(self, batch: dict[str, torch.Tensor], batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["input_ids"], batch["labels"]
+
+    def _target_count(self, targets: torch.Tensor) -> Optional[torch.Tensor]:
+        """Answers differ in length, so processes hold different numbers of trained tokens: divide by the mean
+        count over all processes (tensor-parallel and pipeline ranks repeat their group's count, which the mean
+        cancels), so that the averaged gradients are the global batch's token mean, as on one process."""
+        if self.trainer.world_size == 1:
+            return None
+        local = (targets != IGNORE_INDEX).sum().float()
+        return self.trainer.strategy.reduce(local, reduce_op="mean").clamp(min=1)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -217,7 +217,7 @@ class LanguageModel(TransformerModule):
             return self._pipeline_training_step(batch)
         x, y = self._inputs_targets(batch)
         hp = self.hparams
-        kw = dict(label_smoothing=hp.label_smoothing, z_loss=hp.z_loss)
+        kw = dict(label_smoothing=hp.label_smoothing, z_loss=hp.z_loss, count=self._target_count(y))
         if hp.loss_chunk_size:
             out = self.model.output
             parts = lm_loss(self.model(x, return_hidden=True), y, out.weight, out.bias, chunk_size=hp.loss_chunk_size, **kw)
@@ -232,6 +232,11 @@ class LanguageModel(TransformerModule):
         if hp.z_loss or hp.label_smoothing:
             self.log_dict({"train_ce": parts["ce"], "train_z_loss": parts["z_loss"]}, on_step=True, on_epoch=False)
         return parts["loss"]
+
+    def _target_count(self, targets: torch.Tensor) -> Optional[torch.Tensor]:
+        """The divisor of the training loss: None for the local count of targets, which every process shares
+        when each block is full (pretraining); tasks whose targets vary per row override it."""
+        return None
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._eval_step(batch, "val", batch_idx)
