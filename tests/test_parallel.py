@@ -280,3 +280,36 @@ def test_instruction_tuning_under_fsdp_matches_one_process(classifier_baseline):
                                "sft_fsdp")
     assert len(single) == 6 + 2
     assert fsdp == pytest.approx(single, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_preference_tuning_under_fsdp_matches_one_process(classifier_baseline):
+    """PreferenceModel (DPO, a frozen full reference beside the sharded policy) under FSDP on 2 processes gives
+    one process's losses and reward margins (pairs: the right label chosen, the wrong one rejected)."""
+    from tests.helpers.paths import SENTIMENT
+
+    tmp, lm, _ = classifier_baseline
+    pairs = tmp / "pairs.jsonl"
+    lines = [line for line in (SENTIMENT / "sst2" / "stsa.binary.train").read_text().splitlines()
+             if len(line.split()) <= 12][:32]
+    pairs.write_text("".join(json.dumps({"prompt": text, "chosen": ["negative", "positive"][int(label)],
+                                         "rejected": ["positive", "negative"][int(label)]}) + "\n"
+                             for label, text in (line.split(" ", 1) for line in lines)))
+
+    def run(extra, batch, name):
+        out = tmp / name
+        cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/preference.yaml",
+               "--model.init_from", str(lm), "--model.learning_rate", "1e-3", "--model.warmup_steps", "1",
+               "--data.train", str(pairs), "--data.batch_size", str(batch), "--trainer.max_steps", "4",
+               "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+               "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
+               "--trainer.default_root_dir", str(out), "--plots.enabled", "false", *extra]
+        proc = subprocess.run(cmd, cwd=REPO, env=cli_env(tmp), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows = list(csv.DictReader(open(next(out.glob("**/metrics.csv")))))
+        return [float(r[k]) for r in rows for k in ("train_loss", "train_reward_margin") if r.get(k)]
+
+    single = run([], 8, "dpo_single")
+    fsdp = run(["--config", "configs/strategy/fsdp.yaml", "--trainer.devices", "2"], 4, "dpo_fsdp")
+    assert len(single) == 2 * 4 and single[-1] != single[1]  # the margin moved: the policy learned
+    assert fsdp == pytest.approx(single, rel=1e-4, abs=1e-6)
