@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from lit_llm.errors import UsageError
+from lit_llm.io import atomic_path
 
 # figure name -> the columns it draws (a column prefix ending in "*" matches several, e.g. one per LR group)
 FIGURES = {
@@ -126,12 +125,6 @@ def _run_names(dirs: list[Path]) -> dict[Path, str]:
 
 def _save(fig, path: Path) -> Path:
     """Save the figure under a temporary name beside ``path``, then rename it: never a half-written PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     return path

@@ -18,6 +18,8 @@ import unicodedata
 from collections import Counter
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 Step = Callable[[str], Optional[str]]
 
 
@@ -105,17 +107,29 @@ class Length:
 
 
 class DedupExact:
-    """Drop a document identical to one seen before (16-byte BLAKE2 digests are kept, not the texts)."""
+    """Drop a document identical to one seen before (16-byte BLAKE2 digests are kept, not the texts).
+
+    ``key`` and ``seen`` split the step in two, so that the keys can be computed in parallel (the parallel
+    ``prepare``, ``data/shards.py``) and then decided in document order, as one process decides them."""
 
     def __init__(self) -> None:
-        self.seen: set[bytes] = set()
+        self.digests: set[bytes] = set()
+
+    @staticmethod
+    def key(text: str) -> np.ndarray:
+        """The document's 16-byte digest."""
+        return np.frombuffer(hashlib.blake2b(text.encode(), digest_size=16).digest(), dtype=np.uint8)
+
+    def seen(self, key: np.ndarray) -> bool:
+        """Whether a document with this key came before; if not, it is remembered."""
+        digest = key.tobytes()
+        if digest in self.digests:
+            return True
+        self.digests.add(digest)
+        return False
 
     def __call__(self, text: str) -> Optional[str]:
-        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
-        if digest in self.seen:
-            return None
-        self.seen.add(digest)
-        return text
+        return None if self.seen(self.key(text)) else text
 
 
 class DedupMinHash:
@@ -129,18 +143,29 @@ class DedupMinHash:
             raise ImportError("dedup_minhash needs datasketch: pip install 'lit_llm[data]'") from e
         self._minhash, self.num_perm, self.ngram, self.seed = MinHash, num_perm, ngram, seed
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._probe = MinHash(num_perm=num_perm, seed=seed)
         self._n = 0
 
-    def __call__(self, text: str) -> Optional[str]:
+    def key(self, text: str) -> np.ndarray:
+        """The document's MinHash signature over its word ``ngram`` shingles (``num_perm`` hash values)."""
         words = text.split()
         shingles = {" ".join(words[i : i + self.ngram]) for i in range(max(1, len(words) - self.ngram + 1))}
         m = self._minhash(num_perm=self.num_perm, seed=self.seed)
         m.update_batch([s.encode() for s in shingles])
+        return m.hashvalues
+
+    def seen(self, key: np.ndarray) -> bool:
+        """Whether an earlier kept document is a near-duplicate of this signature's; if not, it is indexed."""
+        m = self._probe
+        m.hashvalues = key  # the index keeps band hashes of it, not the sketch: one probe serves every query
         if self.lsh.query(m):
-            return None
+            return True
         self.lsh.insert(str(self._n), m)
         self._n += 1
-        return text
+        return False
+
+    def __call__(self, text: str) -> Optional[str]:
+        return None if self.seen(self.key(text)) else text
 
 
 class Quality:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from lit_llm.io import atomic_path
+
 DATA_DIR_ENV = "LIT_LLM_DATA_DIR"
 _CHECKOUT_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 _CACHE_DATA = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lit_llm" / "data"
@@ -85,18 +87,14 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 
 def _download(name: str, spec: NamedCorpus, dest: Path, searched: list[Path]) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    try:
-        # a timeout on the connection and on each read: a stalled server fails the download instead of hanging
-        with urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f, 1 << 20)
-    except OSError as e:  # URLError and socket timeouts are OSErrors
-        tmp.unlink(missing_ok=True)
-        raise FileNotFoundError(_not_found(name, spec, searched) + f" The download failed: {e}") from e
-    digest = md5sum(tmp)
-    if digest != spec.md5:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"Download of {spec.url} has MD5 {digest}, expected {spec.md5}; try again later.")
-    os.replace(tmp, dest)  # atomic: a killed download never leaves a file that looks valid
+    with atomic_path(dest) as tmp:  # a failed or killed download never leaves a file that looks valid
+        try:
+            # a timeout on the connection and on each read: a stalled server fails the download instead of hanging
+            with urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+        except OSError as e:  # URLError and socket timeouts are OSErrors
+            raise FileNotFoundError(_not_found(name, spec, searched) + f" The download failed: {e}") from e
+        digest = md5sum(tmp)
+        if digest != spec.md5:
+            raise RuntimeError(f"Download of {spec.url} has MD5 {digest}, expected {spec.md5}; try again later.")
     return dest

@@ -9,6 +9,10 @@ size:
 3. tokenize it in batches (``encode_batch`` runs on all cores), an EOS token after each document, into one
    uint16/uint32 stream, then cut the stream into train / test / val by position (val last, as nanoGPT does).
 
+That is the one-process path (``workers=1``, the default). ``workers`` > 1 (0: every core) runs steps 1 and 3
+over shards of ``shard_docs`` documents in that many processes (``lit_llm.data.shards``, on datatrove), with
+the global deduplication and the tokenizer training between them, and writes the same bytes; docs/data.md.
+
 The output folder is named by a hash of everything that determines its content (source fingerprints,
 cleaning, tokenizer, split), built under a temporary name and renamed into place, so a rerun with the
 same config reuses it at once and a killed run never leaves a folder that looks complete.
@@ -17,16 +21,18 @@ same config reuses it at once and a killed run never leaves a folder that looks 
 from __future__ import annotations
 
 import codecs
+import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner
@@ -39,6 +45,7 @@ from lit_llm.data.tokens import MANIFEST, read_manifest, token_dtype
 
 FORMAT_VERSION = 2  # 2: text lines end at \n only (not at U+0085 / U+2028 / form feeds)
 ENCODE_BATCH = 512  # documents per encode_batch call
+SHARD_DOCS = 20_000  # documents per shard of the parallel path (workers != 1)
 
 
 def check_utf8(path: Path, encoding_errors: str = "strict") -> None:
@@ -148,6 +155,43 @@ def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
     return removed
 
 
+def resolve_workers(workers: int) -> int:
+    """The number of processes ``workers`` asks for: itself, or every core this process may use for 0."""
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"data.workers must be 1 (one process), N > 1 (N processes) or 0 (every core), got {workers!r}")
+    if workers == 0:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return workers
+
+
+def check_shard_docs(shard_docs: int) -> None:
+    if not isinstance(shard_docs, int) or shard_docs < 1:
+        raise ValueError(f"data.shard_docs (documents per shard of the parallel prepare) must be a positive integer,"
+                         f" got {shard_docs!r}")
+
+
+def shard_folder(out_dir: Path, shard_docs: int) -> Path:
+    """Where the parallel path keeps its shards while it runs, beside ``out_dir``: named by it (so by the content
+    hash) and by ``shard_docs`` (which decides the shards), so a rerun of the same config finds the shards a
+    killed run finished. Removed once the token folder is published."""
+    return out_dir.with_name(f"{out_dir.name}.shards{shard_docs}")
+
+
+@dataclass
+class Built:
+    """What a build (one process, or shards) leaves for the report and manifest, beside the split files
+    (train/test/val.bin) it wrote into the temporary folder."""
+
+    tokenizer: Tokenizer
+    eos: Optional[int]
+    documents_read: int
+    documents_kept: int
+    text_bytes: int  # UTF-8 bytes of the kept documents
+    doc_tokens: np.ndarray  # tokens per document (EOS included), in stream order
+    counts: dict[str, int]  # tokens per split
+    seconds: dict[str, float]  # wall time per stage
+
+
 def prepare(
     sources: list[Source],
     out_root: Path,
@@ -161,11 +205,20 @@ def prepare(
     name: Optional[str] = None,
     progress: bool = True,
     mixing: str = MIXING[0],
+    workers: int = 1,
+    shard_docs: int = SHARD_DOCS,
 ) -> Path:
-    """Build (or reuse) the token folder for this data config and return its path."""
+    """Build (or reuse) the token folder for this data config and return its path.
+
+    ``workers`` = 1 runs in this process; N > 1 (0: every core) cleans and tokenizes shards of ``shard_docs``
+    documents in N processes and resumes a killed run from the shards it finished. Neither changes a byte of
+    the output, so neither is part of the folder's name."""
     tokenizer = tokenizer or TokenizerSpec()
     cleaning = list(cleaning or [])
     cleaner = Cleaner(cleaning)  # validates step names and options before any work
+    n_workers = resolve_workers(workers)
+    check_shard_docs(shard_docs)
+    build_sharded = _sharded_builder() if n_workers > 1 else None  # a missing engine fails before any work
     out_dir, key = token_folder(sources, out_root, cleaning, tokenizer, val_fraction, test_fraction, seed,
                                 encoding_errors, data_dir, name, mixing)
     if read_manifest(out_dir) is not None:
@@ -183,42 +236,30 @@ def prepare(
                     for f in files:
                         check_utf8(f, encoding_errors)
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
-        t0 = time.perf_counter()
         docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
-        stats = _clean_to_jsonl(docs, cleaner, tmp / "cleaned.jsonl", progress)
-        t_clean = time.perf_counter() - t0
-        if stats["documents"] == 0:
-            removed = ", ".join(f"{r['step']} removed {r['removed']}" for r in cleaner.report() if r["removed"])
-            raise ValueError(
-                f"The corpus is empty after cleaning: {stats['read']} documents read,"
-                f" {removed or 'none with any text in them'}. Loosen those steps or check the sources."
-            )
-        tok = train_tokenizer(tokenizer, _read_jsonl(tmp / "cleaned.jsonl"), length=stats["documents"])
-        tok.save(str(tmp / "tokenizer.json"))
-        t_tok = time.perf_counter() - t0 - t_clean
-        # a checkpoint's tokenizer that declares another end of text (an imported model's </s>) ends documents with it
-        eos = tok.token_to_id(tokenizer.eos_token) if tokenizer.eos_token in tok.get_vocab() else eos_id(tok)
-        dtype = token_dtype(tok.get_vocab_size())
-        doc_tokens = _tokenize(tok, tmp / "cleaned.jsonl", tmp / "all.bin", dtype, eos, stats["documents"], progress,
-                               by_line=tokenizer.kind == "char")
-        counts = _split(tmp / "all.bin", tmp, dtype, val_fraction, test_fraction)
-        np.save(tmp / "doc_lengths.npy", doc_tokens)  # tokens per document (EOS included), in stream order
-        (tmp / "cleaned.jsonl").unlink()
-        (tmp / "all.bin").unlink()
-        n_tokens = int(doc_tokens.sum())
+        if build_sharded is None:
+            built = _build_in_process(docs, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress)
+        else:
+            built = build_sharded(docs, cleaning, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
+                                  work=shard_folder(out_dir, shard_docs), workers=n_workers, shard_docs=shard_docs)
+        built.tokenizer.save(str(tmp / "tokenizer.json"))
+        np.save(tmp / "doc_lengths.npy", built.doc_tokens)  # tokens per document (EOS included), in stream order
+        n_tokens = int(built.doc_tokens.sum())
         report = {
-            "documents_read": stats["read"], "documents_kept": stats["documents"], "cleaning": cleaner.report(),
+            "documents_read": built.documents_read, "documents_kept": built.documents_kept,
+            "cleaning": cleaner.report(),
             "duplicates_removed": sum(r["removed"] for r in cleaner.report() if r["step"].startswith("dedup")),
-            "tokens": counts, "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / max(n_tokens, 1),
-            "seconds": {"clean": round(t_clean, 2), "tokenizer": round(t_tok, 2),
-                        "tokenize_and_write": round(time.perf_counter() - t0 - t_clean - t_tok, 2)},
+            "tokens": built.counts, "bytes": built.text_bytes, "bytes_per_token": built.text_bytes / max(n_tokens, 1),
+            "workers": n_workers, "seconds": {k: round(v, 2) for k, v in built.seconds.items()},
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        _length_histogram(doc_tokens, tmp / "doc_lengths.png")
+        _length_histogram(built.doc_tokens, tmp / "doc_lengths.png")
+        tok = built.tokenizer
         manifest = {
-            **key, "dtype": dtype.name, "vocab_size": tok.get_vocab_size(), "num_tokens": counts,
-            "tokenizer_hash": tokenizer_hash(tok), "eos_id": eos, "documents": stats["documents"],
-            "document_lengths": "doc_lengths.npy", "splits_by": "position in the token stream: train, test, val",
+            **key, "dtype": token_dtype(tok.get_vocab_size()).name, "vocab_size": tok.get_vocab_size(),
+            "num_tokens": built.counts, "tokenizer_hash": tokenizer_hash(tok), "eos_id": built.eos,
+            "documents": built.documents_kept, "document_lengths": "doc_lengths.npy",
+            "splits_by": "position in the token stream: train, test, val",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
         publish_mode(tmp)  # mkdtemp's 0700 would hide the data from the other users of a shared cluster
@@ -228,6 +269,8 @@ def prepare(
         except OSError:
             if read_manifest(out_dir) is None:  # not a concurrent writer that finished first
                 raise
+        if build_sharded is not None:  # published: the shards have served their purpose
+            shutil.rmtree(shard_folder(out_dir, shard_docs), ignore_errors=True)
     except Exception as e:
         # ranks waiting for this folder (wait_for) fail at once with this message instead of waiting for hours
         write_text_atomic(failed, f"{type(e).__name__}: {e}")
@@ -236,6 +279,54 @@ def prepare(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _sharded_builder() -> Callable[..., Built]:
+    """The parallel path's entry point, imported only when asked for: datatrove is an optional dependency."""
+    if importlib.util.find_spec("datatrove") is None:
+        raise ImportError("data.workers other than 1 runs the parallel prepare on datatrove, which is not installed:"
+                          " pip install 'lit_llm[data]', or set data.workers: 1")
+    from lit_llm.data.shards import build_sharded
+
+    return build_sharded
+
+
+def _build_in_process(docs: Iterator[str], cleaner: Cleaner, spec: TokenizerSpec, tmp: Path, val_fraction: float,
+                      test_fraction: float, progress: bool) -> Built:
+    """The one-process path: clean into a JSONL file, train the tokenizer on it, tokenize it into one stream and
+    cut that into the split files."""
+    t0 = time.perf_counter()
+    cleaned = tmp / "cleaned.jsonl"
+    stats = _clean_to_jsonl(docs, cleaner, cleaned, progress)
+    t_clean = time.perf_counter() - t0
+    refuse_empty(stats["read"], stats["documents"], cleaner)
+    tok = train_tokenizer(spec, _read_jsonl(cleaned), length=stats["documents"])
+    t_tok = time.perf_counter() - t0 - t_clean
+    eos = end_of_document(tok, spec)
+    dtype = token_dtype(tok.get_vocab_size())
+    doc_tokens = _tokenize(tok, _read_jsonl(cleaned), tmp / "all.bin", dtype, eos, stats["documents"], progress,
+                           by_line=spec.kind == "char")
+    counts = _split([tmp / "all.bin"], tmp, dtype, val_fraction, test_fraction)
+    cleaned.unlink()
+    (tmp / "all.bin").unlink()
+    return Built(tok, eos, stats["read"], stats["documents"], stats["bytes"], doc_tokens, counts,
+                 {"clean": t_clean, "tokenizer": t_tok, "tokenize_and_write": time.perf_counter() - t0 - t_clean - t_tok})
+
+
+def refuse_empty(read: int, kept: int, cleaner: Cleaner) -> None:
+    """Stop, naming the steps that removed documents, when cleaning kept none (nothing to train a tokenizer on)."""
+    if kept == 0:
+        removed = ", ".join(f"{r['step']} removed {r['removed']}" for r in cleaner.report() if r["removed"])
+        raise ValueError(
+            f"The corpus is empty after cleaning: {read} documents read,"
+            f" {removed or 'none with any text in them'}. Loosen those steps or check the sources."
+        )
+
+
+def end_of_document(tok: Tokenizer, spec: TokenizerSpec) -> Optional[int]:
+    """The id written after every document: the spec's ``eos_token`` if the vocabulary has it, else the end of
+    text a checkpoint's tokenizer declares (an imported model's ``</s>``), else None."""
+    return tok.token_to_id(spec.eos_token) if spec.eos_token in tok.get_vocab() else eos_id(tok)
 
 
 def _clean_to_jsonl(docs: Iterator[str], cleaner: Cleaner, path: Path, progress: bool) -> dict[str, int]:
@@ -259,9 +350,9 @@ def _read_jsonl(path: Path) -> Iterator[str]:
             yield json.loads(line)
 
 
-def _batches(path: Path, size: int) -> Iterator[list[str]]:
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
-    for text in _read_jsonl(path):
+    for text in texts:
         batch.append(text)
         if len(batch) == size:
             yield batch
@@ -270,17 +361,18 @@ def _batches(path: Path, size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _tokenize(tok, src: Path, dst: Path, dtype, eos: Optional[int], n_docs: int, progress: bool,
+def _tokenize(tok, texts: Iterable[str], dst: Path, dtype, eos: Optional[int], n_docs: int, progress: bool,
               by_line: bool = False) -> np.ndarray:
-    """Encode documents in batches (encode_batch uses every core) into one stream; return tokens per document.
-    ``by_line`` encodes a document's lines as separate inputs, which gives the same ids for the character
-    tokenizer and lets one long document use every core too."""
+    """Encode ``n_docs`` documents in batches (encode_batch uses every core) into one stream; return tokens per
+    document. ``by_line`` encodes a document's lines as separate inputs, which gives the same ids for the
+    character tokenizer and lets one long document use every core too. Both paths tokenize through here, so
+    they write the same bytes."""
     lengths = np.zeros(n_docs, dtype=np.int64)
     eos_arr = np.array([] if eos is None else [eos], dtype=dtype)
     i = 0
     with open(dst, "wb") as out, tqdm(total=n_docs, desc="tokenize", unit="doc", disable=not progress,
                                       mininterval=1.0) as bar:
-        for batch in _batches(src, ENCODE_BATCH):
+        for batch in _batches(texts, ENCODE_BATCH):
             for text in batch if by_line else [None]:
                 pieces = split_lines(text, keepends=True) if by_line else batch
                 arrays = [np.asarray(e.ids, dtype=dtype) for e in tok.encode_batch(pieces, add_special_tokens=False)]
@@ -293,16 +385,28 @@ def _tokenize(tok, src: Path, dst: Path, dtype, eos: Optional[int], n_docs: int,
     return lengths
 
 
-def _split(all_path: Path, out: Path, dtype, val_fraction: float, test_fraction: float) -> dict[str, int]:
-    """Cut the token stream by position: train first, then test, then the last val_fraction as val."""
-    n = all_path.stat().st_size // dtype.itemsize
+def _split(parts: list[Path], out: Path, dtype, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Cut the token stream, the concatenation of the ``parts`` files, by position: train first, then test, then
+    the last val_fraction as val."""
+    sizes = [p.stat().st_size // dtype.itemsize for p in parts]
+    n = sum(sizes)
     n_val, n_test = int(n * val_fraction), int(n * test_fraction)
     bounds = {"train": (0, n - n_val - n_test), "test": (n - n_val - n_test, n - n_val), "val": (n - n_val, n)}
     piece = 1 << 22  # copy in 4M-token pieces with plain reads (no mapping), so memory stays flat
-    for split, (a, b) in bounds.items():
-        with open(out / f"{split}.bin", "wb") as f:
-            for start in range(a, b, piece):
-                np.fromfile(all_path, dtype=dtype, count=min(piece, b - start), offset=start * dtype.itemsize).tofile(f)
+    files = {split: open(out / f"{split}.bin", "wb") for split in bounds}
+    try:
+        at = 0  # position of the current piece in the stream
+        for part, size in zip(parts, sizes):
+            for start in range(0, size, piece):
+                tokens = np.fromfile(part, dtype=dtype, count=min(piece, size - start), offset=start * dtype.itemsize)
+                for split, (a, b) in bounds.items():
+                    lo, hi = max(a, at), min(b, at + len(tokens))
+                    if lo < hi:
+                        tokens[lo - at : hi - at].tofile(files[split])
+                at += len(tokens)
+    finally:
+        for f in files.values():
+            f.close()
     return {split: b - a for split, (a, b) in bounds.items()}
 
 

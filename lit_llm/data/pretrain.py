@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_llm.data.cleaning import build_steps
 from lit_llm.data.corpora import CORPORA, resolve_corpus
-from lit_llm.data.prepare import prepare, token_folder, wait_for
+from lit_llm.data.prepare import SHARD_DOCS, check_shard_docs, prepare, resolve_workers, token_folder, wait_for
 from lit_llm.data.sources import Source, resolve_files
 from lit_llm.data.tokenizer import TokenizerSpec
 from lit_llm.data.tokens import open_split
@@ -111,6 +111,12 @@ class PretrainDataModule(L.LightningDataModule):
             ``replace`` substitutes U+FFFD (text files).
         mixing: how several sources are mixed: ``all_exhausted_without_replacement`` (every document once),
             ``all_exhausted`` (oversample to the weights) or ``first_exhausted`` (stop with the first source).
+        workers: processes of the prepare stage (not the DataLoader's, which is ``num_workers``): 1 prepares in
+            this process; N > 1 cleans and tokenizes shards in N processes and resumes a killed prepare from the
+            shards it finished (needs ``lit_llm[data]``); 0 uses every core. The token files are the same bytes
+            for any value (docs/data.md).
+        shard_docs: documents per shard when ``workers`` is not 1. Shards are cut from the input, never by the
+            number of workers; this only sets the unit of work and of resume.
     """
 
     def __init__(
@@ -129,6 +135,8 @@ class PretrainDataModule(L.LightningDataModule):
         seed: int = 1337,
         encoding_errors: Literal["strict", "replace"] = "strict",
         mixing: Literal["all_exhausted_without_replacement", "all_exhausted", "first_exhausted"] = "all_exhausted_without_replacement",
+        workers: int = 1,
+        shard_docs: int = SHARD_DOCS,
     ) -> None:
         super().__init__()
         if block_size < 1 or batch_size < 1:
@@ -138,6 +146,8 @@ class PretrainDataModule(L.LightningDataModule):
                 f"Need 0 < val_fraction < 1, 0 <= test_fraction and val_fraction + test_fraction < 1;"
                 f" got val_fraction={val_fraction}, test_fraction={test_fraction}"
             )
+        resolve_workers(workers)  # bad values fail here, not after the corpus is read
+        check_shard_docs(shard_docs)
         self.save_hyperparameters()
         if not sources:
             if corpus is None:
@@ -165,7 +175,9 @@ class PretrainDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the token folder once (Lightning calls this on one process per node); reruns reuse it."""
-        self._token_dir = prepare(*self._args(), progress=True, mixing=self.hparams.mixing)
+        hp = self.hparams
+        self._token_dir = prepare(*self._args(), progress=True, mixing=hp.mixing, workers=hp.workers,
+                                  shard_docs=hp.shard_docs)
 
     @property
     def token_dir(self) -> Path:

@@ -1,0 +1,406 @@
+"""The parallel path of ``prepare`` (``data.workers`` other than 1): the same token files, built over shards.
+
+The corpus is cut into shards of ``shard_docs`` documents by position in the sources' deterministic order, so
+the shards, and every byte written, depend on the input and never on the number of workers. Stages, each
+leaving files in the work folder (``prepare.shard_folder``: ``<token folder>.shards<shard_docs>``):
+
+1. read (this process): the documents, in order, into ``raw/00000.jsonl`` ...; record ``spool.json``;
+2. clean (one datatrove task per shard, ``workers`` processes): the per-document cleaning steps; for each
+   global step (deduplication) the key of every document that reaches it: its exact digest, or its MinHash
+   signature; ``clean/00000.jsonl`` (the texts that survive), ``clean/00000.npz`` (fates, keys, sizes);
+3. dedup (this process): the global steps decide, shard by shard and document by document, with the same
+   state and order as one process (first occurrence wins), which survivors are duplicates: ``keep/00000.npy``
+   and the cleaning counts, in ``dedup.json``;
+4. tokenizer (this process): trained once on the kept texts, in order (its trainer uses every core);
+5. tokenize (one task per shard): ``tokens/00000.bin`` and the tokens per document beside it;
+6. the caller cuts the concatenated shard streams into the split files, as the one-process path does.
+
+Every shard's files are written under a temporary name and renamed, then listed with their size and sha256 in
+a record (``clean/00000.json`` ...), written last: a shard is finished when its record exists and its files
+match it. A rerun skips finished shards (a killed prepare resumes there); a reader checks the files it reads
+against their record, and a damaged one is one ValueError naming it, after which its record is removed so the
+next run redoes that shard alone.
+
+datatrove's ``LocalPipelineExecutor`` runs the tasks (the process pool, per-task logs and stats under
+``logs/``); its own completion markers are not used, since an empty marker cannot tell a whole shard from a
+truncated one (docs/data.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+from datatrove.pipeline.base import PipelineStep
+from loguru import logger
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from lit_llm.data.cleaning import Cleaner, Step, build_steps
+from lit_llm.data.prepare import (
+    Built, _read_jsonl, _split, _tokenize, end_of_document, refuse_empty, resolve_workers,
+)
+from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
+from lit_llm.data.tokens import token_dtype
+from lit_llm.io import atomic_path, write_text_atomic
+
+# Cleaning steps by where they can run. A per-document step maps one text to its result alone, so a worker runs
+# it; a global step remembers what it saw, so it is decided in one pass over all shards in order. A step in
+# neither set is refused by the parallel path: a stateful step run per shard would miss duplicates across shards.
+PER_DOCUMENT_STEPS = frozenset({"unicode", "strip_html", "remove_control", "whitespace", "regex_replace", "lowercase",
+                                "length", "quality", "stopwords", "stem"})
+GLOBAL_STEPS = frozenset({"dedup_exact", "dedup_minhash"})
+
+
+def build_sharded(docs: Iterator[str], cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, tmp: Path,
+                  val_fraction: float, test_fraction: float, progress: bool, *, work: Path, workers: int,
+                  shard_docs: int) -> Built:
+    """The parallel path: stages 1-5 of the module doc in ``work``, then the split files into ``tmp``. Reuses what
+    a killed run with the same config and ``shard_docs`` finished there. ``cleaner`` is ``Cleaner(cleaning)``: the
+    global steps run in it, and its counts become the report's."""
+    unknown = [name for name, _ in cleaner.steps if name not in PER_DOCUMENT_STEPS | GLOBAL_STEPS]
+    if unknown:
+        raise ValueError(f"The parallel prepare does not know whether the cleaning steps {unknown} are per-document"
+                         f" or global; set data.workers: 1, or add them to PER_DOCUMENT_STEPS or GLOBAL_STEPS in"
+                         f" {__name__}")
+    quiet = not progress
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    n_shards = _spool(docs, work, shard_docs, progress)["shards"]
+    seconds["read"] = time.perf_counter() - t0
+    if n_shards == 0:
+        refuse_empty(0, 0, cleaner)
+    t0 = time.perf_counter()
+    _run(CleanShard(work, cleaning, quiet), n_shards, workers, work / "logs" / "clean", quiet)
+    seconds["clean"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dedup = _decide_duplicates(work, n_shards, cleaner)
+    seconds["dedup"] = time.perf_counter() - t0
+    refuse_empty(dedup["read"], dedup["kept"], cleaner)
+    t0 = time.perf_counter()
+    tok = _tokenizer(work, spec, n_shards, dedup["kept"])
+    seconds["tokenizer"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    eos = end_of_document(tok, spec)
+    dtype = token_dtype(tok.get_vocab_size())
+    threads = max(1, resolve_workers(0) // min(workers, n_shards))  # the cores, shared by the workers
+    _run(TokenizeShard(work, tokenizer_hash(tok), eos, dtype.name, spec.kind == "char", threads, quiet), n_shards,
+         workers, work / "logs" / "tokenize", quiet)
+    parts, doc_tokens = _token_shards(work, n_shards)
+    counts = _split(parts, tmp, dtype, val_fraction, test_fraction)
+    seconds["tokenize_and_write"] = time.perf_counter() - t0
+    return Built(tok, eos, dedup["read"], dedup["kept"], dedup["bytes"], doc_tokens, counts, seconds)
+
+
+def shard_name(k: int) -> str:
+    """The file stem of shard ``k``: ``00000``, ``00001``, ... (datatrove numbers its task logs the same way)."""
+    return f"{k:05d}"
+
+
+# ----------------------------------------------------------------------------------------------- the tasks
+class _ShardTask(PipelineStep):
+    """A datatrove pipeline step that does one stage for shard ``rank`` (datatrove's task number) in ``work``."""
+
+    type = "lit_llm"
+
+    def __init__(self, work: Path, quiet: bool) -> None:
+        super().__init__()
+        self.work, self.quiet = Path(work), quiet
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process: a quiet prepare silences datatrove's console logs there too (its task
+        logs name each task and print its stats)."""
+        self.__dict__.update(state)
+        if self.quiet:
+            logger.disable("datatrove")
+
+
+class CleanShard(_ShardTask):
+    """Stage 2 for one shard: the per-document steps on ``raw/<k>.jsonl``, and the keys the global steps need."""
+
+    name = "clean"
+
+    def __init__(self, work: Path, cleaning: list[Any], quiet: bool) -> None:
+        super().__init__(work, quiet)
+        self.cleaning = cleaning
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
+        stem = shard_name(rank)
+        record = self.work / "clean" / f"{stem}.json"
+        if _record_problem(record) is None:  # finished by an earlier run
+            return
+        _verify(self.work / "spool.json", [f"raw/{stem}.jsonl"])
+        raw = _read_jsonl(self.work / "raw" / f"{stem}.jsonl")
+        with self.track_time(unit="shard"):
+            fates, texts, keys = clean_documents(build_steps(self.cleaning), raw)
+        with atomic_path(self.work / "clean" / f"{stem}.jsonl") as path, open(path, "w", encoding="utf-8") as f:
+            for text in texts:
+                f.write(json.dumps(text, ensure_ascii=False))
+                f.write("\n")
+        with atomic_path(self.work / "clean" / f"{stem}.npz") as path, open(path, "wb") as f:
+            np.savez(f, fate=fates, bytes=np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64),
+                     **{f"keys{j}": _stack(rows) for j, rows in keys.items()})
+        _write_record(record, [record.with_suffix(".jsonl"), record.with_suffix(".npz")], documents=len(fates))
+        self.stat_update("documents", value=len(fates), unit="shard")
+        self.stat_update("survivors", value=len(texts), unit="shard")
+
+
+class TokenizeShard(_ShardTask):
+    """Stage 5 for one shard: its kept texts, tokenized as the one-process path does, into ``tokens/<k>.bin``.
+    In a pool worker the tokenizer uses ``threads`` threads (cores / workers), so that the workers together do
+    not run more threads than there are cores."""
+
+    name = "tokenize"
+
+    def __init__(self, work: Path, tokenizer_sha: str, eos: Optional[int], dtype: str, by_line: bool, threads: int,
+                 quiet: bool) -> None:
+        super().__init__(work, quiet)
+        self.tokenizer_sha, self.eos, self.dtype, self.by_line = tokenizer_sha, eos, dtype, by_line
+        self.threads, self.parent_pid = threads, os.getpid()
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
+        stem = shard_name(rank)
+        record = self.work / "tokens" / f"{stem}.json"
+        if _record_problem(record) is None and _read_record(record)["tokenizer_hash"] == self.tokenizer_sha:
+            return  # finished by an earlier run, with this tokenizer
+        if os.getpid() != self.parent_pid:  # a worker process, whose thread pool starts at its first encode
+            os.environ["RAYON_NUM_THREADS"] = str(self.threads)
+        tok = Tokenizer.from_file(str(self.work / "tokenizer.json"))
+        if tokenizer_hash(tok) != self.tokenizer_sha:
+            raise ValueError(f"{self.work / 'tokenizer.json'} is not the tokenizer this prepare built (was it changed"
+                             f" while prepare ran?); delete {self.work} and run prepare again")
+        texts = list(kept_texts(self.work, rank))
+        with self.track_time(unit="shard"):
+            with atomic_path(record.with_suffix(".bin")) as path:
+                lengths = _tokenize(tok, texts, path, np.dtype(self.dtype), self.eos, len(texts), progress=False,
+                                    by_line=self.by_line)
+        with atomic_path(record.with_suffix(".npy")) as path, open(path, "wb") as f:
+            np.save(f, lengths)
+        _write_record(record, [record.with_suffix(".bin"), record.with_suffix(".npy")],
+                      tokenizer_hash=self.tokenizer_sha, tokens=int(lengths.sum()))
+        self.stat_update("documents", value=len(texts), unit="shard")
+        self.stat_update("tokens", value=int(lengths.sum()), unit="shard")
+
+
+def _run(task: _ShardTask, tasks: int, workers: int, logs: Path, quiet: bool) -> None:
+    """Run ``task`` for shards 0 .. tasks-1 in ``workers`` processes (datatrove's local executor, forkserver).
+    Every task checks its own record, so datatrove's completion markers are not consulted (skip_completed off)."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    if quiet:
+        logger.disable("datatrove")
+    try:
+        LocalPipelineExecutor([task], tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs),
+                              skip_completed=False).run()
+    finally:
+        if quiet:
+            logger.enable("datatrove")
+
+
+# ------------------------------------------------------------------------------------- cleaning, per shard
+def clean_documents(steps: list[tuple[str, Step]], texts: Iterable[str]
+                    ) -> tuple[np.ndarray, list[str], dict[int, list[np.ndarray]]]:
+    """Run the per-document steps on each text as if no global step removed it.
+
+    Returns, per document, its fate (the index of the step that dropped it; ``len(steps)``: it survived;
+    ``len(steps) + 1``: it survived blank, which carries nothing to learn), the texts of the survivors that are
+    not blank, in order, and for each global step (by index) the key of every document that reaches it, in order.
+    Whether a document reaches a step depends only on the steps before it, so the keys are the ones one process
+    would have compared; which of them are duplicates is ``_decide_duplicates``'s to say."""
+    n = len(steps)
+    fates: list[int] = []
+    survivors: list[str] = []
+    keys: dict[int, list[np.ndarray]] = {j: [] for j, (name, _) in enumerate(steps) if name in GLOBAL_STEPS}
+    for text in texts:
+        fate = n
+        for j, (name, step) in enumerate(steps):
+            if j in keys:
+                keys[j].append(step.key(text))
+                continue
+            text = step(text)
+            if text is None:
+                fate = j
+                break
+        if fate == n:
+            if text.strip():
+                survivors.append(text)
+            else:
+                fate = n + 1
+        fates.append(fate)
+    return np.array(fates, dtype=np.int32), survivors, keys
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------- the stages in this process
+def _spool(docs: Iterator[str], work: Path, shard_docs: int, progress: bool) -> dict[str, Any]:
+    """Stage 1: the documents in their deterministic order into ``raw/<k>.jsonl``, ``shard_docs`` per shard, then
+    the record ``spool.json`` (shards, documents, checksums). A complete spool of a killed run is reused; its
+    files are checked when a task reads them."""
+    record = work / "spool.json"
+    if record.is_file():
+        return _read_record(record)
+    (work / "raw").mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    documents = 0
+    batch: list[str] = []
+    for text in tqdm(docs, desc="read", unit="doc", disable=not progress, mininterval=1.0):
+        batch.append(text)
+        documents += 1
+        if len(batch) == shard_docs:
+            files.append(_write_texts(work / "raw" / f"{shard_name(len(files))}.jsonl", batch))
+            batch = []
+    if batch:
+        files.append(_write_texts(work / "raw" / f"{shard_name(len(files))}.jsonl", batch))
+    _write_record(record, files, shards=len(files), documents=documents, shard_docs=shard_docs)
+    return _read_record(record)
+
+
+def _write_texts(path: Path, texts: list[str]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps(text, ensure_ascii=False))
+            f.write("\n")
+    return path
+
+
+def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner) -> dict[str, Any]:
+    """Stage 3: the global steps decide, in shard order and document order, which documents are duplicates, with
+    the cleaner's own step state (first occurrence wins, as in one process); ``keep/<k>.npy`` says which
+    survivors of shard k stay. Sets the cleaner's counts and returns the record ``dedup.json``: documents read and
+    kept, their bytes, the counts. A complete record of a killed run is reused."""
+    record = work / "dedup.json"
+    if _record_problem(record) is None:
+        info = _read_record(record)
+        cleaner.counts = info["counts"]
+        return info
+    n = len(cleaner.steps)
+    duplicate = {j: step.seen for j, (name, step) in enumerate(cleaner.steps) if name in GLOBAL_STEPS}
+    counts = np.zeros((n, 2), dtype=np.int64)
+    read = kept = text_bytes = 0
+    (work / "keep").mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(n_shards):
+        stem = shard_name(k)
+        _verify(work / "clean" / f"{stem}.json")
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            fates, doc_bytes = z["fate"], z["bytes"]
+            keys = {j: z[f"keys{j}"] for j in duplicate}
+        final = fates.tolist()
+        if duplicate:
+            rows = dict.fromkeys(duplicate, 0)
+            for i, fate in enumerate(final):
+                for j in duplicate:  # in step order; the document reached step j, and had its key computed, if j < fate
+                    if j >= fate:
+                        break
+                    key = keys[j][rows[j]]
+                    rows[j] += 1
+                    if final[i] == fate and duplicate[j](key):
+                        final[i] = j  # removed here: it reaches no later step, but its later keys are skipped
+        final_arr = np.array(final, dtype=np.int32)
+        for j in range(n):
+            counts[j] += ((final_arr >= j).sum(), (final_arr > j).sum())
+        keep = final_arr[fates == n] == n
+        with atomic_path(work / "keep" / f"{stem}.npy") as path, open(path, "wb") as f:
+            np.save(f, keep)
+        files.append(work / "keep" / f"{stem}.npy")
+        read += len(fates)
+        kept += int(keep.sum())
+        text_bytes += int(doc_bytes[keep].sum())
+    _write_record(record, files, read=read, kept=kept, bytes=text_bytes, counts=counts.tolist())
+    cleaner.counts = counts.tolist()
+    return _read_record(record)
+
+
+def kept_texts(work: Path, k: int) -> Iterator[str]:
+    """The texts of shard ``k`` that cleaning and deduplication keep, in order (files checked first)."""
+    stem = shard_name(k)
+    _verify(work / "clean" / f"{stem}.json")
+    _verify(work / "dedup.json", [f"keep/{stem}.npy"])
+    keep = np.load(work / "keep" / f"{stem}.npy")
+    for text, kept in zip(_read_jsonl(work / "clean" / f"{stem}.jsonl"), keep):
+        if kept:
+            yield text
+
+
+def _tokenizer(work: Path, spec: TokenizerSpec, n_shards: int, kept: int) -> Tokenizer:
+    """Stage 4: the tokenizer, trained once on every kept text in order (or loaded from ``tokenizer.path``), and
+    saved in ``work``, where the tokenize tasks load it. The object is returned as built, since a checkpoint's
+    tokenizer carries the special tokens it declares (an imported model's end of text), which decide the EOS. A
+    trained tokenizer that a killed run saved is reused: the shards that run tokenized used it."""
+    path = work / "tokenizer.json"
+    if spec.path is None and path.is_file():
+        return Tokenizer.from_file(str(path))
+    tok = train_tokenizer(spec, (t for k in range(n_shards) for t in kept_texts(work, k)), length=kept)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
+    return tok
+
+
+def _token_shards(work: Path, n_shards: int) -> tuple[list[Path], np.ndarray]:
+    """The token files of every shard, in order, checked against their records, and the tokens per document."""
+    parts, lengths = [], []
+    for k in range(n_shards):
+        record = work / "tokens" / f"{shard_name(k)}.json"
+        _verify(record)
+        parts.append(record.with_suffix(".bin"))
+        lengths.append(np.load(record.with_suffix(".npy")))
+    return parts, np.concatenate(lengths)
+
+
+# ------------------------------------------------------------------------------------- records and checks
+def _digest(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def _write_record(record: Path, files: list[Path], **info: Any) -> None:
+    """The record of finished work: each file's size and sha256 (by its path relative to the record's folder),
+    plus ``info``. Written last and atomically: its presence is what marks the work finished."""
+    digests = {str(f.relative_to(record.parent)): _digest(f) for f in files}
+    write_text_atomic(record, json.dumps({"files": digests, **info}, indent=1))
+
+
+def _read_record(record: Path) -> dict[str, Any]:
+    return json.loads(record.read_text(encoding="utf-8"))
+
+
+def _record_problem(record: Path, names: Optional[list[str]] = None) -> Optional[str]:
+    """What is wrong with ``record`` or the files it lists (only ``names`` of them, if given), or None."""
+    if not record.is_file():
+        return f"{record} is missing"
+    try:
+        files = _read_record(record)["files"]
+    except (ValueError, KeyError):
+        return f"{record} is not a whole record"
+    for name in files if names is None else names:
+        path = record.parent / name
+        want = files.get(name)
+        if want is None:
+            return f"{record} does not list {path}"
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            return f"{path} has {size} bytes where its record {record.name} says {want['bytes']}"
+        if _digest(path)["sha256"] != want["sha256"]:
+            return f"{path} does not match the sha256 in its record {record.name}"
+    return None
+
+
+def _verify(record: Path, names: Optional[list[str]] = None) -> dict[str, Any]:
+    """The record, once the files it lists (or ``names`` of them) match it. A missing, truncated or altered file is
+    one ValueError naming it; the record is removed first, so the next run redoes that work and only that."""
+    problem = _record_problem(record, names)
+    if problem is not None:
+        record.unlink(missing_ok=True)
+        raise ValueError(f"A shard of the parallel prepare is damaged: {problem}. Its record was removed, so running"
+                         " prepare again redoes that part alone.")
+    return _read_record(record)

@@ -1,0 +1,178 @@
+"""The parallel prepare (data.workers other than 1): the same bytes for any number of workers, deduplication
+across shards, checksummed shards, resume from the shards a failed run finished (docs/data.md)."""
+
+import json
+import os
+import sys
+
+import pytest
+from tokenizers import Tokenizer
+
+import lit_llm.data.shards as shards
+from lit_llm.data import PretrainDataModule
+from lit_llm.data.cleaning import STEPS
+from lit_llm.data.prepare import prepare, resolve_workers, shard_folder, token_folder
+from lit_llm.data.sources import Source
+from lit_llm.data.tokenizer import TokenizerSpec, declare_special_tokens, train_tokenizer
+from lit_llm.data.tokens import read_manifest
+
+from tests.helpers.paths import SHAKESPEARE
+
+SAME = ["manifest.json", "tokenizer.json", "train.bin", "test.bin", "val.bin", "doc_lengths.npy"]
+SHARD_DOCS = 30
+# per-document steps around global ones, and a global step after a per-document step after a global step
+CLEANING = ["unicode", "whitespace", {"length": {"min_chars": 5}}, "dedup_exact", "dedup_minhash", "lowercase",
+            "dedup_exact"]
+TOKENIZER = TokenizerSpec(kind="bpe", vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """small_corpus's text (module-scoped, so the reference below is prepared once) as paragraph documents, then,
+    in later shards than their originals: exact copies, a near copy (one word changed), upper-cased copies (equal
+    to their originals only after lowercase), a blank document and one too short to keep."""
+    paras = [p for p in SHAKESPEARE.read_text(encoding="utf-8")[:20_000].split("\n\n") if p.strip()]
+    near = next(p for p in paras if len(p.split()) >= 60).split(" ")
+    near[len(near) // 2] = "Verily"
+    docs = paras + paras[:5] + [" ".join(near)] + [p.upper() for p in paras[5:10]] + ["   ", "Hi"]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
+    return path
+
+
+def _prepare(corpus, root, tokenizer=TOKENIZER, **kw):
+    return prepare([Source(path=str(corpus))], root, cleaning=CLEANING, tokenizer=tokenizer, val_fraction=0.1,
+                   test_fraction=0.05, progress=False, shard_docs=SHARD_DOCS, **kw)
+
+
+def _contents(folder):
+    return {name: (folder / name).read_bytes() for name in SAME}
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """The one-process path's output (workers=1) and its report."""
+    out = _prepare(corpus, tmp_path_factory.mktemp("reference"))
+    return _contents(out), json.loads((out / "report.json").read_text())
+
+
+def _work(corpus, root):
+    out_dir, _ = token_folder([Source(path=str(corpus))], root, CLEANING, TOKENIZER, 0.1, 0.05)
+    return shard_folder(out_dir, SHARD_DOCS)
+
+
+def test_any_number_of_workers_writes_the_same_bytes(corpus, reference, tmp_path):
+    ref, report = reference
+    steps = report["cleaning"]  # the planted duplicates sit in other shards than their originals
+    assert [s["removed"] for s in steps[3:5]] == [5, 1] and steps[6]["removed"] >= 5 and report["documents_read"] > 5 * SHARD_DOCS
+    for workers in (2, 3):
+        out = _prepare(corpus, tmp_path / f"w{workers}", workers=workers)
+        assert _contents(out) == ref  # same manifest (so the same hash), tokenizer and token files
+        got = json.loads((out / "report.json").read_text())
+        assert {k: got[k] for k in ("cleaning", "documents_kept", "bytes", "tokens")} == \
+               {k: report[k] for k in ("cleaning", "documents_kept", "bytes", "tokens")}
+        assert got["workers"] == workers and set(got["seconds"]) == {"read", "clean", "dedup", "tokenizer",
+                                                                       "tokenize_and_write"}
+        assert not shard_folder(out, SHARD_DOCS).exists()  # the shards are removed once the folder is published
+
+
+def test_a_failed_shard_is_the_only_work_a_rerun_redoes(corpus, reference, tmp_path, monkeypatch):
+    root = tmp_path / "run"
+    work = _work(corpus, root)
+    blocker = work / "clean" / "00003.jsonl"
+    blocker.mkdir(parents=True)  # shard 3's output cannot be written, so its worker fails
+    with pytest.raises(OSError, match="00003.jsonl"):
+        _prepare(corpus, root, workers=2)
+    finished = sorted(p.stem for p in (work / "clean").glob("*.json"))
+    assert finished and "00003" not in finished
+    kept = [work / "spool.json"] + [p for stem in finished for p in (work / "clean").glob(stem + ".*")]
+    mtimes = {p: p.stat().st_mtime_ns for p in kept}
+    blocker.rmdir()
+
+    after_clean = {}
+    real = shards._decide_duplicates
+
+    def spy(*args):  # the rerun's clean stage is over: look before the folder is published and removed
+        after_clean.update(records=sorted(p.stem for p in (work / "clean").glob("*.json")),
+                           mtimes={p: p.stat().st_mtime_ns for p in kept})
+        return real(*args)
+
+    monkeypatch.setattr(shards, "_decide_duplicates", spy)
+    out = _prepare(corpus, root, workers=2)
+    assert after_clean["mtimes"] == mtimes  # the spool and the finished shards were not redone
+    assert "00003" in after_clean["records"]
+    assert _contents(out) == reference[0]
+    assert not out.with_name(out.name + ".failed").exists() and not work.exists()
+
+
+def test_a_damaged_shard_file_is_one_error_naming_it(corpus, reference, tmp_path, monkeypatch):
+    root = tmp_path / "run"
+    work = _work(corpus, root)
+    real = shards._token_shards
+
+    def truncate_then_merge(*args):  # between the tokenize stage and the merge that reads its files
+        victim = work / "tokens" / "00001.bin"
+        victim.write_bytes(victim.read_bytes()[:-2])
+        return real(*args)
+
+    monkeypatch.setattr(shards, "_token_shards", truncate_then_merge)
+    with pytest.raises(ValueError, match=r"tokens/00001\.bin has \d+ bytes where its record 00001\.json says \d+"):
+        _prepare(corpus, root, workers=2)
+    # that shard's record is removed, the others stay: the next run tokenizes that shard alone
+    assert not (work / "tokens" / "00001.json").exists() and (work / "tokens" / "00002.json").exists()
+    monkeypatch.setattr(shards, "_token_shards", real)
+    assert _contents(_prepare(corpus, root, workers=2)) == reference[0]
+
+
+def test_a_declared_end_of_text_ends_the_documents_of_both_paths(corpus, tmp_path, monkeypatch):
+    """A checkpoint's tokenizer declares its end of text (an imported model's), not held as [EOS]: the shards must
+    end documents with it too, although their workers load the tokenizer from a file, which cannot declare it."""
+    tok = train_tokenizer(TokenizerSpec(kind="bpe", vocab_size=300, special_tokens=["<|endoftext|>"]),
+                          [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()])
+    tok.save(str(tmp_path / "imported.json"))
+    monkeypatch.setattr("lit_llm.data.tokenizer.load_tokenizer",  # what loading such a checkpoint gives
+                        lambda path: declare_special_tokens(Tokenizer.from_file(str(path)), {"eos": "<|endoftext|>"}))
+    spec = TokenizerSpec(kind="bpe", path=str(tmp_path / "imported.json"))
+    one = _prepare(corpus, tmp_path / "w1", tokenizer=spec)
+    two = _prepare(corpus, tmp_path / "w2", tokenizer=spec, workers=2)
+    assert read_manifest(two)["eos_id"] == tok.token_to_id("<|endoftext|>") and _contents(two) == _contents(one)
+
+
+def test_a_changed_byte_is_caught_by_the_checksum(tmp_path):
+    data = tmp_path / "clean" / "00000.jsonl"
+    data.parent.mkdir()
+    data.write_text('"to be"\n"or not"\n', encoding="utf-8")
+    record = tmp_path / "clean" / "00000.json"
+    shards._write_record(record, [data], documents=2)
+    assert shards._verify(record)["documents"] == 2
+    data.write_text('"to be"\n"or NOT"\n', encoding="utf-8")  # same size
+    with pytest.raises(ValueError, match=r"00000\.jsonl does not match the sha256 in its record 00000\.json"):
+        shards._verify(record)
+    assert not record.exists()
+
+
+def test_the_one_process_path_works_without_datatrove(small_corpus, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("datatrove")] + ["datatrove", "lit_llm.data.shards"]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import datatrove` now fails
+    sources = [Source(path=str(small_corpus))]
+    with pytest.raises(ImportError, match=r"pip install 'lit_llm\[data\]', or set data.workers: 1"):
+        prepare(sources, tmp_path / "c", progress=False, workers=2)
+    assert (prepare(sources, tmp_path / "c", progress=False) / "manifest.json").is_file()
+
+
+def test_every_cleaning_step_is_per_document_or_global():
+    """A new step must be placed: a stateful step run per shard would miss duplicates across shards."""
+    assert shards.PER_DOCUMENT_STEPS | shards.GLOBAL_STEPS == set(STEPS)
+    assert not shards.PER_DOCUMENT_STEPS & shards.GLOBAL_STEPS
+
+
+def test_worker_settings_are_checked_and_reach_prepare(small_corpus, monkeypatch):
+    assert resolve_workers(0) == len(os.sched_getaffinity(0)) and resolve_workers(3) == 3
+    with pytest.raises(ValueError, match=r"data.workers must be 1 .*got -1"):
+        PretrainDataModule(corpus=str(small_corpus), workers=-1)
+    with pytest.raises(ValueError, match=r"data.shard_docs .* must be a positive integer, got 0"):
+        PretrainDataModule(corpus=str(small_corpus), shard_docs=0)
+    seen = {}
+    monkeypatch.setattr("lit_llm.data.pretrain.prepare", lambda *a, **kw: seen.update(kw))
+    PretrainDataModule(corpus=str(small_corpus), workers=4, shard_docs=500).prepare_data()
+    assert seen["workers"] == 4 and seen["shard_docs"] == 500
