@@ -28,13 +28,14 @@ from typing import Any, Iterable, Iterator, Optional
 KINDS = ("completion", "classification")
 # longest value of each string field, in characters; and the longest stored line, in bytes (well under
 # serve's default 1 MiB request limit, so that one record never makes the store slow to read)
-FIELD_LIMITS = {"request": 65_536, "response": 65_536, "corrected_text": 65_536, "corrected_label": 256, "model": 256}
+FIELD_LIMITS = {"request": 65_536, "response": 65_536, "corrected_text": 65_536, "corrected_label": 256, "model": 256,
+                "conversation_id": 256}
 MAX_RECORD_BYTES = 256 * 1024
 
 
 def validate_feedback(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its fields checked; raises ValueError naming the problem."""
-    allowed = {"kind", "request", "response", "rating", "corrected_label", "corrected_text", "model"}
+    allowed = {"kind", "request", "response", "rating", "corrected_label", "corrected_text", "model", "conversation_id"}
     unknown = sorted(set(record) - allowed)
     if unknown:
         raise ValueError(f"Unknown feedback field(s) {unknown}; allowed: {sorted(allowed)}")
@@ -47,8 +48,9 @@ def validate_feedback(record: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"rating must be 1 (good) or -1 (bad), got {rating!r}")
     if record.get("corrected_label") is not None and not isinstance(record["corrected_label"], (int, str)):
         raise ValueError("corrected_label must be a class id or a class name")
-    if record.get("corrected_text") is not None and not isinstance(record["corrected_text"], str):
-        raise ValueError("corrected_text must be a string")
+    for name in ("corrected_text", "conversation_id"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            raise ValueError(f"{name} must be a string")
     if all(record.get(k) is None for k in ("rating", "corrected_label", "corrected_text")):
         raise ValueError("feedback needs a rating, a corrected_label or a corrected_text")
     for field, limit in FIELD_LIMITS.items():

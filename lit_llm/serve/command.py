@@ -254,6 +254,7 @@ def serve(
     allow_reload: Optional[bool] = None,
     reload_timeout: float = 600.0,
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info",
+    ui: bool = False,
 ) -> None:
     """Serve a checkpoint over HTTP: OpenAI-compatible completions and chat for a language model, /v1/classify for
     a classifier, plus /v1/models, /v1/feedback, /v1/admin/reload (another checkpoint, or the served path's new
@@ -311,6 +312,10 @@ def serve(
         reload_timeout: seconds every model worker gets to load a new checkpoint; past it the reload is called
             off and the old checkpoint goes on serving.
         log_level: uvicorn / LitServe log level.
+        ui: also serve web pages at /ui (the ``ui`` extra, Gradio): a chat page (a classify page for a classifier)
+            where users rate answers and give better ones, and a dashboard of the metrics and the feedback. The pages
+            call this server's own API, with the user's API key; one front end then serves the API and the pages
+            (Gradio keeps each page's session in its process). docs/deployment.md#web-pages.
     """
     if host not in HOSTS:
         raise ValueError(f"host must be one of {HOSTS} (LitServe binds those), got {host!r}")
@@ -333,6 +338,8 @@ def serve(
     continuous = batching == "continuous"
     if max_batch_size is not None and max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if ui:  # the pages (the ui extra: without it, the CLI's one error line names it), before anything is read
+        from lit_llm.serve import ui as web_pages
     served = read_served(checkpoint, model_name, max_prompt_tokens, max_tokens, max_inputs, max_queue,
                          max_feedback_per_minute)
     served = replace(served, workers=workers, reload=bool(api_key) if allow_reload is None else allow_reload,
@@ -365,13 +372,21 @@ def serve(
     install_host_check(fastapi_app(server), hosts)
     install_metrics(fastapi_app(server), api.spec.metrics)  # last: the outermost, so it counts what the others refuse
     set_drain_timeout(server, drain_timeout)
+    if ui:
+        training, note = (web_pages.training_labels_of(checkpoint, served.label_names)
+                          if served.task == "classification" else (None, ""))
+        api_url = f"http://{'[::1]' if host == '::' else '127.0.0.1'}:{port}"
+        web_pages.mount_pages(fastapi_app(server), web_pages.Pages(
+            api_url, served.name, served.task, bool(api_key), store.path.resolve(), served.label_names, training, note))
     routes = "/v1/classify" if served.task == "classification" else "/v1/completions, /v1/chat/completions"
     print(f"serving '{served.name}' ({served.task}) on http://{host}:{port}: {routes}, /v1/models, /v1/feedback,"
           f" /metrics, /health; feedback -> {Path(feedback_store).resolve()}; API key {'required' if api_key else 'off'};"
           f" Host {'any' if hosts == ['*'] else ', '.join(hosts)}; reload: SIGHUP"
-          f"{', POST /v1/admin/reload' if served.reload else ''}", flush=True)
+          f"{', POST /v1/admin/reload' if served.reload else ''}"
+          f"{f'; pages: http://{host}:{port}/ui' if ui else ''}", flush=True)
     with _Shutdown(drain_timeout), _ReloadOnHangup(api.spec.reload_checkpoint):
         try:
-            server.run(host=host, port=port, generate_client_file=False, log_level=log_level)
+            server.run(host=host, port=port, generate_client_file=False, log_level=log_level,
+                       **({"num_api_servers": 1} if ui else {}))  # the pages' sessions live in one process
         except KeyboardInterrupt:  # a signal before LitServer.run was waiting (while the workers loaded)
             pass

@@ -222,6 +222,7 @@ class FeedbackRequest(_Strict):
     corrected_label: Optional[Union[int, str]] = None
     corrected_text: Optional[str] = None
     model: Optional[str] = None
+    conversation_id: Optional[str] = None  # groups the records of one conversation (serve --ui's pages send one)
 
 
 class ReloadRequest(_Strict):
