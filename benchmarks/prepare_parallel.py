@@ -30,8 +30,8 @@ from pathlib import Path
 from lit_llm.data.cleaning import DEFAULT_CLEANING
 from lit_llm.data.prepare import ENCODE_BATCH, prepare
 from lit_llm.data.sources import Source
-from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
-from prepare_throughput import build_corpus
+from lit_llm.data.tokenizer import load_tokenizer
+from prepare_throughput import bpe_from_file, build_corpus
 
 SAME = ["manifest.json", "tokenizer.json", "train.bin", "val.bin", "test.bin", "doc_lengths.npy"]
 
@@ -49,15 +49,8 @@ def main() -> None:
     corpus = work / "corpus.jsonl"
     text_mb = build_corpus(corpus, args.mb) / 1e6
     texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
-    sample, acc = [], 0
-    for t in texts:
-        sample.append(t)
-        acc += len(t)
-        if acc > 2e6:
-            break
-    tok = train_tokenizer(TokenizerSpec(kind="bpe", vocab_size=8192), iter(sample))
-    tok.save(str(work / "tokenizer.json"))
-    spec = TokenizerSpec(kind="bpe", path=str(work / "tokenizer.json"))
+    spec = bpe_from_file(texts, work / "tokenizer.json")
+    tok = load_tokenizer(spec.path)
     print(f"corpus: {len(texts):,} documents, {text_mb:.1f} MB of text; shards of {args.shard_docs:,} documents")
 
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from lit_llm import checkpoint as ckpt_format  # noqa: E402
 from lit_llm.data.tokenizer import TokenizerSpec, eos_id, eos_token, special_tokens, train_tokenizer  # noqa: E402
 from lit_llm.generate import load_checkpoint, sample_texts  # noqa: E402
-from tests.helpers.checkpoints import sst2_texts, write_lm_checkpoint  # noqa: E402
+from tests.helpers.checkpoints import gpt2_style_tokenizer, write_lm_checkpoint  # noqa: E402
 
 PROMPT = "a good film"
 
@@ -36,7 +36,6 @@ def _always(ckpt_path, token_id: int) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{"trained": lit_llm's own (BPE, [EOS]), "imported": via import-hf, eos <|endoftext|>}: (ckpt, eos token)."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
 
     from lit_llm.export import import_hf
 
@@ -45,11 +44,7 @@ def models(tmp_path_factory):
     _always(trained, eos_id(load_checkpoint(trained)[1]))
 
     # a transformers GPT-2 with GPT-2's conventions: <|endoftext|> ends (and starts) texts, no [EOS] anywhere
-    tok = Tokenizer(tok_models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(sst2_texts(2000), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|pad|>", "<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = gpt2_style_tokenizer()
     end = tok.token_to_id("<|endoftext|>")
     config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=1, n_head=2,
                                      bos_token_id=end, eos_token_id=end)

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
 
-from tests.helpers.checkpoints import write_lm_checkpoint  # noqa: E402
+from tests.helpers.checkpoints import gpt2_style_tokenizer, write_lm_checkpoint  # noqa: E402
 from tests.helpers.cli import call, error_line  # noqa: E402
 from tests.helpers.lm_eval_tasks import MC_TASK, PPL_TASK, speeches as _speeches, write_tasks as _write_tasks  # noqa: E402
 from tests.helpers.paths import SHAKESPEARE  # noqa: E402
@@ -37,16 +37,10 @@ def _imported_gpt2(folder):
     """A transformers GPT-2 directory with GPT-2's conventions (``<|endoftext|>`` begins and ends texts, no [EOS]),
     and the lit_llm checkpoint ``import-hf`` makes of it."""
     import transformers
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
 
     from lit_llm.export import import_hf
-    from tests.helpers.checkpoints import sst2_texts
 
-    tok = Tokenizer(tok_models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(sst2_texts(2000), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|pad|>", "<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = gpt2_style_tokenizer()
     end = tok.token_to_id("<|endoftext|>")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2,

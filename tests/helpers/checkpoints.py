@@ -23,3 +23,16 @@ def write_lm_checkpoint(path: Path, family: str = "debug", vocab: int = 300, see
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "lit_llm": {"model_config": cfg.to_dict(), "tokenizer": tok.to_str()}}, path)
     return path
+
+
+def gpt2_style_tokenizer():
+    """A byte-level BPE (vocabulary 300, SST-2 text) with GPT-2's conventions: ``<|endoftext|>`` ends and starts a
+    text, ``<|pad|>`` pads, and there is no ``[EOS]``: the tokenizer of a model to import from transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(sst2_texts(2000), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|pad|>", "<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
