@@ -29,7 +29,7 @@ from tqdm import tqdm
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.data.tokenizer import encode, eos_id, special_id
 from lit_llm.errors import UsageError, one_line
-from lit_llm.generate import CompletionText, iter_tokens, load_checkpoint
+from lit_llm.generate import CompletionText, iter_batch_tokens, iter_tokens, load_checkpoint
 from lit_llm.io import check_writable, write_text_atomic
 
 try:
@@ -60,8 +60,9 @@ class LitLLMEval(TemplateLM):
         checkpoint: the .ckpt file of a gpt2- or llama-family language model (a sharded folder: consolidate it
             first, ``lit_llm consolidate``).
         device: torch device the model runs on.
-        batch_size: sequences per forward pass of the log-likelihood requests (generation runs one request at a
-            time, with the KV cache).
+        batch_size: sequences per forward pass: log-likelihood requests, and greedy generations decoded together
+            (left-padded, with the KV cache; sampled ones and those whose ``max_gen_toks`` fills the block run one
+            at a time).
         seed: seed of the sampler, for tasks whose generation_kwargs sample (``do_sample: true``).
     """
 
@@ -178,30 +179,69 @@ class LitLLMEval(TemplateLM):
         return totals
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        """Each request's continuation of its context, one request at a time with the KV cache, until a stop
-        string of its ``until`` (not included), the end-of-text token or ``max_gen_toks`` tokens."""
-        texts = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="Running generate_until requests"):
-            context, gen_kwargs = req.args
-            text = self.generate(context, gen_kwargs)
+        """Each request's continuation of its context until a stop string of its ``until`` (not included), the
+        end-of-text token or ``max_gen_toks`` tokens. Greedy requests with the same generation arguments are
+        decoded ``batch_size`` at a time (``iter_batch_tokens``: left-padded, each row's logits those it gets
+        alone); sampled ones, and those whose ``max_gen_toks`` fills the block, one at a time (``iter_tokens``)."""
+        texts: list[Optional[str]] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            kwargs = self._gen_kwargs(req.args[1])
+            if kwargs["do_sample"] or self.max_length - int(kwargs["max_gen_toks"]) <= 0:
+                texts[i] = self.generate(req.args[0], req.args[1])
+            else:
+                groups.setdefault(json.dumps(kwargs, sort_keys=True, default=str), []).append(i)
+        for key, members in groups.items():
+            kwargs = json.loads(key)
+            for start in tqdm(range(0, len(members), self.batch_size), disable=disable_tqdm,
+                              desc="Running generate_until requests"):
+                chunk = members[start:start + self.batch_size]
+                for i, text in zip(chunk, self._greedy_batch([requests[i].args[0] for i in chunk], kwargs)):
+                    texts[i] = text
+        for req, text in zip(requests, texts):
             self.cache_hook.add_partial("generate_until", req.args, text)
-            texts.append(text)
         return texts
 
-    def generate(self, context: str, gen_kwargs: dict[str, Any]) -> str:
-        """The continuation of ``context`` under a task's generation_kwargs: greedy unless ``do_sample`` (then
-        ``temperature``, ``top_k``, ``top_p`` as ``lit_llm generate`` samples). The context keeps its last
-        ``block_size - max_gen_toks`` tokens, as HFLM keeps them; when ``max_gen_toks`` fills the block, its last
-        ``block_size`` tokens, and the window slides as tokens are added (``iter_tokens``)."""
+    def _gen_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A task's generation_kwargs as lm-eval normalizes them; an argument lit_llm cannot honour is refused."""
         kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
         unknown = sorted(set(kwargs) - set(GEN_KWARGS))
         if unknown:
             raise ValueError(f"Generation arguments {unknown} are not supported by lit_llm evaluate; a task's"
                              f" generation_kwargs may hold {', '.join(GEN_KWARGS)}")
+        return kwargs
+
+    def _context_ids(self, context: str, max_new: int) -> list[int]:
+        """The context's last ``block_size - max_new`` tokens, as HFLM keeps them (its last ``block_size`` when
+        ``max_new`` fills the block: the window then slides as tokens are added)."""
+        room = self.max_length - max_new
+        return self.tok_encode(context)[-(room if room > 0 else self.max_length):] or [self.prefix_token_id]
+
+    def _greedy_batch(self, contexts: list[str], kwargs: dict[str, Any]) -> list[str]:
+        """Greedy continuations of several contexts, decoded together until each one has ended."""
+        max_new = int(kwargs["max_gen_toks"])
+        prompts = [self._context_ids(c, max_new) for c in contexts]
+        states = [CompletionText(self.tok, ids, max_new, [s for s in kwargs["until"] if s]) for ids in prompts]
+        pad = special_id(self.tok, "pad") or 0
+
+        def greedy(logits: torch.Tensor) -> torch.Tensor:
+            return logits.argmax(dim=-1, keepdim=True)
+
+        for tokens in iter_batch_tokens(self.model, prompts, max_new, greedy, pad_id=pad):
+            for state, token in zip(states, tokens.tolist()):
+                if not state.done:
+                    state.push(int(token))
+            if all(state.done for state in states):
+                break
+        return [state.text for state in states]
+
+    def generate(self, context: str, gen_kwargs: dict[str, Any]) -> str:
+        """The continuation of ``context`` alone under a task's generation_kwargs: greedy unless ``do_sample``
+        (then ``temperature``, ``top_k``, ``top_p`` as ``lit_llm generate`` samples), with the KV cache."""
+        kwargs = self._gen_kwargs(gen_kwargs)
         max_new = int(kwargs["max_gen_toks"])
         temperature = float(kwargs.get("temperature") or 0.0) if kwargs["do_sample"] else 0.0
-        room = self.max_length - max_new
-        ids = self.tok_encode(context)[-(room if room > 0 else self.max_length):] or [self.prefix_token_id]
+        ids = self._context_ids(context, max_new)
         completion = CompletionText(self.tok, ids, max_new, [s for s in kwargs["until"] if s])
         idx = torch.tensor([ids], dtype=torch.long, device=self._device)
         for token in iter_tokens(self.model, idx, max_new, temperature, kwargs.get("top_k"), kwargs.get("top_p"),

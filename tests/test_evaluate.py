@@ -223,6 +223,8 @@ def test_parity_requests_give_the_loglikelihoods_and_greedy_text_of_hf(models, c
     prompts = ["ROMEO:\nBut soft, what light", "First Citizen:"]
     free = lit.generate_until([Instance("generate_until", {}, (p, {"until": [], "max_gen_toks": 24}), 0)
                                for p in prompts])
+    # decoded together (left-padded, batch_size 3) as each is decoded alone
+    assert free == [lit.generate(p, {"until": [], "max_gen_toks": 24}) for p in prompts]
     stops = [text[len(text) // 2: len(text) // 2 + 2] for text in free]  # strings the greedy text does hold
     # max_gen_toks 24: lm-eval's default, 256, is past the block of 64 tokens, which HFLM refuses
     gen = [(prompts[0], {"until": [], "do_sample": False}), (prompts[1], {"until": ["\n"]})]
