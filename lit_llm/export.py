@@ -84,12 +84,15 @@ def _portable_tokenizer_class(path: Path) -> None:
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-HUB_FILES = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
+# the weights, the config, the tokenizer and what names its special tokens (end of text, padding ...)
+HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "*.safetensors", "*.safetensors.index.json"]
 
 
 def hub_snapshot(repo_id: str, revision: Optional[str] = None) -> Path:
     """The local folder of a Hugging Face Hub model: downloaded by ``huggingface_hub.snapshot_download`` (only
-    the config, the tokenizer and the safetensors weights) into the local Hub cache, or found there. With
+    the configs, the tokenizer files and the safetensors weights: ``HUB_FILES``) into the local Hub cache, or found
+    there. With
     ``HF_HUB_OFFLINE=1`` nothing is downloaded and the cache must hold it already."""
     try:
         from huggingface_hub import snapshot_download

@@ -188,7 +188,7 @@ def test_import_hf_takes_a_hub_id_from_the_local_cache_offline(tmp_path):
     (repo / "refs" / "main").write_text(commit)
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
         (snapshot / name).write_bytes((folder / name).read_bytes())
     env = {**cli_env(tmp_path), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
 
