@@ -31,6 +31,9 @@ MISSING = {
     "evaluate": (["evaluate", "--checkpoint", "{ckpt}", "--tasks", "hellaswag"], "lm_eval", "eval"),
     "prepare-minhash": (["prepare", "--config", str(REPO / "configs" / "debug.yaml"), "--data.cleaning",
                          "[dedup_minhash]", "--trainer.default_root_dir", "{tmp}/run"], "datasketch", "data"),
+    "prepare-workers": (["prepare", "--config", str(REPO / "configs" / "debug.yaml"), "--data.workers", "2",
+                         "--trainer.default_root_dir", "{tmp}/run"], "datatrove", "data"),
+    "serve-ui": (["serve", "--checkpoint", "{ckpt}", "--ui", "true"], "gradio", "ui"),
 }
 
 # runs every case in one interpreter: each makes its module absent (None in sys.modules: import raises
