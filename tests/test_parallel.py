@@ -79,6 +79,9 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
     if layout in ("fsdp_tp", "hsdp") and family == "debug":
         pytest.skip("4-process layouts are checked once, on the Llama family (~30 s each on 2 cores); the 3D"
                     " layout checks the tied gpt2 embedding under sharding")
+    if layout == "pp_tp_fsdp" and family == "debug-llama":
+        pytest.skip("the 8-process 3D layout (~70 s on 2 cores) runs once, on gpt2: its tied embedding is the harder"
+                    " case; Llama's tensor-parallel plan is checked by tp and fsdp_tp, its pipeline by pp_*")
     _, corpus, single = baselines
     extra, batch = LAYOUTS[layout]
     losses = _losses(tmp_path, corpus, family, extra, batch, layout, timeout=600 if layout == "pp_tp_fsdp" else 240)

@@ -563,7 +563,9 @@ def test_bad_requests_get_4xx_that_say_why_and_the_server_keeps_serving(lm_serve
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model="lm", prompt="x", max_tokens=0)
     assert httpx.get(f"{server.base_url}/health").status_code == 200  # no key needed by load balancers
-    assert client.completions.create(model="lm", prompt="still", max_tokens=3).usage.completion_tokens == 3
+    # still serving: up to 3 tokens (sampled, so it may end at [EOS] sooner)
+    done = client.completions.create(model="lm", prompt="still", max_tokens=3)
+    assert done.choices[0].finish_reason in ("length", "stop") and 1 <= done.usage.completion_tokens <= 3
     # OpenAI-style nulls mean the defaults; a near-zero temperature is (nearly) greedy, not a crash
     r = httpx.post(url, json={"prompt": "x", "temperature": None, "top_p": None, "n": None}, headers=auth).json()
     assert r["usage"]["completion_tokens"] == 16 and r["choices"][0]["finish_reason"] == "length"
@@ -604,7 +606,9 @@ def test_lone_surrogates_in_any_text_field_get_a_400(lm_server, client):
     for body in (b'{"prompt": "x", "\\ud800": 1}', b'{"prompt": "x", "stream_options": {"\\ud800": 1}}'):  # in a name
         r = httpx.post(f"{server.base_url}/v1/completions", content=body, headers=headers, timeout=30)
         assert r.status_code == 400 and "field name or text holds a lone surrogate" in r.text, r.text
-    assert client.completions.create(model="lm", prompt="still", max_tokens=3).usage.completion_tokens == 3
+    # still serving: up to 3 tokens (sampled, so it may end at [EOS] sooner)
+    done = client.completions.create(model="lm", prompt="still", max_tokens=3)
+    assert done.choices[0].finish_reason in ("length", "stop") and 1 <= done.usage.completion_tokens <= 3
 
 
 @pytest.mark.slow
