@@ -18,6 +18,7 @@ def _isolated_env(tmp_path, monkeypatch):
     for key in list(os.environ):  # leftover SLURM variables would switch Lightning into SLURM mode
         if key.startswith("SLURM_"):
             monkeypatch.delenv(key)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # an earlier in-process W&B run's service, gone or not ours
 
 
 @pytest.fixture

@@ -158,8 +158,18 @@ def test_a_character_vocabulary_refuses_what_it_cannot_score(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- parity, slow
+@pytest.fixture
+def wandb_torn_down():
+    """W&B's in-process run leaves WANDB_SERVICE (its service's socket) in os.environ, which every later subprocess
+    would inherit and try to reach (the SLURM tests' jobs crashed on it): shut the service down after the test."""
+    yield
+    import wandb
+
+    wandb.teardown()
+
+
 @pytest.mark.slow
-def test_parity_the_command_gives_the_metrics_of_hf_on_the_export(models, tasks, tmp_path, capsys):
+def test_parity_the_command_gives_the_metrics_of_hf_on_the_export(models, tasks, tmp_path, capsys, wandb_torn_down):
     """``lit_llm evaluate`` on both local tasks (its table, its JSON) gives the metrics of ``--model hf`` on the
     export to 1e-4."""
     from lm_eval import simple_evaluate
