@@ -116,9 +116,11 @@ def chat(page: Page, text: str) -> str:
     """Send ``text``; the answer's text once it has streamed in (the answers get their 👍 / 👎 when done)."""
     answers = page.locator('#chatbot [data-testid="bot"]')
     before = answers.count()
+    dislikes = page.locator('#chatbot button[aria-label="Dislike"]')
+    rateable = dislikes.count()  # a rated answer's button has another label
     page.fill("#message textarea", text)
     page.press("#message textarea", "Enter")
-    expect(page.locator('#chatbot button[aria-label="Dislike"]')).to_have_count(before + 1, timeout=WAIT_MS)
+    expect(dislikes).to_have_count(rateable + 1, timeout=WAIT_MS)
     return answers.nth(before).inner_text()
 
 
@@ -267,6 +269,54 @@ def test_the_dashboard_shows_the_counts_just_caused(lm_server, page, watch):
     assert [XSS, "1"] in table(page, "#top-corrections")  # a correction holding HTML, shown as text
     shoot(page, "dashboard.png")
     watch.check()
+
+
+def test_three_corrections_on_the_page_become_pairs_that_the_preference_config_fits_on(lm_server, page, watch,
+                                                                                       tmp_path):
+    """One round of the loop through the page: three answers corrected in the browser are three preference pairs
+    (the correction chosen, the answer as served rejected), and `fit --config configs/experiment/preference.yaml`
+    trains on the store's new lines."""
+    import csv
+    import math
+
+    from lit_llm.feedback import preference_pairs
+    from tests.helpers.cli import run_cli
+    from tests.helpers.paths import REPO
+
+    server, store = lm_server
+    page = open_pages(page, watch, server)
+    before = store.path.read_bytes() if store.path.exists() else b""
+    for prompt, better in [("a gripping film", "positive"), ("a dull , tired film", "negative"),
+                           ("a warm , funny story", "positive")]:
+        page.get_by_role("button", name="New conversation").click()  # one turn each: the model's context is 64
+        expect(page.locator('#chatbot [data-testid="bot"]')).to_have_count(0, timeout=WAIT_MS)
+        chat(page, prompt)
+        page.locator('#chatbot button[aria-label="Dislike"]').last.click()
+        page.fill("#better textarea", better)
+        page.click("#send-better")
+        expect(page.locator("#better")).to_be_hidden(timeout=WAIT_MS)  # hidden once the store took it
+        status(page, "stored as feedback")
+    watch.check()
+    after = store.path.read_bytes()
+    assert after.startswith(before)
+    round_store = tmp_path / "round.jsonl"
+    round_store.write_bytes(after[len(before):])  # this round's records, as the server wrote them
+    new = list(FeedbackStore(round_store).records())
+    pairs, counts = preference_pairs(new)
+    assert counts == {"corrections": 3, "rated_pairs": 0, "unused": 0}
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        (r["request"], r["corrected_text"], answer_content(r["response"])) for r in new]
+    out = tmp_path / "dpo"
+    run_cli(["fit", "--config", "configs/experiment/preference.yaml", "--model.init_from", server.checkpoint,
+             "--data.train", str(round_store), "--data.batch_size", "3", "--trainer.max_steps", "2",
+             "--model.warmup_steps", "1", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar",
+             "false", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
+             str(out), "--trainer.default_root_dir", str(out), "--plots.enabled", "false"], REPO, tmp_path)
+    losses = [float(r["train_loss"]) for r in csv.DictReader(open(next(out.glob("**/metrics.csv"))))
+              if r.get("train_loss")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-3)  # the policy starts as its reference: -log sigmoid(0)
+    assert list(out.glob("**/checkpoints/*.ckpt"))
 
 
 # ---------------------------------------------------------------------------------------------- a classifier
