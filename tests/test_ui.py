@@ -2,7 +2,14 @@
 Playwright, against a real server in a subprocess on tiny checkpoints (a random-weight language model behind an API
 key; a classifier trained a few steps, without a key). Every page runs with the network cut off but for the
 server, and no request elsewhere may be needed; every page is watched for dialogs (a script that ran) and console
-errors. With ``LIT_LLM_SCREENSHOTS=docs/images`` the tests write the screenshots of docs/deployment.md there."""
+errors. The screenshots of docs/deployment.md and the README are written by
+
+    LIT_LLM_SCREENSHOTS=docs/images \
+    LIT_LLM_UI_CHECKPOINT=runs/experiment/feedback_round/seed0/instruct/checkpoints/last.ckpt \
+    pytest tests/test_ui.py
+
+which serves the sentiment experiment's instruction-tuned model (scripts/feedback_round.py) in place of the
+random-weight one."""
 
 import os
 import re
@@ -36,6 +43,7 @@ XSS = "<img src=x onerror=alert(1)> and <script>alert(2)</script>"
 CLASSES = ["negative", "<img src=x onerror=alert(3)>positive"]  # a label is an answer: one holds HTML
 WAIT_MS = 30_000
 SHOTS = os.environ.get("LIT_LLM_SCREENSHOTS")  # a folder: write the docs' screenshots there
+TRAINED = os.environ.get("LIT_LLM_UI_CHECKPOINT")  # a trained language model to serve instead of random weights
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +56,10 @@ def browser_type_launch_args(browser_type_launch_args):
 def lm_server(tmp_path_factory):
     """A language model's server with an API key and its pages; (server, its feedback store)."""
     tmp = tmp_path_factory.mktemp("ui_lm")
-    ckpt = write_lm_checkpoint(tmp / "lm.ckpt")
+    ckpt = Path(TRAINED).resolve() if TRAINED else write_lm_checkpoint(tmp / "lm.ckpt")
     store = tmp / "feedback.jsonl"
-    with ServerProcess(ckpt, ["--ui", "true", "--max_tokens", "8", "--feedback_store", str(store)],
+    with ServerProcess(ckpt, ["--ui", "true", "--max_tokens", "8", "--feedback_store", str(store), "--model_name",
+                              "lm"],
                        env={**cli_env(tmp), "LIT_LLM_API_KEY": KEY}, log=tmp / "server.log", cwd=tmp) as server:
         yield server, FeedbackStore(store)
 
@@ -124,6 +133,11 @@ def chat(page: Page, text: str) -> str:
     return answers.nth(before).inner_text()
 
 
+def opposite(answer: str) -> str:
+    """The better answer a user gives a sentiment answer they dislike: the other label."""
+    return "positive" if "negative" in answer else "negative"
+
+
 def status(page: Page, pattern: str, box: str = "#status") -> str:
     expect(page.locator(f"{box} textarea")).to_have_value(re.compile(pattern), timeout=WAIT_MS)
     return page.locator(f"{box} textarea").input_value()
@@ -173,14 +187,14 @@ def test_an_answer_streams_in_and_a_dislike_with_a_better_answer_is_one_whole_re
     shown = chat(page, "a gripping , funny film")
     before = records(store)
     page.locator('#chatbot button[aria-label="Dislike"]').last.click()
-    page.fill("#better textarea", "positive")
+    page.fill("#better textarea", opposite(shown))
     page.click("#send-better")
     status(page, "stored as feedback")
     new = records(store)[len(before):]
     assert len(new) == 1
     record = new[0]
     assert {k: record[k] for k in ("kind", "request", "rating", "corrected_text", "model")} == {
-        "kind": "completion", "request": "a gripping , funny film", "rating": -1, "corrected_text": "positive",
+        "kind": "completion", "request": "a gripping , funny film", "rating": -1, "corrected_text": opposite(shown),
         "model": "lm"}
     assert visible(answer_content(record["response"])) == visible(shown)  # the answer as served, not as shown
     assert len(record["conversation_id"]) == 32
@@ -286,13 +300,12 @@ def test_three_corrections_on_the_page_become_pairs_that_the_preference_config_f
     server, store = lm_server
     page = open_pages(page, watch, server)
     before = store.path.read_bytes() if store.path.exists() else b""
-    for prompt, better in [("a gripping film", "positive"), ("a dull , tired film", "negative"),
-                           ("a warm , funny story", "positive")]:
+    for prompt in ["a gripping film", "a dull , tired film", "a warm , funny story"]:
         page.get_by_role("button", name="New conversation").click()  # one turn each: the model's context is 64
         expect(page.locator('#chatbot [data-testid="bot"]')).to_have_count(0, timeout=WAIT_MS)
-        chat(page, prompt)
+        shown = chat(page, prompt)
         page.locator('#chatbot button[aria-label="Dislike"]').last.click()
-        page.fill("#better textarea", better)
+        page.fill("#better textarea", opposite(shown))
         page.click("#send-better")
         expect(page.locator("#better")).to_be_hidden(timeout=WAIT_MS)  # hidden once the store took it
         status(page, "stored as feedback")
