@@ -6,6 +6,7 @@ from lit_llm.data.cleaning import (
     Cleaner, DedupExact, DedupMinHash, Length, Lowercase, Quality, RegexReplace, RemoveControl, Stem, StopWords,
     StripHtml, Unicode, Whitespace, build_steps,
 )
+from tests.helpers.paths import SHAKESPEARE
 
 
 def test_unicode_normalization():
@@ -78,3 +79,31 @@ def test_cleaner_counts_documents_per_step_and_rejects_bad_specs():
         build_steps(["trim"])
     with pytest.raises(ValueError, match=r"cleaning\[0\] \(length\).*min_len"):
         build_steps([{"length": {"min_len": 3}}])
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_minhash_dedup_decides_as_datasketchs_lsh_index(on_disk, tmp_path):
+    """DedupMinHash keeps the bands of kept documents itself (in memory or on disk); its decisions equal those of
+    datasketch's MinHashLSH used directly (query, then insert what is kept) on near-duplicates at many distances."""
+    from datasketch import MinHash, MinHashLSH
+
+    words = SHAKESPEARE.read_text(encoding="utf-8").split()[:3000]
+    docs = [" ".join(words[i : i + 60]) for i in range(0, 2400, 60)]
+    for i in range(0, 40, 3):  # copies with 1 to 13 words changed: some within the threshold, some beyond it
+        near = docs[i].split()
+        for j in range(1 + i // 3):
+            near[(7 * j) % 60] = f"w{j}"
+        docs.append(" ".join(near))
+    step = DedupMinHash(threshold=0.5)
+    if on_disk:
+        step.keys.spill(tmp_path / "seen.sqlite", 1 / 64)
+    lsh, ours, reference = MinHashLSH(threshold=0.5, num_perm=128), [], []
+    for n, text in enumerate(docs):
+        ours.append(step(text) is None)
+        m = MinHash(num_perm=128, seed=1)
+        m.hashvalues = step.key(text)  # the signature the step computed
+        duplicate = bool(lsh.query(m))
+        if not duplicate:
+            lsh.insert(str(n), m)
+        reference.append(duplicate)
+    assert ours == reference and 3 <= sum(ours) < 14  # the nearest copies removed, the farther kept

@@ -5,12 +5,13 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
 import lit_llm.data.shards as shards
 from lit_llm.data import PretrainDataModule
-from lit_llm.data.cleaning import STEPS
+from lit_llm.data.cleaning import STEPS, SeenKeys
 from lit_llm.data.prepare import prepare, resolve_workers, shard_folder, token_folder
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, declare_special_tokens, train_tokenizer
@@ -74,6 +75,52 @@ def test_any_number_of_workers_writes_the_same_bytes(corpus, reference, tmp_path
         assert got["workers"] == workers and set(got["seconds"]) == {"read", "clean", "dedup", "tokenizer",
                                                                        "tokenize_and_write"}
         assert not shard_folder(out, SHARD_DOCS).exists()  # the shards are removed once the folder is published
+
+
+def test_deduplication_on_disk_with_a_small_memory_bound_removes_the_same_documents(corpus, reference, tmp_path,
+                                                                                     monkeypatch):
+    """data.dedup_memory_mb: the deduplication keys go to SQLite files with a 64 KiB page cache between the three
+    steps, on both paths, and the planted duplicates (across shards) are removed exactly as in memory."""
+    sizes = {}
+    real_close = SeenKeys.close
+
+    def close(self):  # the index is deleted when its step is done: note how large it grew first
+        if self.path is not None:
+            sizes[self.path.name] = self.path.stat().st_size
+        real_close(self)
+
+    monkeypatch.setattr(SeenKeys, "close", close)
+    for workers in (1, 2):
+        sizes.clear()
+        out = _prepare(corpus, tmp_path / f"w{workers}", workers=workers, dedup_memory_mb=1 / 16)
+        assert _contents(out) == reference[0]
+        assert json.loads((out / "report.json").read_text())["cleaning"] == reference[1]["cleaning"]
+        assert sorted(sizes) == ["seen3.sqlite", "seen4.sqlite", "seen6.sqlite"]  # one index per dedup step
+        assert all(size > 0 for size in sizes.values())
+        assert not list(out.rglob("*.sqlite")) and not list(tmp_path.rglob("*.sqlite"))  # scratch, removed
+
+
+def test_keys_on_disk_answer_as_the_set_does_beyond_their_cache(tmp_path):
+    """SeenKeys on disk, with a cache of 16 KiB and 10,000 keys (a file over 10 times that), gives the set's
+    answers."""
+    rng = np.random.default_rng(0)
+    keys = [rng.integers(0, 256, 16, dtype=np.uint8).tobytes() for _ in range(10_000)]
+    stream = [[k] for k in keys] + [[k] for k in keys[::7]] + [[keys[3], b"new"], [b"new2", b"new3"], [b"new3"]]
+    memory, disk = SeenKeys(), SeenKeys()
+    disk.spill(tmp_path / "seen.sqlite", 1 / 64)
+    disk.COMMIT_EVERY = 1000  # several transactions
+    answers = [(memory.seen_any(k), disk.seen_any(k)) for k in stream]
+    assert [m for m, _ in answers] == [d for _, d in answers]
+    assert sum(m for m, _ in answers) == len(keys[::7]) + 2
+    assert (tmp_path / "seen.sqlite").stat().st_size > 10 * 16 * 1024
+    disk.close()
+    assert not (tmp_path / "seen.sqlite").exists()
+
+
+@pytest.mark.parametrize("bad", [0, -1, "lots"])
+def test_a_bad_dedup_memory_bound_is_refused_before_any_work(bad, corpus, tmp_path):
+    with pytest.raises(ValueError, match="dedup_memory_mb .* must be a positive number, or null"):
+        PretrainDataModule(sources=[Source(path=str(corpus))], cache_dir=str(tmp_path), dedup_memory_mb=bad)
 
 
 def test_a_failed_shard_is_the_only_work_a_rerun_redoes(corpus, reference, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import html
 import re
 import unicodedata
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -106,6 +107,62 @@ class Length:
         return text
 
 
+class SeenKeys:
+    """What a deduplication step remembers: the keys of the documents it kept, and one test-and-remember per
+    document. In memory, a set. After ``spill(path, memory_mb)``, a table on disk (sqlite3, from the standard
+    library: a B-tree whose page cache is capped at ``memory_mb``), so that memory stays bounded by the setting
+    however large the corpus; the answers are the same (tests/test_prepare_parallel.py)."""
+
+    COMMIT_EVERY = 50_000  # documents per transaction on disk
+
+    def __init__(self) -> None:
+        self._set: set[bytes] = set()
+        self._db: Any = None
+        self._pending = 0
+        self.path: Optional[Path] = None
+
+    def spill(self, path: Path, memory_mb: float) -> None:
+        """Keep the keys in a new SQLite file at ``path`` (replacing one a killed run left) with a page cache of
+        ``memory_mb``. The file is scratch: no journal and no fsync, since a killed run starts the step over."""
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute(f"PRAGMA cache_size = -{max(1, int(memory_mb * 1024))}")  # negative: KiB
+        for pragma in ("journal_mode = OFF", "synchronous = OFF", "temp_store = FILE"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("CREATE TABLE seen (k BLOB PRIMARY KEY) WITHOUT ROWID")
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO seen VALUES (?)", ((k,) for k in self._set))
+        self._db, self._set, self.path = db, set(), path
+
+    def seen_any(self, keys: list[bytes]) -> bool:
+        """Whether any of ``keys`` was remembered; if none was, all of them are remembered now."""
+        if self._db is None:
+            if any(k in self._set for k in keys):
+                return True
+            self._set.update(keys)
+            return False
+        marks = ",".join("?" * len(keys))
+        if self._db.execute(f"SELECT 1 FROM seen WHERE k IN ({marks}) LIMIT 1", keys).fetchone() is not None:
+            return True
+        self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", ((k,) for k in keys))
+        self._pending += 1
+        if self._pending >= self.COMMIT_EVERY:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+            self._pending = 0
+        return False
+
+    def close(self) -> None:
+        """Forget the keys; an index on disk is closed and its file deleted."""
+        if self._db is not None:
+            self._db.close()
+            self.path.unlink(missing_ok=True)
+        self._db, self._set, self._pending, self.path = None, set(), 0, None
+
+
 class DedupExact:
     """Drop a document identical to one seen before (16-byte BLAKE2 digests are kept, not the texts).
 
@@ -113,7 +170,7 @@ class DedupExact:
     ``prepare``, ``data/shards.py``) and then decided in document order, as one process decides them."""
 
     def __init__(self) -> None:
-        self.digests: set[bytes] = set()
+        self.keys = SeenKeys()
 
     @staticmethod
     def key(text: str) -> np.ndarray:
@@ -122,11 +179,7 @@ class DedupExact:
 
     def seen(self, key: np.ndarray) -> bool:
         """Whether a document with this key came before; if not, it is remembered."""
-        digest = key.tobytes()
-        if digest in self.digests:
-            return True
-        self.digests.add(digest)
-        return False
+        return self.keys.seen_any([key.tobytes()])
 
     def __call__(self, text: str) -> Optional[str]:
         return None if self.seen(self.key(text)) else text
@@ -134,7 +187,10 @@ class DedupExact:
 
 class DedupMinHash:
     """Drop near-duplicates: documents whose estimated Jaccard similarity of word ``ngram`` shingles to an
-    earlier kept document is at least ``threshold`` (MinHash + LSH from datasketch; Broder 1997)."""
+    earlier kept document is at least ``threshold`` (MinHash + LSH, Broder 1997; the signatures and the choice of
+    ``b`` bands of ``r`` rows for the threshold are datasketch's). A document is a candidate duplicate when one of
+    its bands equals that band of a kept document, which is the test datasketch's ``MinHashLSH.query`` makes; the
+    kept bands are held in ``SeenKeys``, in memory or on disk."""
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> None:
         try:
@@ -142,9 +198,8 @@ class DedupMinHash:
         except ImportError as e:
             raise ImportError("dedup_minhash needs datasketch: pip install 'lit_llm[data]'") from e
         self._minhash, self.num_perm, self.ngram, self.seed = MinHash, num_perm, ngram, seed
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._probe = MinHash(num_perm=num_perm, seed=seed)
-        self._n = 0
+        self.bands = MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges  # [(start, end)] per band
+        self.keys = SeenKeys()
 
     def key(self, text: str) -> np.ndarray:
         """The document's MinHash signature over its word ``ngram`` shingles (``num_perm`` hash values)."""
@@ -155,14 +210,9 @@ class DedupMinHash:
         return m.hashvalues
 
     def seen(self, key: np.ndarray) -> bool:
-        """Whether an earlier kept document is a near-duplicate of this signature's; if not, it is indexed."""
-        m = self._probe
-        m.hashvalues = key  # the index keeps band hashes of it, not the sketch: one probe serves every query
-        if self.lsh.query(m):
-            return True
-        self.lsh.insert(str(self._n), m)
-        self._n += 1
-        return False
+        """Whether an earlier kept document shares a band with this signature; if not, its bands are kept."""
+        return self.keys.seen_any([i.to_bytes(2, "little") + key[start:end].tobytes()
+                                   for i, (start, end) in enumerate(self.bands)])
 
     def __call__(self, text: str) -> Optional[str]:
         return None if self.seen(self.key(text)) else text
@@ -275,6 +325,21 @@ class Cleaner:
                 return None
             count[1] += 1
         return text
+
+    def spill(self, folder: Path, memory_mb: Optional[float]) -> None:
+        """With ``memory_mb`` (data.dedup_memory_mb), the deduplication steps keep their keys on disk in ``folder``
+        with that much page cache between them, instead of in memory; None leaves them in memory."""
+        indexed = [(j, step) for j, (_, step) in enumerate(self.steps) if isinstance(getattr(step, "keys", None),
+                                                                                     SeenKeys)]
+        if memory_mb is not None:
+            for j, step in indexed:
+                step.keys.spill(folder / f"seen{j}.sqlite", memory_mb / len(indexed))
+
+    def close(self) -> None:
+        """Forget what the deduplication steps saw (deleting any index on disk)."""
+        for _, step in self.steps:
+            if isinstance(getattr(step, "keys", None), SeenKeys):
+                step.keys.close()
 
     def report(self) -> list[dict[str, Any]]:
         return [{"step": name, "in": n_in, "out": n_out, "removed": n_in - n_out}

@@ -170,6 +170,12 @@ def check_shard_docs(shard_docs: int) -> None:
                          f" got {shard_docs!r}")
 
 
+def check_dedup_memory(memory_mb: Optional[float]) -> None:
+    if memory_mb is not None and not (isinstance(memory_mb, (int, float)) and memory_mb > 0):
+        raise ValueError(f"data.dedup_memory_mb (MiB of page cache for the deduplication keys on disk) must be a"
+                         f" positive number, or null to keep them in memory; got {memory_mb!r}")
+
+
 def shard_folder(out_dir: Path, shard_docs: int) -> Path:
     """Where the parallel path keeps its shards while it runs, beside ``out_dir``: named by it (so by the content
     hash) and by ``shard_docs`` (which decides the shards), so a rerun of the same config finds the shards a
@@ -207,17 +213,20 @@ def prepare(
     mixing: str = MIXING[0],
     workers: int = 1,
     shard_docs: int = SHARD_DOCS,
+    dedup_memory_mb: Optional[float] = None,
 ) -> Path:
     """Build (or reuse) the token folder for this data config and return its path.
 
     ``workers`` = 1 runs in this process; N > 1 (0: every core) cleans and tokenizes shards of ``shard_docs``
     documents in N processes and resumes a killed run from the shards it finished. Neither changes a byte of
-    the output, so neither is part of the folder's name."""
+    the output, so neither is part of the folder's name. Nor is ``dedup_memory_mb``: with it the deduplication
+    steps keep what they saw on disk, in that much page cache, and decide the same."""
     tokenizer = tokenizer or TokenizerSpec()
     cleaning = list(cleaning or [])
     cleaner = Cleaner(cleaning)  # validates step names and options before any work
     n_workers = resolve_workers(workers)
     check_shard_docs(shard_docs)
+    check_dedup_memory(dedup_memory_mb)
     build_sharded = _sharded_builder() if n_workers > 1 else None  # a missing engine fails before any work
     out_dir, key = token_folder(sources, out_root, cleaning, tokenizer, val_fraction, test_fraction, seed,
                                 encoding_errors, data_dir, name, mixing)
@@ -238,10 +247,12 @@ def prepare(
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
         if build_sharded is None:
-            built = _build_in_process(docs, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress)
+            built = _build_in_process(docs, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
+                                      dedup_memory_mb)
         else:
             built = build_sharded(docs, cleaning, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
-                                  work=shard_folder(out_dir, shard_docs), workers=n_workers, shard_docs=shard_docs)
+                                  work=shard_folder(out_dir, shard_docs), workers=n_workers, shard_docs=shard_docs,
+                                  dedup_memory_mb=dedup_memory_mb)
         built.tokenizer.save(str(tmp / "tokenizer.json"))
         np.save(tmp / "doc_lengths.npy", built.doc_tokens)  # tokens per document (EOS included), in stream order
         n_tokens = int(built.doc_tokens.sum())
@@ -292,12 +303,16 @@ def _sharded_builder() -> Callable[..., Built]:
 
 
 def _build_in_process(docs: Iterator[str], cleaner: Cleaner, spec: TokenizerSpec, tmp: Path, val_fraction: float,
-                      test_fraction: float, progress: bool) -> Built:
+                      test_fraction: float, progress: bool, dedup_memory_mb: Optional[float] = None) -> Built:
     """The one-process path: clean into a JSONL file, train the tokenizer on it, tokenize it into one stream and
     cut that into the split files."""
     t0 = time.perf_counter()
     cleaned = tmp / "cleaned.jsonl"
-    stats = _clean_to_jsonl(docs, cleaner, cleaned, progress)
+    cleaner.spill(tmp / "seen", dedup_memory_mb)
+    try:
+        stats = _clean_to_jsonl(docs, cleaner, cleaned, progress)
+    finally:
+        cleaner.close()  # the keys on disk are scratch, not part of the token folder
     t_clean = time.perf_counter() - t0
     refuse_empty(stats["read"], stats["documents"], cleaner)
     tok = train_tokenizer(spec, _read_jsonl(cleaned), length=stats["documents"])

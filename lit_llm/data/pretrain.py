@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_llm.data.cleaning import build_steps
 from lit_llm.data.corpora import CORPORA, resolve_corpus
-from lit_llm.data.prepare import SHARD_DOCS, check_shard_docs, prepare, resolve_workers, token_folder, wait_for
+from lit_llm.data.prepare import (
+    SHARD_DOCS, check_dedup_memory, check_shard_docs, prepare, resolve_workers, token_folder, wait_for,
+)
 from lit_llm.data.sources import Source, resolve_files
 from lit_llm.data.tokenizer import TokenizerSpec
 from lit_llm.data.tokens import open_split
@@ -117,6 +119,9 @@ class PretrainDataModule(L.LightningDataModule):
             for any value (docs/data.md).
         shard_docs: documents per shard when ``workers`` is not 1. Shards are cut from the input, never by the
             number of workers; this only sets the unit of work and of resume.
+        dedup_memory_mb: with a number, the deduplication steps keep the keys of what they kept on disk (SQLite,
+            beside the output) with that many MiB of cache, so that memory does not grow with the corpus; null
+            keeps them in memory (faster while they fit). The same documents are removed either way.
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class PretrainDataModule(L.LightningDataModule):
         mixing: Literal["all_exhausted_without_replacement", "all_exhausted", "first_exhausted"] = "all_exhausted_without_replacement",
         workers: int = 1,
         shard_docs: int = SHARD_DOCS,
+        dedup_memory_mb: Optional[float] = None,
     ) -> None:
         super().__init__()
         if block_size < 1 or batch_size < 1:
@@ -148,6 +154,7 @@ class PretrainDataModule(L.LightningDataModule):
             )
         resolve_workers(workers)  # bad values fail here, not after the corpus is read
         check_shard_docs(shard_docs)
+        check_dedup_memory(dedup_memory_mb)
         self.save_hyperparameters()
         if not sources:
             if corpus is None:
@@ -177,7 +184,7 @@ class PretrainDataModule(L.LightningDataModule):
         """Build the token folder once (Lightning calls this on one process per node); reruns reuse it."""
         hp = self.hparams
         self._token_dir = prepare(*self._args(), progress=True, mixing=hp.mixing, workers=hp.workers,
-                                  shard_docs=hp.shard_docs)
+                                  shard_docs=hp.shard_docs, dedup_memory_mb=hp.dedup_memory_mb)
 
     @property
     def token_dir(self) -> Path:

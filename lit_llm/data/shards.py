@@ -59,7 +59,7 @@ GLOBAL_STEPS = frozenset({"dedup_exact", "dedup_minhash"})
 
 def build_sharded(docs: Iterator[str], cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, tmp: Path,
                   val_fraction: float, test_fraction: float, progress: bool, *, work: Path, workers: int,
-                  shard_docs: int) -> Built:
+                  shard_docs: int, dedup_memory_mb: Optional[float] = None) -> Built:
     """The parallel path: stages 1-5 of the module doc in ``work``, then the split files into ``tmp``. Reuses what
     a killed run with the same config and ``shard_docs`` finished there. ``cleaner`` is ``Cleaner(cleaning)``: the
     global steps run in it, and its counts become the report's."""
@@ -79,7 +79,7 @@ def build_sharded(docs: Iterator[str], cleaning: list[Any], cleaner: Cleaner, sp
     _run(CleanShard(work, cleaning, quiet), n_shards, workers, work / "logs" / "clean", quiet)
     seconds["clean"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    dedup = _decide_duplicates(work, n_shards, cleaner)
+    dedup = _decide_duplicates(work, n_shards, cleaner, dedup_memory_mb)
     seconds["dedup"] = time.perf_counter() - t0
     refuse_empty(dedup["read"], dedup["kept"], cleaner)
     t0 = time.perf_counter()
@@ -271,11 +271,13 @@ def _write_texts(path: Path, texts: list[str]) -> Path:
     return path
 
 
-def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner) -> dict[str, Any]:
+def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: Optional[float] = None
+                       ) -> dict[str, Any]:
     """Stage 3: the global steps decide, in shard order and document order, which documents are duplicates, with
     the cleaner's own step state (first occurrence wins, as in one process); ``keep/<k>.npy`` says which
-    survivors of shard k stay. Sets the cleaner's counts and returns the record ``dedup.json``: documents read and
-    kept, their bytes, the counts. A complete record of a killed run is reused."""
+    survivors of shard k stay. With ``memory_mb`` the steps keep their keys on disk (``index/``), in that much
+    cache. Sets the cleaner's counts and returns the record ``dedup.json``: documents read and kept, their bytes,
+    the counts. A complete record of a killed run is reused."""
     record = work / "dedup.json"
     if _record_problem(record) is None:
         info = _read_record(record)
@@ -287,33 +289,37 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner) -> dict[str,
     read = kept = text_bytes = 0
     (work / "keep").mkdir(parents=True, exist_ok=True)
     files = []
-    for k in range(n_shards):
-        stem = shard_name(k)
-        _verify(work / "clean" / f"{stem}.json")
-        with np.load(work / "clean" / f"{stem}.npz") as z:
-            fates, doc_bytes = z["fate"], z["bytes"]
-            keys = {j: z[f"keys{j}"] for j in duplicate}
-        final = fates.tolist()
-        if duplicate:
-            rows = dict.fromkeys(duplicate, 0)
-            for i, fate in enumerate(final):
-                for j in duplicate:  # in step order; the document reached step j, and had its key computed, if j < fate
-                    if j >= fate:
-                        break
-                    key = keys[j][rows[j]]
-                    rows[j] += 1
-                    if final[i] == fate and duplicate[j](key):
-                        final[i] = j  # removed here: it reaches no later step, but its later keys are skipped
-        final_arr = np.array(final, dtype=np.int32)
-        for j in range(n):
-            counts[j] += ((final_arr >= j).sum(), (final_arr > j).sum())
-        keep = final_arr[fates == n] == n
-        with atomic_path(work / "keep" / f"{stem}.npy") as path, open(path, "wb") as f:
-            np.save(f, keep)
-        files.append(work / "keep" / f"{stem}.npy")
-        read += len(fates)
-        kept += int(keep.sum())
-        text_bytes += int(doc_bytes[keep].sum())
+    cleaner.spill(work / "index", memory_mb)
+    try:
+        for k in range(n_shards):
+            stem = shard_name(k)
+            _verify(work / "clean" / f"{stem}.json")
+            with np.load(work / "clean" / f"{stem}.npz") as z:
+                fates, doc_bytes = z["fate"], z["bytes"]
+                keys = {j: z[f"keys{j}"] for j in duplicate}
+            final = fates.tolist()
+            if duplicate:
+                rows = dict.fromkeys(duplicate, 0)
+                for i, fate in enumerate(final):
+                    for j in duplicate:  # in step order; the document reached step j, and had its key computed, if j < fate
+                        if j >= fate:
+                            break
+                        key = keys[j][rows[j]]
+                        rows[j] += 1
+                        if final[i] == fate and duplicate[j](key):
+                            final[i] = j  # removed here: it reaches no later step, but its later keys are skipped
+            final_arr = np.array(final, dtype=np.int32)
+            for j in range(n):
+                counts[j] += ((final_arr >= j).sum(), (final_arr > j).sum())
+            keep = final_arr[fates == n] == n
+            with atomic_path(work / "keep" / f"{stem}.npy") as path, open(path, "wb") as f:
+                np.save(f, keep)
+            files.append(work / "keep" / f"{stem}.npy")
+            read += len(fates)
+            kept += int(keep.sum())
+            text_bytes += int(doc_bytes[keep].sum())
+    finally:
+        cleaner.close()  # the keys on disk are scratch
     _write_record(record, files, read=read, kept=kept, bytes=text_bytes, counts=counts.tolist())
     cleaner.counts = counts.tolist()
     return _read_record(record)
