@@ -17,28 +17,17 @@ from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, declare_special_tokens, train_tokenizer
 from lit_llm.data.tokens import read_manifest
 
-from tests.helpers.paths import SHAKESPEARE
+from tests.helpers.corpora import CLEANING, planted_duplicates
 
 SAME = ["manifest.json", "tokenizer.json", "train.bin", "test.bin", "val.bin", "doc_lengths.npy"]
 SHARD_DOCS = 30
-# per-document steps around global ones, and a global step after a per-document step after a global step
-CLEANING = ["unicode", "whitespace", {"length": {"min_chars": 5}}, "dedup_exact", "dedup_minhash", "lowercase",
-            "dedup_exact"]
 TOKENIZER = TokenizerSpec(kind="bpe", vocab_size=300)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """small_corpus's text (module-scoped, so the reference below is prepared once) as paragraph documents, then,
-    in later shards than their originals: exact copies, a near copy (one word changed), upper-cased copies (equal
-    to their originals only after lowercase), a blank document and one too short to keep."""
-    paras = [p for p in SHAKESPEARE.read_text(encoding="utf-8")[:20_000].split("\n\n") if p.strip()]
-    near = next(p for p in paras if len(p.split()) >= 60).split(" ")
-    near[len(near) // 2] = "Verily"
-    docs = paras + paras[:5] + [" ".join(near)] + [p.upper() for p in paras[5:10]] + ["   ", "Hi"]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
-    return path
+    """The corpus with planted duplicates (module-scoped, so the reference below is prepared once)."""
+    return planted_duplicates(tmp_path_factory.mktemp("corpus") / "corpus.jsonl")
 
 
 def _prepare(corpus, root, tokenizer=TOKENIZER, **kw):
@@ -121,6 +110,31 @@ def test_keys_on_disk_answer_as_the_set_does_beyond_their_cache(tmp_path):
 def test_a_bad_dedup_memory_bound_is_refused_before_any_work(bad, corpus, tmp_path):
     with pytest.raises(ValueError, match="dedup_memory_mb .* must be a positive number, or null"):
         PretrainDataModule(sources=[Source(path=str(corpus))], cache_dir=str(tmp_path), dedup_memory_mb=bad)
+
+
+def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference, tmp_path):
+    """The stages as separate SLURM jobs would run them: read; clean as 3 array tasks (out of order); dedup with
+    the tokenizer; tokenize as 2 tasks; merge (one process). The token folder is the one-process path's."""
+    root = tmp_path / "staged"
+    with pytest.raises(ValueError, match="the read stage .* has not finished"):
+        _prepare(corpus, root, stage="clean")
+    work = _prepare(corpus, root, stage="read")
+    assert work == _work(corpus, root) and (work / "spool.json").is_file()
+    n_shards = json.loads((work / "spool.json").read_text())["shards"]
+    for task in (2, 0, 1):
+        _prepare(corpus, root, stage="clean", task=task, tasks=3)
+        done = {int(p.stem) for p in (work / "clean").glob("*.json")}
+        assert set(shards.part(n_shards, task, 3)) <= done
+    assert done == set(range(n_shards))
+    _prepare(corpus, root, stage="dedup")
+    assert (work / "dedup.json").is_file() and (work / "tokenizer.json").is_file()
+    for task in (1, 0):
+        _prepare(corpus, root, stage="tokenize", task=task, tasks=2)
+    assert len(list((work / "tokens").glob("*.json"))) == n_shards
+    out = _prepare(corpus, root, stage="merge")
+    assert _contents(out) == reference[0] and not work.exists()
+    with pytest.raises(ValueError, match="need 0 <= task < tasks"):
+        shards.part(4, 2, 2)
 
 
 def test_a_failed_shard_is_the_only_work_a_rerun_redoes(corpus, reference, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ boundary, requeue, resume -> the same final weights as the uninterrupted run (a)
 Faults around pre-emption: (d) a killed pre-emption save left its temporaries beside a real hpc checkpoint,
 (e) a requeue that the callback did not start (no USR1, no hpc checkpoint), (f) one rank SIGKILLed mid-run
 and the job resubmitted: each resumes from the newest complete checkpoint and ends as the uninterrupted run.
+(g) the parallel prepare as a chain of jobs with two arrays, one task killed once.
 """
 
 import os
@@ -323,6 +324,53 @@ def test_f_a_rank_killed_mid_run_then_resubmitted_resumes(cluster, tmp_path, uni
     assert _same_weights_as(uninterrupted, out)
 
 
+def test_g_a_prepare_as_array_jobs_writes_the_one_process_bytes_and_retries_a_failed_task_alone(cluster, tmp_path):
+    """``submit --job prepare``: read, clean (an array of 2 tasks, one per fake node), dedup, tokenize (2 tasks),
+    merge, chained by afterok. Task 1's first clean attempt is killed (the interpreter the jobs start is a wrapper
+    that does it once); that task alone runs again, and the token folder is the one-process prepare's, byte for
+    byte. (benchmarks/prepare_slurm.py runs 4 tasks.)"""
+    import yaml
+
+    from lit_llm.data.prepare import prepare
+    from lit_llm.data.sources import Source
+    from lit_llm.data.tokenizer import TokenizerSpec
+    from tests.helpers.corpora import CLEANING, planted_duplicates
+
+    corpus = planted_duplicates(tmp_path / "corpus.jsonl")
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"data": {
+        "sources": [{"path": str(corpus)}], "cleaning": CLEANING, "tokenizer": {"kind": "bpe", "vocab_size": 300},
+        "val_fraction": 0.1, "test_fraction": 0.05, "shard_docs": 30}}))
+    reference = prepare([Source(path=str(corpus))], tmp_path / "one", CLEANING, TokenizerSpec(kind="bpe", vocab_size=300),
+                        val_fraction=0.1, test_fraction=0.05, progress=False)  # one process, as the data module calls it
+    marker = tmp_path / "killed_once"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"""#!/bin/bash
+if [[ " $* " == *" --stage clean "* && "${{SLURM_ARRAY_TASK_ID:-}}" == 1 && ! -e {marker} ]]; then
+  touch {marker}; kill -9 $$
+fi
+exec {sys.executable} "$@"
+""")
+    wrapper.chmod(0o755)
+    logs = tmp_path / "logs"
+    proc = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--job", "prepare", "--config", str(config),
+                           "--data.cache_dir", str(tmp_path / "array"), "--array_tasks", "2", "--cpus_per_task", "1",
+                           "--time", "00:05:00", "--job_name", "prep", "--output_dir", str(logs), "--python",
+                           str(wrapper), "--wait", "true"], cwd=REPO, env=cluster, capture_output=True, text=True,
+                          timeout=600)
+    every_log = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(logs.glob("*.out")))
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{every_log}"
+    assert re.findall(r"submitted job \d+ \((\w+)", proc.stdout) == ["read", "clean", "dedup", "tokenize", "merge"]
+    (out,) = [p.parent for p in (tmp_path / "array").glob("*/manifest.json")]
+    for name in ("manifest.json", "tokenizer.json", "train.bin", "test.bin", "val.bin", "doc_lengths.npy"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not list((tmp_path / "array").glob("*.shards*"))  # the work folder is gone once published
+    clean_logs = {int(p.stem.rsplit("_", 1)[1]): p.read_text() for p in logs.glob("prep-clean-*_*.out")}
+    assert sorted(clean_logs) == [0, 1] and marker.exists()
+    assert [i for i, text in clean_logs.items() if "attempt 1 of 3 failed" in text] == [1]
+    assert "stage clean (part 2 of 2) done" in clean_logs[1] and "attempt 2 of 3 failed" not in clean_logs[1]
+
+
 def test_rendered_examples_are_current():
     sys.path.insert(0, str(REPO / "slurm"))
     from render_examples import EXAMPLES
@@ -349,3 +397,28 @@ def test_submit_dry_run_and_bad_input(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--config", "missing.yaml", "--dry_run", "true"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "missing.yaml" in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_submit_prepare_dry_run_and_a_stage_out_of_order(tmp_path):
+    """The prepare chain's scripts (arrays for clean and tokenize, each job retrying in place), and a stage run
+    before the one it needs is one error line naming the stage to run first."""
+    env = cli_env(tmp_path)
+    cfg = str(REPO / "configs" / "data" / "tinyshakespeare.yaml")
+    proc = subprocess.run([sys.executable, "-m", "lit_llm", "submit", "--job", "prepare", "--config", cfg,
+                           "--array_tasks", "8", "--cpus_per_task", "16", "--retries", "1", "--dry_run", "true"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    scripts = dict(re.findall(r"# ---- (\w+)\.sbatch\n(.*?)(?=# ---- |\Z)", proc.stdout, re.S))
+    assert list(scripts) == ["read", "clean", "dedup", "tokenize", "merge"]
+    for stage, text in scripts.items():
+        array = stage in ("clean", "tokenize")
+        assert ("#SBATCH --array=0-7" in text) == array and "#SBATCH --cpus-per-task=16" in text
+        assert f"--data.workers 16 --stage {stage}" in text and "for attempt in $(seq 1 2)" in text
+        assert ('--task "$SLURM_ARRAY_TASK_ID" --tasks 8' in text) == array
+    assert not (tmp_path / "slurm_logs").exists()
+    out = subprocess.run([sys.executable, "-m", "lit_llm", "prepare", "--config", cfg, "--data.cache_dir",
+                          str(tmp_path / "cache"), "--stage", "clean", "--task", "0", "--tasks", "2"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in out.stderr
+    assert "the read stage (prepare --stage read) has not finished" in lines[-1]

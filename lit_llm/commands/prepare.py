@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from lit_llm.errors import UsageError
 
 
-def prepare(fit_args: Optional[list[str]] = None) -> Path:
+Stage = Literal["all", "read", "clean", "dedup", "tokenize", "merge"]
+
+
+def prepare(fit_args: Optional[list[str]] = None, stage: Stage = "all", task: Optional[int] = None,
+            tasks: Optional[int] = None) -> Path:
     """Run only the data preparation stage (sources, cleaning, tokenizer, token files, report) of a config.
 
     The config is resolved as fit resolves it (--config FILE repeatable, overrides such as
@@ -17,6 +22,12 @@ def prepare(fit_args: Optional[list[str]] = None) -> Path:
 
     Args:
         fit_args: fit's arguments: ``--config FILE`` ... (a full fit config or a configs/data/ fragment) and overrides.
+        stage: ``all`` prepares the whole of it. The others run one stage of the parallel path in its work folder,
+            as the jobs that ``submit --job prepare`` chains do: ``read`` (the documents into shards), ``clean``
+            (this task's part of the shards, in data.workers processes), ``dedup`` (global deduplication and the
+            tokenizer), ``tokenize`` (this task's part), ``merge`` (the token folder, from the finished stages).
+        task: this task's part of the shards for ``clean`` and ``tokenize`` (default $SLURM_ARRAY_TASK_ID, else 0).
+        tasks: the number of parts (default $SLURM_ARRAY_TASK_COUNT, else 1).
     """
     from jsonargparse import ArgumentParser
 
@@ -33,7 +44,16 @@ def prepare(fit_args: Optional[list[str]] = None) -> Path:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "data")
     dm = parser.instantiate_classes(parser.parse_object({"data": data.get("init_args") or {}})).data
-    dm.prepare_data()
+    if stage not in ("all", "merge"):
+        task = int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)) if task is None else task
+        tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)) if tasks is None else tasks
+        if not 0 <= task < tasks:
+            raise UsageError(f"--task {task} --tasks {tasks}: need 0 <= task < tasks")
+        work = dm.prepare_stage(stage, task, tasks)
+        part = f" (part {task + 1} of {tasks})" if stage in ("clean", "tokenize") else ""
+        print(f"stage {stage}{part} done in {work}")
+        return work
+    dm.prepare_stage(None if stage == "all" else "merge")
     r = dm.report
     print(f"token folder: {dm.token_dir}")
     print(f"documents: {r['documents_read']:,} read, {r['documents_kept']:,} kept; duplicates removed: {r['duplicates_removed']:,}")

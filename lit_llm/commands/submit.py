@@ -15,7 +15,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
@@ -103,15 +103,91 @@ def render_script(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, t
     return "\n".join(lines) + "\n"
 
 
+PREPARE_JOBS = ("read", "clean", "dedup", "tokenize", "merge")  # in order, each after the one before succeeded
+ARRAY_JOBS = ("clean", "tokenize")  # one array task per part of the shards
+
+
+def render_prepare_scripts(prepare_args: list[str], array_tasks: int = 4, cpus_per_task: int = 8,
+                           time: str = "01:00:00", partition: Optional[str] = None, account: Optional[str] = None,
+                           job_name: str = "lit_llm", output_dir: str = "slurm_logs", python: str = "python",
+                           retries: int = 2) -> list[tuple[str, str]]:
+    """The sbatch scripts of a parallel ``prepare``, ``[(stage, text)]`` in the order they run: ``read`` the
+    documents into shards; ``clean`` them as an array of ``array_tasks`` tasks, each a contiguous part of the
+    shards in ``cpus_per_task`` processes; ``dedup`` (global deduplication and the tokenizer); ``tokenize`` as an
+    array; ``merge`` the token folder, manifest and report. Every job runs ``prepare --stage`` on the same
+    arguments, so they share one work folder; a job that fails is run again up to ``retries`` times in place,
+    and only what it left unfinished is redone (a task's finished shards are kept, the other tasks are not
+    touched)."""
+    if array_tasks < 1 or cpus_per_task < 1 or retries < 0:
+        raise UsageError("array_tasks and cpus_per_task must be >= 1 and retries >= 0")
+    check_safe(job_name=job_name, time=time, partition=partition or None, account=account or None,
+               output_dir=output_dir)
+    scripts = []
+    for stage in PREPARE_JOBS:
+        array = stage in ARRAY_JOBS
+        lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}-{stage}", "#SBATCH --nodes=1", "#SBATCH --ntasks=1",
+                 f"#SBATCH --cpus-per-task={cpus_per_task}", f"#SBATCH --time={time}"]
+        lines += [f"#SBATCH --partition={partition}"] if partition else []
+        lines += [f"#SBATCH --account={account}"] if account else []
+        lines += [f"#SBATCH --array=0-{array_tasks - 1}"] if array else []
+        lines += [f"#SBATCH --output={output_dir}/%x-{'%A_%a' if array else '%j'}.out", "",
+                  "set -uo pipefail", "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"]
+        cmd = [python, "-m", "lit_llm", "prepare", *prepare_args, "--data.workers", str(cpus_per_task),
+               "--stage", stage]
+        task = ' --task "$SLURM_ARRAY_TASK_ID" --tasks ' + str(array_tasks) if array else ""
+        lines += [
+            f"for attempt in $(seq 1 {retries + 1}); do",
+            "  " + " ".join(shlex.quote(c) for c in cmd) + task + " && exit 0",
+            f'  echo "{stage}{" task $SLURM_ARRAY_TASK_ID" if array else ""}: attempt $attempt of {retries + 1}'
+            ' failed; what it finished is kept" >&2',
+            "done",
+            "exit 1",
+        ]
+        scripts.append((stage, "\n".join(lines) + "\n"))
+    return scripts
+
+
+def submit_prepare(scripts: list[tuple[str, str]], output_dir: str, job_name: str, wait: bool) -> str:
+    """Write the scripts and sbatch them in order, each job depending on the one before (``afterok``; a job whose
+    dependency failed is cancelled, not left pending). Returns the merge job's id."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    job = None
+    for i, (stage, text) in enumerate(scripts):
+        path = write_text_atomic(Path(output_dir) / f"{job_name}-{stage}.sbatch", text)
+        last = i == len(scripts) - 1
+        cmd = ["sbatch", "--parsable", *([f"--dependency=afterok:{job}", "--kill-on-invalid-dep=yes"] if job else []),
+               *(["--wait"] if wait and last else []), str(path)]
+        job, code, err = _sbatch(cmd)
+        if code != 0 and not (wait and last and job):
+            raise RuntimeError(f"sbatch of the {stage} job failed ({code}): {err}")
+        print(f"submitted job {job} ({stage}{', an array' if stage in ARRAY_JOBS else ''}): {path}")
+        if wait and last and code != 0:
+            raise RuntimeError(f"the prepare jobs failed (the merge job {job} did not succeed: sbatch --wait exited"
+                               f" {code}); see the logs in {output_dir}")
+    return job
+
+
+def _sbatch(cmd: list[str]) -> tuple[str, int, str]:
+    """Run sbatch; (job id, exit code, stderr)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UsageError("sbatch was not found: submit runs on a SLURM login node (or see slurm/local_cluster.sh);"
+                         " --dry_run true prints the script") from None
+    return out.stdout.strip().split(";")[0], out.returncode, out.stderr.strip()
+
+
 def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_per_node: int = 1,
            cpus_per_task: int = 8, time: str = "01:00:00", partition: Optional[str] = None,
            account: Optional[str] = None, job_name: str = "lit_llm", output_dir: str = "slurm_logs",
            signal_seconds: int = 90, master_addr: Optional[str] = None, python: str = "python",
-           script: Optional[str] = None, dry_run: bool = False, wait: bool = False) -> Optional[str]:
+           script: Optional[str] = None, dry_run: bool = False, wait: bool = False, job: Literal["fit", "prepare"] = "fit",
+           array_tasks: int = 4, retries: int = 2) -> Optional[str]:
     """Write the SLURM job script that runs ``fit`` on a config, and submit it with sbatch.
 
     The fit arguments are checked here with fit's parser (config files, keys, values) before anything is
-    written or submitted, and the job runs ``fit`` with exactly them.
+    written or submitted, and the job runs ``fit`` with exactly them. With ``--job prepare`` it submits the
+    config's parallel data stage instead: five jobs in a chain, two of them arrays (docs/data.md#slurm).
 
     Args:
         fit_args: fit's arguments: ``--config FILE`` (repeatable, composed in order) and overrides such as
@@ -131,8 +207,21 @@ def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_pe
         script: where to write the job script (default ``<output_dir>/<job_name>.sbatch``).
         dry_run: print the script and submit nothing.
         wait: wait for the job to end (``sbatch --wait``).
+        job: ``fit`` (one job), or ``prepare``: read, clean (an array), dedup, tokenize (an array), merge, each job
+            on one node with ``cpus_per_task`` cores (``nodes``, ``gpus_per_node`` and the signal do not apply).
+        array_tasks: tasks of the prepare arrays, each a contiguous part of the shards.
+        retries: times a failed prepare job (or array task) runs again in place, redoing only what it left.
     """
     from lit_llm.lightning_cli import resolve_config
+
+    if job == "prepare":
+        resolve_config(prepare_args := list(fit_args))  # a config that does not parse fails before any job
+        scripts = render_prepare_scripts(prepare_args, array_tasks, cpus_per_task, time, partition, account,
+                                         job_name, output_dir, python, retries)
+        if dry_run:
+            print("".join(f"# ---- {stage}.sbatch\n{text}" for stage, text in scripts), end="")
+            return None
+        return submit_prepare(scripts, output_dir, job_name, wait)
 
     text = render_script(fit_args, nodes, gpus_per_node, tasks_per_node, cpus_per_task, time, partition, account,
                          job_name, output_dir, signal_seconds, master_addr, python)
@@ -143,16 +232,10 @@ def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_pe
         return None
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     path = write_text_atomic(script or Path(output_dir) / f"{job_name}.sbatch", text)
-    cmd = ["sbatch", "--parsable"] + (["--wait"] if wait else []) + [str(path)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise UsageError("sbatch was not found: submit runs on a SLURM login node (or see slurm/local_cluster.sh);"
-                         " --dry_run true prints the script") from None
-    job = out.stdout.strip().split(";")[0]
-    if out.returncode != 0 and not (wait and job):
-        raise RuntimeError(f"sbatch failed ({out.returncode}): {out.stderr.strip()}")
-    print(f"submitted job {job}: {path}; log {output_dir}/{job_name}-{job}.out")
-    if wait and out.returncode != 0:
-        raise RuntimeError(f"job {job} failed (sbatch --wait exited {out.returncode}); see its log")
-    return job
+    job_id, code, err = _sbatch(["sbatch", "--parsable"] + (["--wait"] if wait else []) + [str(path)])
+    if code != 0 and not (wait and job_id):
+        raise RuntimeError(f"sbatch failed ({code}): {err}")
+    print(f"submitted job {job_id}: {path}; log {output_dir}/{job_name}-{job_id}.out")
+    if wait and code != 0:
+        raise RuntimeError(f"job {job_id} failed (sbatch --wait exited {code}); see its log")
+    return job_id

@@ -170,6 +170,9 @@ def check_shard_docs(shard_docs: int) -> None:
                          f" got {shard_docs!r}")
 
 
+STAGES = ("read", "clean", "dedup", "tokenize")  # the parallel path's stages that run alone (lit_llm.data.shards)
+
+
 def check_dedup_memory(memory_mb: Optional[float]) -> None:
     if memory_mb is not None and not (isinstance(memory_mb, (int, float)) and memory_mb > 0):
         raise ValueError(f"data.dedup_memory_mb (MiB of page cache for the deduplication keys on disk) must be a"
@@ -214,36 +217,45 @@ def prepare(
     workers: int = 1,
     shard_docs: int = SHARD_DOCS,
     dedup_memory_mb: Optional[float] = None,
+    stage: Optional[str] = None,
+    task: int = 0,
+    tasks: int = 1,
 ) -> Path:
     """Build (or reuse) the token folder for this data config and return its path.
 
     ``workers`` = 1 runs in this process; N > 1 (0: every core) cleans and tokenizes shards of ``shard_docs``
     documents in N processes and resumes a killed run from the shards it finished. Neither changes a byte of
     the output, so neither is part of the folder's name. Nor is ``dedup_memory_mb``: with it the deduplication
-    steps keep what they saw on disk, in that much page cache, and decide the same."""
+    steps keep what they saw on disk, in that much page cache, and decide the same.
+
+    ``stage`` runs one stage of the parallel path alone and returns its work folder: ``read``, ``dedup`` (with the
+    tokenizer), or ``clean`` / ``tokenize`` for shards part ``task`` of ``tasks`` (a SLURM array task's share).
+    ``merge`` runs the parallel path to the end, finding done what the stages did, whatever ``workers`` is."""
     tokenizer = tokenizer or TokenizerSpec()
     cleaning = list(cleaning or [])
     cleaner = Cleaner(cleaning)  # validates step names and options before any work
     n_workers = resolve_workers(workers)
     check_shard_docs(shard_docs)
     check_dedup_memory(dedup_memory_mb)
-    build_sharded = _sharded_builder() if n_workers > 1 else None  # a missing engine fails before any work
+    if stage not in (None, "merge", *STAGES):
+        raise ValueError(f"stage {stage!r}: one of {', '.join(STAGES)}, merge (or none: the whole prepare)")
+    sharded = n_workers > 1 or stage is not None
+    build_sharded = _sharded_builder() if sharded else None  # a missing engine fails before any work
     out_dir, key = token_folder(sources, out_root, cleaning, tokenizer, val_fraction, test_fraction, seed,
                                 encoding_errors, data_dir, name, mixing)
     if read_manifest(out_dir) is not None:
         return out_dir
+    if stage in STAGES:
+        return _run_stage(stage, sources, data_dir, seed, encoding_errors, mixing, cleaning, cleaner, tokenizer,
+                          progress, shard_folder(out_dir, shard_docs), n_workers, shard_docs, dedup_memory_mb, task,
+                          tasks)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(out_dir.parent)
     failed = _failure_marker(out_dir)
     failed.unlink(missing_ok=True)  # an earlier attempt's failure; this one may succeed
     tmp = None
     try:
-        for s in sources:  # text-based files (not parquet, which is binary) are checked before any work
-            if s.path is not None:
-                files = resolve_files(s, data_dir)
-                if source_format(s, files) != "parquet":
-                    for f in files:
-                        check_utf8(f, encoding_errors)
+        check_text_sources(sources, data_dir, encoding_errors)
         tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
         docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
         if build_sharded is None:
@@ -290,6 +302,36 @@ def prepare(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def check_text_sources(sources: list[Source], data_dir: Optional[str], encoding_errors: str) -> None:
+    """Check the text-based files (not parquet, which is binary) of the sources before any work."""
+    for s in sources:
+        if s.path is not None:
+            files = resolve_files(s, data_dir)
+            if source_format(s, files) != "parquet":
+                for f in files:
+                    check_utf8(f, encoding_errors)
+
+
+def _run_stage(stage: str, sources: list[Source], data_dir: Optional[str], seed: int, encoding_errors: str,
+               mixing: str, cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, progress: bool, work: Path,
+               workers: int, shard_docs: int, dedup_memory_mb: Optional[float], task: int, tasks: int) -> Path:
+    """One stage of the parallel path, alone, in ``work`` (``prepare``'s ``stage``); returns ``work``."""
+    from lit_llm.data.shards import ShardedPrepare
+
+    stages = ShardedPrepare(cleaning, cleaner, spec, progress, work=work, workers=workers, shard_docs=shard_docs,
+                            dedup_memory_mb=dedup_memory_mb)
+    if stage == "read":
+        check_text_sources(sources, data_dir, encoding_errors)
+        stages.read(iter_documents(sources, data_dir, seed, encoding_errors, mixing))
+    elif stage == "clean":
+        stages.clean(task, tasks)
+    elif stage == "dedup":
+        stages.tokenizer()  # deduplication first, then the tokenizer on what it kept
+    else:
+        stages.tokenize(task, tasks)
+    return work
 
 
 def _sharded_builder() -> Callable[..., Built]:

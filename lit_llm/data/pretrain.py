@@ -182,9 +182,18 @@ class PretrainDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the token folder once (Lightning calls this on one process per node); reruns reuse it."""
+        self.prepare_stage()
+
+    def prepare_stage(self, stage: Optional[str] = None, task: int = 0, tasks: int = 1) -> Path:
+        """``prepare`` of this data config: the whole of it, or its ``merge``, returning the token folder; or one
+        stage of its parallel path, returning the work folder (``lit_llm.data.prepare.prepare``'s ``stage``,
+        ``task`` and ``tasks``)."""
         hp = self.hparams
-        self._token_dir = prepare(*self._args(), progress=True, mixing=hp.mixing, workers=hp.workers,
-                                  shard_docs=hp.shard_docs, dedup_memory_mb=hp.dedup_memory_mb)
+        out = prepare(*self._args(), progress=True, mixing=hp.mixing, workers=hp.workers, shard_docs=hp.shard_docs,
+                      dedup_memory_mb=hp.dedup_memory_mb, stage=stage, task=task, tasks=tasks)
+        if stage in (None, "merge"):
+            self._token_dir = out
+        return out
 
     @property
     def token_dir(self) -> Path:

@@ -57,44 +57,99 @@ PER_DOCUMENT_STEPS = frozenset({"unicode", "strip_html", "remove_control", "whit
 GLOBAL_STEPS = frozenset({"dedup_exact", "dedup_minhash"})
 
 
+class ShardedPrepare:
+    """The stages of the parallel path over one work folder. Each stage skips what an earlier run finished, so a
+    stage can run alone (a SLURM job, or one task of an array over the shards) and ``build_sharded`` afterwards
+    finds everything done but the merge. ``cleaner`` is ``Cleaner(cleaning)``: the global steps run in it, and
+    its counts become the report's."""
+
+    def __init__(self, cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, progress: bool, *, work: Path,
+                 workers: int, shard_docs: int, dedup_memory_mb: Optional[float] = None) -> None:
+        unknown = [name for name, _ in cleaner.steps if name not in PER_DOCUMENT_STEPS | GLOBAL_STEPS]
+        if unknown:
+            raise ValueError(f"The parallel prepare does not know whether the cleaning steps {unknown} are"
+                             f" per-document or global; set data.workers: 1, or add them to PER_DOCUMENT_STEPS or"
+                             f" GLOBAL_STEPS in {__name__}")
+        self.cleaning, self.cleaner, self.spec, self.progress = cleaning, cleaner, spec, progress
+        self.work, self.workers, self.shard_docs, self.dedup_memory_mb = work, workers, shard_docs, dedup_memory_mb
+
+    def read(self, docs: Iterator[str]) -> int:
+        """Stage 1 (this process); the number of shards."""
+        n_shards = _spool(docs, self.work, self.shard_docs, self.progress)["shards"]
+        if n_shards == 0:
+            refuse_empty(0, 0, self.cleaner)
+        return n_shards
+
+    def shards(self) -> int:
+        """The number of shards the read stage wrote."""
+        record = self.work / "spool.json"
+        if not record.is_file():
+            raise ValueError(f"{record} is missing: the read stage (prepare --stage read) has not finished for this"
+                             " config and shard_docs; run it first")
+        return _read_record(record)["shards"]
+
+    def clean(self, task: int = 0, tasks: int = 1) -> None:
+        """Stage 2 for this task's part of the shards (all of them by default), in ``workers`` processes."""
+        _run(CleanShard(self.work, self.cleaning, not self.progress), self.shards(), self.workers,
+             self.work / "logs" / "clean", not self.progress, part(self.shards(), task, tasks))
+
+    def dedup(self) -> dict[str, Any]:
+        """Stage 3 (this process): the record of what deduplication kept (read back once written)."""
+        dedup = _decide_duplicates(self.work, self.shards(), self.cleaner, self.dedup_memory_mb)
+        refuse_empty(dedup["read"], dedup["kept"], self.cleaner)
+        return dedup
+
+    def tokenizer(self) -> Tokenizer:
+        """Stage 4 (this process): the tokenizer, trained on the kept texts (loaded again once saved, or from
+        ``tokenizer.path`` where the config names one, whose declared end of text decides the EOS)."""
+        return _tokenizer(self.work, self.spec, self.shards(), self.dedup()["kept"])
+
+    def tokenize(self, task: int = 0, tasks: int = 1, tok: Optional[Tokenizer] = None) -> None:
+        """Stage 5 for this task's part of the shards, with ``tok`` (default: stage 4's, read back)."""
+        tok = tok or self.tokenizer()
+        ranks = part(self.shards(), task, tasks)
+        threads = max(1, resolve_workers(0) // max(1, min(self.workers, len(ranks))))  # the cores, shared
+        dtype = token_dtype(tok.get_vocab_size())
+        _run(TokenizeShard(self.work, tokenizer_hash(tok), end_of_document(tok, self.spec), dtype.name,
+                           self.spec.kind == "char", threads, not self.progress), self.shards(), self.workers,
+             self.work / "logs" / "tokenize", not self.progress, ranks)
+
+
+def part(n_shards: int, task: int, tasks: int) -> range:
+    """The shards of array task ``task`` of ``tasks``: a contiguous range, the ranges together covering all once."""
+    if not 0 <= task < tasks:
+        raise ValueError(f"task {task} of {tasks}: need 0 <= task < tasks")
+    return range(task * n_shards // tasks, (task + 1) * n_shards // tasks)
+
+
 def build_sharded(docs: Iterator[str], cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, tmp: Path,
                   val_fraction: float, test_fraction: float, progress: bool, *, work: Path, workers: int,
                   shard_docs: int, dedup_memory_mb: Optional[float] = None) -> Built:
     """The parallel path: stages 1-5 of the module doc in ``work``, then the split files into ``tmp``. Reuses what
-    a killed run with the same config and ``shard_docs`` finished there. ``cleaner`` is ``Cleaner(cleaning)``: the
-    global steps run in it, and its counts become the report's."""
-    unknown = [name for name, _ in cleaner.steps if name not in PER_DOCUMENT_STEPS | GLOBAL_STEPS]
-    if unknown:
-        raise ValueError(f"The parallel prepare does not know whether the cleaning steps {unknown} are per-document"
-                         f" or global; set data.workers: 1, or add them to PER_DOCUMENT_STEPS or GLOBAL_STEPS in"
-                         f" {__name__}")
-    quiet = not progress
+    a killed run, or the stages run apart as SLURM jobs, finished there with the same config and ``shard_docs``."""
+    stages = ShardedPrepare(cleaning, cleaner, spec, progress, work=work, workers=workers, shard_docs=shard_docs,
+                            dedup_memory_mb=dedup_memory_mb)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    n_shards = _spool(docs, work, shard_docs, progress)["shards"]
+    stages.read(docs)
     seconds["read"] = time.perf_counter() - t0
-    if n_shards == 0:
-        refuse_empty(0, 0, cleaner)
     t0 = time.perf_counter()
-    _run(CleanShard(work, cleaning, quiet), n_shards, workers, work / "logs" / "clean", quiet)
+    stages.clean()
     seconds["clean"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    dedup = _decide_duplicates(work, n_shards, cleaner, dedup_memory_mb)
+    dedup = stages.dedup()
     seconds["dedup"] = time.perf_counter() - t0
-    refuse_empty(dedup["read"], dedup["kept"], cleaner)
     t0 = time.perf_counter()
-    tok = _tokenizer(work, spec, n_shards, dedup["kept"])
+    tok = stages.tokenizer()
     seconds["tokenizer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    eos = end_of_document(tok, spec)
+    stages.tokenize(tok=tok)
+    parts, doc_tokens = _token_shards(work, stages.shards())
     dtype = token_dtype(tok.get_vocab_size())
-    threads = max(1, resolve_workers(0) // min(workers, n_shards))  # the cores, shared by the workers
-    _run(TokenizeShard(work, tokenizer_hash(tok), eos, dtype.name, spec.kind == "char", threads, quiet), n_shards,
-         workers, work / "logs" / "tokenize", quiet)
-    parts, doc_tokens = _token_shards(work, n_shards)
     counts = _split(parts, tmp, dtype, val_fraction, test_fraction)
     seconds["tokenize_and_write"] = time.perf_counter() - t0
-    return Built(tok, eos, dedup["read"], dedup["kept"], dedup["bytes"], doc_tokens, counts, seconds)
+    return Built(tok, end_of_document(tok, spec), dedup["read"], dedup["kept"], dedup["bytes"], doc_tokens, counts,
+                 seconds)
 
 
 def shard_name(k: int) -> str:
@@ -187,16 +242,20 @@ class TokenizeShard(_ShardTask):
         self.stat_update("tokens", value=int(lengths.sum()), unit="shard")
 
 
-def _run(task: _ShardTask, tasks: int, workers: int, logs: Path, quiet: bool) -> None:
-    """Run ``task`` for shards 0 .. tasks-1 in ``workers`` processes (datatrove's local executor, forkserver).
-    Every task checks its own record, so datatrove's completion markers are not consulted (skip_completed off)."""
+def _run(task: _ShardTask, tasks: int, workers: int, logs: Path, quiet: bool, ranks: Optional[range] = None) -> None:
+    """Run ``task`` for the shards ``ranks`` (default all ``tasks``) in ``workers`` processes (datatrove's local
+    executor, forkserver; its local_rank_offset and local_tasks select the range, as on one node of many). Every
+    task checks its own record, so datatrove's completion markers are not consulted (skip_completed off)."""
     from datatrove.executor import LocalPipelineExecutor
 
+    ranks = range(tasks) if ranks is None else ranks
+    if not ranks:
+        return
     if quiet:
         logger.disable("datatrove")
     try:
-        LocalPipelineExecutor([task], tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs),
-                              skip_completed=False).run()
+        LocalPipelineExecutor([task], tasks=tasks, workers=min(workers, len(ranks)), logging_dir=str(logs),
+                              skip_completed=False, local_tasks=len(ranks), local_rank_offset=ranks.start).run()
     finally:
         if quiet:
             logger.enable("datatrove")
