@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -49,13 +50,16 @@ def prepare(fit_args: Optional[list[str]] = None, stage: Stage = "all", task: Op
         tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)) if tasks is None else tasks
         if not 0 <= task < tasks:
             raise UsageError(f"--task {task} --tasks {tasks}: need 0 <= task < tasks")
+        t0 = time.perf_counter()
         work = dm.prepare_stage(stage, task, tasks)
         part = f" (part {task + 1} of {tasks})" if stage in ("clean", "tokenize") else ""
-        print(f"stage {stage}{part} done in {work}")
+        print(f"stage {stage}{part} done in {time.perf_counter() - t0:.2f} s: {work}")
         return work
+    t0 = time.perf_counter()
     dm.prepare_stage(None if stage == "all" else "merge")
     r = dm.report
-    print(f"token folder: {dm.token_dir}")
+    print(f"token folder: {dm.token_dir} ({'merged' if stage == 'merge' else 'prepared or found'} in"
+          f" {time.perf_counter() - t0:.2f} s)")
     print(f"documents: {r['documents_read']:,} read, {r['documents_kept']:,} kept; duplicates removed: {r['duplicates_removed']:,}")
     for row in r["cleaning"]:
         print(f"  {row['step']:<16s} in {row['in']:>10,}  out {row['out']:>10,}  removed {row['removed']:>8,}")
