@@ -12,3 +12,9 @@ LOCK=${LIT_LLM_LOCK-constraints-lock.txt}
 .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} torch
 EXTRAS=${LIT_LLM_EXTRAS-dev}
 .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} -e ".${EXTRAS:+[$EXTRAS]}"
+# the stream extra (litdata) beside the CPU torch: without its torchvision (pyproject.toml's stream extra says why)
+case ",$EXTRAS," in
+  *,dev,*)
+    .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} "boto3>=1.34" obstore tifffile
+    .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} --no-deps "litdata>=0.2.76" ;;
+esac

@@ -34,6 +34,8 @@ MISSING = {
     "prepare-workers": (["prepare", "--config", str(REPO / "configs" / "debug.yaml"), "--data.workers", "2",
                          "--trainer.default_root_dir", "{tmp}/run"], "datatrove", "data"),
     "serve-ui": (["serve", "--checkpoint", "{ckpt}", "--ui", "true"], "gradio", "ui"),
+    "prepare-stream": (["prepare", "--config", str(REPO / "configs" / "debug.yaml"), "--data.stream", "true",
+                        "--trainer.default_root_dir", "{tmp}/run"], "litdata", "stream"),
 }
 
 # runs every case in one interpreter: each makes its module absent (None in sys.modules: import raises
@@ -138,7 +140,11 @@ def test_every_documented_install_line_is_checked():
 
 
 def test_all_is_every_extra_and_the_peers_are_none():
-    everything = {e for e in EXTRAS if e not in ("all", "dev")}
+    """`all` is every extra but stream, whose litdata declares a torchvision that breaks a CPU-only torch (it is
+    installed apart, without it: the install table's --no-deps line, which pip check may see missing torchvision)."""
+    everything = {e for e in EXTRAS if e not in ("all", "dev", "stream")}
+    (no_deps,) = [i for i in PYPROJECT["tool"]["lit_llm"]["installs"] if "--no-deps" in i["line"]]
+    assert "litdata" in no_deps["line"] and no_deps["allow_missing"] == ["torchvision"]
     (all_req,) = EXTRAS["all"]
     assert set(re.search(r"\[(.*)\]", all_req).group(1).split(",")) == everything
     for extra, reqs in EXTRAS.items():

@@ -27,9 +27,10 @@ class RecordLosses(L.Callback):
         self.first_tokens.append(batch[:, :4].tolist())
 
 
-def _fit(corpus, max_steps, ckpt_path=None, ckpt_dir=None, every_n=5, dropout=0.0, module_kw=None, **trainer_kw):
+def _fit(corpus, max_steps, ckpt_path=None, ckpt_dir=None, every_n=5, dropout=0.0, module_kw=None, data_kw=None,
+         **trainer_kw):
     L.seed_everything(1337)
-    dm = PretrainDataModule(corpus=str(corpus), block_size=32, batch_size=4, val_fraction=0.1)
+    dm = PretrainDataModule(corpus=str(corpus), block_size=32, batch_size=4, val_fraction=0.1, **(data_kw or {}))
     model = LanguageModel(
         "debug", {"dropout": dropout}, vocab_size=dm.vocab_size, block_size=32,
         warmup_steps=2, lr_decay_steps=20, learning_rate=3e-3, **(module_kw or {}),
@@ -98,6 +99,32 @@ def test_resumed_run_matches_an_uninterrupted_one(small_corpus, tmp_path, every_
     assert trainer.global_step == 20 and len(second.losses) == 20 - resumed_at
     assert second.first_tokens == straight.first_tokens[resumed_at:]  # same data order
     assert second.losses == pytest.approx(straight.losses[resumed_at:], rel=1e-5, abs=1e-6)
+
+
+def test_a_run_on_streaming_shards_resumes_at_the_next_unseen_batch(small_corpus, tmp_path):
+    """data.stream: the train split as litdata chunks (16 blocks each, so an epoch crosses chunks); a run killed
+    after step 13 resumes from its step-10 checkpoint, which holds the loader's position, and trains on the same
+    batches with the same losses as an uninterrupted run, across the epoch boundary at step 8."""
+    import lit_llm.data.stream as stream
+
+    pytest.importorskip("litdata", reason="data.stream needs the data extra: pip install -e '.[data]'")
+    chunk_blocks = stream.CHUNK_BLOCKS
+    stream.CHUNK_BLOCKS = 16
+    try:
+        kw = dict(limit_train_batches=8, data_kw={"stream": True, "cache_dir": str(tmp_path / "tokens")})
+        straight, _ = _fit(small_corpus, max_steps=20, **kw)
+        first, _ = _fit(small_corpus, max_steps=13, ckpt_dir=tmp_path / "ckpt", **kw)
+        second, trainer = _fit(small_corpus, max_steps=20, ckpt_path=tmp_path / "ckpt" / "last.ckpt", **kw)
+    finally:
+        stream.CHUNK_BLOCKS = chunk_blocks
+    assert first.losses == straight.losses[:13]
+    assert trainer.global_step == 20 and len(second.losses) == 10
+    assert second.first_tokens == straight.first_tokens[10:]
+    assert second.losses == pytest.approx(straight.losses[10:], rel=1e-5, abs=1e-6)
+    epochs = [straight.first_tokens[:8], straight.first_tokens[8:16]]
+    assert epochs[0] != epochs[1]  # each epoch is shuffled anew
+    (folder,) = (tmp_path / "tokens").glob("*/stream33")
+    assert len(json.loads((folder / "index.json").read_text())["chunks"]) > 1
 
 
 def test_loss_options_change_training_as_configured(small_corpus, monkeypatch):

@@ -18,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -122,6 +123,14 @@ class PretrainDataModule(L.LightningDataModule):
         dedup_memory_mb: with a number, the deduplication steps keep the keys of what they kept on disk (SQLite,
             beside the output) with that many MiB of cache, so that memory does not grow with the corpus; null
             keeps them in memory (faster while they fit). The same documents are removed either way.
+        stream: train from token shards that stream (litdata chunks of the train split, ``lit_llm.data.stream``):
+            each rank reads only the chunks it trains on, and the loader's position is in every checkpoint (needs
+            ``lit_llm[stream]``).
+            Blocks are non-overlapping and shuffled, not drawn at random offsets. Off: the memory-mapped file.
+        stream_dir: where the chunks are written and read: a folder, or an object-store URL (``s3://...``);
+            default ``stream<block_size + 1>/`` in the token folder.
+        stream_cache: a node-local folder where each rank keeps the chunks it reads, fetched from the URL or from
+            ``stream_dir`` on a shared file system; null reads a folder in place (litdata's default cache for URLs).
     """
 
     def __init__(
@@ -143,6 +152,9 @@ class PretrainDataModule(L.LightningDataModule):
         workers: int = 1,
         shard_docs: int = SHARD_DOCS,
         dedup_memory_mb: Optional[float] = None,
+        stream: bool = False,
+        stream_dir: Optional[str] = None,
+        stream_cache: Optional[str] = None,
     ) -> None:
         super().__init__()
         if block_size < 1 or batch_size < 1:
@@ -173,6 +185,12 @@ class PretrainDataModule(L.LightningDataModule):
         self._token_dir: Optional[Path] = None
         self._tokenizer: Optional[Tokenizer] = None
         self.splits: dict[str, np.ndarray] = {}
+        self._stream_loader: Any = None  # the streaming train loader (data.stream), whose position is our state
+        self._stream_state: Optional[dict] = None  # a checkpoint's loader position, for the next train loader
+        if stream:
+            from lit_llm.data.stream import _import_litdata
+
+            _import_litdata()  # a missing package fails here, before any work
 
     # ------------------------------------------------------------------ preparation
     def _args(self) -> tuple:
@@ -181,8 +199,31 @@ class PretrainDataModule(L.LightningDataModule):
                 hp.seed, hp.encoding_errors, hp.data_dir)
 
     def prepare_data(self) -> None:
-        """Build the token folder once (Lightning calls this on one process per node); reruns reuse it."""
+        """Build the token folder once (Lightning calls this on one process per node); reruns reuse it. With
+        ``stream``, also the train split's chunks (to a URL: by the first node only)."""
         self.prepare_stage()
+        if self.hparams.stream:
+            from lit_llm.data.stream import is_url, write_stream
+
+            source = self.stream_source
+            if not (is_url(source) and self.trainer is not None and self.trainer.node_rank > 0):
+                with isolate_rng():  # litdata draws from the global RNGs: a first run must init as a later one
+                    write_stream(self._token_dir, self.block_size, source)
+
+    @property
+    def stream_source(self) -> str:
+        """Where the streaming train split's chunks are (``stream_dir``, or in the token folder)."""
+        from lit_llm.data.stream import stream_folder
+
+        return self.hparams.stream_dir or str(stream_folder(self.token_dir, self.block_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The streaming loader's position (samples yielded, epoch, shuffle), kept by Lightning in checkpoints."""
+        return {"stream": self._stream_loader.state_dict()} if self._stream_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A checkpoint's loader position: the next streaming train loader starts there."""
+        self._stream_state = state_dict.get("stream")
 
     def prepare_stage(self, stage: Optional[str] = None, task: int = 0, tasks: int = 1) -> Path:
         """``prepare`` of this data config: the whole of it, or its ``merge``, returning the token folder; or one
@@ -252,6 +293,13 @@ class PretrainDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.stream:
+            from lit_llm.data.stream import stream_loader
+
+            self._stream_loader = stream_loader(self.stream_source, self.block_size, self.batch_size, self.seed,
+                                                self.num_workers, self.hparams.stream_cache, self._stream_state)
+            self._stream_state = None
+            return self._stream_loader
         dataset = RandomBlocks(self.splits["train"], self.block_size, self.seed)
         sampler = ResumableBlockSampler(dataset)
         if self.trainer is not None:

@@ -1,0 +1,93 @@
+"""Token shards that stream (data.stream, litdata): ranks read disjoint chunks that cover the train split once,
+each copying only its own chunks; a damaged chunk is one error naming it. The resumed run is in
+tests/test_training.py::test_a_run_on_streaming_shards_resumes_at_the_next_unseen_batch."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("litdata", reason="data.stream needs the data extra: pip install -e '.[data]'")
+
+import lit_llm.data.stream as stream  # noqa: E402
+from lit_llm.data import PretrainDataModule  # noqa: E402
+from lit_llm.data.tokens import open_split  # noqa: E402
+from tests.helpers.paths import SHAKESPEARE  # noqa: E402
+
+BLOCK = 32
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    """Tiny Shakespeare's first 20,000 characters, its train split as chunks of 8 blocks; (data module, folder)."""
+    corpus = tmp_path_factory.mktemp("corpus") / "small.txt"
+    corpus.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    blocks, stream.CHUNK_BLOCKS = stream.CHUNK_BLOCKS, 8
+    try:
+        dm = PretrainDataModule(corpus=str(corpus), block_size=BLOCK, batch_size=4, stream=True,
+                                cache_dir=str(tmp_path_factory.mktemp("tokens")))
+        dm.prepare_data()
+    finally:
+        stream.CHUNK_BLOCKS = blocks
+    return dm, dm.stream_source
+
+
+def test_two_ranks_read_disjoint_chunks_that_cover_the_split_once(streamed, tmp_path, monkeypatch):
+    """Each of 2 ranks (on 2 nodes, as litdata's distributed env says) iterates one epoch through its own node
+    cache, reading a shared folder: the blocks of both are the split's whole blocks, each at most once, and each
+    node copied only the chunks its rank read."""
+    from litdata.utilities.env import _DistributedEnv
+
+    dm, folder = streamed
+    tokens = open_split(dm.token_dir, "train")
+    whole = len(tokens) // (BLOCK + 1)
+    expected = sorted(tokens[i * (BLOCK + 1):(i + 1) * (BLOCK + 1)].tobytes() for i in range(whole))
+    seen, cached = [], []
+    for rank in (0, 1):
+        monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls, r=rank: cls(2, r, 2)))
+        loader = stream.stream_loader(folder, BLOCK, 1, seed=3, num_workers=0, cache_dir=str(tmp_path / f"node{rank}"))
+        blocks = [b[0].numpy().astype(tokens.dtype).tobytes() for b in loader]
+        seen.append(blocks)
+        cached.append({p.name for p in (tmp_path / f"node{rank}").rglob("chunk-*.bin")})
+    chunks = {c["filename"] for c in json.loads((stream.Path(folder) / "index.json").read_text())["chunks"]}
+    assert len(chunks) >= 8 and cached[0] | cached[1] == chunks
+    # each node copied its half of the chunks, and the one chunk whose blocks the two ranks split between them
+    assert all(len(c) <= len(chunks) // 2 + 1 for c in cached) and len(cached[0] & cached[1]) <= 1
+    assert not set(seen[0]) & set(seen[1])
+    # litdata evens out the ranks (drop_last): at most a few blocks per rank are left out of an epoch
+    both = sorted(seen[0] + seen[1])
+    assert set(both) <= set(expected) and len(both) == len(set(both)) >= len(expected) - 2 * 8
+
+
+def test_a_truncated_or_missing_chunk_is_one_error_naming_it(streamed, tmp_path):
+    import shutil
+
+    _, folder = streamed
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    first = sorted(copy.glob("chunk-*.bin"))[0]
+    first.write_bytes(first.read_bytes()[:-4])
+    with pytest.raises(ValueError, match=f"The stream chunk {first} has .* bytes where index.json says .*delete"):
+        stream.stream_loader(str(copy), BLOCK, 4, seed=1, num_workers=0)
+    first.unlink()
+    with pytest.raises(ValueError, match=f"The stream chunk {first} is missing"):
+        stream.stream_loader(str(copy), BLOCK, 4, seed=1, num_workers=0)
+    (copy / "index.json").unlink()
+    with pytest.raises(ValueError, match="holds no finished stream"):
+        stream.stream_loader(str(copy), BLOCK, 4, seed=1, num_workers=0)
+
+
+def test_the_chunks_hold_the_train_splits_whole_blocks_in_order(streamed):
+    dm, folder = streamed
+    tokens = open_split(dm.token_dir, "train")
+    index = json.loads((stream.Path(folder) / "index.json").read_text())
+    assert index["config"]["chunk_size"] == 8 * (BLOCK + 1)
+    def items(chunk):  # litdata's chunk: the item count, the items' byte offsets, then the items
+        raw = np.fromfile(stream.Path(folder) / chunk["filename"], dtype=np.int32)
+        offsets = raw[1:raw[0] + 2] // 4
+        return raw[offsets[0]:offsets[-1]]
+
+    data = np.concatenate([items(c) for c in sorted(index["chunks"],
+                                                     key=lambda c: int(c["filename"].split("-")[-1][:-4]))])
+    whole = len(tokens) // (BLOCK + 1) * (BLOCK + 1)
+    assert np.array_equal(data, tokens[:whole].astype(np.int32))
