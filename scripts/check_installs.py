@@ -230,12 +230,13 @@ def requirements(names: list[str], extras: dict[str, list[str]]) -> list[Require
 
 
 def lowest_constraints() -> list[str]:
-    """``name==X`` for each ``name>=X`` of the core and the dev extra (torch excepted: constraints.txt pins it)."""
+    """``name==X`` for each ``name>=X`` (or exact pin ``name==X``) of the core and the dev extra (torch excepted:
+    constraints.txt pins it)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]] + requirements(["dev"], project["optional-dependencies"])
     lines = []
     for req in reqs:
-        low = [s.version for s in req.specifier if s.operator == ">="]
+        low = [s.version for s in req.specifier if s.operator in (">=", "==")]
         if req.name != "torch" and low:
             lines.append(f"{req.name}=={low[0]}")
     return list(dict.fromkeys(lines))

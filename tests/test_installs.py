@@ -156,3 +156,11 @@ def test_every_core_and_dev_requirement_has_a_lower_bound_the_lowest_run_install
     core = [r for r in PYPROJECT["project"]["dependencies"] if not re.match(r"torch\b(?!metrics)", r)]
     assert len(lowest) == len(core) + len(check_installs.requirements(["dev"], EXTRAS))
     assert lowest["transformers"].startswith("5") and "torch" not in lowest
+
+
+def test_litserve_is_pinned_to_the_version_whose_internals_the_adapter_uses():
+    """The serve extra allows exactly the LitServe release that _litserve_adapter.py was written against (its
+    guard test in tests/test_serve.py checks that release's source), so no install can bring another."""
+    adapter = (REPO / "lit_llm" / "serve" / "_litserve_adapter.py").read_text()
+    version = re.search(r'^LITSERVE_VERSION = "([^"]+)"', adapter, re.M).group(1)
+    assert [r for r in EXTRAS["serve"] if r.startswith("litserve")] == [f"litserve=={version}"]
