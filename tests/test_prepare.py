@@ -220,8 +220,20 @@ def test_a_killed_prepare_leaves_nothing_that_is_reused(tmp_path, docs):
     old = time.time() - 2 * prep.STALE_TMP_S
     for p in (stale / "cleaned.jsonl", stale):
         os.utime(p, (old, old))
+    # parallel work folders: one abandoned for longer than a resume is kept for, one recent (kept for a rerun)
+    abandoned, recent = cache / "corpus-789.shards100", cache / "corpus-790.shards100"
+    for d in (abandoned, recent):
+        (d / "raw").mkdir(parents=True)
+        (d / "raw" / "00000.jsonl").write_text("[]")
+    old = time.time() - 2 * prep.STALE_SHARDS_S
+    for p in (abandoned / "raw" / "00000.jsonl", abandoned / "raw", abandoned):
+        os.utime(p, (old, old))
     out = prepare([Source(path=str(_jsonl(tmp_path / "a.jsonl", docs)))], cache, progress=False)
     assert not stale.exists() and fresh.exists()  # a prepare still writing into its folder is left alone
+    assert not abandoned.exists() and recent.exists()
+    leftover = out.with_name(out.name + ".shards100")  # a published folder's work folder whose removal failed
+    (leftover / "raw").mkdir(parents=True)
+    assert prep.sweep_stale(cache) == [leftover] and not leftover.exists()
     # a token file that does not match its manifest is refused, not memory-mapped
     (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:-2])
     with pytest.raises(ValueError, match="is damaged: train.bin has .* bytes, its manifest says .*prepare again"):

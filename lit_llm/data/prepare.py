@@ -120,6 +120,7 @@ def token_folder(
 
 
 STALE_TMP_S = 3600  # a temporary folder untouched this long was left by a killed prepare
+STALE_SHARDS_S = 14 * 86400  # a parallel prepare's work folder is kept for a resume this long after its last write
 
 
 def _failure_marker(out_dir: Path) -> Path:
@@ -141,17 +142,26 @@ def wait_for(out_dir: Path, timeout_s: float = 24 * 3600, poll_s: float = 2.0) -
     return out_dir
 
 
-def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
-    """Delete the temporary folders of prepares that were killed: ``*.tmp*`` folders in which nothing changed
-    for ``max_age_s`` (a prepare still running keeps writing into its own)."""
+def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S, shards_age_s: float = STALE_SHARDS_S) -> list[Path]:
+    """Delete what killed prepares left: ``*.tmp*`` folders in which nothing changed for ``max_age_s`` (a prepare
+    still running keeps writing into its own), and parallel work folders (``*.shards<N>``) whose token folder was
+    published (their removal failed) or in which nothing changed for ``shards_age_s`` (a killed run's shards are
+    kept that long for a rerun to resume from)."""
     removed = []
     now = time.time()
-    for tmp in Path(out_root).glob("*.tmp*"):
-        if tmp.is_dir():
-            newest = max([p.stat().st_mtime for p in tmp.rglob("*")] + [tmp.stat().st_mtime])
-            if now - newest > max_age_s:
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed.append(tmp)
+
+    def untouched(folder: Path) -> float:
+        return now - max([p.stat().st_mtime for p in folder.rglob("*")] + [folder.stat().st_mtime])
+
+    for folder in Path(out_root).glob("*.tmp*"):
+        if folder.is_dir() and untouched(folder) > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    for folder in Path(out_root).glob("*.shards*"):
+        published = read_manifest(folder.with_name(folder.name.rsplit(".shards", 1)[0])) is not None
+        if folder.is_dir() and (published or untouched(folder) > shards_age_s):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     return removed
 
 
