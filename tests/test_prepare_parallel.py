@@ -237,3 +237,31 @@ def test_worker_settings_are_checked_and_reach_prepare(small_corpus, monkeypatch
     monkeypatch.setattr("lit_llm.data.pretrain.prepare", lambda *a, **kw: seen.update(kw))
     PretrainDataModule(corpus=str(small_corpus), workers=4, shard_docs=500).prepare_data()
     assert seen["workers"] == 4 and seen["shard_docs"] == 500
+
+
+def test_a_parallel_prepare_waits_for_one_of_the_same_config_and_reuses_what_it_published(corpus, reference,
+                                                                                         tmp_path, monkeypatch):
+    """Two prepares of one config at once (the local rank 0 of two nodes on a shared disk): the parallel one waits on
+    its work folder's lock while the other holds it, then finds the published folder and does no work of its own."""
+    import threading
+
+    from filelock import FileLock
+
+    root = tmp_path / "cache"
+    ran = []
+    real_read = shards.ShardedPrepare.read
+    monkeypatch.setattr(shards.ShardedPrepare, "read", lambda self, docs: ran.append(1) or real_read(self, docs))
+    lock = FileLock(f"{_work(corpus, root)}.lock")
+    lock.acquire()  # the other prepare, mid-run
+    try:
+        got = []
+        waiting = threading.Thread(target=lambda: got.append(_prepare(corpus, root, workers=2)))
+        waiting.start()
+        waiting.join(timeout=2)
+        assert waiting.is_alive() and not ran  # blocked on the lock, before any work
+        out = _prepare(corpus, root)  # the other one publishes (one process: this test holds its lock)
+    finally:
+        lock.release()
+    waiting.join(timeout=120)
+    assert got == [out] and not ran  # it reused the published folder
+    assert _contents(out) == reference[0]

@@ -21,6 +21,7 @@ same config reuses it at once and a killed run never leaves a folder that looks 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import importlib.util
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
+from filelock import FileLock
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
@@ -260,57 +262,62 @@ def prepare(
                           progress, shard_folder(out_dir, shard_docs), n_workers, shard_docs, dedup_memory_mb, task,
                           tasks)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(out_dir.parent)
-    failed = _failure_marker(out_dir)
-    failed.unlink(missing_ok=True)  # an earlier attempt's failure; this one may succeed
-    tmp = None
-    try:
-        check_text_sources(sources, data_dir, encoding_errors)
-        tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
-        docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
-        if build_sharded is None:
-            built = _build_in_process(docs, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
-                                      dedup_memory_mb)
-        else:
-            built = build_sharded(docs, cleaning, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
-                                  work=shard_folder(out_dir, shard_docs), workers=n_workers, shard_docs=shard_docs,
-                                  dedup_memory_mb=dedup_memory_mb)
-        built.tokenizer.save(str(tmp / "tokenizer.json"))
-        np.save(tmp / "doc_lengths.npy", built.doc_tokens)  # tokens per document (EOS included), in stream order
-        n_tokens = int(built.doc_tokens.sum())
-        report = {
-            "documents_read": built.documents_read, "documents_kept": built.documents_kept,
-            "cleaning": cleaner.report(),
-            "duplicates_removed": sum(r["removed"] for r in cleaner.report() if r["step"].startswith("dedup")),
-            "tokens": built.counts, "bytes": built.text_bytes, "bytes_per_token": built.text_bytes / max(n_tokens, 1),
-            "workers": n_workers, "seconds": {k: round(v, 2) for k, v in built.seconds.items()},
-        }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        _length_histogram(built.doc_tokens, tmp / "doc_lengths.png")
-        tok = built.tokenizer
-        manifest = {
-            **key, "dtype": token_dtype(tok.get_vocab_size()).name, "vocab_size": tok.get_vocab_size(),
-            "num_tokens": built.counts, "tokenizer_hash": tokenizer_hash(tok), "eos_id": built.eos,
-            "documents": built.documents_kept, "document_lengths": "doc_lengths.npy",
-            "splits_by": "position in the token stream: train, test, val",
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
-        publish_mode(tmp)  # mkdtemp's 0700 would hide the data from the other users of a shared cluster
-        fsync_tree(tmp)  # the data is on disk before the rename makes the folder visible
+    with contextlib.ExitStack() as held:
+        if build_sharded is not None:  # one parallel prepare per work folder: another waits, then reuses
+            held.enter_context(FileLock(f"{shard_folder(out_dir, shard_docs)}.lock"))
+            if read_manifest(out_dir) is not None:  # published by the prepare it waited for
+                return out_dir
+        sweep_stale(out_dir.parent)
+        failed = _failure_marker(out_dir)
+        failed.unlink(missing_ok=True)  # an earlier attempt's failure; this one may succeed
+        tmp = None
         try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if read_manifest(out_dir) is None:  # not a concurrent writer that finished first
-                raise
-        if build_sharded is not None:  # published: the shards have served their purpose
-            shutil.rmtree(shard_folder(out_dir, shard_docs), ignore_errors=True)
-    except Exception as e:
-        # ranks waiting for this folder (wait_for) fail at once with this message instead of waiting for hours
-        write_text_atomic(failed, f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            check_text_sources(sources, data_dir, encoding_errors)
+            tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+            docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
+            if build_sharded is None:
+                built = _build_in_process(docs, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
+                                          dedup_memory_mb)
+            else:
+                built = build_sharded(docs, cleaning, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
+                                      work=shard_folder(out_dir, shard_docs), workers=n_workers, shard_docs=shard_docs,
+                                      dedup_memory_mb=dedup_memory_mb)
+            built.tokenizer.save(str(tmp / "tokenizer.json"))
+            np.save(tmp / "doc_lengths.npy", built.doc_tokens)  # tokens per document (EOS included), in stream order
+            n_tokens = int(built.doc_tokens.sum())
+            report = {
+                "documents_read": built.documents_read, "documents_kept": built.documents_kept,
+                "cleaning": cleaner.report(),
+                "duplicates_removed": sum(r["removed"] for r in cleaner.report() if r["step"].startswith("dedup")),
+                "tokens": built.counts, "bytes": built.text_bytes, "bytes_per_token": built.text_bytes / max(n_tokens, 1),
+                "workers": n_workers, "seconds": {k: round(v, 2) for k, v in built.seconds.items()},
+            }
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            _length_histogram(built.doc_tokens, tmp / "doc_lengths.png")
+            tok = built.tokenizer
+            manifest = {
+                **key, "dtype": token_dtype(tok.get_vocab_size()).name, "vocab_size": tok.get_vocab_size(),
+                "num_tokens": built.counts, "tokenizer_hash": tokenizer_hash(tok), "eos_id": built.eos,
+                "documents": built.documents_kept, "document_lengths": "doc_lengths.npy",
+                "splits_by": "position in the token stream: train, test, val",
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))  # last: marks the folder complete
+            publish_mode(tmp)  # mkdtemp's 0700 would hide the data from the other users of a shared cluster
+            fsync_tree(tmp)  # the data is on disk before the rename makes the folder visible
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                if read_manifest(out_dir) is None:  # not a concurrent writer that finished first
+                    raise
+            if build_sharded is not None:  # published: the shards have served their purpose
+                shutil.rmtree(shard_folder(out_dir, shard_docs), ignore_errors=True)
+        except Exception as e:
+            # ranks waiting for this folder (wait_for) fail at once with this message instead of waiting for hours
+            write_text_atomic(failed, f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
