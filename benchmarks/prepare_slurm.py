@@ -5,7 +5,9 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
    ``prepare_throughput.build_corpus``) and a byte-level BPE from file, which every run loads (no run trains one).
 2. One process (``workers: 1``), in this process: the baseline, and the bytes every other run must equal.
 3. The stages' single-core costs: the sharded path in this process with one worker and one tokenizer thread
-   (``RAYON_NUM_THREADS=1``), from its report: read, clean, dedup, tokenizer (loaded), tokenize and write.
+   (``RAYON_NUM_THREADS=1``), from its report: read, clean, dedup, tokenizer (loaded), tokenize and write; and the
+   tokenizer alone on one thread (``encode_batch`` over the documents in memory), against which the whole
+   pipeline's throughput per core is a ratio (issue 26's goal: at least 0.8).
 4. SLURM: ``slurm/local_cluster.sh start 2`` (unless ``$SLURM_CONF`` names a running cluster), then
    ``python -m lit_llm submit --job prepare --array_tasks 4 --cpus_per_task 1 --wait true``: read, clean (4
    tasks), dedup, tokenize (4 tasks), merge. Wall time from the first sbatch to the merge's end; each job's own
@@ -42,8 +44,9 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")  # before tokenizers loads: sing
 import yaml  # noqa: E402
 
 from lit_llm.data.cleaning import DEFAULT_CLEANING  # noqa: E402
-from lit_llm.data.prepare import prepare  # noqa: E402
+from lit_llm.data.prepare import ENCODE_BATCH, prepare  # noqa: E402
 from lit_llm.data.sources import Source  # noqa: E402
+from lit_llm.data.tokenizer import load_tokenizer  # noqa: E402
 from prepare_throughput import bpe_from_file, build_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +106,11 @@ def main() -> None:
     texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")]
     spec = bpe_from_file(texts, work / "tokenizer.json")
     n_docs = len(texts)
+    tok = load_tokenizer(spec.path)
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), ENCODE_BATCH):  # the tokenizer alone, one thread: the per-core yardstick
+        tok.encode_batch(texts[i : i + ENCODE_BATCH], add_special_tokens=False)
+    tokenizer_s = time.perf_counter() - t0
     del texts
 
     t0 = time.perf_counter()
@@ -138,6 +146,9 @@ def main() -> None:
         "one_process_s": round(one_s, 1), "slurm_wall_s": slurm["wall_s"],
         "slurm_job_s": {k: [round(x, 2) for x in v] for k, v in slurm["job_s"].items()},
         "single_core_stage_s": {k: round(v, 2) for k, v in stages.items()},
+        "tokenizer_alone_single_core_mb_s": round(text_mb / tokenizer_s, 2),
+        "pipeline_single_core_mb_s": round(text_mb / sum(stages.values()), 2),
+        "pipeline_over_tokenizer_per_core": round(tokenizer_s / sum(stages.values()), 2),
         "single_core_s_per_mb": {k: round(v, 4) if k != "dedup_s_per_doc" else round(v * 1e6, 2)
                                  for k, v in per_mb.items()},  # dedup in µs per document
         "projection": projection(per_mb, 1000 / args.doc_kb, args.dedup_disk_us),
