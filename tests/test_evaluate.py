@@ -113,8 +113,14 @@ def test_an_unknown_task_names_the_closest_before_the_model_loads(tmp_path, caps
 
 
 @pytest.mark.slow
-def test_a_task_whose_data_cannot_be_downloaded_is_one_error_line(tmp_path, capsys):
-    """Offline, a task whose data is on the Hub (a data set no cache holds) is one error line, not a traceback."""
+def test_a_task_whose_data_cannot_be_downloaded_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """Offline, a task whose data is on the Hub (a data set no cache holds) is one error line, not a traceback.
+    HF's offline mode (as HF_HUB_OFFLINE=1 sets it) answers at once where an unreachable Hub takes ~30 s of retries."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "hub.yaml").write_text("task: hub_task\ndataset_path: lit-llm-tests/no-such-dataset\ntest_split: test\n"
