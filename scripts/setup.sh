@@ -11,10 +11,12 @@ LOCK=${LIT_LLM_LOCK-constraints-lock.txt}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} torch
 EXTRAS=${LIT_LLM_EXTRAS-dev}
-.venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} -e ".${EXTRAS:+[$EXTRAS]}"
-# the stream extra (litdata) beside the CPU torch: without its torchvision (pyproject.toml's stream extra says why)
+# the stream extra (litdata) is installed below, beside the CPU torch without its torchvision (pyproject.toml's
+# stream extra says why), so pip never sees it as an extra
+PIP_EXTRAS=$(echo ",$EXTRAS," | sed -e 's/,stream,/,/g' -e 's/^,//' -e 's/,$//')
+.venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} -e ".${PIP_EXTRAS:+[$PIP_EXTRAS]}"
 case ",$EXTRAS," in
-  *,dev,*)
+  *,dev,*|*,stream,*)
     .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} "boto3>=1.34" obstore tifffile
     .venv/bin/python -m pip install -q -c constraints.txt ${LOCK:+-c "$LOCK"} --no-deps "litdata>=0.2.76" ;;
 esac

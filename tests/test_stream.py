@@ -91,3 +91,13 @@ def test_the_chunks_hold_the_train_splits_whole_blocks_in_order(streamed):
                                                      key=lambda c: int(c["filename"].split("-")[-1][:-4]))])
     whole = len(tokens) // (BLOCK + 1) * (BLOCK + 1)
     assert np.array_equal(data, tokens[:whole].astype(np.int32))
+
+
+def test_a_stream_dir_of_other_blocks_is_refused_not_reused(streamed):
+    """A finished stream is reused only for the tokens and block size it was cut from (its lit_llm.json)."""
+    dm, folder = streamed
+    origin = json.loads((stream.Path(folder) / stream.ORIGIN).read_text())
+    assert origin["block_size"] == BLOCK and origin["token_folder"] == dm.token_dir.name
+    assert stream.write_stream(dm.token_dir, BLOCK, folder, chunk_blocks=8) == folder  # the same: reused
+    with pytest.raises(ValueError, match=f"data.stream_dir {folder} holds chunks of other tokens or blocks"):
+        stream.write_stream(dm.token_dir, BLOCK + 1, folder, chunk_blocks=8)

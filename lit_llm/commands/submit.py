@@ -151,7 +151,7 @@ def submit_prepare(scripts: list[tuple[str, str]], output_dir: str, job_name: st
     """Write the scripts and sbatch them in order, each job depending on the one before (``afterok``; a job whose
     dependency failed is cancelled, not left pending). Returns the merge job's id."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    job = None
+    job, submitted = None, []
     for i, (stage, text) in enumerate(scripts):
         path = write_text_atomic(Path(output_dir) / f"{job_name}-{stage}.sbatch", text)
         last = i == len(scripts) - 1
@@ -159,7 +159,11 @@ def submit_prepare(scripts: list[tuple[str, str]], output_dir: str, job_name: st
                *(["--wait"] if wait and last else []), str(path)]
         job, code, err = _sbatch(cmd)
         if code != 0 and not (wait and last and job):
-            raise RuntimeError(f"sbatch of the {stage} job failed ({code}): {err}")
+            if submitted:  # a chain cut short: the jobs already queued would run half of it
+                subprocess.run(["scancel", *submitted], capture_output=True)
+            raise RuntimeError(f"sbatch of the {stage} job failed ({code}): {err}"
+                               + (f"; cancelled the jobs queued before it ({', '.join(submitted)})" if submitted else ""))
+        submitted.append(job)
         print(f"submitted job {job} ({stage}{', an array' if stage in ARRAY_JOBS else ''}): {path}")
         if wait and last and code != 0:
             raise RuntimeError(f"the prepare jobs failed (the merge job {job} did not succeed: sbatch --wait exited"

@@ -15,6 +15,7 @@ import hashlib
 import html
 import re
 import unicodedata
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -332,8 +333,9 @@ class Cleaner:
         indexed = [(j, step) for j, (_, step) in enumerate(self.steps) if isinstance(getattr(step, "keys", None),
                                                                                      SeenKeys)]
         if memory_mb is not None:
+            run = uuid.uuid4().hex[:12]  # this run's files: another prepare deciding in the same folder keeps its own
             for j, step in indexed:
-                step.keys.spill(folder / f"seen{j}.sqlite", memory_mb / len(indexed))
+                step.keys.spill(folder / f"seen{j}-{run}.sqlite", memory_mb / len(indexed))
 
     def close(self) -> None:
         """Forget what the deduplication steps saw (deleting any index on disk)."""

@@ -25,6 +25,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
@@ -144,25 +145,42 @@ def wait_for(out_dir: Path, timeout_s: float = 24 * 3600, poll_s: float = 2.0) -
     return out_dir
 
 
-def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S, shards_age_s: float = STALE_SHARDS_S) -> list[Path]:
+def sweep_stale(out_root: Path, max_age_s: float = STALE_TMP_S, shards_age_s: float = STALE_SHARDS_S,
+                keep: Optional[Path] = None) -> list[Path]:
     """Delete what killed prepares left: ``*.tmp*`` folders in which nothing changed for ``max_age_s`` (a prepare
     still running keeps writing into its own), and parallel work folders (``*.shards<N>``) whose token folder was
     published (their removal failed) or in which nothing changed for ``shards_age_s`` (a killed run's shards are
-    kept that long for a rerun to resume from)."""
+    kept that long for a rerun to resume from), unless a prepare holds its lock; never ``keep`` (the caller's
+    own work folder, which it is about to resume from)."""
     removed = []
     now = time.time()
 
     def untouched(folder: Path) -> float:
-        return now - max([p.stat().st_mtime for p in folder.rglob("*")] + [folder.stat().st_mtime])
+        """Seconds since anything in ``folder`` changed (files that vanish meanwhile, renamed by a live writer,
+        count as changed now)."""
+        newest = folder.stat().st_mtime
+        for p in folder.rglob("*"):
+            try:
+                newest = max(newest, p.stat().st_mtime)
+            except FileNotFoundError:
+                return 0.0
+        return now - newest
 
     for folder in Path(out_root).glob("*.tmp*"):
         if folder.is_dir() and untouched(folder) > max_age_s:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     for folder in Path(out_root).glob("*.shards*"):
-        published = read_manifest(folder.with_name(folder.name.rsplit(".shards", 1)[0])) is not None
-        if folder.is_dir() and (published or untouched(folder) > shards_age_s):
-            shutil.rmtree(folder, ignore_errors=True)
+        m = re.fullmatch(r"(.+)\.shards\d+", folder.name)
+        if m is None or folder == keep or not folder.is_dir():
+            continue
+        published = read_manifest(folder.with_name(m.group(1))) is not None
+        if published or untouched(folder) > shards_age_s:
+            try:  # a prepare of that config that holds its lock is using the folder
+                with FileLock(f"{folder}.lock", timeout=0):
+                    shutil.rmtree(folder, ignore_errors=True)
+            except Timeout:
+                continue
             removed.append(folder)
     return removed
 
@@ -186,7 +204,8 @@ STAGES = ("read", "clean", "dedup", "tokenize")  # the parallel path's stages th
 
 
 def check_dedup_memory(memory_mb: Optional[float]) -> None:
-    if memory_mb is not None and not (isinstance(memory_mb, (int, float)) and memory_mb > 0):
+    if memory_mb is not None and not (isinstance(memory_mb, (int, float)) and not isinstance(memory_mb, bool)
+                                      and 0 < memory_mb < float("inf")):
         raise ValueError(f"data.dedup_memory_mb (MiB of page cache for the deduplication keys on disk) must be a"
                          f" positive number, or null to keep them in memory; got {memory_mb!r}")
 
@@ -267,7 +286,7 @@ def prepare(
             held.enter_context(FileLock(f"{shard_folder(out_dir, shard_docs)}.lock"))
             if read_manifest(out_dir) is not None:  # published by the prepare it waited for
                 return out_dir
-        sweep_stale(out_dir.parent)
+        sweep_stale(out_dir.parent, keep=shard_folder(out_dir, shard_docs))
         failed = _failure_marker(out_dir)
         failed.unlink(missing_ok=True)  # an earlier attempt's failure; this one may succeed
         tmp = None
@@ -372,6 +391,7 @@ def _build_in_process(docs: Iterator[str], cleaner: Cleaner, spec: TokenizerSpec
         stats = _clean_to_jsonl(docs, cleaner, cleaned, progress)
     finally:
         cleaner.close()  # the keys on disk are scratch, not part of the token folder
+        shutil.rmtree(tmp / "seen", ignore_errors=True)
     t_clean = time.perf_counter() - t0
     refuse_empty(stats["read"], stats["documents"], cleaner)
     tok = train_tokenizer(spec, _read_jsonl(cleaned), length=stats["documents"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,23 +63,31 @@ def write_stream(token_dir: Path, block_size: int, out: str, chunk_blocks: Optio
     litdata = _import_litdata()
     from litdata import TokensLoader
 
-    if not is_url(out) and (Path(out) / "index.json").is_file():
-        return out
-    tokens = open_split(token_dir, "train")
     manifest = json.loads((token_dir / "manifest.json").read_text())
     per_chunk = (chunk_blocks or CHUNK_BLOCKS) * (block_size + 1)
+    origin = {"token_folder": token_dir.name, "tokenizer_hash": manifest["tokenizer_hash"],
+              "block_size": block_size, "chunk_tokens": per_chunk}
+    if _finished(out, origin):
+        return out
+    tokens = open_split(token_dir, "train")
     whole = len(tokens) // (block_size + 1) * (block_size + 1)
     if whole == 0:
         raise ValueError(f"The train split of {token_dir} has {len(tokens)} tokens, fewer than block_size + 1 ="
                          f" {block_size + 1}: nothing to stream. Lower --data.block_size")
     path = str(token_dir / "train.bin")
     items = [(path, manifest["dtype"], s, min(s + per_chunk, whole)) for s in range(0, whole, per_chunk)]
-    target = out if is_url(out) else str(Path(out).with_name(f"{Path(out).name}.tmp{os.getpid()}"))
-    if not is_url(out):
-        shutil.rmtree(target, ignore_errors=True)
+    if is_url(out):
+        target = out
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        target = tempfile.mkdtemp(prefix=f"{Path(out).name}.tmp", dir=Path(out).parent)  # unique across nodes too
+        os.rmdir(target)  # optimize creates it
     litdata.optimize(fn=_blocks, inputs=items, output_dir=target, chunk_size=per_chunk, item_loader=TokensLoader(),
                      num_workers=1, verbose=os.environ.get('LIT_LLM_DEBUG') == '1', mode="overwrite" if is_url(out) else None)
-    if not is_url(out):
+    if is_url(out):
+        _put_origin(out, origin)
+    else:
+        (Path(target) / ORIGIN).write_text(json.dumps(origin))
         try:
             os.replace(target, out)
         except OSError:  # another process published the same chunks first
@@ -86,6 +95,49 @@ def write_stream(token_dir: Path, block_size: int, out: str, chunk_blocks: Optio
             if not (Path(out) / "index.json").is_file():
                 raise
     return out
+
+
+ORIGIN = "lit_llm.json"  # beside the chunks: the token folder, tokenizer and block size they were cut from
+
+
+def _finished(out: str, origin: dict) -> bool:
+    """Whether ``out`` holds a finished stream (its ``index.json``) of these tokens and blocks. A finished one of
+    other tokens or another block size is refused, naming both: a reused ``stream_dir`` must not train on stale
+    chunks. At a URL, nothing is written over a finished stream (litdata's overwrite would delete the prefix)."""
+    if is_url(out):
+        from litdata.streaming.fs_provider import _get_fs_provider
+
+        fs = _get_fs_provider(out)
+        if not fs.exists(f"{out.rstrip('/')}/index.json"):
+            return False
+        local = Path(tempfile.mkdtemp(prefix="lit_llm_origin"))
+        try:
+            fs.download_file(f"{out.rstrip('/')}/{ORIGIN}", str(local / ORIGIN))
+            found = json.loads((local / ORIGIN).read_text())
+        except Exception:
+            found = None
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+    else:
+        if not (Path(out) / "index.json").is_file():
+            return False
+        path = Path(out) / ORIGIN
+        found = json.loads(path.read_text()) if path.is_file() else None
+    if found != origin:
+        raise ValueError(f"data.stream_dir {out} holds chunks of other tokens or blocks ({found}) than this run's"
+                         f" ({origin}): give another stream_dir, or delete that one")
+    return True
+
+
+def _put_origin(url: str, origin: dict) -> None:
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    local = Path(tempfile.mkdtemp(prefix="lit_llm_origin"))
+    try:
+        (local / ORIGIN).write_text(json.dumps(origin))
+        _get_fs_provider(url).upload_file(str(local / ORIGIN), f"{url.rstrip('/')}/{ORIGIN}")
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def check_chunks(folder: Path) -> None:
