@@ -327,6 +327,7 @@ def test_f_a_rank_killed_mid_run_then_resubmitted_resumes(cluster, tmp_path, uni
     assert _same_weights_as(uninterrupted, out)
 
 
+@pytest.mark.slow
 def test_g_a_prepare_as_array_jobs_writes_the_one_process_bytes_and_retries_a_failed_task_alone(cluster, tmp_path):
     """``submit --job prepare``: read, clean (an array of 2 tasks, one per fake node), dedup, tokenize (2 tasks),
     merge, chained by afterok. Task 1's first clean attempt is killed (the interpreter the jobs start is a wrapper
@@ -403,6 +404,7 @@ def test_submit_dry_run_and_bad_input(tmp_path):
     assert bad.returncode == 2 and "missing.yaml" in bad.stderr and "does not exist" in bad.stderr
 
 
+@pytest.mark.slow
 def test_submit_prepare_dry_run_and_a_stage_out_of_order(tmp_path):
     """The prepare chain's scripts (arrays for clean and tokenize, each job retrying in place), and a stage run
     before the one it needs is one error line naming the stage to run first."""
