@@ -81,8 +81,8 @@ def matmul_peak(n: int = 8192, reps: int = 10) -> float:
 def run(compile: bool, batch_size: int, block_size: int, steps: int, skip: int) -> dict:
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
-    module = LanguageModel(preset="gpt2-124m", vocab_size=VOCAB, block_size=block_size, learning_rate=6e-4,
-                           min_lr=6e-5, warmup_steps=min(10, skip + steps), parallel=ParallelConfig(compile=compile))
+    module = LanguageModel(preset="gpt2-124m", vocab_size=VOCAB, block_size=block_size, optimizer={"learning_rate": 6e-4,
+                           "min_lr": 6e-5, "warmup_steps": min(10, skip + steps)}, parallel=ParallelConfig(compile=compile))
     timer = StepTimer(skip)
     trainer = L.Trainer(accelerator="cuda", devices=1, precision="bf16-mixed", max_steps=skip + steps,
                         gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -42,7 +42,7 @@ def ms_per_step(stamps: list[float], warmup: int) -> float:
 def make(steps: int) -> tuple[PretrainDataModule, LanguageModel]:
     L.seed_everything(1337, verbose=False)
     dm = PretrainDataModule("tinyshakespeare", block_size=64, batch_size=12)
-    module = LanguageModel("quickstart", vocab_size=dm.vocab_size, block_size=64, lr_decay_steps=steps)
+    module = LanguageModel("quickstart", vocab_size=dm.vocab_size, block_size=64, optimizer={"lr_decay_steps": steps})
     return dm, module
 
 

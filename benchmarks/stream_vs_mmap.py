@@ -29,7 +29,7 @@ def run(stream: bool, steps: int, warmup: int, cache: str) -> tuple[float, float
     """ms per step after ``warmup``, and the seconds ``fit`` took in all."""
     L.seed_everything(1337, verbose=False)
     dm = PretrainDataModule("tinyshakespeare", block_size=64, batch_size=12, stream=stream, cache_dir=cache)
-    module = LanguageModel("quickstart", vocab_size=dm.vocab_size, block_size=64, lr_decay_steps=steps)
+    module = LanguageModel("quickstart", vocab_size=dm.vocab_size, block_size=64, optimizer={"lr_decay_steps": steps})
     clock = StepClock()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -335,9 +335,11 @@ def did_you_mean(message: str, name: str, lightning: bool) -> str:
 
     unknown = message.partition("unrecognized arguments: ")[2]
     typed = re.findall(r"(?:^|\s)--([\w.-]+)", unknown)
-    nested = re.search(r"Parser key \"(\w+)\".*?Option '([\w.]+)' is not accepted", message, re.S)
+    nested = re.search(r"Parser key \"(\w+)\".*?(?:Option '([\w.]+)' is not accepted|unrecognized arguments: --([\w.]+))",
+                       message, re.S)
     if nested:
-        typed.insert(0, f"{nested.group(1)}.{nested.group(2)}")
+        typed = [k for k in typed if k != nested.group(3)]  # a class's own parser: the key is inside its section
+        typed.insert(0, f"{nested.group(1)}.{nested.group(2) or nested.group(3)}")
     for key in typed:
         if lightning:
             from lit_llm.lightning_cli import suggest_key

@@ -8,6 +8,7 @@ dotted overrides apply exactly as in ``fit``, and the result is what ``fit --pri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -34,7 +35,7 @@ from lit_llm.checkpoint import RUN_KEY, checkpoints_by_step, load_sharded_meta, 
 from lit_llm.data import PretrainDataModule
 from lit_llm.errors import USER_ERRORS, UsageError, one_line
 from lit_llm.io import check_writable
-from lit_llm.tasks import LanguageModel
+from lit_llm.tasks import LanguageModel, OptimizerConfig
 from lit_llm.tracking import run_metadata
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -198,6 +199,10 @@ def _sections() -> dict[str, Any]:
             "plots": [PlotCurves], "log_lines": [LogLines]}
 
 
+# the settings of model.optimizer (lit_llm.tasks.optim.OptimizerConfig), which older configs gave as model.<name>
+_OPTIMIZER_FIELDS = frozenset(f.name for f in dataclasses.fields(OptimizerConfig)) - {"name"}
+
+
 def suggest_key(key: str) -> Optional[str]:
     """The fit key nearest to a mistyped one (``trainer.max_stepz`` -> ``trainer.max_steps``; ``modle.x`` ->
     ``model.x``), from the signatures of the classes behind fit's sections; None when nothing is close."""
@@ -210,13 +215,24 @@ def suggest_key(key: str) -> Optional[str]:
     if section not in sections:
         top = ["config", "ckpt_path", "seed_everything", *sections]
         close = difflib.get_close_matches(section, top, n=1)
-        return f"{close[0]}.{rest}".rstrip(".") if close and close[0] != section else None
+        if not close or close[0] == section:
+            return None
+        fixed = f"{close[0]}.{rest}".rstrip(".")
+        return suggest_key(fixed) or fixed if close[0] in sections else fixed
     if not rest:
         return None
     head, _, tail = rest.partition(".")
+    if section == "model" and head == "optimizer" and tail:  # a field of the typed optimizer config
+        close = difflib.get_close_matches(tail, sorted(_OPTIMIZER_FIELDS | {"name"}), n=1)
+        return f"model.optimizer.{close[0]}" if close and close[0] != tail else None
     names = {p for cls in sections[section] for p in inspect.signature(cls.__init__).parameters if p != "self"}
+    if section == "model":  # the typed optimizer config's settings, which older configs gave as model.<name>
+        names |= _OPTIMIZER_FIELDS
     close = difflib.get_close_matches(head, sorted(names), n=1)
-    return f"{section}.{close[0]}{'.' + tail if tail else ''}" if close and close[0] != head else None
+    if not close or (close[0] == head and head not in _OPTIMIZER_FIELDS):
+        return None
+    moved = "optimizer." if section == "model" and close[0] in _OPTIMIZER_FIELDS else ""
+    return f"{section}.{moved}{close[0]}{'.' + tail if tail else ''}"
 
 
 def _prints_config(arg: str) -> bool:
@@ -225,6 +241,16 @@ def _prints_config(arg: str) -> bool:
 
 def _asks_help(arg: str) -> bool:
     return arg in ("-h", "--help") or arg.endswith(".help") or ".help=" in arg
+
+
+class ExactOptionsParser(LightningArgumentParser):
+    """Lightning's parser without argparse's abbreviations, in every nested parser too (jsonargparse builds a
+    class's parser with its parent's type): ``--model.optimizer.lr 1`` would silently set ``lr_decay_steps``, and
+    ``--trainer.max_st`` ``max_steps``. An option is taken only as written; a near miss gets "did you mean"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 class LitLLMCLI(LightningCLI):
@@ -260,6 +286,7 @@ class LitLLMCLI(LightningCLI):
             "description": "The Lightning commands; `python -m lit_llm --help` lists every command.",
             **{sub: {"exit_on_error": False} for sub in SUBCOMMANDS},
         })
+        kwargs.setdefault("parser_class", ExactOptionsParser)
         kwargs.setdefault(
             "trainer_defaults",
             {
@@ -455,7 +482,10 @@ class LitLLMCLI(LightningCLI):
             return
         cls = _import(model.get("class_path", ""))
         applied = getattr(cls, "applied_on_resume", frozenset())
-        now = model.get("init_args") or {}
+        # a typed config's fields are compared one by one (``optimizer.learning_rate`` may change, ``optimizer.name``
+        # may not); a name is applied when it or its config is in ``applied``
+        saved, now = _flatten_configs(_plain(saved)), _flatten_configs(_plain(model.get("init_args") or {}))
+        applied = applied | {k for k in set(saved) | set(now) if k.partition(".")[0] in applied}
         changed = [k for k in sorted(set(saved) & set(now))
                    if now[k] is not None and _plain(saved[k]) != _plain(now[k]) and k not in applied]
         if changed:
@@ -470,6 +500,27 @@ class LitLLMCLI(LightningCLI):
                            " this step on")
 
 
+def _flatten_configs(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The typed configs among a task's hyperparameters (``optimizer``) as one dotted key per field."""
+    flat = dict(hparams)
+    value = flat.pop("optimizer", None)
+    if isinstance(value, dict):
+        flat.update({f"optimizer.{k}": v for k, v in value.items()})
+    elif value is not None:  # a checkpoint from before OptimizerConfig: the optimizer's kind
+        flat["optimizer.name"] = value
+    return flat
+
+
+def _optimizer_args(cfg: Namespace) -> dict[str, Any]:
+    """``model.optimizer`` of a parsed fit config, as a dict (empty when the model has none)."""
+    model = cfg.get("model")
+    args = (model.get("init_args") or {}) if isinstance(model, Namespace) else {}
+    value = args.get("optimizer") if isinstance(args, (dict, Namespace)) else None
+    if isinstance(value, Namespace):
+        return value.as_dict()
+    return dict(value) if isinstance(value, dict) else ({"name": value} if isinstance(value, str) else {})
+
+
 SHARDED_STRATEGIES = ("ModelParallel", "ModelParallelStrategy")  # class names whose weights are sharded
 
 
@@ -478,26 +529,24 @@ def _check_optimizer_fits_strategy(cfg: Namespace) -> None:
     data is prepared): strategy fragments no longer switch the optimizer behind the user's back."""
     strategy = cfg.trainer.get("strategy")
     name = strategy.get("class_path", "") if isinstance(strategy, (dict, Namespace)) else str(strategy or "")
-    model = cfg.get("model")
-    optimizer = (model.get("init_args") or {}).get("optimizer") if isinstance(model, Namespace) else None
-    if optimizer == "muon" and name.rpartition(".")[2] in SHARDED_STRATEGIES:
-        raise UsageError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or under"
-                         " DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP, whose weights are sharded. Add"
-                         " --model.optimizer adamw and a learning rate for it (e.g. --model.learning_rate 1e-3)")
+    if _optimizer_args(cfg).get("name") == "muon" and name.rpartition(".")[2] in SHARDED_STRATEGIES:
+        raise UsageError("--model.optimizer.name muon orthogonalizes whole weight matrices: it runs on one device or"
+                         " under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP, whose weights are sharded."
+                         " Add --model.optimizer.name adamw and a learning rate for it (e.g."
+                         " --model.optimizer.learning_rate 1e-3)")
 
 
 def _check_schedule(cfg: Namespace) -> None:
     """A warm-up longer than the schedule, refused at parse time: ``build_optimizer`` finds it only once the data
     is prepared and the loggers have started (and left a csv/version_0 behind). The schedule's length is
     ``lr_decay_steps``, or ``trainer.max_steps`` (an upper bound of the steps the run takes)."""
-    model = cfg.get("model")
-    args = (model.get("init_args") or {}) if isinstance(model, Namespace) else {}
+    args = _optimizer_args(cfg)
     warmup = args.get("warmup_steps")
     length = args.get("lr_decay_steps") or (cfg.trainer.get("max_steps") or -1)
     if isinstance(warmup, int) and isinstance(length, int) and 0 < length < warmup:
-        key = "--model.lr_decay_steps" if args.get("lr_decay_steps") else "--trainer.max_steps"
-        raise UsageError(f"--model.warmup_steps {warmup} is longer than the schedule ({key} {length}); lower the"
-                         " warm-up or lengthen the run")
+        key = "--model.optimizer.lr_decay_steps" if args.get("lr_decay_steps") else "--trainer.max_steps"
+        raise UsageError(f"--model.optimizer.warmup_steps {warmup} is longer than the schedule ({key} {length});"
+                         " lower the warm-up or lengthen the run")
 
 
 def _first_local_process() -> bool:
@@ -524,7 +573,7 @@ def resolve_config(argv: Sequence[str] = (), subcommand: str = "fit") -> dict[st
     """The config that ``python -m lit_llm <subcommand> *argv`` runs, as plain data, without building anything.
 
     It is parsed by ``fit``'s own parser (LitLLMCLI), so ``--config`` repeats and composes in order, dotted
-    overrides (``--model.init_args.learning_rate 1e-3``, ``--data.batch_size 4``) apply, and the model and data
+    overrides (``--model.init_args.optimizer.learning_rate 1e-3``, ``--data.batch_size 4``) apply, and the model and data
     classes are chosen, exactly as in ``fit``. The result equals what ``fit --print_config`` prints, plus the
     values that links fill in while parsing (e.g. ``model.init_args.block_size`` from the data's block_size).
 

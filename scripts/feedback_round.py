@@ -256,7 +256,7 @@ def one_seed(seed: int, init: Path, cut: Cutter, args: argparse.Namespace) -> di
                                           "--data.train", str(subset), "--data.seed", str(seed),
                                           "--data.batch_size", str(DPO_BATCH), "--trainer.max_steps", epoch,
                                           "--trainer.val_check_interval", epoch,
-                                          "--model.warmup_steps", str(min(10, int(epoch) // 4)),
+                                          "--model.optimizer.warmup_steps", str(min(10, int(epoch) // 4)),
                                           "--trainer.default_root_dir", str(out / f"dpo_{n}"),
                                           "--trainer.accelerator", args.accelerator])
         dpo[str(n)] = ckpt

@@ -88,7 +88,7 @@ def trainable(run: str) -> int:
     init = yaml.safe_load((EXP / INITS["pretrained" if run == "dapt" else run]).read_text())["model"]["init_args"]
     if init.get("lora"):
         init["lora"] = LoraSpec(**init["lora"])
-    model = SequenceClassifier(**{k: v for k, v in init.items() if k not in ("learning_rate", "min_lr")})
+    model = SequenceClassifier(**init)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -16,7 +16,7 @@ EXAMPLES = {
     "gpu_multi_node.sbatch": dict(fit_args=["--config", "configs/quickstart.yaml", "--config", "configs/model/gpt2-124m.yaml",
                                             "--config", "configs/trainer/gpu.yaml", "--config", "configs/strategy/fsdp.yaml",
                                             # Muon needs whole matrices: AdamW at GPT-2's learning rate under FSDP
-                                            "--model.optimizer", "adamw", "--model.learning_rate", "6e-4",
+                                            "--model.optimizer.name", "adamw", "--model.optimizer.learning_rate", "6e-4",
                                             "--data.block_size", "1024"],
                                   nodes=4, gpus_per_node=8, time="1-00:00:00", partition="gpu"),
     # CPU: 2 processes (DDP over gloo) on one node; what the tests run on the local cluster

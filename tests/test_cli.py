@@ -74,7 +74,7 @@ def test_every_command_has_help(capsys):
     code, out, _ = call(["fit", "--help"], capsys)
     assert "--model CONFIG | CLASS_PATH_OR_NAME" in out and "--evaluation.dirpath" in out
     code, out, _ = call(["fit", "--model.help", "LanguageModel"], capsys)
-    assert "--model.preset" in out and "--model.learning_rate" in out and "peak learning rate" in out
+    assert "--model.preset" in out and "--model.optimizer.learning_rate" in out and "peak learning rate" in out
     assert "--data.corpus" in call(["fit", "--data.help", "PretrainDataModule"], capsys)[1]
     assert "--model.layer_decay" in call(["fit", "--model.help", "SequenceClassifier"], capsys)[1]
     out = call(["generate", "--help"], capsys)[1]
@@ -157,16 +157,16 @@ def test_resolve_config_composes_configs_and_overrides_like_fit(capsys):
     from lit_llm.lightning_cli import resolve_config
 
     args = [a for f in ("classifier.yaml", "sst2.yaml", "init_scratch.yaml") for a in ("--config", str(EXPERIMENT / f))]
-    args += ["--model.init_args.learning_rate", "1e-3", "--data.batch_size", "4", "--trainer.max_epochs", "2"]
+    args += ["--model.init_args.optimizer.learning_rate", "1e-3", "--data.batch_size", "4", "--trainer.max_epochs", "2"]
     resolved = resolve_config(args)
     model, data = resolved["model"], resolved["data"]
     assert model["class_path"] == "lit_llm.tasks.SequenceClassifier"
-    assert model["init_args"]["learning_rate"] == 1e-3 and data["init_args"]["batch_size"] == 4  # the overrides
+    assert model["init_args"]["optimizer"]["learning_rate"] == 1e-3 and data["init_args"]["batch_size"] == 4  # the overrides
     assert resolved["trainer"]["max_epochs"] == 2
-    assert model["init_args"]["warmup_steps"] == 100  # classifier.yaml
+    assert model["init_args"]["optimizer"]["warmup_steps"] == 100  # classifier.yaml
     assert model["init_args"]["model_args"]["n_layer"] == 4  # init_scratch.yaml
     # the classifier's own defaults, not LanguageModel's lent by jsonargparse when the class_path changed
-    assert model["init_args"]["betas"] == [0.9, 0.999]
+    assert model["init_args"]["optimizer"]["betas"] == [0.9, 0.999]
     # exactly what fit --print_config prints, plus the values links fill in (num_classes, from the model)
     code, out, _ = call(["fit", *args, "--print_config"], capsys)
     printed = yaml.safe_load(out)
@@ -179,6 +179,7 @@ def test_resolve_config_gives_the_chosen_classes_their_own_defaults(tmp_path):
     """jsonargparse lends the default class's init_args to a class_path that replaces it; the resolver (like fit)
     parses with the chosen classes as the defaults, so none are lent."""
     import inspect
+    from dataclasses import asdict
 
     from lit_llm.lightning_cli import resolve_config
     from lit_llm.data.labelled import ClassificationDataModule
@@ -191,11 +192,10 @@ def test_resolve_config_gives_the_chosen_classes_their_own_defaults(tmp_path):
     }))
     resolved = resolve_config(["--config", str(config)])
     model, data = resolved["model"]["init_args"], resolved["data"]["init_args"]
-    for args, cls, keys in ((model, SequenceClassifier, ("learning_rate", "min_lr", "warmup_steps", "weight_decay", "betas")),
-                            (data, ClassificationDataModule, ("batch_size", "seed"))):
-        for key in keys:
-            default = inspect.signature(cls).parameters[key].default
-            assert args[key] == (list(default) if isinstance(default, tuple) else default), key
+    assert model["optimizer"] == {**asdict(inspect.signature(SequenceClassifier).parameters["optimizer"].default),
+                                  "betas": [0.9, 0.999]}
+    for key in ("batch_size", "seed"):
+        assert data[key] == inspect.signature(ClassificationDataModule).parameters[key].default, key
 
 
 def test_resolve_config_of_a_language_model_links_the_block_size():
@@ -205,7 +205,7 @@ def test_resolve_config_of_a_language_model_links_the_block_size():
                                "--data.block_size", "16"])
     assert resolved["model"]["class_path"] == "lit_llm.tasks.LanguageModel"
     assert resolved["model"]["init_args"]["block_size"] == 16 and resolved["data"]["init_args"]["block_size"] == 16
-    assert resolved["model"]["init_args"]["learning_rate"] == 3e-3  # debug.yaml
+    assert resolved["model"]["init_args"]["optimizer"]["learning_rate"] == 3e-3  # debug.yaml
 
 
 # ------------------------------------------------------------------ commands that take fit's arguments
@@ -322,7 +322,7 @@ def test_fit_writes_checkpoint_config_and_offline_wandb_run(trained):
     assert image["data/doc_lengths/format"] == "png"
     assert (runs[0].parent / "files" / image["data/doc_lengths/filenames"][0]).is_file()
     cfg = wandb_config(runs[0])
-    assert cfg["preset"] == "debug" and cfg["learning_rate"] == 3e-3  # hyperparameters
+    assert cfg["preset"] == "debug" and cfg["optimizer"]["learning_rate"] == 3e-3  # hyperparameters
     assert cfg["config"]["trainer"]["max_steps"] == 20  # and the resolved CLI config
     run = cfg["run"]  # code version, hardware and the prepared data's hashes
     assert len(run["code"]["git_sha"]) == 40 and run["hardware"]["world_size"] == 1 and run["data"]["tokenizer_hash"]
@@ -375,7 +375,7 @@ def test_resume_through_the_cli_continues_from_the_checkpoint_step(trained):
     tmp, out, _ = trained
     ckpt = str(out / "checkpoints" / "last.ckpt")
     proc = run(["fit", "--config", "configs/debug.yaml", "--trainer.max_steps", "30", "--ckpt_path", ckpt,
-                "--model.lr_decay_steps", "20", "--trainer.default_root_dir", str(tmp / "resumed")], tmp)
+                "--model.optimizer.lr_decay_steps", "20", "--trainer.default_root_dir", str(tmp / "resumed")], tmp)
     assert "Restored all states" in proc.stdout + proc.stderr
     assert (tmp / "resumed" / "checkpoints" / "step30.ckpt").is_file()
     # resumed by hand, it continues the W&B run that saved the checkpoint (the id travels in the checkpoint)
@@ -392,7 +392,7 @@ def test_resume_through_the_cli_continues_from_the_checkpoint_step(trained):
 def test_print_config_through_the_entry_point(tmp_path):
     printed = yaml.safe_load(run(["fit", "--config", "configs/quickstart.yaml", "--print_config"], tmp_path).stdout)
     assert printed["trainer"]["max_steps"] == 450 and printed["data"]["init_args"]["block_size"] == 64
-    assert printed["model"]["init_args"]["optimizer"] == "muon"
+    assert printed["model"]["init_args"]["optimizer"]["name"] == "muon"
 
 
 @pytest.mark.slow
@@ -417,7 +417,7 @@ def test_every_family_trains_through_the_cli(tmp_path, family):
     data = ["--config", "configs/data/char_mlm.yaml"] if family == "debug-bert" else []
     run(["fit", "--config", "configs/debug.yaml", "--config", f"configs/model/{family}.yaml", *data,
          "--trainer.max_steps", "6", "--trainer.val_check_interval", "6", "--trainer.logger", "false",
-         "--model.warmup_steps", "2", "--trainer.default_root_dir", str(out)], tmp_path)
+         "--model.optimizer.warmup_steps", "2", "--trainer.default_root_dir", str(out)], tmp_path)
     ckpt = out / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     gen = run(["generate", "--checkpoint", str(ckpt), "--prompt", "ROMEO:", "--max_new_tokens", "10",
@@ -461,7 +461,7 @@ def test_prepare_command_then_fit_reuses_it_and_logs_the_report(tmp_path):
     folder = proc.stdout.split("token folder: ")[1].split()[0]
     csv_dir = tmp_path / "csv"
     fit = run(["fit", "--config", "configs/debug.yaml", "--config", "configs/data/reviews.yaml",
-               "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.warmup_steps", "1",
+               "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--model.optimizer.warmup_steps", "1",
                "--trainer.default_root_dir", str(tmp_path / "out"),
                "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(csv_dir)],
               tmp_path)
@@ -532,8 +532,14 @@ def test_a_batch_job_prints_progress_as_lines_not_a_bar(tmp_path):
 
 @pytest.mark.parametrize("args,hint", [
     (["fit", "--config", "configs/debug.yaml", "--trainer.max_stepz", "5"], "did you mean --trainer.max_steps?"),
-    (["fit", "--config", "configs/debug.yaml", "--modle.learning_rate", "5"], "did you mean --model.learning_rate?"),
-    (["fit", "--config", "configs/debug.yaml", "--model.learning_rat", "5"], "did you mean --model.learning_rate?"),
+    (["fit", "--config", "configs/debug.yaml", "--modle.learning_rate", "5"], "did you mean --model.optimizer.learning_rate?"),
+    (["fit", "--config", "configs/debug.yaml", "--model.learning_rat", "5"], "did you mean --model.optimizer.learning_rate?"),
+    (["fit", "--config", "configs/debug.yaml", "--model.warmup_steps", "5"], "did you mean --model.optimizer.warmup_steps?"),
+    (["fit", "--config", "configs/debug.yaml", "--model.optimizer.learning_rat", "5"],
+     "did you mean --model.optimizer.learning_rate?"),
+    # no argparse abbreviations: --model.optimizer.lr would have set lr_decay_steps
+    (["fit", "--config", "configs/debug.yaml", "--model.optimizer.lr", "5"], "unrecognized arguments: --optimizer.lr"),
+    (["fit", "--config", "configs/debug.yaml", "--trainer.max_st", "5"], "did you mean --trainer.max_steps?"),
     (["generate", "--checkpoint", "x.ckpt", "--promt", "a"], "did you mean --prompt?"),
 ])
 def test_a_mistyped_option_gets_a_did_you_mean(args, hint, capsys):

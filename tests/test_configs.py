@@ -5,6 +5,8 @@ configs/experiment/ holds the stages of the sentiment experiment: each reads the
 writes, so they are parsed here (and their mechanics run at toy size in tests/test_finetune.py).
 """
 
+import inspect
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -79,8 +81,8 @@ def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     assert cfg["model"]["class_path"] == "lit_llm.tasks.SequenceClassifier"
     # the classifier's own defaults, not a LanguageModel's carried over by jsonargparse
     lora = init == "init_lora.yaml"
-    assert model["learning_rate"] == (2e-3 if lora else 5e-4) and model["warmup_steps"] == 100
-    assert model["betas"] == [0.9, 0.999] and (model["lora"] is not None) == lora
+    assert model["optimizer"]["learning_rate"] == (2e-3 if lora else 5e-4) and model["optimizer"]["warmup_steps"] == 100
+    assert model["optimizer"]["betas"] == [0.9, 0.999] and (model["lora"] is not None) == lora
     assert model["label_names"] == ["negative", "positive"] and model["num_classes"] == 2
     assert "num_classes" not in dm and "label_names" not in dm  # link targets: they come from the model
     assert (dm["split"] == "kfold") == (data == "cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
@@ -103,7 +105,7 @@ def test_the_hub_gpt2_config_composes_with_the_gpu_fragment(monkeypatch, capsys)
     cfg = _printed([a for f in files for a in ("--config", str(EXPERIMENT / f))]
                    + ["--config", str(REPO / "configs" / "trainer" / "gpu.yaml")], capsys)
     model = cfg["model"]["init_args"]
-    assert model["init_from"] == "checkpoints/gpt2.ckpt" and model["learning_rate"] == 5e-5
+    assert model["init_from"] == "checkpoints/gpt2.ckpt" and model["optimizer"]["learning_rate"] == 5e-5
     assert cfg["trainer"]["accelerator"] == "gpu" and cfg["data"]["init_args"]["max_length"] == 128
     assert "import-hf --hf_dir gpt2 --out checkpoints/gpt2.ckpt" in (EXPERIMENT / "init_hub_gpt2.yaml").read_text()
 
@@ -147,6 +149,40 @@ def test_model_args_compose_key_by_key_across_configs_and_overrides(monkeypatch,
                     capsys)["model"]["init_args"]["model_args"]
     assert args == {"n_layer": 2, "n_head": 2, "n_embd": 128, "dropout": 0.1}
     assert _printed(pretrain + ["--model.model_args", "null"], capsys)["model"]["init_args"]["model_args"] is None
+
+
+def test_the_optimizer_config_composes_field_by_field(tmp_path, monkeypatch, capsys):
+    """model.optimizer is a typed config (OptimizerConfig): a later file or override changes only the fields it
+    names, so lowering the quickstart's learning rate keeps its Muon; a task's own defaults fill the rest."""
+    monkeypatch.setattr("sys.argv", ["lit_llm"])
+    quickstart = ["--config", str(REPO / "configs" / "quickstart.yaml")]
+    base = _printed(quickstart, capsys)["model"]["init_args"]["optimizer"]
+    assert base["name"] == "muon" and base["muon_lr"] == 0.03 and base["learning_rate"] == 6e-3
+    fragment = tmp_path / "warmup.yaml"
+    fragment.write_text("model:\n  optimizer:\n    warmup_steps: 20\n")
+    for extra in (["--config", str(fragment)], ["--model.optimizer.warmup_steps", "20"],
+                  ["--model.optimizer", "{warmup_steps: 20}"]):
+        assert _printed(quickstart + extra, capsys)["model"]["init_args"]["optimizer"] == {**base, "warmup_steps": 20}
+    # the instruction task's fine-tuning defaults, with only the learning rate changed
+    from lit_llm.tasks import InstructionModel, OptimizerConfig
+
+    module_default = inspect.signature(InstructionModel).parameters["optimizer"].default
+    printed = _printed(["--model", "lit_llm.tasks.InstructionModel", "--model.init_from", "x.ckpt",
+                        "--model.optimizer.learning_rate", "3e-4"], capsys)["model"]["init_args"]["optimizer"]
+    assert printed == {**asdict(module_default), "learning_rate": 3e-4, "betas": [0.9, 0.95]}
+    assert OptimizerConfig.of({"learning_rate": 3e-4}, module_default).weight_decay == 0.0  # from Python too
+
+
+@pytest.mark.parametrize(("value", "problem"), [("{learning_rate: -1}", "need learning_rate > 0"),
+                                                ("{min_lr: 1.0}", "0 <= min_lr <= learning_rate"),
+                                                ("{betas: [0.9, 1.5]}", "need betas in [0, 1)")])
+def test_an_impossible_optimizer_setting_is_one_error_line_before_any_work(value, problem, tmp_path, capsys):
+    from tests.helpers.cli import call, error_line
+
+    args = ["fit", "--config", "configs/debug.yaml", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--model.optimizer", value]
+    assert problem in error_line(*call(args, capsys)[::2])
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "strategy").glob("*.yaml")), ids=lambda p: p.name)
@@ -205,11 +241,11 @@ def test_muon_on_a_sharded_strategy_is_refused_before_any_work(tmp_path, capsys)
     args = ["fit", "--config", "configs/quickstart.yaml", "--config", "configs/strategy/fsdp.yaml",
             "--trainer.default_root_dir", str(tmp_path / "run")]
     line = error_line(*call(args, capsys)[::2])
-    assert "--model.optimizer muon orthogonalizes whole weight matrices" in line and "--model.optimizer adamw" in line
+    assert "--model.optimizer.name muon orthogonalizes whole weight matrices" in line and "--model.optimizer.name adamw" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
-    printed = _printed(args[1:] + ["--model.optimizer", "adamw", "--model.learning_rate", "1e-3"], capsys)
-    assert printed["model"]["init_args"]["optimizer"] == "adamw"
-    assert printed["model"]["init_args"]["learning_rate"] == 1e-3
+    printed = _printed(args[1:] + ["--model.optimizer.name", "adamw", "--model.optimizer.learning_rate", "1e-3"], capsys)
+    assert printed["model"]["init_args"]["optimizer"]["name"] == "adamw"
+    assert printed["model"]["init_args"]["optimizer"]["learning_rate"] == 1e-3
 
 
 def test_crossval_takes_the_configs_number_of_folds(tmp_path):
@@ -229,7 +265,7 @@ def test_a_warm_up_longer_than_the_run_is_refused_before_any_side_effect(tmp_pat
     run = tmp_path / "run"
     line = error_line(*call(["fit", "--config", "configs/debug.yaml", "--trainer.max_steps", "3",
                              "--trainer.default_root_dir", str(run)], capsys)[::2])
-    assert "--model.warmup_steps 5 is longer than the schedule (--trainer.max_steps 3)" in line
+    assert "--model.optimizer.warmup_steps 5 is longer than the schedule (--trainer.max_steps 3)" in line
     assert not run.exists() and not (tmp_path / "cache").exists()
 
 

@@ -145,7 +145,7 @@ def test_classifier_loads_any_family_and_pools_ignoring_padding(tmp_path, family
 
 
 def test_layerwise_learning_rates(lm_ckpt):
-    clf = SequenceClassifier(init_from=str(lm_ckpt), learning_rate=1e-3, layer_decay=0.5)
+    clf = SequenceClassifier(init_from=str(lm_ckpt), optimizer={"learning_rate": 1e-3}, layer_decay=0.5)
     clf.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)  # for the schedule length
     groups = clf.configure_optimizers()["optimizer"].param_groups
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
@@ -175,7 +175,7 @@ class _Recorder(L.Callback):
 @pytest.mark.parametrize("head, top", [(3, 2), (0.43, 0.29)])  # steps, or fractions of the 7-step run
 def test_staged_finetuning_freezes_then_unfreezes_at_the_configured_steps(lm_ckpt, tmp_path, head, top):
     torch.manual_seed(0)
-    clf = SequenceClassifier(init_from=str(lm_ckpt), learning_rate=1e-2)
+    clf = SequenceClassifier(init_from=str(lm_ckpt), optimizer={"learning_rate": 1e-2})
     rec = _Recorder()
     tiny_fit(clf, [StagedFinetuning(head_only_steps=head, top_blocks=1, top_blocks_steps=top), rec], 7, tmp_path)
     names = [n for n, _ in clf.named_parameters()]
@@ -197,7 +197,7 @@ def test_staged_finetuning_refuses_a_stage_length_that_is_neither_steps_nor_a_fr
 def test_merged_lora_gives_the_same_logits(lm_ckpt, tmp_path):
     torch.manual_seed(0)
     clf = SequenceClassifier(init_from=str(lm_ckpt), lora=LoraSpec(rank=4, alpha=8, targets=["wq", "wv", "w1"]),
-                             learning_rate=1e-2, head_dropout=0.0)
+                             optimizer={"learning_rate": 1e-2}, head_dropout=0.0)
     trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     rec = _Recorder()
@@ -276,7 +276,7 @@ def test_pretrain_dapt_finetune_test_and_crossval_through_the_cli(tmp_path):
     pre = {
         "trainer": {"max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None, "limit_val_batches": 2,
                     "default_root_dir": str(tmp_path / "pre"), "logger": False, "enable_progress_bar": False},
-        "model": {"preset": "debug", "warmup_steps": 1},
+        "model": {"preset": "debug", "optimizer": {"warmup_steps": 1}},
         "data": {"corpus": None, "block_size": 32, "batch_size": 4,
                  "sources": [{"path": "sentiment/sst2/stsa.binary.train", "format": "text", "sample_by": "line"}],
                  "cleaning": [{"regex_replace": {"pattern": "^[01] ", "repl": ""}}],
@@ -360,7 +360,7 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
         "trainer": {"max_steps": 6, "limit_val_batches": 2, "limit_test_batches": 3, "enable_progress_bar": False,
                     "logger": False, "enable_model_summary": False},
         "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
-                  "init_args": {"init_from": str(lm_ckpt), "learning_rate": 3e-3, "model_args": {"dropout": 0.1}}},
+                  "init_args": {"init_from": str(lm_ckpt), "optimizer": {"learning_rate": 3e-3}, "model_args": {"dropout": 0.1}}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule",
                  "init_args": {"train": "sentiment/sst2/stsa.binary.train", "val": "sentiment/sst2/stsa.binary.dev",
                                "test": "sentiment/sst2/stsa.binary.test", "max_length": 32, "batch_size": 8}},
@@ -368,7 +368,7 @@ def test_sweep_runs_each_seed_reproducibly_and_compares_two_configs_seed_by_seed
     (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cfg))
     base = ["sweep", "--config", str(tmp_path / "cls.yaml"), "--seeds", "2"]
     run_cli(base + ["--out", "a"], tmp_path, tmp_path)
-    run_cli(base + ["--out", "b", "--model.learning_rate", "1e-4", "--compare_to", "a/sweep.json"], tmp_path, tmp_path)
+    run_cli(base + ["--out", "b", "--model.optimizer.learning_rate", "1e-4", "--compare_to", "a/sweep.json"], tmp_path, tmp_path)
     a, b = (json.loads((tmp_path / x / "sweep.json").read_text()) for x in ("a", "b"))
     assert [r["seed"] for r in a["runs"]] == [0, 1] and a["metrics"]["test_acc"]["n"] == 2
     assert a["runs"][0]["test_loss"] != a["runs"][1]["test_loss"]  # the seed reached the run

@@ -172,8 +172,8 @@ def test_a_tokenizer_without_eos_is_refused_before_training(tmp_path, sft_file):
 def test_a_lora_tuned_checkpoint_loads_as_a_plain_language_model(tmp_path, lm_ckpt, sft_file):
     """LoRA adapters trained by InstructionModel are merged when the checkpoint is read: generate, serve, export
     and init_from see a plain model whose logits equal the adapted one's."""
-    module = InstructionModel(str(lm_ckpt), lora=LoraSpec(rank=4, targets=["wq", "wv", "w1"]), learning_rate=1e-2,
-                              warmup_steps=0)
+    module = InstructionModel(str(lm_ckpt), lora=LoraSpec(rank=4, targets=["wq", "wv", "w1"]),
+                              optimizer={"learning_rate": 1e-2, "warmup_steps": 0})
     t = trainer(4)
     t.fit(module, InstructionDataModule(str(sft_file), batch_size=4, val_fraction=0.0))
     t.save_checkpoint(tmp_path / "lora.ckpt")
@@ -199,7 +199,7 @@ def test_fit_through_the_cli_tunes_and_resumes(tmp_path, lm_ckpt, sft_file):
         args = [sys.executable, "-m", "lit_llm", "fit", "--config", str(REPO / "configs/experiment/instruct.yaml"),
                 "--model.init_from", str(lm_ckpt), "--data.train", str(sft_file), "--data.batch_size", "4",
                 "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "3",
-                "--trainer.default_root_dir", str(tmp_path / "run"), "--model.warmup_steps", "1",
+                "--trainer.default_root_dir", str(tmp_path / "run"), "--model.optimizer.warmup_steps", "1",
                 "--plots.enabled", "false", "--trainer.logger", "false", "--model.lora", "{rank: 4}", *extra]
         r = subprocess.run(args, capture_output=True, text=True, env=cli_env(tmp_path), cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -267,7 +267,8 @@ def pairs_file(tmp_path_factory) -> Path:
 def test_dpo_starts_at_log_2_and_learns_the_preferences(lm_ckpt, pairs_file, lora):
     """Policy = reference at the start, so every pair's loss is log 2 exactly; a few steps later the policy
     prefers each chosen answer (reward accuracy 1, loss below log 2)."""
-    module = PreferenceModel(str(lm_ckpt), lora=lora, learning_rate=5e-3 if lora is None else 5e-2, warmup_steps=0)
+    module = PreferenceModel(str(lm_ckpt), lora=lora, optimizer={"learning_rate": 5e-3 if lora is None else 5e-2,
+                                                                "warmup_steps": 0})
     dm = PreferenceDataModule(str(pairs_file), batch_size=8)
     module.configure_model()
     setup_data(dm, module)

@@ -51,8 +51,8 @@ class NaNLossModel(LanguageModel):
 def _fit(corpus, tmp_path, steps, inject, guard, module_cls=LanguageModel, **kw):
     L.seed_everything(1337)
     dm = PretrainDataModule(corpus=str(corpus), block_size=32, batch_size=4, val_fraction=0.1)
-    model = module_cls("debug", vocab_size=dm.vocab_size, block_size=32, warmup_steps=1, lr_decay_steps=20,
-                       learning_rate=3e-3)
+    model = module_cls("debug", vocab_size=dm.vocab_size, block_size=32, optimizer={"warmup_steps": 1,
+                       "lr_decay_steps": 20, "learning_rate": 3e-3})
     # the last 3 step checkpoints are kept, to roll back a bad stretch
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, save_last=True, filename="step{step}",
                            auto_insert_metric_name=False, monitor="step", mode="max", save_top_k=3)
@@ -147,14 +147,14 @@ def test_exploded_weights_stop_the_run_unsaved_and_the_errors_advice_works(tmp_p
     def fit(out, *extra):
         return call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus), "--trainer.logger",
                      "false", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
-                     "--trainer.limit_val_batches", "1", "--model.warmup_steps", "1", "--model.lr_decay_steps", "8",
+                     "--trainer.limit_val_batches", "1", "--model.optimizer.warmup_steps", "1", "--model.optimizer.lr_decay_steps", "8",
                      "--checkpoint.every_n_train_steps", "2", *extra], capsys)
 
     out = tmp_path / "run"
     assert fit(out, "--trainer.max_steps", "4")[0] == 0
     with pytest.raises(NonFiniteError, match=r"The weights' norm went from .* at step 5 .*--ckpt_path newest.*lower"
-                                             r" --model.learning_rate"):
-        fit(out, "--trainer.max_steps", "8", "--ckpt_path", "newest", "--model.learning_rate", "1e38")
+                                             r" --model.optimizer.learning_rate"):
+        fit(out, "--trainer.max_steps", "8", "--ckpt_path", "newest", "--model.optimizer.learning_rate", "1e38")
     for path in (out / "checkpoints").iterdir():  # nothing after step 4, nothing exploded
         ckpt = torch.load(path, weights_only=True)
         assert ckpt["global_step"] <= 4, path

@@ -32,7 +32,7 @@ def test_language_model_onnx_matches_pytorch(tmp_path, family):
 @pytest.mark.parametrize("family,lora", [("debug", None), ("debug-bert", LoraSpec(rank=4, targets=["wq", "wv"]))])
 def test_classifier_onnx_matches_pytorch(tmp_path, family, lora):
     lm = write_lm_checkpoint(tmp_path / "lm.ckpt", family)
-    clf = SequenceClassifier(init_from=str(lm), label_names=["neg", "pos"], lora=lora, learning_rate=1e-2)
+    clf = SequenceClassifier(init_from=str(lm), label_names=["neg", "pos"], lora=lora, optimizer={"learning_rate": 1e-2})
     trainer = tiny_fit(clf, [], 2, tmp_path)
     trainer.save_checkpoint(tmp_path / "clf.ckpt")
     out = export(str(tmp_path / "clf.ckpt"), str(tmp_path / "onnx"), format="onnx")

@@ -206,7 +206,7 @@ def _classifier_metrics(tmp_path, lm_ckpt, extra, batch, name):
     out = tmp_path / name
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/classifier.yaml",
            "--model.init_from", str(lm_ckpt), "--model.head_dropout", "0.0", "--model.layer_decay", "0.8",
-           "--model.warmup_steps", "2",
+           "--model.optimizer.warmup_steps", "2",
            "--data", "lit_llm.data.labelled.ClassificationDataModule",
            "--data.train", str(SENTIMENT / "sst2" / "stsa.binary.train"), "--data.val", str(SENTIMENT / "sst2" / "stsa.binary.dev"),
            "--data.max_length", "32", "--data.batch_size", str(batch),
@@ -261,7 +261,7 @@ def _instruction_losses(tmp_path, lm_ckpt, extra, batch, name):
                                for i, (label, text) in enumerate(line.split(" ", 1) for line in lines)))
     out = tmp_path / name
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/instruct.yaml",
-           "--model.init_from", str(lm_ckpt), "--model.warmup_steps", "2", "--data.train", str(sft),
+           "--model.init_from", str(lm_ckpt), "--model.optimizer.warmup_steps", "2", "--data.train", str(sft),
            "--data.val_fraction", "0.25", "--data.batch_size", str(batch), "--trainer.max_steps", "6",
            "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),
@@ -302,7 +302,7 @@ def test_preference_tuning_under_fsdp_matches_one_process(classifier_baseline):
     def run(extra, batch, name):
         out = tmp / name
         cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/experiment/preference.yaml",
-               "--model.init_from", str(lm), "--model.learning_rate", "1e-3", "--model.warmup_steps", "1",
+               "--model.init_from", str(lm), "--model.optimizer.learning_rate", "1e-3", "--model.optimizer.warmup_steps", "1",
                "--data.train", str(pairs), "--data.batch_size", str(batch), "--trainer.max_steps", "4",
                "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
                "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(out),

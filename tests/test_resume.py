@@ -89,7 +89,7 @@ import lit_llm.checkpoint_io as checkpoint_io
 
 root, corpus = sys.argv[1], sys.argv[2]
 cli = LitLLMCLI(args=["--config", "configs/debug.yaml", "--data.corpus", corpus, "--trainer.logger", "false",
-                      "--trainer.default_root_dir", root, "--trainer.max_steps", "2", "--model.warmup_steps", "1",
+                      "--trainer.default_root_dir", root, "--trainer.max_steps", "2", "--model.optimizer.warmup_steps", "1",
                       "--trainer.enable_progress_bar", "false"], run=False)
 assert isinstance(cli.trainer.strategy.checkpoint_io, checkpoint_io.AtomicCheckpointIO)
 cli.trainer.fit(cli.model, cli.datamodule)
@@ -134,14 +134,21 @@ def test_a_resume_that_changes_a_hyperparameter_it_cannot_apply_is_refused_namin
     change the task cannot apply (the network's shape) is one error line naming the key and both values."""
     ckpt = tmp_path / "trained.ckpt"
     torch.save({"global_step": 10, "state_dict": {}, KEY: {"model_config": {}, "tokenizer": "t"},
-                "hyper_parameters": {"preset": "debug", "model_args": None, "learning_rate": 3e-3}}, ckpt)
+                "hyper_parameters": {"preset": "debug", "model_args": None,
+                                     "optimizer": {"name": "adamw", "learning_rate": 3e-3}}}, ckpt)
     code, _, err = call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus),
                          "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
-                         "--model.model_args", "{n_layer: 3}", "--model.learning_rate", "1e-4",
+                         "--model.model_args", "{n_layer: 3}", "--model.optimizer.learning_rate", "1e-4",
                          "--ckpt_path", str(ckpt)], capsys)
     line = error_line(code, err)
     assert "was trained with model.model_args=None (this run: {'n_layer': 3}); a resumed run cannot change it" in line
     assert "learning_rate" not in line  # applied on resume, not refused
+    # the optimizer's kind is compared field by field too, and refused
+    code, _, err = call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus),
+                         "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+                         "--model.optimizer.name", "muon", "--ckpt_path", str(ckpt)], capsys)
+    line = error_line(code, err)
+    assert "was trained with model.optimizer.name='adamw' (this run: 'muon'); a resumed run cannot change it" in line
 
 
 def _slurm_env(monkeypatch, job):
@@ -163,7 +170,7 @@ def test_a_slurm_fit_resumes_only_its_own_jobs_or_configs_checkpoints(tmp_path, 
         code, _, err = call(["fit", "--config", "configs/debug.yaml", "--data.corpus", str(small_corpus),
                              "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                              "--trainer.default_root_dir", str(out), "--trainer.limit_val_batches", "1",
-                             "--trainer.max_steps", "2", "--model.warmup_steps", "1", "--checkpoint.every_n_train_steps", "2",
+                             "--trainer.max_steps", "2", "--model.optimizer.warmup_steps", "1", "--checkpoint.every_n_train_steps", "2",
                              *extra], capsys)
         assert code == 0, err
         return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
@@ -174,11 +181,11 @@ def test_a_slurm_fit_resumes_only_its_own_jobs_or_configs_checkpoints(tmp_path, 
     assert first["lit_llm_run"]["slurm_job"] == "111"
     again = fit("222")  # the same config, resubmitted: continues it (already at max_steps: nothing to do)
     assert "resuming from the newest complete checkpoint" in caplog.text and "(of this run" in caplog.text
-    assert again["hyper_parameters"]["learning_rate"] == 3e-3
+    assert again["hyper_parameters"]["optimizer"]["learning_rate"] == 3e-3
     with pytest.warns(UserWarning, match="was saved by another run .* it is not continued. Pass --ckpt_path"):
-        other = fit("333", "--model.learning_rate", "1e-3")  # another run: starts from step 0
+        other = fit("333", "--model.optimizer.learning_rate", "1e-3")  # another run: starts from step 0
     assert "resuming" not in caplog.text
-    assert other["hyper_parameters"]["learning_rate"] == 1e-3 and other["lit_llm_run"]["slurm_job"] == "333"
+    assert other["hyper_parameters"]["optimizer"]["learning_rate"] == 1e-3 and other["lit_llm_run"]["slurm_job"] == "333"
 
 
 def test_the_start_up_sweep_keeps_a_temporary_file_that_a_live_run_is_writing(tmp_path):

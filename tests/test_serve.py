@@ -768,8 +768,8 @@ def _classifier_config(tmp: Path, lm: Path, root: Path, train: str, max_steps: i
                     "val_check_interval": max_steps, "default_root_dir": str(root), "enable_progress_bar": False,
                     "logger": False, "enable_model_summary": False},
         "model": {"class_path": "lit_llm.tasks.SequenceClassifier",
-                  "init_args": {"init_from": str(lm), "label_names": ["negative", "positive"], "learning_rate": 3e-3,
-                                "warmup_steps": 0, "head_dropout": 0.0}},
+                  "init_args": {"init_from": str(lm), "label_names": ["negative", "positive"], "head_dropout": 0.0,
+                                "optimizer": {"learning_rate": 3e-3, "warmup_steps": 0}}},
         "data": {"class_path": "lit_llm.data.labelled.ClassificationDataModule", "init_args": data},
     }
     path = tmp / f"{root.name}.yaml"

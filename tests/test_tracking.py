@@ -19,8 +19,8 @@ from lit_llm.tracking import code_version
 def _fit(corpus, tmp_path, callbacks, dropout=0.1, **trainer_kw):
     L.seed_everything(1337)
     dm = PretrainDataModule(corpus=str(corpus), block_size=32, batch_size=4, val_fraction=0.1)
-    model = LanguageModel("debug", {"dropout": dropout}, vocab_size=dm.vocab_size, block_size=32, warmup_steps=2,
-                          lr_decay_steps=12)
+    model = LanguageModel("debug", {"dropout": dropout}, vocab_size=dm.vocab_size, block_size=32, optimizer={"warmup_steps": 2,
+                          "lr_decay_steps": 12})
     trainer = L.Trainer(max_steps=12, accelerator="cpu", enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, val_check_interval=4, limit_val_batches=2, callbacks=callbacks,
                         default_root_dir=tmp_path, **{"logger": False, **trainer_kw})

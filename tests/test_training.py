@@ -28,12 +28,13 @@ class RecordLosses(L.Callback):
 
 
 def _fit(corpus, max_steps, ckpt_path=None, ckpt_dir=None, every_n=5, dropout=0.0, module_kw=None, data_kw=None,
-         **trainer_kw):
+         optimizer=None, **trainer_kw):
     L.seed_everything(1337)
     dm = PretrainDataModule(corpus=str(corpus), block_size=32, batch_size=4, val_fraction=0.1, **(data_kw or {}))
     model = LanguageModel(
         "debug", {"dropout": dropout}, vocab_size=dm.vocab_size, block_size=32,
-        warmup_steps=2, lr_decay_steps=20, learning_rate=3e-3, **(module_kw or {}),
+        optimizer={"warmup_steps": 2, "lr_decay_steps": 20, "learning_rate": 3e-3, **(optimizer or {})},
+        **(module_kw or {}),
     )
     callbacks = [rec := RecordLosses()]
     if ckpt_dir:  # the CLI's checkpointing: every few steps and when training stops
@@ -90,7 +91,7 @@ def test_resumed_run_matches_an_uninterrupted_one(small_corpus, tmp_path, every_
     # 18,000 train tokens / 32 = 562 blocks = 140 batches of 4 per epoch; limit it to 8 to cross epochs.
     # The first run is "killed" after step 13; its last checkpoint is from step 10 (every_n=5, in the middle
     # of epoch 2) or step 8 (every_n=8, the end of epoch 1). Muon's momentum must resume too.
-    kw = dict(limit_train_batches=8, dropout=dropout, every_n=every_n, module_kw={"optimizer": optimizer})
+    kw = dict(limit_train_batches=8, dropout=dropout, every_n=every_n, optimizer={"name": optimizer})
     straight, _ = _fit(small_corpus, max_steps=20, **kw)
     first, _ = _fit(small_corpus, max_steps=13, ckpt_dir=tmp_path, **kw)
     assert first.losses == straight.losses[:13]
@@ -143,8 +144,8 @@ def test_loss_options_change_training_as_configured(small_corpus, monkeypatch):
 def test_muon_steps_the_blocks_matrices_with_torch_muon_and_the_rest_with_adamw():
     import copy
 
-    module = LanguageModel("debug", vocab_size=65, block_size=32, optimizer="muon", muon_lr=0.05, learning_rate=3e-3,
-                           warmup_steps=0, weight_decay=0.1)
+    module = LanguageModel("debug", vocab_size=65, block_size=32, optimizer={"name": "muon", "muon_lr": 0.05,
+                           "learning_rate": 3e-3, "warmup_steps": 0, "weight_decay": 0.1})
     module.configure_model()
     reference = copy.deepcopy(module)
     optimizer, _ = module.build_optimizer(decay_steps=10)
@@ -175,7 +176,7 @@ def test_muon_steps_the_blocks_matrices_with_torch_muon_and_the_rest_with_adamw(
     state = optimizer.state_dict()
     optimizer.load_state_dict(state)
     assert optimizer.state_dict()["muon"]["state"].keys() == state["muon"]["state"].keys()
-    with pytest.raises(ValueError, match="another --model.optimizer"):
+    with pytest.raises(ValueError, match="another --model.optimizer.name"):
         optimizer.load_state_dict(torch_adamw.state_dict())
 
 
@@ -195,8 +196,8 @@ def test_learning_rate_curves_are_named_by_the_parameter_groups_name(small_corpu
     assert [g.get("name") for g in plain.param_groups] == [None, "head"]  # Lightning: lr-AdamW/pg1, lr-AdamW/head
 
     dm = PretrainDataModule(corpus=str(small_corpus), block_size=32, batch_size=4, val_fraction=0.1)
-    model = LanguageModel("debug", vocab_size=dm.vocab_size, block_size=32, optimizer="muon", warmup_steps=0,
-                          lr_decay_steps=10)
+    model = LanguageModel("debug", vocab_size=dm.vocab_size, block_size=32, optimizer={"name": "muon", "warmup_steps": 0,
+                          "lr_decay_steps": 10})
     L.Trainer(max_steps=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1,
               callbacks=[LRMonitor(logging_interval="step")]).fit(model, dm)

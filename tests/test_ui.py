@@ -322,7 +322,7 @@ def test_three_corrections_on_the_page_become_pairs_that_the_preference_config_f
     out = tmp_path / "dpo"
     run_cli(["fit", "--config", "configs/experiment/preference.yaml", "--model.init_from", server.checkpoint,
              "--data.train", str(round_store), "--data.batch_size", "3", "--trainer.max_steps", "2",
-             "--model.warmup_steps", "1", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar",
+             "--model.optimizer.warmup_steps", "1", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar",
              "false", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir",
              str(out), "--trainer.default_root_dir", str(out), "--plots.enabled", "false"], REPO, tmp_path)
     losses = [float(r["train_loss"]) for r in csv.DictReader(open(next(out.glob("**/metrics.csv"))))

@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 
 
 def name_param_groups(optimizer: Optimizer) -> None:
-    """Under ``MuonWithAdamW`` (``--model.optimizer muon``) each task group is split between the two inner
+    """Under ``MuonWithAdamW`` (``--model.optimizer.name muon``) each task group is split between the two inner
     optimizers: their copies are named ``muon/NAME`` and ``adamw/NAME`` (``NAME``: the group's ``name``, else
     ``pgN`` within that optimizer), which says which optimizer a curve is and keeps the names distinct (Lightning
     refuses two groups of one optimizer with the same name). Other optimizers keep their groups' names."""

@@ -112,7 +112,7 @@ class NonFiniteGuard(L.Callback):
                 f"{what.capitalize()} at step {step} ({self.consecutive} bad step(s) in a row, more than"
                 f" nonfinite.max_consecutive={self.max_consecutive}); the run stopped before updating the weights."
                 " Resume from the last checkpoint (--ckpt_path newest), which holds sound weights, with a lower"
-                " --model.learning_rate or gradient clipping, or look for bad data near this step."
+                " --model.optimizer.learning_rate or gradient clipping, or look for bad data near this step."
             )
         for p in params:  # AdamW skips parameters without a gradient: no update, no weight decay, no moment change
             p.grad = None
@@ -134,7 +134,7 @@ class NonFiniteGuard(L.Callback):
                 f" nonfinite.max_weight_growth={self.max_weight_growth:g} times in one step, or not finite): the"
                 " update exploded them, usually from a learning rate far too high. The run stopped before saving"
                 " them. Resume from the last checkpoint (--ckpt_path newest), which holds sound weights, with a"
-                " lower --model.learning_rate."
+                " lower --model.optimizer.learning_rate."
                 if previous else
                 f"The weights are not finite at step {trainer.global_step}; the run stopped before saving them."
             )

@@ -94,7 +94,7 @@ def strategy_args(row: dict[str, Any]) -> list[str]:
     args = ["--trainer.strategy", "lit_llm.parallel.ModelParallel",
             "--trainer.strategy.data_parallel_size", str(row["dp"]),
             "--trainer.strategy.tensor_parallel_size", str(row["tp"]),
-            "--trainer.strategy.pipeline_parallel_size", str(row["pp"]), "--model.optimizer", "adamw"]
+            "--trainer.strategy.pipeline_parallel_size", str(row["pp"]), "--model.optimizer.name", "adamw"]
     parallel = {"activation_checkpointing": "full" if row["fits"] == "with checkpointing" else "none"}
     if row["pp"] > 1:
         parallel.update(pipeline_schedule="1f1b", microbatches=row["microbatches"])

@@ -7,12 +7,14 @@ metrics are. Everything else lives here once:
 - ``configure_model`` applies the parallelism that the strategy's device mesh asks for, with the functions
   in ``lit_llm.parallel`` (pipeline split, tensor + sequence parallel, activation checkpointing, compile,
   FSDP2), so every task runs under every strategy YAML in ``configs/strategy/``;
-- ``configure_optimizers`` builds AdamW from the task's groups and the warm-up + cosine schedule, whose
-  length is ``lr_decay_steps`` or the run's ``trainer.estimated_stepping_batches``.
+- ``configure_optimizers`` builds the optimizer of ``--model.optimizer`` (``optim.OptimizerConfig``: AdamW, or
+  Muon with AdamW) from the task's groups and the warm-up + cosine schedule, whose length is
+  ``optimizer.lr_decay_steps`` or the run's ``trainer.estimated_stepping_batches``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional, Union
@@ -84,27 +86,35 @@ class TransformerModule(L.LightningModule):
     """Base of the task modules. Subclasses set ``self.config`` (the network's ``ModelConfig``) in
     ``__init__`` and implement ``build_network``, ``param_groups`` and their steps.
 
-    The optimizer hyperparameters are read from ``self.hparams``: ``learning_rate``, ``min_lr``,
-    ``warmup_steps``, ``lr_decay_steps``, ``betas`` and, when the task has it, ``eps``.
+    The optimizer and schedule settings are ``self.optim`` (``optim.OptimizerConfig``, the task's
+    ``--model.optimizer``); the parallel ones ``self.parallel``. Both are stored in ``hparams`` as plain dicts.
     """
 
     supports_pipeline = False  # a task that can run as pipeline stages says so and implements the schedule
     # hyperparameters a resumed fit may change: they take effect from the resumed step on (``on_train_start``
     # applies the optimizer's and the schedule's over the restored state); a change to any other is refused
+    # (a dotted name is one field of a typed config: ``optimizer.learning_rate``; ``optim.APPLIED_ON_RESUME``)
     applied_on_resume: frozenset[str] = frozenset({"parallel"})
 
-    def __init__(self, parallel: Optional[Union[ParallelConfig, dict]] = None) -> None:
+    def __init__(self, parallel: Optional[Union[ParallelConfig, dict]] = None,
+                 optimizer: Optional[Union[optim.OptimizerConfig, dict]] = None) -> None:
         super().__init__()
         # a dict after a checkpoint round trip (hyperparameters are stored as plain data)
         self.parallel = ParallelConfig(**parallel) if isinstance(parallel, dict) else (parallel or ParallelConfig())
+        # a dict sets only the fields it names, over the task's own defaults (its signature's default instance)
+        own = inspect.signature(type(self).__init__).parameters.get("optimizer")
+        own = own.default if own is not None and isinstance(own.default, optim.OptimizerConfig) else None
+        self.optim = optim.OptimizerConfig.of(optimizer, own)
         self.config: ModelConfig
         self.pipeline = None  # lit_llm.parallel.pipeline.PipelineRunner under pipeline parallelism
         self._parallelized = False
 
-    def _keep_parallel_as_dict(self) -> None:
-        """Call after ``save_hyperparameters(ignore=["parallel"])``: the parallel config is stored as a plain
-        dict, so that checkpoints load weights-only without this class."""
-        self.hparams["parallel"] = asdict(self.parallel)
+    def _keep_configs_as_dicts(self) -> None:
+        """Call after ``save_hyperparameters(ignore=["parallel", "optimizer"])``: the parallel and optimizer
+        configs are stored as plain dicts, so that checkpoints load weights-only without their classes."""
+        for hparams in (self.hparams, self._hparams_initial):  # the checkpoint's, and what the loggers record
+            hparams["parallel"] = asdict(self.parallel)
+            hparams["optimizer"] = self.optim.as_dict()
 
     # ------------------------------------------------------------------ subclass hooks
     def build_network(self) -> None:
@@ -142,10 +152,10 @@ class TransformerModule(L.LightningModule):
         parts = [net]  # what runs: the network, or this rank's pipeline stages
         dims = ParallelDims.of_mesh(mesh) if mesh is not None else None
         pp = dims.pp if dims is not None else 1
-        if mesh is not None and self.hparams.get("optimizer", "adamw") == "muon":
-            raise ValueError("--model.optimizer muon orthogonalizes whole weight matrices: it runs on one device or"
-                             " under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP meshes, whose weights"
-                             " are sharded. Use --model.optimizer adamw with those strategies.")
+        if mesh is not None and self.optim.name == "muon":
+            raise ValueError("--model.optimizer.name muon orthogonalizes whole weight matrices: it runs on one device"
+                             " or under DDP (configs/strategy/ddp.yaml), not on FSDP, TP or PP meshes, whose weights"
+                             " are sharded. Use --model.optimizer.name adamw with those strategies.")
         if mesh is not None:
             dims.check_model(self.config)
             self.check_parallel(dims)
@@ -179,11 +189,11 @@ class TransformerModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def decay_steps(self) -> int:
-        """Length of the cosine schedule: ``lr_decay_steps``, or the optimizer steps the run will take."""
-        steps = self.hparams.get("lr_decay_steps") or self.trainer.estimated_stepping_batches
+        """Length of the cosine schedule: ``optimizer.lr_decay_steps``, or the optimizer steps the run will take."""
+        steps = self.optim.lr_decay_steps or self.trainer.estimated_stepping_batches
         if steps is None or not math.isfinite(steps) or steps < 0:
-            raise ValueError("Set --trainer.max_steps (or --trainer.max_epochs) or --model.lr_decay_steps: the cosine"
-                             " schedule needs a length")
+            raise ValueError("Set --trainer.max_steps (or --trainer.max_epochs) or --model.optimizer.lr_decay_steps:"
+                             " the cosine schedule needs a length")
         return int(steps)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -196,7 +206,8 @@ class TransformerModule(L.LightningModule):
         """On a resumed fit, apply this run's optimizer settings and schedule over the restored ones.
 
         Restoring a checkpoint loads the optimizer's parameter groups (learning rate, weight decay, betas...) and
-        the schedule's base learning rates as they were saved, so a resume with ``--model.learning_rate 1e-4``
+        the schedule's base learning rates as they were saved, so a resume with
+        ``--model.optimizer.learning_rate 1e-4``
         would silently keep the old rate. Here each group takes this run's settings and the learning rate its
         schedule gives at the restored step (``base * lambda(step)``, the very expression ``LambdaLR`` uses, so an
         unchanged config resumes bit-identically). Tasks whose groups change during training (staged
@@ -205,7 +216,7 @@ class TransformerModule(L.LightningModule):
         configured = getattr(self, "_configured_groups", None)
         if self.trainer.ckpt_path is None or configured is None or not self.trainer.lr_scheduler_configs:
             return
-        if "learning_rate" not in self.applied_on_resume:
+        if "optimizer.learning_rate" not in self.applied_on_resume:
             return
         optimizer = self.trainer.optimizers[0]
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
@@ -219,13 +230,14 @@ class TransformerModule(L.LightningModule):
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def build_optimizer(self, decay_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """The optimizer over the task's parameter groups (``hparams.optimizer``: AdamW, or Muon for the
-        blocks' matrices with AdamW for the rest) and the warm-up + cosine schedule."""
-        hp = self.hparams
+        """The optimizer over the task's parameter groups (``self.optim``: AdamW, or Muon for the blocks'
+        matrices with AdamW for the rest) and the warm-up + cosine schedule."""
+        hp = self.optim
         if hp.warmup_steps > decay_steps:
-            raise ValueError(f"warmup_steps ({hp.warmup_steps}) is larger than the decay length ({decay_steps})")
-        kind = hp.get("optimizer", "adamw")
-        adamw = dict(lr=hp.learning_rate, betas=tuple(hp.betas), eps=hp.get("eps", 1e-8))
+            raise ValueError(f"optimizer.warmup_steps ({hp.warmup_steps}) is larger than the decay length"
+                             f" ({decay_steps})")
+        kind = hp.name
+        adamw = dict(lr=hp.learning_rate, betas=hp.betas, eps=hp.eps)
         groups, muon_groups = [], []
         hidden = optim.hidden_matrices(self.network) if kind == "muon" else set()
         for g in self.param_groups():

@@ -32,6 +32,7 @@ from lit_llm.data.tokenizer import load_tokenizer
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.parallel import ParallelDims
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
+from lit_llm.tasks.optim import OptimizerConfig
 
 __all__ = ["LoraSpec", "SequenceClassifier"]
 
@@ -59,16 +60,9 @@ class SequenceClassifier(TransformerModule):
         pooling: ``last`` (last non-pad token), ``cls`` (first token) or ``mean``; ``auto``: last for causal
             models, cls for the encoder.
         head_dropout: dropout before the head.
-        learning_rate: peak learning rate of the head (the top of the layer-wise decay).
-        min_lr: learning rate at the end of the cosine schedule.
-        warmup_steps: linear warm-up steps.
-        lr_decay_steps: length of the cosine schedule (default: trainer.max_steps).
-        weight_decay: AdamW weight decay on matrices.
-        betas: AdamW betas.
-        optimizer: ``adamw``, or ``muon`` for the backbone blocks' 2-D weights (AdamW for the rest, the head
-            included); one device or DDP only (see ``LanguageModel``).
-        muon_lr: peak learning rate of the Muon matrices (scaled by ``layer_decay`` per block, like the rest).
-        muon_momentum: Muon's (Nesterov) momentum.
+        optimizer: the optimizer and its schedule (``OptimizerConfig``); ``learning_rate`` is the head's, the top
+            of the layer-wise decay, and ``muon`` is for the backbone blocks' 2-D weights (scaled by
+            ``layer_decay`` per block, like the rest; AdamW for the rest, the head included).
         layer_decay: layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): block i from the
             top trains at ``learning_rate * layer_decay ** i``, the embeddings at ``layer_decay ** (n_layer + 1)``.
         lora: train LoRA adapters and the head instead of the whole backbone.
@@ -85,22 +79,15 @@ class SequenceClassifier(TransformerModule):
         label_names: Optional[list[str]] = None,
         pooling: Literal["auto", "last", "cls", "mean"] = "auto",
         head_dropout: float = 0.1,
-        learning_rate: float = 1e-3,
-        min_lr: float = 0.0,
-        warmup_steps: int = 0,
-        lr_decay_steps: Optional[int] = None,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        optimizer: Literal["adamw", "muon"] = "adamw",
-        muon_lr: float = 0.02,
-        muon_momentum: float = 0.95,
+        optimizer: OptimizerConfig = OptimizerConfig(min_lr=0.0, warmup_steps=0, weight_decay=0.01,
+                                                     betas=(0.9, 0.999)),
         layer_decay: float = 1.0,
         lora: Optional[LoraSpec] = None,
         parallel: Optional[ParallelConfig] = None,
     ) -> None:
-        super().__init__(parallel)
-        self.save_hyperparameters(ignore=["parallel"])
-        self._keep_parallel_as_dict()
+        super().__init__(parallel, optimizer)
+        self.save_hyperparameters(ignore=["parallel", "optimizer"])
+        self._keep_configs_as_dicts()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if num_classes < 2 or not 0 < layer_decay <= 1:
@@ -284,7 +271,7 @@ class SequenceClassifier(TransformerModule):
             if hp.lora is not None and not p.requires_grad:
                 continue
             groups.setdefault((self._depth(name), p.dim() >= 2), []).append(p)
-        return [{"params": ps, "lr_scale": hp.layer_decay**depth, "weight_decay": hp.weight_decay if decay else 0.0,
+        return [{"params": ps, "lr_scale": hp.layer_decay**depth, "weight_decay": self.optim.weight_decay if decay else 0.0,
                  "depth": depth, "name": f"depth{depth}/{'decay' if decay else 'no_decay'}"}
                 for (depth, decay), ps in sorted(groups.items())]
 

@@ -25,6 +25,7 @@ from lit_llm.model.loss import IGNORE_INDEX
 from lit_llm.parallel import ParallelDims
 from lit_llm.tasks.base import ParallelConfig
 from lit_llm.tasks.language_model import LanguageModel
+from lit_llm.tasks.optim import APPLIED_ON_RESUME, OptimizerConfig
 
 
 class InstructionModel(LanguageModel):
@@ -34,34 +35,23 @@ class InstructionModel(LanguageModel):
         init_from: the lit_llm language-model checkpoint to start from (its config and tokenizer are used).
         lora: train LoRA adapters (peft) on these projections instead of every weight; None: full fine-tuning.
         dropout: dropout during tuning; None keeps the checkpoint's.
-        learning_rate: peak learning rate after warm-up.
-        min_lr: learning rate at the end of the cosine decay.
-        warmup_steps: optimizer steps of linear warm-up.
-        lr_decay_steps: optimizer step at which the cosine decay reaches ``min_lr`` (default: the run's length).
-        weight_decay: decoupled weight decay on matrices and embeddings.
-        betas: AdamW betas.
-        eps: AdamW epsilon.
+        optimizer: the optimizer and its warm-up + cosine schedule (``OptimizerConfig``), with fine-tuning's
+            defaults (AdamW at 1e-4, no weight decay, betas 0.9/0.95).
         label_smoothing: cross-entropy label smoothing on the answer tokens.
         z_loss: coefficient of the z-loss (0 turns it off).
         loss_chunk_size: compute the loss this many tokens at a time (None: in one go).
         parallel: activation checkpointing, compile, FSDP dtype and pipeline schedule (see ``ParallelConfig``).
     """
 
-    applied_on_resume = frozenset({"learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "betas",
-                                   "eps", "label_smoothing", "z_loss", "loss_chunk_size", "parallel"})
+    applied_on_resume = frozenset({"label_smoothing", "z_loss", "loss_chunk_size", "parallel"}) | APPLIED_ON_RESUME
 
     def __init__(
         self,
         init_from: str,
         lora: Optional[LoraSpec] = None,
         dropout: Optional[float] = None,
-        learning_rate: float = 1e-4,
-        min_lr: float = 1e-5,
-        warmup_steps: int = 10,
-        lr_decay_steps: Optional[int] = None,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
+        optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4, min_lr=1e-5, warmup_steps=10,
+                                                     weight_decay=0.0, betas=(0.9, 0.95)),
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         loss_chunk_size: Optional[int] = None,
@@ -69,9 +59,8 @@ class InstructionModel(LanguageModel):
     ) -> None:
         if isinstance(lora, dict):  # from a checkpoint's hyperparameters
             lora = LoraSpec(**lora)
-        super().__init__(model_args=None if dropout is None else {"dropout": dropout}, learning_rate=learning_rate,
-                         min_lr=min_lr, warmup_steps=warmup_steps, lr_decay_steps=lr_decay_steps,
-                         weight_decay=weight_decay, betas=betas, eps=eps, label_smoothing=label_smoothing,
+        super().__init__(model_args=None if dropout is None else {"dropout": dropout}, optimizer=optimizer,
+                         label_smoothing=label_smoothing,
                          z_loss=z_loss, loss_chunk_size=loss_chunk_size, parallel=parallel, init_from=init_from)
         self.hparams["lora"] = None if lora is None else asdict(lora)  # plain data: weights-only loading
         if not self.config.causal:

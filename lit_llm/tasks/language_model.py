@@ -4,7 +4,7 @@ the metrics (loss, perplexity, bits per byte) and the optimizer's parameter grou
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from lit_llm.parallel.dims import PP
 from lit_llm.parallel.pipeline import (PipelineRunner, TiedWeights, adopt_blocks, build_schedule, clip_across_stages,
                                        split_stages)
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
+from lit_llm.tasks.optim import APPLIED_ON_RESUME, OptimizerConfig
 
 
 class LanguageModel(TransformerModule):
@@ -32,18 +33,10 @@ class LanguageModel(TransformerModule):
         model_args: overrides of preset fields, e.g. ``{n_layer: 6, dropout: 0.1}``.
         vocab_size: tokenizer size; the CLI links it from the data module.
         block_size: context length; the CLI links it from the data module.
-        learning_rate: peak learning rate after warm-up.
-        min_lr: learning rate at the end of the cosine decay.
-        warmup_steps: optimizer steps of linear warm-up.
-        lr_decay_steps: optimizer step at which the cosine decay reaches ``min_lr``
-            (default: the run's length, ``trainer.max_steps``). Set it explicitly to resume into a longer run.
-        weight_decay: decoupled weight decay, applied to matrices and embeddings only (not biases or norms).
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        optimizer: ``adamw``, or ``muon``: ``torch.optim.Muon`` for the 2-D weights inside the blocks (AdamW at
-            ``learning_rate`` for embeddings, head, norms and biases). One device or DDP only.
-        muon_lr: peak learning rate of the Muon matrices (the schedule scales it like ``learning_rate``).
-        muon_momentum: Muon's (Nesterov) momentum.
+        optimizer: the optimizer and its warm-up + cosine schedule (``OptimizerConfig``: ``name`` adamw or muon,
+            ``learning_rate``, ``min_lr``, ``warmup_steps``, ``lr_decay_steps``, ``weight_decay``, ``betas``,
+            ``eps``, ``muon_lr``, ``muon_momentum``); set only the fields to change, e.g.
+            ``--model.optimizer.learning_rate 3e-4``.
         label_smoothing: cross-entropy label smoothing (training loss only; evaluation reports plain CE).
         z_loss: coefficient of the z-loss, mean (log Z)^2 of the softmax normalizer (PaLM); 0 turns it off.
         loss_chunk_size: compute the training loss this many tokens at a time without materializing the full
@@ -59,9 +52,8 @@ class LanguageModel(TransformerModule):
     supports_pipeline = True
     # a resumed fit applies changes to these from the resumed step on (TransformerModule.on_train_start); the
     # network's shape, the optimizer's kind and init_from must stay as the checkpoint has them
-    applied_on_resume = frozenset({"learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "betas",
-                                   "eps", "muon_lr", "muon_momentum", "label_smoothing", "z_loss", "loss_chunk_size",
-                                   "mask_prob", "parallel"})
+    applied_on_resume = frozenset({"label_smoothing", "z_loss", "loss_chunk_size", "mask_prob",
+                                   "parallel"}) | APPLIED_ON_RESUME
 
     def __init__(
         self,
@@ -69,16 +61,7 @@ class LanguageModel(TransformerModule):
         model_args: Optional[dict[str, Any]] = None,
         vocab_size: Optional[int] = None,
         block_size: Optional[int] = None,
-        learning_rate: float = 1e-3,
-        min_lr: float = 1e-4,
-        warmup_steps: int = 100,
-        lr_decay_steps: Optional[int] = None,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.99),
-        eps: float = 1e-8,
-        optimizer: Literal["adamw", "muon"] = "adamw",
-        muon_lr: float = 0.02,
-        muon_momentum: float = 0.95,
+        optimizer: OptimizerConfig = OptimizerConfig(),
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         loss_chunk_size: Optional[int] = None,
@@ -86,9 +69,9 @@ class LanguageModel(TransformerModule):
         parallel: Optional[ParallelConfig] = None,
         init_from: Optional[str] = None,
     ) -> None:
-        super().__init__(parallel)
-        self.save_hyperparameters(ignore=["parallel"])
-        self._keep_parallel_as_dict()
+        super().__init__(parallel, optimizer)
+        self.save_hyperparameters(ignore=["parallel", "optimizer"])
+        self._keep_configs_as_dicts()
         self.init_tokenizer: Optional[str] = None  # the tokenizer of init_from, which the data must match
         # the roles of the tokenizer's special tokens when they are not lit_llm's [EOS] ... (an imported model's);
         # from init_from or the data's tokenizer, and saved in checkpoints
@@ -305,7 +288,7 @@ class LanguageModel(TransformerModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """Weight decay on matrices and embeddings only, not on biases and norm weights."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay, "name": "decay"},
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.optim.weight_decay, "name": "decay"},
                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"}]
 
     # ------------------------------------------------------------------ checkpoints

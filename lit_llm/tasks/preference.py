@@ -33,6 +33,7 @@ from lit_llm.model.lora import LoraSpec
 from lit_llm.model.loss import IGNORE_INDEX
 from lit_llm.tasks.base import ParallelConfig
 from lit_llm.tasks.instruction import InstructionModel
+from lit_llm.tasks.optim import APPLIED_ON_RESUME, OptimizerConfig
 
 LossType = Literal["sigmoid", "robust", "ipo"]
 
@@ -78,19 +79,13 @@ class PreferenceModel(InstructionModel):
         label_smoothing: with ``robust``: the assumed share of pairs whose preference is flipped, in [0, 0.5).
         lora: train LoRA adapters (peft) instead of every weight; the reference is then the adapters switched off.
         dropout: dropout during tuning; None keeps the checkpoint's. DPO usually runs without (0).
-        learning_rate: peak learning rate after warm-up.
-        min_lr: learning rate at the end of the cosine decay.
-        warmup_steps: optimizer steps of linear warm-up.
-        lr_decay_steps: optimizer step at which the cosine decay reaches ``min_lr`` (default: the run's length).
-        weight_decay: decoupled weight decay on matrices and embeddings.
-        betas: AdamW betas.
-        eps: AdamW epsilon.
+        optimizer: the optimizer and its warm-up + cosine schedule (``OptimizerConfig``), with DPO's defaults
+            (AdamW at 5e-6, no weight decay, betas 0.9/0.95).
         parallel: activation checkpointing, compile and FSDP dtype (see ``ParallelConfig``); not pipeline stages.
     """
 
     supports_pipeline = False
-    applied_on_resume = frozenset({"learning_rate", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "betas",
-                                   "eps", "beta", "loss_type", "label_smoothing", "parallel"})
+    applied_on_resume = frozenset({"beta", "loss_type", "label_smoothing", "parallel"}) | APPLIED_ON_RESUME
 
     def __init__(
         self,
@@ -100,13 +95,8 @@ class PreferenceModel(InstructionModel):
         label_smoothing: float = 0.0,
         lora: Optional[LoraSpec] = None,
         dropout: Optional[float] = 0.0,
-        learning_rate: float = 5e-6,
-        min_lr: float = 5e-7,
-        warmup_steps: int = 10,
-        lr_decay_steps: Optional[int] = None,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
+        optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-6, min_lr=5e-7, warmup_steps=10,
+                                                     weight_decay=0.0, betas=(0.9, 0.95)),
         parallel: Optional[ParallelConfig] = None,
     ) -> None:
         if beta <= 0:
@@ -116,9 +106,7 @@ class PreferenceModel(InstructionModel):
         if not 0 <= label_smoothing < 0.5 or (label_smoothing and loss_type != "robust"):
             raise ValueError(f"model.label_smoothing {label_smoothing}: it is the flipped share of the robust loss, in"
                              " [0, 0.5), with --model.loss_type robust only")
-        super().__init__(init_from, lora=lora, dropout=dropout, learning_rate=learning_rate, min_lr=min_lr,
-                         warmup_steps=warmup_steps, lr_decay_steps=lr_decay_steps, weight_decay=weight_decay,
-                         betas=betas, eps=eps, parallel=parallel)
+        super().__init__(init_from, lora=lora, dropout=dropout, optimizer=optimizer, parallel=parallel)
         self.hparams.update(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
         self._reference: list[nn.Module] = []  # a list: not a submodule, so neither trained, sharded nor saved
         self.eval_metrics = nn.ModuleDict({k: MeanMetric() for k in ("loss", "margin", "accuracy", "chosen", "rejected")})
