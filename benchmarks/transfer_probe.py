@@ -39,7 +39,7 @@ def data_args(name: str) -> dict:
 
 
 def backbones(checkpoint: str, seed: int, pooling: str) -> dict[str, SequenceClassifier]:
-    scratch = yaml.safe_load((EXP / "init_scratch.yaml").read_text())["model"]["init_args"]
+    scratch = yaml.safe_load((EXP / "init/scratch.yaml").read_text())["model"]["init_args"]
     torch.manual_seed(seed)
     models = {"random": SequenceClassifier(preset=scratch["preset"], model_args=scratch["model_args"], tokenizer=checkpoint,
                                            pooling=pooling),

@@ -12,7 +12,7 @@
 CR is split into 5 stratified folds; seed k tests on fold k and draws its feedback pool from the other four, so
 no CR sentence used as feedback is tested on. Evaluated on CR's test fold and SST-2 test, per seed: the
 instruction-tuned LM before and after the round, and the classifier head on the same backbone trained on SST-2
-alone (configs/experiment/classifier.yaml + sst2.yaml + init_pretrained.yaml). The LM's accuracy is that of its
+alone (configs/experiment/classifier.yaml + data/sst2.yaml + init/pretrained.yaml). The LM's accuracy is that of its
 answer: of the two answers, the one the model gives more probability to (lm-evaluation-harness's multiple-choice
 ``acc``; ``gen_acc``, the greedy answer being exactly the right word, is reported beside it).
 
@@ -229,7 +229,7 @@ def one_seed(seed: int, init: Path, cut: Cutter, args: argparse.Namespace) -> di
     times["instruct"] = time.perf_counter() - t0
     clf = out / "classifier" / "checkpoints" / "best.ckpt"
     if not clf.is_file():
-        fit(cfg("classifier.yaml", "sst2.yaml", "init_pretrained.yaml") + [
+        fit(cfg("classifier.yaml", "data/sst2.yaml", "init/pretrained.yaml") + [
             "--seed_everything", str(seed), "--model.init_from", str(init), "--trainer.max_epochs", "2" if args.quick else "4",
             "--trainer.default_root_dir", str(out / "classifier"), "--trainer.accelerator", args.accelerator])
     times["classifier"] = time.perf_counter() - t0 - sum(times.values())

@@ -33,7 +33,7 @@ from lit_llm.commands.sweep import compare, sweep
 
 EXP = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 OUT = Path("runs/experiment")
-INITS = {"scratch": "init_scratch.yaml", "pretrained": "init_pretrained.yaml", "lora": "init_lora.yaml"}
+INITS = {"scratch": "init/scratch.yaml", "pretrained": "init/pretrained.yaml", "lora": "init/lora.yaml"}
 RUNS = ("scratch", "pretrained", "dapt", "lora")
 
 
@@ -42,13 +42,13 @@ def cfg(*names: str) -> list[str]:
 
 
 def sst2(run: str, seeds: int) -> None:
-    init = "init_dapt_sst2.yaml" if run == "dapt" else INITS[run]
-    sweep(cfg("classifier.yaml", "sst2.yaml", init), seeds=seeds, out=str(OUT / f"sst2_{run}"))
+    init = "init/dapt_sst2.yaml" if run == "dapt" else INITS[run]
+    sweep(cfg("classifier.yaml", "data/sst2.yaml", init), seeds=seeds, out=str(OUT / f"sst2_{run}"))
 
 
 def cr(run: str, seeds: int, folds: int) -> None:
     init = INITS["pretrained" if run == "dapt" else run]
-    sweep(cfg("classifier.yaml", "cr.yaml", init), seeds=seeds, num_folds=10, folds=list(range(folds)),
+    sweep(cfg("classifier.yaml", "data/cr.yaml", init), seeds=seeds, num_folds=10, folds=list(range(folds)),
           dapt_config=str(EXP / "dapt_cr.yaml") if run == "dapt" else None, out=str(OUT / f"cr_{run}"))
 
 
@@ -61,7 +61,7 @@ def ensemble(run: str) -> dict:
     from lit_llm.tasks import SequenceClassifier
 
     sweep_json = json.loads((OUT / f"sst2_{run}" / "sweep.json").read_text())
-    data = yaml.safe_load((EXP / "sst2.yaml").read_text())["data"]["init_args"]
+    data = yaml.safe_load((EXP / "data/sst2.yaml").read_text())["data"]["init_args"]
     texts, labels = ClassificationDataModule(**data).load_examples()["test"]
     probs = []
     for r in sweep_json["runs"]:

@@ -156,7 +156,7 @@ def test_debug_env_shows_the_traceback(monkeypatch, capsys):
 def test_resolve_config_composes_configs_and_overrides_like_fit(capsys):
     from lit_llm.lightning_cli import resolve_config
 
-    args = [a for f in ("classifier.yaml", "sst2.yaml", "init_scratch.yaml") for a in ("--config", str(EXPERIMENT / f))]
+    args = [a for f in ("classifier.yaml", "data/sst2.yaml", "init/scratch.yaml") for a in ("--config", str(EXPERIMENT / f))]
     args += ["--model.init_args.optimizer.learning_rate", "1e-3", "--data.batch_size", "4", "--trainer.max_epochs", "2"]
     resolved = resolve_config(args)
     model, data = resolved["model"], resolved["data"]
@@ -164,7 +164,7 @@ def test_resolve_config_composes_configs_and_overrides_like_fit(capsys):
     assert model["init_args"]["optimizer"]["learning_rate"] == 1e-3 and data["init_args"]["batch_size"] == 4  # the overrides
     assert resolved["trainer"]["max_epochs"] == 2
     assert model["init_args"]["optimizer"]["warmup_steps"] == 100  # classifier.yaml
-    assert model["init_args"]["model_args"]["n_layer"] == 4  # init_scratch.yaml
+    assert model["init_args"]["model_args"]["n_layer"] == 4  # init/scratch.yaml
     # the classifier's own defaults, not LanguageModel's lent by jsonargparse when the class_path changed
     assert model["init_args"]["optimizer"]["betas"] == [0.9, 0.999]
     # exactly what fit --print_config prints, plus the values links fill in (num_classes, from the model)
@@ -238,7 +238,7 @@ def test_size_of_presets_and_of_configs(capsys):
     assert "6,738,415,616" in call(["size", "--preset", "llama-7b"], capsys)[1]
     assert "809,856" in call(["size", "--config", "configs/quickstart.yaml"], capsys)[1]
     # a classifier config from scratch: its preset and model_args, read through fit's parser (model.init_args)
-    text = call(["size", "--config", str(EXPERIMENT / "init_scratch.yaml")], capsys)[1]
+    text = call(["size", "--config", str(EXPERIMENT / "init/scratch.yaml")], capsys)[1]
     assert text.startswith("model tiny-gpt2 (gpt2)") and "(context 64)" in text
     # repeated --config and an override, as for fit: the gpt2-124m preset with the data's context of 1024
     text = call(["size", "--config", "configs/quickstart.yaml", "--config", "configs/model/gpt2-124m.yaml",
@@ -262,7 +262,7 @@ def test_prepare_resolves_every_config_like_fit(tmp_path, small_corpus, capsys):
     png = out.split("document lengths: ")[1].split()[0]  # where the report's picture is
     assert png.endswith("doc_lengths.png") and Path(png).is_file()
     code, _, err = call(["prepare", "--config", str(EXPERIMENT / "classifier.yaml"), "--config",
-                         str(EXPERIMENT / "sst2.yaml")], capsys)
+                         str(EXPERIMENT / "data/sst2.yaml")], capsys)
     assert "prepare runs the language-model data stage" in error_line(code, err)
 
 

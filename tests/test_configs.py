@@ -52,7 +52,8 @@ def test_gpu_fragment_parses(path: Path, tmp_path, capsys):
     assert printed["trainer"]["accelerator"] == "gpu" and printed["trainer"]["precision"] == "bf16-mixed"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK | GPU_ONLY and p.parent != EXPERIMENT],
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NEEDS_NETWORK | GPU_ONLY and EXPERIMENT not in p.parents
+                                  and p.parent != EXPERIMENT],
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_config_parses_and_instantiates(path: Path, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
@@ -72,42 +73,42 @@ def _printed(args: list[str], capsys) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("data", ["sst2.yaml", "cr.yaml"])
-@pytest.mark.parametrize("init", ["init_scratch.yaml", "init_pretrained.yaml", "init_dapt_sst2.yaml", "init_lora.yaml"])
+@pytest.mark.parametrize("data", ["data/sst2.yaml", "data/cr.yaml"])
+@pytest.mark.parametrize("init", ["init/scratch.yaml", "init/pretrained.yaml", "init/dapt_sst2.yaml", "init/lora.yaml"])
 def test_experiment_classifier_configs_compose(data, init, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["lit_llm"])
     cfg = _printed([a for f in ("classifier.yaml", data, init) for a in ("--config", str(EXPERIMENT / f))], capsys)
     model, dm = cfg["model"]["init_args"], cfg["data"]["init_args"]
     assert cfg["model"]["class_path"] == "lit_llm.tasks.SequenceClassifier"
     # the classifier's own defaults, not a LanguageModel's carried over by jsonargparse
-    lora = init == "init_lora.yaml"
+    lora = init == "init/lora.yaml"
     assert model["optimizer"]["learning_rate"] == (2e-3 if lora else 5e-4) and model["optimizer"]["warmup_steps"] == 100
     assert model["optimizer"]["betas"] == [0.9, 0.999] and (model["lora"] is not None) == lora
     assert model["label_names"] == ["negative", "positive"] and model["num_classes"] == 2
     assert "num_classes" not in dm and "label_names" not in dm  # link targets: they come from the model
-    assert (dm["split"] == "kfold") == (data == "cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
+    assert (dm["split"] == "kfold") == (data == "data/cr.yaml") and cfg["checkpoint"]["monitor"] == "val_acc"
     # the CSV log where plot, PlotCurves and sweep look for it (RUN/csv/version_N), not lightning_logs/
     assert cfg["trainer"]["logger"]["init_args"]["name"] == "csv"
-    if init == "init_scratch.yaml":  # random weights, the pretraining run's tokenizer
+    if init == "init/scratch.yaml":  # random weights, the pretraining run's tokenizer
         assert model["init_from"] is None and model["tokenizer"] == "runs/experiment/pretrain/checkpoints/last.ckpt"
     else:
         stage = "dapt_sst2" if "dapt" in init else "pretrain"
         assert model["init_from"] == f"runs/experiment/{stage}/checkpoints/last.ckpt"
     staged = [c["class_path"] for c in cfg["trainer"]["callbacks"] or []]
-    assert staged == ([] if init in ("init_scratch.yaml", "init_lora.yaml") else ["lit_llm.callbacks.StagedFinetuning"])
+    assert staged == ([] if init in ("init/scratch.yaml", "init/lora.yaml") else ["lit_llm.callbacks.StagedFinetuning"])
 
 
 def test_the_hub_gpt2_config_composes_with_the_gpu_fragment(monkeypatch, capsys):
-    """configs/experiment/init_hub_gpt2.yaml cannot run here (no Hub, no GPU): it must at least parse with
+    """configs/experiment/init/hub_gpt2.yaml cannot run here (no Hub, no GPU): it must at least parse with
     the files it is documented with, and point at the import-hf output it documents."""
     monkeypatch.setattr("sys.argv", ["lit_llm"])
-    files = ("classifier.yaml", "sst2.yaml", "init_hub_gpt2.yaml")
+    files = ("classifier.yaml", "data/sst2.yaml", "init/hub_gpt2.yaml")
     cfg = _printed([a for f in files for a in ("--config", str(EXPERIMENT / f))]
                    + ["--config", str(REPO / "configs" / "trainer" / "gpu.yaml")], capsys)
     model = cfg["model"]["init_args"]
     assert model["init_from"] == "checkpoints/gpt2.ckpt" and model["optimizer"]["learning_rate"] == 5e-5
     assert cfg["trainer"]["accelerator"] == "gpu" and cfg["data"]["init_args"]["max_length"] == 128
-    assert "import-hf --hf_dir gpt2 --out checkpoints/gpt2.ckpt" in (EXPERIMENT / "init_hub_gpt2.yaml").read_text()
+    assert "import-hf --hf_dir gpt2 --out checkpoints/gpt2.ckpt" in (EXPERIMENT / "init/hub_gpt2.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", ["pretrain.yaml", "dapt_sst2.yaml", "dapt_cr.yaml"])
@@ -197,6 +198,43 @@ def test_a_model_fragment_sets_only_the_model(path):
     assert set(yaml.safe_load(path.read_text())) == {"model"}, path
 
 
+def _keys(doc: dict, section: str) -> set[str]:
+    value = doc.get(section) or {}
+    return set(value.get("init_args", value)) if isinstance(value, dict) else set()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.yaml")) + sorted(
+    (REPO / "configs" / "experiment").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_fragment_folder_keeps_to_its_section(path):
+    """The rules of configs/README.md: a fragment sets only its own section (and what goes with it)."""
+    doc = yaml.safe_load(path.read_text())
+    folder = path.parent.relative_to(REPO / "configs").as_posix()
+    trainer = set(doc.get("trainer") or {})
+    if folder == "experiment":
+        return  # whole runs and the classifier recipe
+    if folder == "data":
+        assert set(doc) == {"data"}, path
+    elif folder == "trainer":
+        assert set(doc) == {"trainer"} and trainer <= {"accelerator", "devices", "precision"}, path
+    elif folder == "logger":
+        assert set(doc) == {"trainer"} and trainer == {"logger"}, path
+    elif folder == "experiment/data":
+        assert set(doc) <= {"data", "trainer"} and trainer <= {"default_root_dir", "max_epochs"}, path
+    elif folder == "experiment/init":
+        assert set(doc) <= {"model", "trainer", "data"}, path
+        assert trainer <= {"callbacks", "default_root_dir", "max_epochs"}, path
+        assert "class_path" not in (doc.get("data") or {}) and _keys(doc, "data") <= {"max_length", "batch_size"}, path
+    else:  # model/ and strategy/ have their own tests above
+        assert folder in ("model", "strategy"), f"{folder}: a configs folder without a rule in configs/README.md"
+
+
+def test_whole_configs_other_than_the_cpu_recipes_leave_the_hardware_to_trainer_fragments():
+    """The same YAML on a laptop CPU or a GPU node: only the CPU recipes pin the accelerator."""
+    whole = [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "experiment").glob("*.yaml")]
+    pinned = sorted(p.name for p in whole if "accelerator" in (yaml.safe_load(p.read_text()).get("trainer") or {}))
+    assert pinned == ["nanogpt.yaml", "quickstart.yaml"]
+
+
 def _documented_fits(text: str) -> list[list[str]]:
     """The arguments of every ``python -m lit_llm fit ...`` command in ``text`` (a README, or a YAML's comment lines),
     continuation lines (a trailing backslash) joined, trailing comments dropped."""
@@ -252,8 +290,8 @@ def test_crossval_takes_the_configs_number_of_folds(tmp_path):
     from lit_llm.commands.crossval import crossval
     from lit_llm.errors import UsageError
 
-    args = ["--config", str(EXPERIMENT / "classifier.yaml"), "--config", str(EXPERIMENT / "sst2.yaml"),
-            "--config", str(EXPERIMENT / "init_scratch.yaml"), "--data.num_folds", "3"]
+    args = ["--config", str(EXPERIMENT / "classifier.yaml"), "--config", str(EXPERIMENT / "data/sst2.yaml"),
+            "--config", str(EXPERIMENT / "init/scratch.yaml"), "--data.num_folds", "3"]
     with pytest.raises(UsageError, match=r"folds \[5\] are outside 0..2"):  # 10 folds before
         crossval(args, folds=[5], out=str(tmp_path))
 

@@ -403,7 +403,7 @@ def test_sweep_and_crossval_print_a_progress_line_before_each_run(tmp_path, monk
     monkeypatch.setattr(crossval, "_run", fake_run)
     monkeypatch.setattr(sweep, "_run", fake_run)
     experiment = REPO / "configs" / "experiment"
-    args = [a for name in ("classifier", "sst2", "init_scratch") for a in ("--config", str(experiment / f"{name}.yaml"))]
+    args = [a for name in ("classifier", "data/sst2", "init/scratch") for a in ("--config", str(experiment / f"{name}.yaml"))]
 
     def progress() -> list[str]:
         return [line for line in capsys.readouterr().out.splitlines() if line.startswith(("seed ", "fold "))]
@@ -428,7 +428,7 @@ def test_lora_and_pipeline_stages_are_refused_under_sharding_with_the_fix(lm_ckp
 
 
 def test_lora_from_a_config_file_saves_and_restores(lm_ckpt, tmp_path, monkeypatch):
-    """LoRA given in a YAML config (as configs/experiment/init_lora.yaml): LightningCLI records it as a dict in
+    """LoRA given in a YAML config (as configs/experiment/init/lora.yaml): LightningCLI records it as a dict in
     the hyperparameters, which the checkpoint must still store (this failed at the first save) and restore."""
     from lit_llm.lightning_cli import LitLLMCLI
 
