@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_llm.model import ModelConfig
-from lit_llm.tasks import LanguageModel, ParallelConfig
 from lit_llm.model.costs import estimate
+from lit_llm.tasks import LanguageModel, ParallelConfig
 
 DATASHEET_BF16 = {"H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 VOCAB = 50304

@@ -26,11 +26,11 @@ import sys
 import time
 
 import torch
+from peak_memory import peak_rss_mb
 
 from lit_llm.data.masking import mask_tokens
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import lm_loss
-from peak_memory import peak_rss_mb
 
 FAMILIES = ("gpt2", "llama", "bert")
 

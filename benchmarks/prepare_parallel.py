@@ -27,11 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from prepare_throughput import bpe_from_file, build_corpus
+
 from lit_llm.data.cleaning import DEFAULT_CLEANING
 from lit_llm.data.prepare import ENCODE_BATCH, prepare
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import load_tokenizer
-from prepare_throughput import bpe_from_file, build_corpus
 
 SAME = ["manifest.json", "tokenizer.json", "train.bin", "val.bin", "test.bin", "doc_lengths.npy"]
 

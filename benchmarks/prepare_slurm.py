@@ -42,12 +42,12 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # before tokenizers loads: single-core stage costs (step 3)
 
 import yaml  # noqa: E402
+from prepare_throughput import bpe_from_file, build_corpus  # noqa: E402
 
 from lit_llm.data.cleaning import DEFAULT_CLEANING  # noqa: E402
 from lit_llm.data.prepare import ENCODE_BATCH, prepare  # noqa: E402
 from lit_llm.data.sources import Source  # noqa: E402
 from lit_llm.data.tokenizer import load_tokenizer  # noqa: E402
-from prepare_throughput import bpe_from_file, build_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAME = ["manifest.json", "tokenizer.json", "train.bin", "val.bin", "test.bin", "doc_lengths.npy"]

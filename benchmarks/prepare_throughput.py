@@ -27,12 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak_memory import peak_rss_mb
+
 from lit_llm.data.cleaning import DEFAULT_CLEANING
 from lit_llm.data.corpora import resolve_corpus
 from lit_llm.data.prepare import ENCODE_BATCH, prepare
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, load_tokenizer, train_tokenizer
-from peak_memory import peak_rss_mb
 
 
 def build_corpus(path: Path, target_mb: float) -> int:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_llm.model import Decoder, ModelConfig  # noqa: E402
 from vs_peers import step_times  # noqa: E402  (the same timed step as the peer comparison)
+
+from lit_llm.model import Decoder, ModelConfig  # noqa: E402
 
 
 def tokens_per_s(width: int, batch: int, device: str, steps: int, context: int = 64) -> dict:

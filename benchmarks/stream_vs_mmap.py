@@ -19,10 +19,10 @@ import tempfile
 import time
 
 import lightning as L
+from overhead import StepClock, ms_per_step
 
 from lit_llm.data import PretrainDataModule
 from lit_llm.tasks import LanguageModel
-from overhead import StepClock, ms_per_step
 
 
 def run(stream: bool, steps: int, warmup: int, cache: str) -> tuple[float, float]:

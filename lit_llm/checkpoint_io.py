@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from fsspec.implementations.local import LocalFileSystem
 
 from lit_llm.checkpoint import torch_save_atomic
 

@@ -34,6 +34,7 @@ from lit_llm.io import check_writable, write_text_atomic
 
 try:
     import lm_eval.models  # noqa: F401 - lm-eval's own models (hf ...) stay known: its registry lists them only
+
     # when it is empty at the first look-up, and the registration below fills it
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model

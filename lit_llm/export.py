@@ -13,10 +13,10 @@ import torch
 
 from lit_llm import checkpoint as ckpt_format
 from lit_llm.chat import CHAT_TEMPLATE
-from lit_llm.data.tokenizer import ROLE_TOKENS, declared_special_tokens, special_tokens
-from lit_llm.io import fsync_path, fsync_tree, publish_mode
 from lit_llm.convert_hf import _require_transformers, from_hf_model, to_hf_model
+from lit_llm.data.tokenizer import ROLE_TOKENS, declared_special_tokens, special_tokens
 from lit_llm.generate import load_checkpoint
+from lit_llm.io import fsync_path, fsync_tree, publish_mode
 
 
 def export(checkpoint: str, out: str, format: Literal["hf", "onnx"] = "hf", overwrite: bool = False) -> Path:

@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from tokenizers import Tokenizer
 
-from lit_llm.data.tokenizer import decode, encode, eos_id
 from lit_llm import checkpoint as ckpt_format
+from lit_llm.data.tokenizer import decode, encode, eos_id
 from lit_llm.model import Decoder, build_model
 
 

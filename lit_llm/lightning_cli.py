@@ -14,22 +14,30 @@ import importlib
 import json
 import os
 import sys
-from pathlib import Path
 from argparse import RawDescriptionHelpFormatter
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
 import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_llm.callbacks import (EvaluationReport, LogLines, LRMonitor, NonFiniteGuard, PlotCurves, Preemption,
-                               SampleGenerations, TokenThroughput)
+from lit_llm.callbacks import (
+    EvaluationReport,
+    LogLines,
+    LRMonitor,
+    NonFiniteGuard,
+    PlotCurves,
+    Preemption,
+    SampleGenerations,
+    TokenThroughput,
+)
 from lit_llm.callbacks.preemption import slurm_job_id, sweep_stale_temps
 from lit_llm.checkpoint import RUN_KEY, checkpoints_by_step, load_sharded_meta, newest_checkpoint, read_info
 from lit_llm.data import PretrainDataModule

@@ -96,9 +96,8 @@ def data_hashes(datamodule: Any) -> dict[str, Any]:
     token_dir = getattr(datamodule, "_token_dir", None)
     if token_dir is None:
         return {}
-    from lit_llm.data.tokens import read_manifest
-
     from lit_llm.data.sources import fingerprint_hash
+    from lit_llm.data.tokens import read_manifest
 
     manifest = read_manifest(Path(token_dir)) or {}
     return {

@@ -187,8 +187,8 @@ def test_consolidate_calls_a_truncated_file_truncated(lm, tmp_path):
 def test_a_checkpoint_that_loads_but_is_wrong_inside_is_one_clear_error(lm, classifier, tmp_path, capsys):
     """Missing weights, a weight of the wrong shape, an extra weight, broken tokenizer JSON or a model config
     that does not build: generate, export and the classifier's restore say which, instead of a traceback."""
-    from tests.helpers.server_process import free_port
     from tests.helpers.cli import call, error_line
+    from tests.helpers.server_process import free_port
 
     whole = torch.load(lm, weights_only=True)
 

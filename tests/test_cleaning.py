@@ -3,8 +3,20 @@
 import pytest
 
 from lit_llm.data.cleaning import (
-    Cleaner, DedupExact, DedupMinHash, Length, Lowercase, Quality, RegexReplace, RemoveControl, Stem, StopWords,
-    StripHtml, Unicode, Whitespace, build_steps,
+    Cleaner,
+    DedupExact,
+    DedupMinHash,
+    Length,
+    Lowercase,
+    Quality,
+    RegexReplace,
+    RemoveControl,
+    Stem,
+    StopWords,
+    StripHtml,
+    Unicode,
+    Whitespace,
+    build_steps,
 )
 from tests.helpers.paths import SHAKESPEARE
 

@@ -181,8 +181,8 @@ def test_resolve_config_gives_the_chosen_classes_their_own_defaults(tmp_path):
     import inspect
     from dataclasses import asdict
 
-    from lit_llm.lightning_cli import resolve_config
     from lit_llm.data.labelled import ClassificationDataModule
+    from lit_llm.lightning_cli import resolve_config
     from lit_llm.tasks import SequenceClassifier
 
     config = tmp_path / "classify.yaml"

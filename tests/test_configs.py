@@ -14,7 +14,6 @@ import yaml
 
 from lit_llm.cli import main
 from lit_llm.lightning_cli import LitLLMCLI
-
 from tests.helpers.paths import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))

@@ -8,7 +8,6 @@ from lit_llm.data.corpora import resolve_corpus
 from lit_llm.data.pretrain import RandomBlocks, ResumableBlockSampler
 from lit_llm.data.tokenizer import decode, encode, train_char_tokenizer
 from lit_llm.data.tokens import read_manifest
-
 from tests.helpers.paths import SHAKESPEARE
 
 

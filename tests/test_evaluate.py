@@ -19,7 +19,9 @@ pytest.importorskip("transformers")
 
 from tests.helpers.checkpoints import gpt2_style_tokenizer, write_lm_checkpoint  # noqa: E402
 from tests.helpers.cli import call, error_line  # noqa: E402
-from tests.helpers.lm_eval_tasks import MC_TASK, PPL_TASK, speeches as _speeches, write_tasks as _write_tasks  # noqa: E402
+from tests.helpers.lm_eval_tasks import MC_TASK, PPL_TASK  # noqa: E402
+from tests.helpers.lm_eval_tasks import speeches as _speeches
+from tests.helpers.lm_eval_tasks import write_tasks as _write_tasks
 from tests.helpers.paths import SHAKESPEARE  # noqa: E402
 
 TOL = 1e-4

@@ -38,10 +38,10 @@ def test_sampling_is_reproducible_for_a_seed_and_crops_the_context():
 def test_generate_ends_a_sample_at_eos(tmp_path):
     """A model that always prefers [EOS] gives back the prompt alone (nothing after the end of text is printed);
     with ignore_eos the samples run on, [EOS] and all."""
-    from tests.helpers.checkpoints import write_lm_checkpoint
     from tokenizers import Tokenizer
 
     from lit_llm.generate import generate
+    from tests.helpers.checkpoints import write_lm_checkpoint
 
     path = write_lm_checkpoint(tmp_path / "lm.ckpt", tie_embeddings=False)
     ckpt = torch.load(path, weights_only=True)

@@ -176,9 +176,9 @@ def test_import_hf_takes_a_hub_id_from_the_local_cache_offline(tmp_path):
     import subprocess
     import sys
 
-    from tests.helpers.paths import cli_env
     from lit_llm.export import export
     from tests.helpers.checkpoints import write_lm_checkpoint
+    from tests.helpers.paths import cli_env
 
     ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
     folder = export(str(ckpt), str(tmp_path / "hf"))

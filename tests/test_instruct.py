@@ -70,6 +70,7 @@ def test_one_chat_template_for_training_serving_and_export(lm_ckpt):
     """transformers renders the exported template exactly as lit_llm does; serve's chat route prompts with it; the
     training segments join to the same text, the answers being each assistant turn and its [EOS]."""
     import transformers as tf
+
     from lit_llm.serve.protocol import ChatMessage, chat_prompt
 
     _, _, tok = ckpt_format.load_network(lm_ckpt)

@@ -16,7 +16,6 @@ import torch
 
 from lit_llm.model import ModelConfig
 from lit_llm.parallel import ParallelDims
-
 from tests.helpers.paths import REPO, cli_env
 
 LAYOUTS = {  # name: (extra args, per-process batch size)
@@ -93,9 +92,8 @@ def test_parallel_layout_matches_one_process(baselines, tmp_path, family, layout
                                str(tmp_path / layout / "checkpoints" / "last.ckpt"), "--out", str(merged)],
                               cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        from lit_llm.generate import load_checkpoint
-
         from lit_llm.checkpoint import read_info
+        from lit_llm.generate import load_checkpoint
 
         single_ckpt = baselines[0] / f"single-{family}" / "checkpoints" / "last.ckpt"
         # tensor-parallel ranks and pipeline stages share a batch: the job saw the single process's tokens

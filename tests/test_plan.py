@@ -11,7 +11,6 @@ from lit_llm.cli import main
 from lit_llm.commands.plan import layouts, plan
 from lit_llm.errors import UsageError
 from lit_llm.model import ModelConfig
-
 from tests.helpers.paths import REPO
 
 GiB = 2**30

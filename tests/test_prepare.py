@@ -12,7 +12,6 @@ from lit_llm.data.prepare import prepare
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, decode, train_tokenizer
 from lit_llm.data.tokens import open_split, read_manifest
-
 from tests.helpers.paths import SHAKESPEARE
 
 

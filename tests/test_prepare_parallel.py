@@ -16,7 +16,6 @@ from lit_llm.data.prepare import prepare, resolve_workers, shard_folder, token_f
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, declare_special_tokens, train_tokenizer
 from lit_llm.data.tokens import read_manifest
-
 from tests.helpers.corpora import CLEANING, planted_duplicates
 
 SAME = ["manifest.json", "tokenizer.json", "train.bin", "test.bin", "val.bin", "doc_lengths.npy"]

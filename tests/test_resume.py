@@ -8,7 +8,6 @@ import torch
 
 from lit_llm.callbacks.preemption import TMP_PREFIX, sweep_stale_temps
 from lit_llm.checkpoint import KEY, newest_checkpoint
-
 from tests.helpers.cli import call, error_line
 
 
@@ -112,8 +111,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_whole(tmp_path
     import subprocess
     import sys
 
-    from tests.helpers.paths import REPO, cli_env
     from lit_llm.checkpoint import read_info
+    from tests.helpers.paths import REPO, cli_env
 
     script = tmp_path / "kill.py"
     script.write_text(KILL_DURING_SAVE)

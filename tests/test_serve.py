@@ -19,14 +19,13 @@ import yaml
 from lit_llm.data.sources import Source, iter_documents
 from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.feedback import FeedbackStore
-from lit_llm.generate import generate_tokens, load_checkpoint
-from lit_llm.tasks import SequenceClassifier
+from lit_llm.generate import _held_back, generate_tokens, load_checkpoint
 from lit_llm.serve import CompletionSpec, CompletionText, GenerationAPI, read_served, serve, stream_completion
-from lit_llm.generate import _held_back
+from lit_llm.tasks import SequenceClassifier
+from tests.helpers import prometheus
 from tests.helpers.checkpoints import sst2_texts, write_lm_checkpoint
 from tests.helpers.cli import run_cli
 from tests.helpers.paths import SST2_TRAIN, cli_env
-from tests.helpers import prometheus
 from tests.helpers.server_process import ServerProcess, _group_alive, free_port
 
 KEY = "test-key-123"

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from tests.helpers.paths import REPO
 from lit_llm.cli import main
 from lit_llm.commands.submit import render_script
+from tests.helpers.paths import REPO
 
 DEBUG = str(REPO / "configs" / "debug.yaml")
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.helpers.paths import REPO
 from lit_llm.callbacks import SampleGenerations, TokenThroughput
 from lit_llm.data import PretrainDataModule
-from lit_llm.tasks import LanguageModel
 from lit_llm.model.costs import estimate
+from lit_llm.tasks import LanguageModel
 from lit_llm.tracking import code_version
+from tests.helpers.paths import REPO
 
 
 def _fit(corpus, tmp_path, callbacks, dropout=0.1, **trainer_kw):

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_llm.data import PretrainDataModule
-from lit_llm.tasks import LanguageModel
 from lit_llm.model.loss import lm_loss
+from lit_llm.tasks import LanguageModel
 from lit_llm.tasks.base import cosine_with_warmup
 
 GOLDEN = Path(__file__).parent / "golden" / "debug_losses.json"

@@ -30,7 +30,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_llm.checkpoint import TMP_PREFIX, temp_path
 
-
 OTHER_HOST_GRACE_S = 3600  # a temporary file another node writes is left alone until it is this old
 _WRITER = re.compile(re.escape(TMP_PREFIX) + r"(\d+)@([^+/]+)\+")
 

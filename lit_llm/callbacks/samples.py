@@ -14,10 +14,10 @@ from typing import Optional
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from torch.distributed.tensor import DTensor
 from tokenizers import Tokenizer
+from torch.distributed.tensor import DTensor
 
-from lit_llm.data.tokenizer import decode, declare_special_tokens, encode, eos_id
+from lit_llm.data.tokenizer import declare_special_tokens, decode, encode, eos_id
 from lit_llm.generate import generate_tokens
 from lit_llm.io import write_text_atomic
 

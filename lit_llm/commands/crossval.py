@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from lit_llm.lightning_cli import resolve_config, run
 from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
+from lit_llm.lightning_cli import resolve_config, run
 
 
 def _run(args: list[str]) -> None:

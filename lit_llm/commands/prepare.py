@@ -10,7 +10,6 @@ from typing import Literal, Optional
 
 from lit_llm.errors import UsageError
 
-
 Stage = Literal["all", "read", "clean", "dedup", "tokenize", "merge"]
 
 
@@ -32,8 +31,8 @@ def prepare(fit_args: Optional[list[str]] = None, stage: Stage = "all", task: Op
     """
     from jsonargparse import ArgumentParser
 
-    from lit_llm.lightning_cli import resolve_config
     from lit_llm.data import PretrainDataModule
+    from lit_llm.lightning_cli import resolve_config
 
     data = resolve_config(fit_args or [])["data"]
     module, _, name = data["class_path"].rpartition(".")

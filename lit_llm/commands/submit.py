@@ -20,7 +20,6 @@ from typing import Literal, Optional
 from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
 
-
 FIRST_NODE = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
 # the values written into the script unquoted (#SBATCH lines), with the characters each may hold: nothing that
 # ends a line, starts a shell expansion or a second command, or is a SLURM filename pattern (%)

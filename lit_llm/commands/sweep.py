@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_llm.commands.crossval import _run, run_folds
-from lit_llm.lightning_cli import resolve_config
 from lit_llm.errors import UsageError
 from lit_llm.io import write_text_atomic
+from lit_llm.lightning_cli import resolve_config
 
 CONFIDENCE = 0.95
 

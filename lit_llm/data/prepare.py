@@ -39,12 +39,19 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner
-from lit_llm.io import fsync_tree, publish_mode, write_text_atomic
 from lit_llm.data.sources import (
-    MIXING, Source, fingerprint, fingerprint_hash, iter_documents, resolve_files, source_format, split_lines,
+    MIXING,
+    Source,
+    fingerprint,
+    fingerprint_hash,
+    iter_documents,
+    resolve_files,
+    source_format,
+    split_lines,
 )
 from lit_llm.data.tokenizer import TokenizerSpec, eos_id, load_tokenizer, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import MANIFEST, read_manifest, token_dtype
+from lit_llm.io import fsync_tree, publish_mode, write_text_atomic
 
 FORMAT_VERSION = 2  # 2: text lines end at \n only (not at U+0085 / U+2028 / form feeds)
 ENCODE_BATCH = 512  # documents per encode_batch call

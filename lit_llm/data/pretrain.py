@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lit_llm.data.cleaning import build_steps
 from lit_llm.data.corpora import CORPORA, resolve_corpus
 from lit_llm.data.prepare import (
-    SHARD_DOCS, check_dedup_memory, check_shard_docs, prepare, resolve_workers, token_folder, wait_for,
+    SHARD_DOCS,
+    check_dedup_memory,
+    check_shard_docs,
+    prepare,
+    resolve_workers,
+    token_folder,
+    wait_for,
 )
 from lit_llm.data.sources import Source, resolve_files
 from lit_llm.data.tokenizer import TokenizerSpec

@@ -43,7 +43,13 @@ from tqdm.auto import tqdm
 
 from lit_llm.data.cleaning import Cleaner, Step, build_steps
 from lit_llm.data.prepare import (
-    Built, _read_jsonl, _split, _tokenize, end_of_document, refuse_empty, resolve_workers,
+    Built,
+    _read_jsonl,
+    _split,
+    _tokenize,
+    end_of_document,
+    refuse_empty,
+    resolve_workers,
 )
 from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import token_dtype

@@ -42,11 +42,25 @@ module that touches LitServe internals). A server in a subprocess, for tests and
 """
 
 from lit_llm.serve.command import HOSTS, read_served, serve
-from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ChatMessage, ClassificationRequest,
-                                    CompletionRequest, FeedbackRequest, chat_prompt, install_error_handlers)
+from lit_llm.serve.protocol import (
+                                    APIError,
+                                    ChatCompletionRequest,
+                                    ChatMessage,
+                                    ClassificationRequest,
+                                    CompletionRequest,
+                                    FeedbackRequest,
+                                    chat_prompt,
+                                    install_error_handlers,
+)
 from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
-from lit_llm.serve.worker import (ClassifierAPI, CompletionText, ContinuousGenerationAPI, GenerationAPI, stream_batch,
-                                  stream_completion)
+from lit_llm.serve.worker import (
+                                    ClassifierAPI,
+                                    CompletionText,
+                                    ContinuousGenerationAPI,
+                                    GenerationAPI,
+                                    stream_batch,
+                                    stream_completion,
+)
 
 __all__ = [
     "APIError", "ChatCompletionRequest", "ChatMessage", "ClassificationRequest", "ClassifierAPI", "ClassifySpec",

@@ -20,14 +20,22 @@ from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lit_llm import chat as chat_format
+from lit_llm.checkpoint import CheckpointError, config_and_tokenizer, load_network, read_info
 from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore, FeedbackStoreFull
 from lit_llm.serve._litserve_adapter import QueueSpec
-from lit_llm.checkpoint import CheckpointError, config_and_tokenizer, load_network, read_info
 from lit_llm.serve.flow import Admission, CancelBoard, CheckpointRef, RateLimit, ReloadBoard, ReloadError, new_job_id
 from lit_llm.serve.metrics import CONTENT_TYPE, ModelInfo, ServerMetrics, request_start
-from lit_llm.serve.protocol import (APIError, ChatCompletionRequest, ClassificationRequest, CompletionRequest,
-                                    FeedbackRequest, ReloadRequest, _Sampling, chat_prompt)
+from lit_llm.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    ClassificationRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    ReloadRequest,
+    _Sampling,
+    chat_prompt,
+)
 
 if TYPE_CHECKING:
     from lit_llm.model import ModelConfig

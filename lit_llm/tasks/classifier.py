@@ -22,14 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
-    BinaryF1Score, MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score, MulticlassPrecision,
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
     MulticlassRecall,
 )
 
 from lit_llm import checkpoint as ckpt_format
-from lit_llm.model.lora import LoraSpec, add_lora
 from lit_llm.data.tokenizer import load_tokenizer
 from lit_llm.model import ModelConfig, build_model
+from lit_llm.model.lora import LoraSpec, add_lora
 from lit_llm.parallel import ParallelDims
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
 from lit_llm.tasks.optim import OptimizerConfig

@@ -18,8 +18,14 @@ from lit_llm.data.tokenizer import declare_special_tokens, declared_special_toke
 from lit_llm.model import ModelConfig, build_model
 from lit_llm.model.loss import IGNORE_INDEX, lm_loss
 from lit_llm.parallel.dims import PP
-from lit_llm.parallel.pipeline import (PipelineRunner, TiedWeights, adopt_blocks, build_schedule, clip_across_stages,
-                                       split_stages)
+from lit_llm.parallel.pipeline import (
+    PipelineRunner,
+    TiedWeights,
+    adopt_blocks,
+    build_schedule,
+    clip_across_stages,
+    split_stages,
+)
 from lit_llm.tasks.base import ParallelConfig, TransformerModule
 from lit_llm.tasks.optim import APPLIED_ON_RESUME, OptimizerConfig
 
