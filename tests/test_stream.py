@@ -59,14 +59,20 @@ def test_two_ranks_read_disjoint_chunks_that_cover_the_split_once(streamed, tmp_
     assert set(both) <= set(expected) and len(both) == len(set(both)) >= len(expected) - 2 * 8
 
 
-def test_a_truncated_or_missing_chunk_is_one_error_naming_it(streamed, tmp_path):
+def test_a_truncated_altered_or_missing_chunk_is_one_error_naming_it(streamed, tmp_path):
     import shutil
 
     _, folder = streamed
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     first = sorted(copy.glob("chunk-*.bin"))[0]
-    first.write_bytes(first.read_bytes()[:-4])
+    whole = first.read_bytes()
+    first.write_bytes(whole[:-5] + bytes([whole[-5] ^ 1]) + whole[-4:])  # one bit flipped, same size
+    with pytest.raises(ValueError, match=f"The stream chunk {first} does not match its sha256 in .*lit_llm.json"):
+        stream.stream_loader(str(copy), BLOCK, 4, seed=1, num_workers=0)
+    first.write_bytes(whole)
+    stream.stream_loader(str(copy), BLOCK, 4, seed=1, num_workers=0)  # restored: it loads
+    first.write_bytes(whole[:-4])
     with pytest.raises(ValueError, match=f"The stream chunk {first} has .* bytes where index.json says .*delete"):
         stream.stream_loader(str(copy), BLOCK, 4, seed=1, num_workers=0)
     first.unlink()

@@ -14,6 +14,7 @@ litgpt streams its pretraining data the same way; litdata is the ``stream`` extr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -86,8 +87,8 @@ def write_stream(token_dir: Path, block_size: int, out: str, chunk_blocks: Optio
                      num_workers=1, verbose=os.environ.get('LIT_LLM_DEBUG') == '1', mode="overwrite" if is_url(out) else None)
     if is_url(out):
         _put_origin(out, origin)
-    else:
-        (Path(target) / ORIGIN).write_text(json.dumps(origin))
+    else:  # and each chunk's sha256, which check_chunks verifies at load
+        (Path(target) / ORIGIN).write_text(json.dumps({**origin, "sha256": _chunk_digests(Path(target))}))
         try:
             os.replace(target, out)
         except OSError:  # another process published the same chunks first
@@ -98,6 +99,15 @@ def write_stream(token_dir: Path, block_size: int, out: str, chunk_blocks: Optio
 
 
 ORIGIN = "lit_llm.json"  # beside the chunks: the token folder, tokenizer and block size they were cut from
+
+
+def _chunk_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of each chunk its ``index.json`` lists, by file name."""
+    digests = {}
+    for chunk in json.loads((folder / "index.json").read_text())["chunks"]:
+        with open(folder / chunk["filename"], "rb") as f:
+            digests[chunk["filename"]] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
 
 
 def _finished(out: str, origin: dict) -> bool:
@@ -123,6 +133,8 @@ def _finished(out: str, origin: dict) -> bool:
             return False
         path = Path(out) / ORIGIN
         found = json.loads(path.read_text()) if path.is_file() else None
+    if isinstance(found, dict):
+        found = {k: v for k, v in found.items() if k != "sha256"}
     if found != origin:
         raise ValueError(f"data.stream_dir {out} holds chunks of other tokens or blocks ({found}) than this run's"
                          f" ({origin}): give another stream_dir, or delete that one")
@@ -141,7 +153,9 @@ def _put_origin(url: str, origin: dict) -> None:
 
 
 def check_chunks(folder: Path) -> None:
-    """A local stream folder's chunks against its index: a missing or truncated chunk is one error naming it."""
+    """A local stream folder's chunks against its index and the checksums written beside them: a missing,
+    truncated or altered chunk is one error naming it. (Hashing reads every chunk once per process at start:
+    sha256 runs at about 1 GB/s a core.)"""
     index = folder / "index.json"
     if not index.is_file():
         raise ValueError(f"{folder} holds no finished stream ({index} is missing); delete the folder and run"
@@ -153,6 +167,14 @@ def check_chunks(folder: Path) -> None:
             found = "is missing" if size is None else f"has {size} bytes"
             raise ValueError(f"The stream chunk {path} {found} where {index.name} says {chunk['chunk_bytes']}:"
                              f" delete {folder} and run prepare (or fit) again to rewrite it")
+    origin = folder / ORIGIN
+    want = json.loads(origin.read_text()).get("sha256") if origin.is_file() else None
+    if want is None:  # written elsewhere (a URL's chunks, copied down): sizes only
+        return
+    for name, digest in _chunk_digests(folder).items():
+        if want.get(name) != digest:
+            raise ValueError(f"The stream chunk {folder / name} does not match its sha256 in {origin} (altered since"
+                             f" it was written): delete {folder} and run prepare (or fit) again to rewrite it")
 
 
 def _stack(batch: list[torch.Tensor]) -> torch.Tensor:
