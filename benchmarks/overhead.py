@@ -46,16 +46,21 @@ def make(steps: int) -> tuple[PretrainDataModule, LanguageModel]:
     return dm, module
 
 
-def lightning_run(steps: int, warmup: int) -> float:
-    dm, module = make(steps)
+def timed_fit(dm: PretrainDataModule, module: LanguageModel, steps: int, warmup: int,
+              callbacks: tuple = ()) -> float:
+    """ms per step after ``warmup`` of a plain CPU ``Trainer.fit`` (no logging, checkpoints or validation)."""
     clock = StepClock()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[TokenThroughput(), clock],
+        limit_val_batches=0, callbacks=[*callbacks, clock],
     )
     trainer.fit(module, dm)
     return ms_per_step(clock.stamps, warmup)
+
+
+def lightning_run(steps: int, warmup: int) -> float:
+    return timed_fit(*make(steps), steps, warmup, (TokenThroughput(),))
 
 
 def plain_run(steps: int, warmup: int) -> float:

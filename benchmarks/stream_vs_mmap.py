@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import lightning as L
-from overhead import StepClock, ms_per_step
+from overhead import timed_fit
 
 from lit_llm.data import PretrainDataModule
 from lit_llm.tasks import LanguageModel
@@ -30,13 +30,9 @@ def run(stream: bool, steps: int, warmup: int, cache: str) -> tuple[float, float
     L.seed_everything(1337, verbose=False)
     dm = PretrainDataModule("tinyshakespeare", block_size=64, batch_size=12, stream=stream, cache_dir=cache)
     module = LanguageModel("quickstart", vocab_size=dm.vocab_size, block_size=64, optimizer={"lr_decay_steps": steps})
-    clock = StepClock()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[clock])
     t0 = time.perf_counter()
-    trainer.fit(module, dm)
-    return ms_per_step(clock.stamps, warmup), time.perf_counter() - t0
+    ms = timed_fit(dm, module, steps, warmup)
+    return ms, time.perf_counter() - t0
 
 
 def main() -> None:

@@ -526,7 +526,7 @@ def _optimizer_args(cfg: Namespace) -> dict[str, Any]:
     value = args.get("optimizer") if isinstance(args, (dict, Namespace)) else None
     if isinstance(value, Namespace):
         return value.as_dict()
-    return dict(value) if isinstance(value, dict) else ({"name": value} if isinstance(value, str) else {})
+    return dict(value) if isinstance(value, dict) else {}
 
 
 SHARDED_STRATEGIES = ("ModelParallel", "ModelParallelStrategy")  # class names whose weights are sharded

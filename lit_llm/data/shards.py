@@ -28,7 +28,6 @@ truncated one (docs/data.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -53,7 +52,7 @@ from lit_llm.data.prepare import (
 )
 from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import token_dtype
-from lit_llm.io import atomic_path, write_text_atomic
+from lit_llm.io import atomic_path, file_sha256, write_text_atomic
 
 # Cleaning steps by where they can run. A per-document step maps one text to its result alone, so a worker runs
 # it; a global step remembers what it saw, so it is decided in one pass over all shards in order. A step in
@@ -428,8 +427,7 @@ def _token_shards(work: Path, n_shards: int) -> tuple[list[Path], np.ndarray]:
 
 # ------------------------------------------------------------------------------------- records and checks
 def _digest(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _write_record(record: Path, files: list[Path], **info: Any) -> None:

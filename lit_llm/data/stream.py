@@ -14,7 +14,6 @@ litgpt streams its pretraining data the same way; litdata is the ``stream`` extr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from lit_llm.data.tokens import open_split
+from lit_llm.io import file_sha256
 
 CHUNK_BLOCKS = 1024  # blocks per chunk: 1024 x 1025 int32 tokens (4 MB) at block_size 1024
 
@@ -103,11 +103,8 @@ ORIGIN = "lit_llm.json"  # beside the chunks: the token folder, tokenizer and bl
 
 def _chunk_digests(folder: Path) -> dict[str, str]:
     """The sha256 of each chunk its ``index.json`` lists, by file name."""
-    digests = {}
-    for chunk in json.loads((folder / "index.json").read_text())["chunks"]:
-        with open(folder / chunk["filename"], "rb") as f:
-            digests[chunk["filename"]] = hashlib.file_digest(f, "sha256").hexdigest()
-    return digests
+    chunks = json.loads((folder / "index.json").read_text())["chunks"]
+    return {chunk["filename"]: file_sha256(folder / chunk["filename"]) for chunk in chunks}
 
 
 def _finished(out: str, origin: dict) -> bool:
