@@ -196,7 +196,7 @@ def worker_only(checkpoint: Path, requests: int, max_tokens: int, repeats: int) 
     repeats; tokens/s (median) of each. What decoding alone allows, without HTTP or the queues between
     processes."""
     from lit_llm.feedback import FeedbackStore
-    from lit_llm.serve import CompletionSpec, ContinuousGenerationAPI, GenerationAPI, read_served
+    from lit_llm.serve import CompletionJob, CompletionSpec, ContinuousGenerationAPI, GenerationAPI, read_served
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = CompletionSpec(read_served(str(checkpoint), None, None, max_tokens, 8),
@@ -205,8 +205,7 @@ def worker_only(checkpoint: Path, requests: int, max_tokens: int, repeats: int) 
         static.setup("cpu")
         continuous.setup("cpu")
     ids = encode(static.tokenizer, PROMPT)
-    jobs = [{"ids": ids, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0, "stop": [], "seed": i,
-             "stream": False} for i in range(requests)]
+    jobs = [CompletionJob(ids, max_tokens, [], seed=i) for i in range(requests)]
 
     def run_static() -> None:
         for start in range(0, requests, 8):

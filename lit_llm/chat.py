@@ -160,16 +160,17 @@ class ChatSession:
         """Send the user's ``text``; yield the answer's text as it becomes final. The answer joins the history."""
         import torch
 
-        from lit_llm.generate import CompletionText, iter_tokens
+        from lit_llm.completion import CompletionText
+        from lit_llm.generate import iter_tokens
 
         self.history.append({"role": "user", "content": text})
         ids = self._prompt_ids()
         state = CompletionText(self.tok, ids, self.max_new_tokens, list(STOP_STRINGS))
         idx = torch.tensor([ids], device=self.device)
         for token in iter_tokens(self.model, idx, self.max_new_tokens, generator=self.generator, **self.sampling):
-            delta = state.push(int(token))
-            if delta.get("text"):
-                yield delta["text"]
+            piece = state.push(int(token))
+            if piece is not None and piece.text:
+                yield piece.text
             if state.done:
                 break
         self.history.append({"role": "assistant", "content": answer_content(state.text)})

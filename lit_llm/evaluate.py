@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lit_llm import checkpoint as ckpt_format
+from lit_llm.completion import CompletionText
 from lit_llm.data.tokenizer import encode, eos_id, special_id
 from lit_llm.errors import UsageError, one_line
-from lit_llm.generate import CompletionText, iter_batch_tokens, iter_tokens, load_checkpoint
+from lit_llm.generate import iter_batch_tokens, iter_tokens, load_checkpoint
 from lit_llm.io import check_writable, write_text_atomic
 
 try:

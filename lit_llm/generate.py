@@ -1,11 +1,11 @@
 """Sampling from a trained checkpoint: ``python -m lit_llm generate --checkpoint PATH --prompt TEXT``; the
-KV-cached decoding loops that `serve` and `chat` share; and ``CompletionText``, where a completion ends and which
-of its text may be shown yet (the end-of-text token, stop strings, a length)."""
+KV-cached decoding loops that `serve`, `chat` and `evaluate` share (where a completion ends and which of its text may
+be shown yet is ``lit_llm.completion``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from tokenizers import Tokenizer
@@ -290,76 +290,3 @@ def sample_texts(model: Decoder, tok: Tokenizer, prompt: str, max_new_tokens: in
         if all(ended):
             break
     return [decode(tok, ids + row) for row in rows]
-
-
-# ---------------------------------------------------------------------------------------------- streamed text
-def _held_back(text: str, stops: list[str]) -> int:
-    """How much of ``text`` may be sent now: not a tail that could still grow into a stop string, nor a
-    trailing U+FFFD (a multi-byte character whose other bytes are still to come)."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    safe = len(text) - hold
-    while safe > 0 and text[safe - 1] == "\ufffd":
-        safe -= 1
-    return safe
-
-
-class CompletionText:
-    """One completion's text as its tokens arrive: where it ends ([EOS], a stop string, ``max_tokens``) and
-    which text is final and may be sent.
-
-    ``push`` returns ``{"text": delta}`` (``{}`` while nothing new is final) and, once the completion ends, the
-    last message ``{"text", "finish_reason", "usage"}``. The stop string itself is not returned, and
-    ``completion_tokens`` counts every token the model sampled."""
-
-    def __init__(self, tok: Tokenizer, prompt: list[int], max_tokens: int, stops: Optional[list[str]] = None) -> None:
-        self.tok, self.prompt, self.max_tokens, self.stops = tok, prompt, max_tokens, stops or []
-        self.prompt_tokens = len(prompt)
-        # the completion is decoded after its prompt: WordPiece and Metaspace (unigram) decoders drop the
-        # space before a sequence's first word, which here is not the first word
-        self.prefix = tok.decode(prompt)
-        self.eos = eos_id(tok)
-        self.ids: list[int] = []
-        self.sampled, self.sent, self.text = 0, 0, ""
-        self.finish: Optional[str] = None
-
-    @property
-    def done(self) -> bool:
-        return self.finish is not None
-
-    def push(self, token: int) -> dict[str, Any]:
-        self.sampled += 1
-        if token == self.eos:
-            return self._end("stop")
-        self.ids.append(token)
-        self.text = self._decode()
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.text = self.text[: min(hits)]
-            return self._end("stop")
-        if self.sampled >= self.max_tokens:
-            return self._end("length")
-        safe = _held_back(self.text, self.stops)
-        if safe <= self.sent:
-            return {}
-        delta, self.sent = self.text[self.sent : safe], safe
-        return {"text": delta}
-
-    def _decode(self) -> str:
-        """The completion's text (special tokens such as [UNK] and [PAD] are not text)."""
-        full = self.tok.decode(self.prompt + self.ids)
-        return full[len(self.prefix) :] if full.startswith(self.prefix) else self.tok.decode(self.ids)
-
-    def cancel(self) -> None:
-        """The client has gone: the completion ends here, with nothing more to send."""
-        self.finish = "cancelled"
-
-    def _end(self, reason: str) -> dict[str, Any]:
-        self.finish = reason
-        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.sampled,
-                 "total_tokens": self.prompt_tokens + self.sampled}
-        return {"text": self.text[self.sent :], "finish_reason": reason, "usage": usage}

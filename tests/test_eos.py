@@ -75,7 +75,7 @@ def test_import_hf_keeps_the_sources_special_tokens(models):
 def test_generate_serve_and_chat_stop_at_the_models_end_of_text(models, kind):
     from lit_llm.chat import ChatSession
     from lit_llm.data.tokenizer import encode
-    from lit_llm.serve.worker import stream_completion
+    from lit_llm.serve import CompletionJob, decode_static
 
     path, end = models[kind]
     model, tok = load_checkpoint(path)
@@ -84,9 +84,10 @@ def test_generate_serve_and_chat_stop_at_the_models_end_of_text(models, kind):
     assert sample_texts(model, tok, PROMPT, 8, 0.0, None, None, seed=0) == [PROMPT]
     assert sample_texts(model, tok, PROMPT, 8, 0.0, None, None, seed=0, ignore_eos=True)[0].count(end) == 8
     # serve: the worker's completion stream ends at once, with finish_reason "stop" and one sampled token
-    messages = list(stream_completion(model, tok, encode(tok, PROMPT), max_tokens=8, temperature=0.0))
-    assert messages[-1]["finish_reason"] == "stop" and messages[-1]["usage"]["completion_tokens"] == 1
-    assert "".join(m.get("text", "") for m in messages) == ""
+    job = CompletionJob(encode(tok, PROMPT), max_tokens=8, stop=[], temperature=0.0, stream=True)
+    messages = [piece for (piece,) in decode_static(model, tok, [job])]
+    assert messages[-1].finish_reason == "stop" and messages[-1].usage.completion_tokens == 1
+    assert "".join(m.text for m in messages) == ""
     # chat: an empty answer, and the transcript closes the assistant's turn with the model's end of text
     session = ChatSession(model, tok, temperature=0.0, max_new_tokens=8)
     assert "".join(session.reply("hello")) == ""

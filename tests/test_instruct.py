@@ -17,9 +17,10 @@ import torch
 
 from lit_llm import chat
 from lit_llm import checkpoint as ckpt_format
+from lit_llm.completion import CompletionText
 from lit_llm.data.instructions import InstructionDataModule, PreferenceDataModule
 from lit_llm.feedback import FeedbackStore, preference_pairs
-from lit_llm.generate import CompletionText, iter_tokens, load_checkpoint
+from lit_llm.generate import iter_tokens, load_checkpoint
 from lit_llm.model import build_model
 from lit_llm.model.loss import IGNORE_INDEX
 from lit_llm.tasks import InstructionModel, LoraSpec, PreferenceModel

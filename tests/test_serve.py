@@ -16,11 +16,12 @@ import pytest
 import torch
 import yaml
 
+from lit_llm.completion import CompletionText, _held_back
 from lit_llm.data.sources import Source, iter_documents
 from lit_llm.data.tokenizer import TokenizerSpec, encode, train_tokenizer
 from lit_llm.feedback import FeedbackStore
-from lit_llm.generate import _held_back, generate_tokens, load_checkpoint
-from lit_llm.serve import CompletionSpec, CompletionText, GenerationAPI, read_served, serve, stream_completion
+from lit_llm.generate import generate_tokens, load_checkpoint
+from lit_llm.serve import CompletionJob, CompletionSpec, GenerationAPI, Piece, decode_static, read_served, serve
 from lit_llm.tasks import SequenceClassifier
 from tests.helpers import prometheus
 from tests.helpers.checkpoints import sst2_texts, write_lm_checkpoint
@@ -45,7 +46,7 @@ def test_completion_text_keeps_the_space_after_the_prompt(kind):
     tok = train_tokenizer(TokenizerSpec(kind=kind, vocab_size=300), sst2_texts(2000))
     prompt, rest = encode(tok, "the film"), encode(tok, "the film is good")[len(encode(tok, "the film")):]
     state = CompletionText(tok, prompt, max_tokens=len(rest))
-    text = "".join(state.push(t).get("text", "") for t in rest)
+    text = "".join(piece.text for piece in map(state.push, rest) if piece is not None)
     assert tok.decode(prompt) + text == tok.decode(prompt + rest) and text.startswith(" ")
 
 
@@ -54,25 +55,26 @@ def test_stream_completion_matches_generate_and_stops(tmp_path):
     model, tok = load_checkpoint(ckpt)
     ids = encode(tok, "the film is")
     greedy = generate_tokens(model, torch.tensor([ids]), 20, temperature=0)[0, len(ids):].tolist()
-    chunks = list(stream_completion(model, tok, ids, 20, temperature=0))
-    assert "".join(c["text"] for c in chunks) == tok.decode(greedy)
-    assert chunks[-1]["finish_reason"] == "length"
-    assert chunks[-1]["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 20, "total_tokens": len(ids) + 20}
+    chunks = [step[0] for step in decode_static(model, tok, [CompletionJob(ids, 20, [], temperature=0, stream=True)])]
+    assert "".join(c.text for c in chunks) == tok.decode(greedy)
+    assert chunks[-1].finish_reason == "length" and all(not c.last for c in chunks[:-1])
+    assert chunks[-1].usage.as_dict() == {"prompt_tokens": len(ids), "completion_tokens": 20,
+                                          "total_tokens": len(ids) + 20}
     full = tok.decode(greedy)
     stop = full[len(full) // 2 : len(full) // 2 + 2]
-    chunks = list(stream_completion(model, tok, ids, 20, temperature=0, stops=[stop]))
-    assert "".join(c["text"] for c in chunks) == full[: full.index(stop)]
-    assert chunks[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"] <= 20
+    chunks = [step[0] for step in decode_static(model, tok, [CompletionJob(ids, 20, [stop], temperature=0, stream=True)])]
+    assert "".join(c.text for c in chunks) == full[: full.index(stop)]
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage.completion_tokens <= 20
 
 
-def _texts(messages: list[dict]) -> tuple[str, dict]:
-    return "".join(m.get("text", "") for m in messages), messages[-1]
+def _texts(pieces: list[Piece]) -> tuple[str, Piece]:
+    return "".join(p.text for p in pieces), pieces[-1]
 
 
-def _job(tok, prompt, max_tokens, stream=True, **kw) -> dict:
+def _job(tok, prompt, max_tokens, stream=True, **kw) -> CompletionJob:
     """A completion job as the front end queues it: greedy unless told otherwise."""
-    return {"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [],
-            "seed": None, "stream": stream, **kw}
+    return CompletionJob(**{"ids": encode(tok, prompt), "max_tokens": max_tokens, "temperature": 0.0, "stop": [],
+                            "stream": stream, **kw})
 
 
 def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
@@ -94,11 +96,11 @@ def test_generation_worker_decodes_a_batch_as_it_decodes_each_request(tmp_path):
         alone = list(api.predict(j))  # LitServe's unbatched loop hands predict one job
         together = [step[row] for step in steps if step[row]]
         assert _texts(together) == _texts(alone)
-        assert "usage" in together[-1] and together[-1]["usage"]["completion_tokens"] <= j["max_tokens"]
+        assert together[-1].last and together[-1].usage.completion_tokens <= j.max_tokens
     assert len([s[1] for s in steps if s[1]]) == 1  # a client that does not stream gets one message
-    assert _texts([s[2] for s in steps if s[2]])[1]["finish_reason"] == "stop"
+    assert _texts([s[2] for s in steps if s[2]])[1].finish_reason == "stop"
     # a batch that does not fit block_size together (60 + 10 > 64) runs one request after the other
-    long = {**job("x", 10), "ids": encode(tok, "the film " * 30)[:58]}
+    long = replace(job("x", 10), ids=encode(tok, "the film " * 30)[:58])
     steps = list(api.predict([long, jobs[0]]))
     assert _texts([s[0] for s in steps if s[0]]) == _texts(list(api.predict(long)))
     assert _texts([s[1] for s in steps if s[1]]) == _texts(list(api.predict(jobs[0])))
@@ -128,7 +130,7 @@ def test_continuous_worker_streams_the_first_text_at_once_then_one_message_per_i
     assert first[3600.0] == first[0.0]  # the first text is not held
     assert len(sent[0.0]) > 2 and len(sent[3600.0]) == 2  # the first text, then the rest with the end
     (text, last), (text_0, last_0) = _texts(sent[3600.0]), _texts(sent[0.0])
-    assert text == text_0 and {**last, "text": ""} == {**last_0, "text": ""}
+    assert text == text_0 and replace(last, text="") == replace(last_0, text="")
 
 
 def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_gets_alone(tmp_path):
@@ -154,7 +156,7 @@ def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_ge
     greedy_text = _texts(list(alone_api.predict(job("it is", 12))))[0]
     jobs = {"a": job("a long film about a family", 12), "b": job("bad", 5, stream=False),
             "c": job("it is", 12, stop=[greedy_text[4:6]]), "d": job("the best", 9, temperature=1.0, top_p=0.9, seed=11),
-            "e": {**job("x", 10), "ids": encode(tok, "the film " * 30)[:58]},  # 58 + 10 > 64: beside the batch
+            "e": replace(job("x", 10), ids=encode(tok, "the film " * 30)[:58]),  # 58 + 10 > 64: beside the batch
             "f": job("what a", 6)}
     arrivals = {0: ["a", "b"], 1: ["c"], 3: ["d", "e", "f"]}  # step -> requests; capacity 3: some wait
     got = {uid: [] for uid in jobs}
@@ -169,7 +171,7 @@ def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_ge
                 first_step.setdefault(out.uid, step)
                 got[out.uid].append(out.output)
             if out.status == LitAPIStatus.FINISH_STREAMING:
-                assert "usage" in out.output, out.uid
+                assert out.output.last, out.uid
                 finished.append(out.uid)
         step += 1
     assert sorted(finished) == sorted(jobs) and not api.has_active_requests() and not api.rows.keys
@@ -177,7 +179,7 @@ def test_continuous_worker_lets_requests_join_mid_batch_and_each_gets_what_it_ge
     for uid, j in jobs.items():
         alone = [m for m in alone_api.predict(j) if m]
         assert got[uid] == alone, uid
-    assert len(got["b"]) == 1 and _texts(got["c"])[1]["finish_reason"] == "stop"
+    assert len(got["b"]) == 1 and _texts(got["c"])[1].finish_reason == "stop"
 
 
 def test_feedback_store_is_a_prepare_source(tmp_path):
@@ -187,6 +189,35 @@ def test_feedback_store_is_a_prepare_source(tmp_path):
     store.append({"kind": "completion", "request": "Q3 ", "response": "wrong", "rating": -1})
     docs = list(iter_documents([Source(path=str(store.path), format="feedback")]))
     assert docs == ["Q1 good answer", "Q2 fine"]  # corrections and approved answers; the rejected one is left out
+
+
+def test_the_messages_between_front_end_and_worker_survive_the_trip():
+    """What a worker sends crosses LitServe's queue as JSON (streamed) or pickled (a job, a classification): each
+    message comes back equal, nothing (a step of a batch with nothing for a job) is {} and comes back None, and a
+    message of another shape is an error that shows it rather than a KeyError later."""
+    import pickle
+
+    import litserve as ls
+
+    from lit_llm.serve import ClassifyJob, ClassProbabilities, Usage
+
+    last = Piece("end.", "length", Usage(5, 16), "fp_1")
+    for piece in (Piece("a"), Piece("", "stop", Usage(3, 1)), last):
+        wire = ls.LitAPI.format_encoded_response(None, piece.to_wire())  # as the worker loops encode it
+        assert Piece.from_wire(json.loads(wire)) == piece
+    assert last.to_wire()["usage"] == {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21}
+    assert Piece.from_wire({}) is None
+    for bad in ({"text": "a", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}, {"txt": "a"}, {"text": 3}):
+        with pytest.raises(ValueError):
+            Piece.from_wire(bad)
+    with pytest.raises(ValueError, match="finish_reason"):
+        Piece("a", "cancelled", Usage(1, 1))
+    job = CompletionJob([1, 2], 4, ["\n"], seed=3, stream=True, id=7).with_stops(["\n", "user:"])
+    assert job.stop == ["\n", "user:"] and pickle.loads(pickle.dumps(job)) == job
+    for message in (ClassifyJob([[1, 2], [3]]), ClassProbabilities([[0.25, 0.75]], 2, "fp_1")):
+        assert pickle.loads(pickle.dumps(message)) == message
+    with pytest.raises(ValueError, match="prompt"):
+        CompletionJob([], 4, [])
 
 
 def test_the_litserve_internals_the_adapter_uses_are_there():
@@ -949,12 +980,12 @@ def test_a_reload_swaps_every_worker_or_none_and_running_requests_finish_on_the_
         while continuous.has_active_requests():
             step()
         for uid, text, fp in (("old", old_text, fp_a), ("new", new_text, fp_b)):
-            assert "".join(m["text"] for m in got[uid]) == text, uid  # all of it from one model
-            assert got[uid][0]["system_fingerprint"] == fp and all("system_fingerprint" not in m for m in got[uid][1:])
+            assert "".join(m.text for m in got[uid]) == text, uid  # all of it from one model
+            assert got[uid][0].system_fingerprint == fp and all(m.system_fingerprint is None for m in got[uid][1:])
         gc.collect()
         assert old_model() is None  # freed with its last request
         static_out = list(static.predict(_job(tok, "the film", 30, stream=False)))
-        assert static_out[0]["text"] == new_text and static_out[0]["system_fingerprint"] == fp_b
+        assert static_out[0].text == new_text and static_out[0].system_fingerprint == fp_b
 
         # a file the workers cannot load (past the front end's checks, e.g. replaced meanwhile): called off in both
         torn = _truncated(a, tmp_path / "torn.ckpt")

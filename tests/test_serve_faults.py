@@ -12,7 +12,7 @@ import pytest
 
 from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore
-from lit_llm.serve import ClassifySpec, CompletionSpec, GenerationAPI, read_served, stream_batch, stream_completion
+from lit_llm.serve import ClassifySpec, CompletionJob, CompletionSpec, GenerationAPI, decode_static, read_served
 from lit_llm.serve.flow import Admission, CancelBoard, RateLimit
 from tests.helpers.checkpoints import write_lm_checkpoint
 from tests.helpers.paths import cli_env
@@ -72,27 +72,26 @@ def test_the_worker_stops_decoding_a_cancelled_job(tmp_path):
     tok, board = api.tokenizer, api.spec.board
 
     def job(i, max_tokens=40):
-        return {"id": i, "ids": encode(tok, "the film"), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
-                "stop": [], "seed": None, "stream": True}
+        return CompletionJob(encode(tok, "the film"), max_tokens, [], temperature=0.0, stream=True, id=i)
 
     # in a batch: job 1 is cancelled after 3 steps, the others go on to their end
     steps = []
-    for step in stream_batch(api.model, tok, [job(1), job(2, 10)], cancelled=board.cancelled):
+    for step in decode_static(api.model, tok, [job(1), job(2, 10)], cancelled=board.cancelled):
         steps.append(step)
         if len(steps) == 3:
             board.cancel(1)
     assert len([s for s in steps if s[0]]) <= 3  # nothing more for job 1 once cancelled
-    assert "usage" in [s[1] for s in steps if s[1]][-1]  # job 2 ended normally
+    assert [s[1] for s in steps if s[1]][-1].last  # job 2 ended normally
     assert len(steps) == 10  # and the batch ended with it, not at job 1's 40 tokens
     # alone (the worker's path past block_size too): a cancelled job stops, and one cancelled before it starts
     # never runs
     out = []
-    for message in stream_completion(api.model, tok, encode(tok, "it"), 500, temperature=0, job_id=3,
-                                     cancelled=board.cancelled):
-        out.append(message)
+    alone = CompletionJob(encode(tok, "it"), 500, [], temperature=0, stream=True, id=3)
+    for (piece,) in decode_static(api.model, tok, [alone], cancelled=board.cancelled):
+        out.append(piece)
         if len(out) == 2:
             board.cancel(3)
-    assert len(out) == 2 and "usage" not in out[-1]
+    assert len(out) == 2 and not out[-1].last
     assert list(api.predict(job(1))) == []
     assert list(api.predict([job(1), job(3)])) == []
 
@@ -111,8 +110,7 @@ def test_the_continuous_worker_drops_a_cancelled_job_and_survives_a_failed_step(
     tok, board = api.tokenizer, api.spec.board
 
     def job(i, max_tokens=40):
-        return {"id": i, "ids": encode(tok, "the film"), "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
-                "stop": [], "seed": None, "stream": True}
+        return CompletionJob(encode(tok, "the film"), max_tokens, [], temperature=0.0, stream=True, id=i)
 
     api.add_request("one", job(11))
     api.add_request("two", job(12, 10))
@@ -124,7 +122,7 @@ def test_the_continuous_worker_drops_a_cancelled_job_and_survives_a_failed_step(
     one = [o for step in outputs for o in step if o.uid == "one"]
     assert len([o for o in one if o.status == LitAPIStatus.OK]) == 3 and one[-1].status == LitAPIStatus.FINISH_STREAMING
     two = [o for step in outputs for o in step if o.uid == "two"]
-    assert "usage" in two[-1].output and two[-1].status == LitAPIStatus.FINISH_STREAMING  # last output + end, one message
+    assert two[-1].output.last and two[-1].status == LitAPIStatus.FINISH_STREAMING  # last output + end, one message
     assert not api.has_active_requests() and not api.rows.keys
 
     api.add_request("three", job(13))
@@ -136,19 +134,24 @@ def test_the_continuous_worker_drops_a_cancelled_job_and_survives_a_failed_step(
     assert "injected" in str(failed[0].output) and not api.has_active_requests()
     api.add_request("five", job(15, 4))  # the worker goes on, with a fresh batch
     after = [o for _ in range(4) for o in api.step(None)]
-    assert after[-1].status == LitAPIStatus.FINISH_STREAMING and after[-1].output["usage"]["completion_tokens"] == 4
+    assert after[-1].status == LitAPIStatus.FINISH_STREAMING and after[-1].output.usage.completion_tokens == 4
 
 
 @pytest.mark.parametrize("temperature, top_p", [(5e-324, 1.0), (1.0, 5e-324), (1e-40, 1e-45)])
 def test_subnormal_temperature_and_top_p_sample_greedily(temperature, top_p):
     """Found by the fuzzing below: 5e-324 rounds to 0 in float32 and gave NaN probabilities (a 500)."""
     import torch
+    from tokenizers import Tokenizer, models
 
-    from lit_llm.serve.worker import _sampler
+    from lit_llm.generate import sample_rows
+    from lit_llm.serve.worker import Completion
 
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
-    sample = _sampler(temperature, top_p, 1, "cpu")
-    assert [sample(logits[r : r + 1]).item() for r in range(4)] == logits.argmax(-1).tolist()
+    tok = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    run = Completion(CompletionJob([0], 4, [], temperature, top_p, seed=1), tok, "cpu")
+    assert [run.sample(logits[r : r + 1]).item() for r in range(4)] == logits.argmax(-1).tolist()  # static
+    rows = sample_rows(logits, torch.tensor([run.temperature] * 4), torch.tensor([run.top_p] * 4), [run.generator] * 4)
+    assert rows.tolist() == logits.argmax(-1).tolist()  # continuous
 
 
 def test_a_huge_text_is_never_tokenized_whole(tmp_path):

@@ -32,8 +32,9 @@ then stops every process of the server.
 Chat messages become one prompt as a plain transcript, ``"{role}: {content}\\n"`` per message followed by
 ``"assistant:"``: a from-scratch base model has no chat template of its own.
 
-The package, by job: ``protocol`` (request schemas, OpenAI-style errors, the chat transcript, stop-string
-hold-back), ``worker`` (the model workers and their batched decoding), ``specs`` (the LitServe specs that glue the
+The package, by job: ``protocol`` (request schemas, OpenAI-style errors, the chat transcript), ``messages`` (what
+the front end and the model workers send each other: jobs, completion pieces, class probabilities), ``worker`` (the
+model workers and their batched decoding), ``specs`` (the LitServe specs that glue the
 routes to the worker), ``flow`` (what the front ends and workers share: cancelled requests, the ``--max_queue``
 count, and the ``ReloadBoard`` of ``POST /v1/admin/reload``), ``metrics`` (``GET /metrics``: counters shared by the
 front ends), ``command`` (``read_served`` and the ``serve`` command) and ``_litserve_adapter`` (the only
@@ -42,6 +43,7 @@ module that touches LitServe internals). A server in a subprocess, for tests and
 """
 
 from lit_llm.serve.command import HOSTS, read_served, serve
+from lit_llm.serve.messages import ClassifyJob, ClassProbabilities, CompletionJob, Piece, Usage
 from lit_llm.serve.protocol import (
                                     APIError,
                                     ChatCompletionRequest,
@@ -53,17 +55,11 @@ from lit_llm.serve.protocol import (
                                     install_error_handlers,
 )
 from lit_llm.serve.specs import ClassifySpec, CompletionSpec, Served
-from lit_llm.serve.worker import (
-                                    ClassifierAPI,
-                                    CompletionText,
-                                    ContinuousGenerationAPI,
-                                    GenerationAPI,
-                                    stream_batch,
-                                    stream_completion,
-)
+from lit_llm.serve.worker import ClassifierAPI, Completion, ContinuousGenerationAPI, GenerationAPI, decode_static
 
 __all__ = [
-    "APIError", "ChatCompletionRequest", "ChatMessage", "ClassificationRequest", "ClassifierAPI", "ClassifySpec",
-    "CompletionRequest", "CompletionSpec", "CompletionText", "ContinuousGenerationAPI", "FeedbackRequest", "GenerationAPI", "HOSTS", "Served",
-    "chat_prompt", "install_error_handlers", "read_served", "serve", "stream_batch", "stream_completion",
+    "APIError", "ChatCompletionRequest", "ChatMessage", "ClassProbabilities", "ClassificationRequest", "ClassifierAPI",
+    "ClassifyJob", "ClassifySpec", "Completion", "CompletionJob", "CompletionRequest", "CompletionSpec",
+    "ContinuousGenerationAPI", "FeedbackRequest", "GenerationAPI", "HOSTS", "Piece", "Served", "Usage", "chat_prompt",
+    "decode_static", "install_error_handlers", "read_served", "serve",
 ]

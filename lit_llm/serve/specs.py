@@ -25,6 +25,7 @@ from lit_llm.data.tokenizer import encode
 from lit_llm.feedback import FeedbackStore, FeedbackStoreFull
 from lit_llm.serve._litserve_adapter import QueueSpec
 from lit_llm.serve.flow import Admission, CancelBoard, CheckpointRef, RateLimit, ReloadBoard, ReloadError, new_job_id
+from lit_llm.serve.messages import ClassifyJob, CompletionJob, Piece
 from lit_llm.serve.metrics import CONTENT_TYPE, ModelInfo, ServerMetrics, request_start
 from lit_llm.serve.protocol import (
     APIError,
@@ -309,7 +310,7 @@ class CompletionSpec(_Spec):
     def stream(self) -> bool:
         return True
 
-    def _job(self, body: _Sampling, prompt: str, max_tokens: Optional[int], field: str) -> dict:
+    def _job(self, body: _Sampling, prompt: str, max_tokens: Optional[int], field: str) -> CompletionJob:
         s = self.served
         if len(prompt) > s.max_prompt_chars:  # too long to fit whatever it holds: not worth tokenizing
             raise APIError(400, f"The prompt is {len(prompt)} characters, too long for this server's limit of"
@@ -327,9 +328,8 @@ class CompletionSpec(_Spec):
         if max_tokens > s.max_tokens:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit of {s.max_tokens}"
                            " (serve --max_tokens)", "max_tokens")
-        return {"id": new_job_id(), "ids": ids, "max_tokens": max_tokens, "stop": body.stops(), "seed": body.seed,
-                "temperature": 1.0 if body.temperature is None else body.temperature,
-                "top_p": 1.0 if body.top_p is None else body.top_p, "stream": bool(body.stream)}
+        return CompletionJob(ids, max_tokens, body.stops(), 1.0 if body.temperature is None else body.temperature,
+                             1.0 if body.top_p is None else body.top_p, body.seed, bool(body.stream), new_job_id())
 
     async def completions(self, body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -354,11 +354,11 @@ class CompletionSpec(_Spec):
             # tokenizing a long prompt takes a while: in a thread, so the event loop goes on serving others
             job = await run_in_threadpool(self._job, body, prompt, max_tokens, field)
             if chat:  # an answer ends where the transcript's next turn would begin (lit_llm.chat.STOP_STRINGS)
-                job["stop"] = job["stop"] + [s for s in chat_format.STOP_STRINGS if s not in job["stop"]]
+                job = job.with_stops(chat_format.STOP_STRINGS)
             uid, item = self.submit(job, streaming=True)
             chunks = self._chunks(uid, item)
             try:  # a queue timeout or a failed worker is still a plain HTTP error
-                first = await self._unless_gone(chunks.__anext__(), request, job["id"])
+                first = await self._unless_gone(chunks.__anext__(), request, job.id)
             except BaseException:
                 self.release(uid)
                 raise
@@ -366,7 +366,7 @@ class CompletionSpec(_Spec):
                 return Response(status_code=499)
             meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uid.hex[:24]}", "created": int(time.time()),
                     "model": self.served.name,  # the checkpoint that answers (one for all of it, across reloads)
-                    "system_fingerprint": first.pop("system_fingerprint", None)}
+                    "system_fingerprint": first.system_fingerprint}
             if body.stream:
                 self.metrics.first_token(route, time.perf_counter() - start)
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -374,31 +374,31 @@ class CompletionSpec(_Spec):
 
                 def on_close() -> None:
                     if not state["finished"]:  # the client went away: the worker stops decoding this job
-                        self.board.cancel(job["id"])
+                        self.board.cancel(job.id)
                     self.leave()
 
                 events = self._sse(first, chunks, meta, chat, include_usage, state)
                 streaming = True  # from here the stream leaves the queue when it closes
                 return _Stream(events, on_close, media_type="text/event-stream")
-            rest = await self._unless_gone(self._rest(chunks), request, job["id"])
+            rest = await self._unless_gone(self._rest(chunks), request, job.id)
             if rest is None:  # the client went away: nobody reads this
                 return Response(status_code=499)
-            parts = [first["text"]] + [c["text"] for c in rest]
+            parts = [first.text] + [piece.text for piece in rest]
             last = rest[-1] if rest else first
-            self.metrics.tokens(route, last["usage"]["prompt_tokens"], last["usage"]["completion_tokens"])
+            self.metrics.tokens(route, last.usage.prompt_tokens, last.usage.completion_tokens)
         finally:
             if not streaming:
                 self.leave()
         text = "".join(parts)
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": last["finish_reason"]}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": last.finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last["finish_reason"]}
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}
         return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
-                "usage": last["usage"]}
+                "usage": last.usage.as_dict()}
 
     @staticmethod
-    async def _rest(chunks: AsyncIterator[dict]) -> list[dict]:
+    async def _rest(chunks: AsyncIterator[Piece]) -> list[Piece]:
         return [chunk async for chunk in chunks]
 
     async def _unless_gone(self, work, request: Optional[Request], job_id: int, every: float = 0.25):
@@ -419,19 +419,21 @@ class CompletionSpec(_Spec):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)  # runs _chunks' finally: the job is released
 
-    async def _chunks(self, uid: uuid.UUID, item) -> AsyncIterator[dict]:
+    async def _chunks(self, uid: uuid.UUID, item) -> AsyncIterator[Piece]:
+        """The pieces of a job's completion, to its last one (the rest of its batch may still be running)."""
         try:
             async for message, failed in self.outputs(item):
                 if failed:
                     _raise_worker_error(message)
-                if message:  # {}: nothing new for this request in a step of its batch
-                    yield message
-                if "usage" in message:  # its last message; the rest of its batch may still be running
-                    return
+                piece = Piece.from_wire(message)  # None: nothing new for this job in a step of its batch
+                if piece is not None:
+                    yield piece
+                    if piece.last:
+                        return
         finally:
             self.release(uid)
 
-    async def _sse(self, first: dict, chunks: AsyncIterator[dict], meta: dict, chat: bool,
+    async def _sse(self, first: Piece, chunks: AsyncIterator[Piece], meta: dict, chat: bool,
                    include_usage: bool, state: dict) -> AsyncIterator[str]:
         kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -449,17 +451,17 @@ class CompletionSpec(_Spec):
         try:
             if chat:
                 yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            chunk = first
+            piece = first
             while True:
-                state["finished"] = "usage" in chunk
-                yield event([choice(chunk["text"], chunk.get("finish_reason"))])
-                if "usage" in chunk:
+                state["finished"] = piece.last
+                yield event([choice(piece.text, piece.finish_reason)])
+                if piece.last:
                     self.metrics.tokens("/v1/chat/completions" if chat else "/v1/completions",
-                                        chunk["usage"]["prompt_tokens"], chunk["usage"]["completion_tokens"])
+                                        piece.usage.prompt_tokens, piece.usage.completion_tokens)
                     if include_usage:
-                        yield event([], chunk["usage"])
+                        yield event([], piece.usage.as_dict())
                     break
-                chunk = await chunks.__anext__()
+                piece = await chunks.__anext__()
         except APIError as e:
             state["finished"] = True  # the worker failed: nothing left to stop
             yield f"data: {json.dumps({'error': {'message': e.message, 'type': 'server_error', 'code': e.code}})}\n\n"
@@ -506,7 +508,7 @@ class ClassifySpec(_Spec):
             # a text beyond the character bound cannot fit: only its first max_prompt_chars characters are
             # tokenized (it is truncated either way); in a thread, so the event loop goes on serving others
             rows, truncated = await run_in_threadpool(self._frame, texts)
-            uid, item = self.submit({"ids": rows}, streaming=False)
+            uid, item = self.submit(ClassifyJob(rows), streaming=False)
             try:
                 response, failed = await self.output(item)
             finally:
@@ -517,12 +519,12 @@ class ClassifySpec(_Spec):
             _raise_worker_error(response)
         names = s.label_names
         data = []
-        for i, probs in enumerate(response["probs"]):
+        for i, probs in enumerate(response.probs):
             k = max(range(len(probs)), key=probs.__getitem__)
             data.append({"index": i, "label": names[k], "label_id": k, "probs": dict(zip(names, probs)),
                          "truncated": truncated[i]})
         n_tokens = sum(len(r) for r in rows)
         self.metrics.tokens("/v1/classify", n_tokens, 0)
-        return {"object": "list", "model": s.name, "data": data, "batch_requests": response["batch_requests"],
-                "system_fingerprint": response.get("system_fingerprint"),
+        return {"object": "list", "model": s.name, "data": data, "batch_requests": response.batch_requests,
+                "system_fingerprint": response.system_fingerprint,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}

@@ -1,5 +1,8 @@
 """The model worker: the LitServe ``LitAPI``s that hold a checkpoint's model (one per worker process), and
-the decoding they run (one completion, or a batch decoded together with the KV cache).
+the decoding they run. Each request is a ``Completion`` (its text, sampler, model and what its client is sent),
+whichever way its tokens are scheduled: ``decode_static`` (a batch decoded together to its end, or one job alone
+with a sliding context) or ``ContinuousGenerationAPI`` (rows that join and leave at any step). What crosses to the
+front end is ``lit_llm.serve.messages``.
 
 Only LitServe's public ``LitAPI`` is used here. What loads a model (``load_checkpoint``, ``SequenceClassifier``,
 which brings Lightning) is imported in the worker's ``setup``, so that importing ``lit_llm.serve`` stays light.
@@ -18,7 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Container, Iterator, Optional, Union
 
 import litserve as ls
@@ -26,10 +29,12 @@ import torch
 from fastapi import Request
 from tokenizers import Tokenizer
 
+from lit_llm.completion import CompletionText
 from lit_llm.data.tokenizer import special_id
-from lit_llm.generate import CompletionText, ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
+from lit_llm.generate import ContinuousBatch, iter_batch_tokens, iter_tokens, sample_next, sample_rows
 from lit_llm.serve._litserve_adapter import ContinuousLoop, Output, Status, in_model_worker
 from lit_llm.serve.flow import RELOAD_POLL_S, CheckpointRef
+from lit_llm.serve.messages import ClassifyJob, ClassProbabilities, CompletionJob, Piece, to_wire
 from lit_llm.serve.protocol import APIError
 
 if TYPE_CHECKING:
@@ -52,95 +57,14 @@ def _sampling(temperature: float, top_p: float, seed: Optional[int], device) -> 
     return temperature if temperature == 0 else max(temperature, tiny), max(top_p, tiny), generator
 
 
-def _sampler(temperature: float, top_p: float, seed: Optional[int], device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(1, V) logits -> (1, 1) token with this request's settings and its own seeded generator."""
-    temperature, top_p, generator = _sampling(temperature, top_p, seed, device)
-    return lambda logits: sample_next(logits, temperature, None, top_p if top_p < 1 else None, generator)
-
-
 Cancelled = Callable[[], Container[int]]  # the ids of the jobs whose clients have gone (CancelBoard.cancelled)
 
 
-def _stop_gone(states: list[CompletionText], job_ids: list[Optional[int]], cancelled: Optional[Cancelled]) -> None:
-    """End the completions whose clients have gone, and log how far each got."""
-    if cancelled is None:
-        return
-    gone = cancelled()
-    for state, job_id in zip(states, job_ids):
-        if not state.done and job_id is not None and job_id in gone:
-            state.cancel()
-            logger.warning("client gone: stopped job %x after %d of %d tokens", job_id, state.sampled, state.max_tokens)
-
-
-def stream_completion(model, tok: Tokenizer, ids: list[int], max_tokens: int, temperature: float = 1.0,
-                      top_p: float = 1.0, stops: Optional[list[str]] = None, seed: Optional[int] = None,
-                      use_cache: bool = True, job_id: Optional[int] = None,
-                      cancelled: Optional[Cancelled] = None) -> Iterator[dict[str, Any]]:
-    """One completion after ``ids``, as ``CompletionText`` messages (empty ones left out). Past
-    ``block_size`` the context slides (``iter_tokens``). It stops, silently, once ``cancelled()`` holds
-    ``job_id`` (checked before each token)."""
-    state = CompletionText(tok, ids, max_tokens, stops)
-    _stop_gone([state], [job_id], cancelled)
-    if state.done:
-        return
-    device = next(model.parameters()).device
-    sample = _sampler(temperature, top_p, seed, device)
-    for token in iter_tokens(model, torch.tensor([ids], device=device), max_tokens, use_cache=use_cache, sample=sample):
-        _stop_gone([state], [job_id], cancelled)
-        if state.done:
-            return
-        message = state.push(int(token))
-        if message:
-            yield message
-        if state.done:
-            return
-
-
-def stream_batch(model, tok: Tokenizer, jobs: list[dict], use_cache: bool = True,
-                 cancelled: Optional[Cancelled] = None) -> Iterator[list[dict[str, Any]]]:
-    """Several completions decoded together (``iter_batch_tokens``): per step, one message per job (``{}`` for
-    nothing new or a finished job). Each job samples with its own settings and seed, so its tokens are those
-    it would get alone. A job whose ``id`` is in ``cancelled()`` (checked before each step) ends with nothing
-    more to send. Stops early once every job has ended."""
-    device = next(model.parameters()).device
-    states = [CompletionText(tok, j["ids"], j["max_tokens"], j["stop"]) for j in jobs]
-    job_ids = [j.get("id") for j in jobs]
-    _stop_gone(states, job_ids, cancelled)
-    if all(st.done for st in states):
-        return
-    samplers = [_sampler(j["temperature"], j["top_p"], j["seed"], device) for j in jobs]
-
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([f(logits[r : r + 1]) for r, f in enumerate(samplers)])
-
-    pad = special_id(tok, "pad") or 0
-    steps = max(j["max_tokens"] for j in jobs)
-    for tokens in iter_batch_tokens(model, [j["ids"] for j in jobs], steps, sample, use_cache, pad):
-        _stop_gone(states, job_ids, cancelled)
-        yield [{} if st.done else st.push(int(t)) for st, t in zip(states, tokens.tolist())]
-        if all(st.done for st in states):
-            return
-
-
-def for_client(job: dict, part: list[str], message: dict[str, Any]) -> dict[str, Any]:
-    """What to send the client of ``job``: a client that does not stream gets one message, the last (its text
-    gathered in ``part``), instead of one per token."""
-    if message and not job["stream"]:
-        part.append(message["text"])
-        return {**message, "text": "".join(part)} if "usage" in message else {}
-    return message
-
-
-def _fits_together(jobs: list[dict], block_size: int) -> bool:
-    return max(len(j["ids"]) for j in jobs) + max(j["max_tokens"] for j in jobs) <= block_size
-
-
-# ---------------------------------------------------------------------------------------------- model workers
 @dataclass(eq=False)
 class _LoadedModel:
     """The model a worker starts requests on: one checkpoint's, from load to the last request that started on it.
-    A reload replaces a worker's ``current`` one; each request keeps the one it started on (``_Running.served``,
-    or a local of ``predict``) to its end."""
+    A reload replaces a worker's ``current`` one; each request keeps the one it started on (``Completion.served``)
+    to its end."""
 
     model: torch.nn.Module
     generation: int  # the ReloadBoard's: 0 for the checkpoint serve started with
@@ -148,11 +72,99 @@ class _LoadedModel:
     rows: Optional[ContinuousBatch] = None  # continuous batching: the KV-cache rows of the requests decoding on it
 
 
-def _with_fingerprint(message: dict[str, Any], served: _LoadedModel) -> dict[str, Any]:
-    """A request's first message, which tells the front end the checkpoint that answers it."""
-    return {**message, "system_fingerprint": served.fingerprint}
+class Completion:
+    """One ``CompletionJob`` on a model worker, from its first token to its last, whichever way its tokens are
+    scheduled (alone, in a static batch, in a continuous batch): its text (``CompletionText``), its sampling
+    settings and seeded generator, the model it decodes on, and what its client is sent. ``push`` takes each
+    sampled token and gives the ``Piece`` for the client, or None: a client that does not stream gets one piece,
+    the last, with the whole text; the first piece sent names the checkpoint that answers (its fingerprint)."""
+
+    def __init__(self, job: CompletionJob, tok: Tokenizer, device, served: Optional[_LoadedModel] = None) -> None:
+        self.job, self.served = job, served
+        self.state = CompletionText(tok, job.ids, job.max_tokens, job.stop)
+        self.temperature, self.top_p, self.generator = _sampling(job.temperature, job.top_p, job.seed, device)
+        self.gathered: list[str] = []  # the text so far of a client that does not stream
+        self.told = False  # whether its first piece has gone
+
+    @property
+    def done(self) -> bool:
+        return self.state.done
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """(1, V) logits -> (1, 1) token with this job's settings and generator."""
+        return sample_next(logits, self.temperature, None, self.top_p if self.top_p < 1 else None, self.generator)
+
+    def stop_if_gone(self, gone: Container[int]) -> None:
+        """End the completion if its client has gone (its job id is in ``gone``), and log how far it got."""
+        if not self.done and self.job.id is not None and self.job.id in gone:
+            self.state.cancel()
+            logger.warning("client gone: stopped job %x after %d of %d tokens", self.job.id, self.state.sampled,
+                           self.state.max_tokens)
+
+    def push(self, token: int) -> Optional[Piece]:
+        piece = self.state.push(token)
+        if piece is None:
+            return None
+        if not self.job.stream:
+            self.gathered.append(piece.text)
+            if not piece.last:
+                return None
+            piece = replace(piece, text="".join(self.gathered))
+        if not self.told and self.served is not None:
+            piece, self.told = replace(piece, system_fingerprint=self.served.fingerprint), True
+        return piece
 
 
+def _stop_gone(runs: list[Completion], cancelled: Optional[Cancelled]) -> None:
+    if cancelled is not None:
+        gone = cancelled()
+        for run in runs:
+            run.stop_if_gone(gone)
+
+
+def decode_static(model, tok: Tokenizer, jobs: list[CompletionJob], served: Optional[_LoadedModel] = None,
+                  use_cache: bool = True, cancelled: Optional[Cancelled] = None) -> Iterator[list[Optional[Piece]]]:
+    """Jobs decoded to their ends as one batch (static batching): per step with something to send, one piece or None
+    per job. They decode together (``iter_batch_tokens``, left-padded) when the longest prompt plus the largest
+    ``max_tokens`` fits ``block_size``, else one after the other, each sliding its context past the block
+    (``iter_tokens``). Each job samples with its own settings and seed, so its tokens are those it would get alone.
+    A job whose ``id`` is in ``cancelled()`` (checked before each token) ends with nothing more to send."""
+    device = next(model.parameters()).device
+    runs = [Completion(job, tok, device, served) for job in jobs]
+    _stop_gone(runs, cancelled)
+    if all(run.done for run in runs):
+        return
+    if len(jobs) > 1 and (max(len(j.ids) for j in jobs) + max(j.max_tokens for j in jobs)
+                          <= model.config.block_size):
+
+        def sample(logits: torch.Tensor) -> torch.Tensor:
+            return torch.cat([run.sample(logits[r : r + 1]) for r, run in enumerate(runs)])
+
+        for tokens in iter_batch_tokens(model, [j.ids for j in jobs], max(j.max_tokens for j in jobs), sample,
+                                        use_cache, special_id(tok, "pad") or 0):
+            _stop_gone(runs, cancelled)
+            step = [None if run.done else run.push(t) for run, t in zip(runs, tokens.tolist())]
+            if any(step):
+                yield step
+            if all(run.done for run in runs):
+                return
+        return
+    for k, run in enumerate(runs):
+        if run.done:
+            continue
+        ids = torch.tensor([run.job.ids], device=device)
+        for token in iter_tokens(model, ids, run.job.max_tokens, use_cache=use_cache, sample=run.sample):
+            _stop_gone(runs, cancelled)
+            if run.done:
+                break
+            piece = run.push(int(token))
+            if piece is not None:
+                yield [piece if i == k else None for i in range(len(runs))]
+            if run.done:
+                break
+
+
+# ---------------------------------------------------------------------------------------------- model workers
 class _WorkerAPI:
     """What both model workers share: the optional API key, checked by LitServe on every route it registers
     (``LitAPI.authorize``); the CPU threads of a worker: ``serve`` splits the cores between the workers (each torch
@@ -277,64 +289,38 @@ class GenerationAPI(_WorkerAPI, ls.LitAPI):
         """The model new requests start on."""
         return self.current.model
 
-    def decode_request(self, request: dict) -> dict:
+    def decode_request(self, request: CompletionJob) -> CompletionJob:
         return request  # the front end already tokenized and checked it
 
-    def batch(self, jobs: list[dict]) -> list[dict]:
+    def batch(self, jobs: list[CompletionJob]) -> list[CompletionJob]:
         return jobs
 
-    def _one(self, model: torch.nn.Module, job: dict) -> Iterator[dict]:
-        return stream_completion(model, self.tokenizer, job["ids"], job["max_tokens"], job["temperature"],
-                                 job["top_p"], job["stop"], job["seed"], self.use_cache, job.get("id"),
-                                 self.spec.board.cancelled)
-
-    def _steps(self, model: torch.nn.Module, jobs: list[dict]) -> Iterator[list[dict]]:
-        """Per step, one message per job. A job whose client has gone (the spec's ``CancelBoard``) stops there."""
-        if len(jobs) > 1 and _fits_together(jobs, model.config.block_size):
-            yield from stream_batch(model, self.tokenizer, jobs, self.use_cache, self.spec.board.cancelled)
-            return
-        for i, job in enumerate(jobs):
-            for message in self._one(model, job):
-                yield [message if k == i else {} for k in range(len(jobs))]
-
-    def predict(self, jobs: Union[dict, list[dict]]) -> Iterator:
-        single = isinstance(jobs, dict)  # max_batch_size 1: LitServe's unbatched loop
-        jobs = [jobs] if single else jobs
+    def predict(self, jobs: Union[CompletionJob, list[CompletionJob]]) -> Iterator:
+        """Per decoding step with something to send, a piece (or None) per job; one piece for one job
+        (``max_batch_size`` 1: LitServe's unbatched loop). A job whose client has gone (the spec's ``CancelBoard``)
+        stops there."""
+        single = isinstance(jobs, CompletionJob)
         served = self.current  # the batch decodes on it to its end, whatever a reload swaps in meanwhile
-        parts: list[list[str]] = [[] for _ in jobs]
-        told = [False] * len(jobs)  # whether a job's first message has gone (with the fingerprint)
-        for step in self._steps(served.model, jobs):
-            out = [for_client(job, part, message) for job, part, message in zip(jobs, parts, step)]
-            for k, message in enumerate(out):
-                if message and not told[k]:
-                    out[k], told[k] = _with_fingerprint(message, served), True
-            if any(out):  # LitServe sends one message per request of each list: skip steps with nothing to say
-                yield out[0] if single else out
+        for step in decode_static(served.model, self.tokenizer, [jobs] if single else jobs, served, self.use_cache,
+                                  self.spec.board.cancelled):
+            yield step[0] if single else step
 
     def unbatch(self, steps: Iterator) -> Iterator:
         return steps
 
     def encode_response(self, outputs: Iterator) -> Iterator:
-        yield from outputs
+        for out in outputs:  # each job's piece as JSON (LitServe's streaming loops send dicts as JSON)
+            yield [to_wire(piece) for piece in out] if isinstance(out, list) else to_wire(out)
 
 
-@dataclass
-class _Running:
-    """A completion on the continuous worker: its text so far, its sampler, and where it decodes (a row of the
-    ``ContinuousBatch``, or its own sliding ``iter_tokens`` when it does not fit a row)."""
+class _Running(Completion):
+    """A completion on the continuous worker, and where it decodes: a row of its model's ``ContinuousBatch``, or
+    its own sliding ``iter_tokens`` when it does not fit a row."""
 
-    job: dict
-    state: CompletionText
-    temperature: float
-    top_p: float
-    generator: torch.Generator
-    part: list[str] = field(default_factory=list)
     token: Optional[int] = None  # the token to feed its row at the next step
     solo: Optional[Iterator[torch.Tensor]] = None
     held: str = ""  # streamed text not sent yet (``stream_interval``)
-    last_sent: Optional[float] = None  # when its last message left (None: nothing sent yet)
-    served: Optional[_LoadedModel] = None  # the model it decodes on from its first token to its last
-    told: bool = False  # whether its first message has gone (with the fingerprint)
+    last_sent: Optional[float] = None  # when its last piece left (None: nothing sent yet)
 
 
 class ContinuousGenerationAPI(GenerationAPI):
@@ -371,7 +357,7 @@ class ContinuousGenerationAPI(GenerationAPI):
     def setup(self, device: str) -> None:
         super().setup(device)
         self.device = next(self.model.parameters()).device
-        self.inbox: deque[tuple[str, dict]] = deque()
+        self.inbox: deque[tuple[str, CompletionJob]] = deque()
         self.running: dict[str, _Running] = {}
         self.pad = special_id(self.tokenizer, "pad") or 0
 
@@ -387,7 +373,7 @@ class ContinuousGenerationAPI(GenerationAPI):
         """The models with requests in rows: the current one and any older one whose requests have not ended."""
         return list({id(run.served): run.served for run in self.running.values() if run.served.rows.keys}.values())
 
-    def add_request(self, uid: str, request: dict) -> None:
+    def add_request(self, uid: str, request: CompletionJob) -> None:
         self.inbox.append((uid, request))
 
     def has_capacity(self) -> bool:
@@ -411,9 +397,8 @@ class ContinuousGenerationAPI(GenerationAPI):
         out: list[Output] = []
         gone = self.spec.board.cancelled()
         for uid, run in list(self.running.items()):
-            if run.job.get("id") is not None and run.job["id"] in gone:
-                logger.warning("client gone: stopped job %x after %d of %d tokens", run.job["id"], run.state.sampled,
-                               run.state.max_tokens)
+            run.stop_if_gone(gone)
+            if run.done:
                 self._finish(uid, out)
         for served in self._models_in_use():  # one forward per model for every sequence in its rows, one sampling
             keys = list(served.rows.keys)
@@ -426,14 +411,12 @@ class ContinuousGenerationAPI(GenerationAPI):
         current = self.current  # the requests that start in this step start on it (a reload may swap it meanwhile)
         while self.inbox:  # the requests that arrived since the last step: prefill, first token
             uid, job = self.inbox.popleft()
-            run = _Running(job, CompletionText(self.tokenizer, job["ids"], job["max_tokens"], job["stop"]),
-                           *_sampling(job["temperature"], job["top_p"], job["seed"], self.device), served=current)
-            self.running[uid] = run
-            if current.rows.fits(len(job["ids"]), job["max_tokens"]):
-                self._push(uid, int(self._sample([uid], current.rows.add(uid, job["ids"])[None])[0]), out)
+            run = self.running[uid] = _Running(job, self.tokenizer, self.device, current)
+            if current.rows.fits(len(job.ids), job.max_tokens):
+                self._push(uid, int(self._sample([uid], current.rows.add(uid, job.ids)[None])[0]), out)
             else:
-                run.solo = iter_tokens(current.model, torch.tensor([job["ids"]], device=self.device),
-                                       job["max_tokens"], use_cache=True,
+                run.solo = iter_tokens(current.model, torch.tensor([job.ids], device=self.device), job.max_tokens,
+                                       use_cache=True,
                                        sample=lambda logits, uid=uid: self._sample([uid], logits)[:, None])
                 self._push(uid, int(next(run.solo)), out)
         return out
@@ -447,23 +430,20 @@ class ContinuousGenerationAPI(GenerationAPI):
     def _push(self, uid: str, token: int, out: list[Output]) -> None:
         run = self.running[uid]
         run.token = token
-        message = for_client(run.job, run.part, run.state.push(run.token))
-        if message and run.held:  # what was held back goes first
-            message = {**message, "text": run.held + message["text"]}
-            run.held = ""
-        if message and not run.told:  # its first message names the checkpoint that answers it
-            message, run.told = _with_fingerprint(message, run.served), True
-        if run.state.done:
-            self._finish(uid, out, message)
-        elif message:
+        piece = run.push(token)
+        if piece is not None and run.held:  # what was held back goes first
+            piece, run.held = replace(piece, text=run.held + piece.text), ""
+        if run.done:
+            self._finish(uid, out, piece)
+        elif piece is not None:
             now = time.monotonic()
             if run.last_sent is not None and now - run.last_sent < self.stream_interval:
-                run.held = message["text"]  # a streamed delta: {"text": ...}
+                run.held = piece.text  # a streamed piece, not the first: text only
             else:
                 run.last_sent = now
-                out.append(Output(uid, message, Status.OK))
+                out.append(Output(uid, piece, Status.OK))
 
-    def _finish(self, uid: str, out: list[Output], last: Optional[dict] = None) -> None:
+    def _finish(self, uid: str, out: list[Output], last: Optional[Piece] = None) -> None:
         """The sequence leaves: its row is free for the next request, and LitServe closes its stream with the
         message that carries its ``last`` output (one message through the queue, not two)."""
         run = self.running.pop(uid)
@@ -474,7 +454,7 @@ class ContinuousGenerationAPI(GenerationAPI):
         out.append(Output(uid, last or "", Status.FINISH_STREAMING))
 
     def encode_response(self, output: Any) -> Any:
-        return output
+        return output.to_wire() if isinstance(output, Piece) else output  # "" or an error: as LitServe sends them
 
 
 class ClassifierAPI(_WorkerAPI, ls.LitAPI):
@@ -507,30 +487,28 @@ class ClassifierAPI(_WorkerAPI, ls.LitAPI):
     def model(self) -> torch.nn.Module:
         return self.current.model
 
-    def decode_request(self, request: dict) -> dict:
+    def decode_request(self, request: ClassifyJob) -> ClassifyJob:
         return request
 
-    def batch(self, inputs: list[dict]) -> list[dict]:
+    def batch(self, inputs: list[ClassifyJob]) -> list[ClassifyJob]:
         return inputs
 
     @torch.inference_mode()
-    def predict(self, jobs: Union[dict, list[dict]]) -> Union[dict, list[dict]]:
-        single = isinstance(jobs, dict)
+    def predict(self, jobs: Union[ClassifyJob, list[ClassifyJob]]) -> Union[ClassProbabilities, list[ClassProbabilities]]:
+        single = isinstance(jobs, ClassifyJob)
         jobs = [jobs] if single else jobs
         served = self.current
-        rows = [ids for job in jobs for ids in job["ids"]]
+        rows = [ids for job in jobs for ids in job.ids]
         input_ids, mask = self.pad_examples(served.model.tokenizer, rows)
         probs = served.model(input_ids.to(self.device), mask.to(self.device)).float().softmax(-1).cpu().tolist()
         out, start = [], 0
         for job in jobs:
-            n = len(job["ids"])
-            out.append({"probs": probs[start : start + n], "batch_requests": len(jobs),
-                        "system_fingerprint": served.fingerprint})
-            start += n
+            out.append(ClassProbabilities(probs[start : start + len(job.ids)], len(jobs), served.fingerprint))
+            start += len(job.ids)
         return out[0] if single else out
 
-    def unbatch(self, outputs: list[dict]) -> list[dict]:
+    def unbatch(self, outputs: list[ClassProbabilities]) -> list[ClassProbabilities]:
         return outputs
 
-    def encode_response(self, output: dict) -> dict:
-        return output
+    def encode_response(self, output: ClassProbabilities) -> ClassProbabilities:
+        return output  # pickled through the queue, as a non-streaming answer is
