@@ -351,3 +351,30 @@ def test_chat_refuses_a_message_longer_than_the_context(lm_ckpt):
     for _ in range(8):  # a long conversation: the oldest exchanges make room
         list(session.reply("a fine film , a fine film"))
     assert session.dropped > 0 and session.history[-2]["content"] == "a fine film , a fine film"
+
+
+@pytest.mark.parametrize("task", ["instruction-lora", "dpo-full"])
+def test_muon_steps_exactly_the_trainable_block_matrices_of_fine_tuning(lm_ckpt, task):
+    """--model.optimizer.name muon in instruction tuning and DPO: Muon gets the trainable 2-D weights inside the
+    blocks (with LoRA: the adapters, not the frozen base; in DPO: the policy's, never the reference's), AdamW the
+    other trainable parameters, and a step moves only those."""
+    optimizer = {"name": "muon", "warmup_steps": 0, "muon_lr": 0.02}
+    if task == "instruction-lora":
+        module = InstructionModel(str(lm_ckpt), lora=LoraSpec(rank=4, targets=["wq", "wv"]), optimizer=optimizer)
+    else:
+        module = PreferenceModel(str(lm_ckpt), optimizer=optimizer)
+    module.configure_model()
+    opt, _ = module.build_optimizer(10)
+    muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    adamw = {id(p) for g in (opt.adamw.param_groups if opt.adamw else []) for p in g["params"]}  # LoRA: none
+    trainable = {id(p): n for n, p in module.named_parameters() if p.requires_grad}
+    blocks = {id(p) for p in module.network.layers.parameters() if p.dim() == 2 and p.requires_grad}
+    assert muon == blocks and muon.isdisjoint(adamw) and muon | adamw == set(trainable)
+    if task == "instruction-lora":
+        assert all("lora_" in trainable[i] for i in muon)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    x = torch.randint(0, module.network.config.vocab_size, (2, 8))
+    module.network(x).float().pow(2).mean().backward()
+    opt.step()
+    moved = {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= set(trainable.values())
