@@ -8,6 +8,7 @@ the newest checkpoint on disk must load. A kill that lands inside a checkpoint w
 
     python benchmarks/kill_resume.py --kills 20                 # one process
     python benchmarks/kill_resume.py --kills 20 --devices 2     # DDP on 2 processes (gloo)
+    python benchmarks/kill_resume.py --kills 20 --stream        # the streaming loader (litdata, the stream extra)
 
 ``tests/test_kill_resume.py`` runs it with a few kills in CI.
 """
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from lit_llm.checkpoint import newest_checkpoint, read_info  # noqa: E402
 
 
-def fit_command(out: Path, corpus: Path, steps: int, devices: int) -> list[str]:
+def fit_command(out: Path, corpus: Path, steps: int, devices: int, stream: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "lit_llm", "fit", "--config", "configs/debug.yaml", "--data.corpus", str(corpus),
            "--trainer.max_steps", str(steps), "--checkpoint.every_n_train_steps", "2",
            "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "1",
@@ -42,6 +43,8 @@ def fit_command(out: Path, corpus: Path, steps: int, devices: int) -> list[str]:
     if devices > 1:
         cmd += ["--config", "configs/strategy/ddp.yaml", "--trainer.devices", str(devices),
                 "--data.batch_size", str(8 // devices)]
+    if stream:  # litdata's StreamingDataLoader, whose position travels in the checkpoint
+        cmd += ["--data.stream", "true"]
     return cmd
 
 
@@ -78,13 +81,14 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def kill_and_resume(work: Path, corpus: Path, kills: int, devices: int = 1, steps: int = 30, seed: int = 0) -> dict:
+def kill_and_resume(work: Path, corpus: Path, kills: int, devices: int = 1, steps: int = 30, seed: int = 0,
+                    stream: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1",
                LIT_LLM_CACHE_DIR=str(work / "cache"))
     log = open(work / "runs.log", "ab")
     reference = work / "reference"
-    code, t_full, t_first = run(fit_command(reference, corpus, steps, devices), env, None, log,
+    code, t_full, t_first = run(fit_command(reference, corpus, steps, devices, stream), env, None, log,
                                 watch=reference / "checkpoints" / "step2.ckpt")
     if code != 0:
         raise RuntimeError(f"the uninterrupted run failed ({code}); see {work / 'runs.log'}")
@@ -106,7 +110,7 @@ def kill_and_resume(work: Path, corpus: Path, kills: int, devices: int = 1, step
             # the kills left share the steps left, so each one has room
             last = step + 2 + max(1, (steps - 6 - step) // (kills - survived))
             kill_at = (out / "checkpoints", rng.randrange(step + 2, last), rng.uniform(0, t_train / steps))
-        code, _, _ = run(fit_command(out, corpus, steps, devices), env, kill_after, log, kill_at=kill_at)
+        code, _, _ = run(fit_command(out, corpus, steps, devices, stream), env, kill_after, log, kill_at=kill_at)
         restarts += 1
         if code == -signal.SIGKILL:
             survived += 1
@@ -122,7 +126,7 @@ def kill_and_resume(work: Path, corpus: Path, kills: int, devices: int = 1, step
     identical = ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     # a kill is survived when the reruns got past it to a run whose weights equal the uninterrupted one's
     return {"kills": survived, "survived": survived if identical else 0, "asked": kills, "inside_a_save": inside, "restarts": restarts,
-            "bit_identical": identical, "devices": devices, "steps": steps, "uninterrupted_s": round(t_full, 1), "startup_s": round(t_first, 1)}
+            "bit_identical": identical, "devices": devices, "stream": stream, "steps": steps, "uninterrupted_s": round(t_full, 1), "startup_s": round(t_first, 1)}
 
 
 def main() -> None:
@@ -131,6 +135,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream", action="store_true", help="train from streaming chunks (--data.stream true)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt")
     args = parser.parse_args()
@@ -138,7 +143,7 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="kill_resume"))
     work.mkdir(parents=True, exist_ok=True)
-    result = kill_and_resume(work, args.corpus, args.kills, args.devices, args.steps, args.seed)
+    result = kill_and_resume(work, args.corpus, args.kills, args.devices, args.steps, args.seed, args.stream)
     print(json.dumps(result))
     print(f"kills survived: {result['survived']}/{result['kills']}", file=sys.stderr)
 

@@ -8,7 +8,12 @@ from benchmarks.kill_resume import kill_and_resume
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path, small_corpus):
-    result = kill_and_resume(tmp_path, small_corpus, kills=3, devices=1, steps=60, seed=1)
+@pytest.mark.parametrize("stream", [False, True], ids=["mmap", "stream"])
+def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path, small_corpus, stream):
+    """The memory-mapped token files, and litdata's streaming loader (its position is in the checkpoint)."""
+    if stream:
+        pytest.importorskip("litdata", reason="the stream extra: pip install -e '.[stream]'")
+    result = kill_and_resume(tmp_path, small_corpus, kills=3, devices=1, steps=60 if not stream else 30, seed=1,
+                             stream=stream)
     assert result["kills"] == 3, result  # every rerun but the last is killed before its end
     assert result["bit_identical"] and result["survived"] == result["kills"], result

@@ -210,8 +210,12 @@ def stream_loader(source: str, block_size: int, batch_size: int, seed: int, num_
             source = "local:" + str(Path(source).resolve())
     dataset = litdata.StreamingDataset(source, cache_dir=cache_dir, item_loader=TokensLoader(block_size=block_size + 1),
                                        shuffle=True, drop_last=True, seed=seed)
+    # its own generator, as the memory-mapped path's loader has: a DataLoader iterator otherwise draws its base
+    # seed from the global RNG when it is created, and a resumed run creates one at the resume, after the
+    # checkpoint's RNG state was restored, so its dropout masks drifted from an uninterrupted run's (found by
+    # benchmarks/kill_resume.py --stream: the weights differed from the first step after a resume on)
     loader = _loader_class(litdata)(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack,
-                                    drop_last=True)
+                                    drop_last=True, generator=torch.Generator().manual_seed(seed))
     if state is not None:
         loader.load_state_dict(state)
     return loader
