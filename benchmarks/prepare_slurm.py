@@ -6,7 +6,7 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
 2. One process (``workers: 1``), in this process: the baseline, and the bytes every other run must equal.
 3. The stages' single-core costs: the sharded path in this process with one worker and one tokenizer thread
    (``RAYON_NUM_THREADS=1``), from its report: read, clean, dedup, tokenizer (loaded), tokenize and write; and the
-   tokenizer alone on one thread (``encode_batch`` over the documents in memory), against which the whole
+   tokenizer alone on one thread (``encode_batch_fast`` over the documents in memory), against which the whole
    pipeline's throughput per core is a ratio (issue 26's goal: at least 0.8).
 4. SLURM: ``slurm/local_cluster.sh start 2`` (unless ``$SLURM_CONF`` names a running cluster), then
    ``python -m lit_llm submit --job prepare --array_tasks 4 --cpus_per_task 1 --wait true``: read, clean (4
@@ -109,7 +109,7 @@ def main() -> None:
     tok = load_tokenizer(spec.path)
     t0 = time.perf_counter()
     for i in range(0, len(texts), ENCODE_BATCH):  # the tokenizer alone, one thread: the per-core yardstick
-        tok.encode_batch(texts[i : i + ENCODE_BATCH], add_special_tokens=False)
+        tok.encode_batch_fast(texts[i : i + ENCODE_BATCH], add_special_tokens=False)
     tokenizer_s = time.perf_counter() - t0
     del texts
 

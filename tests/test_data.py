@@ -162,3 +162,15 @@ def test_a_stalled_download_times_out_and_a_good_one_is_checked(tmp_path, monkey
         assert corpora._download("x", good, dest, []).read_bytes() == body
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "wordpiece", "unigram"])
+def test_prepare_encodes_with_encode_batch_fast_and_gets_the_ids_of_encode_batch(kind):
+    """prepare's tokenize step calls encode_batch_fast (no character offsets, about 15% faster here): for every
+    tokenizer kind it gives the ids encode_batch gives, non-ASCII text and empty lines included."""
+    from lit_llm.data.tokenizer import TokenizerSpec, train_tokenizer
+
+    texts = SHAKESPEARE.read_text(encoding="utf-8")[:60_000].split("\n\n") + ["café naïve — 東京", "", "\n"]
+    tok = train_tokenizer(TokenizerSpec(kind=kind, vocab_size=300), texts)
+    fast = tok.encode_batch_fast(texts, add_special_tokens=False)
+    assert [e.ids for e in fast] == [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
