@@ -10,10 +10,12 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
    pipeline's throughput per core is a ratio (issue 26's goal: at least 0.8).
 4. SLURM: ``slurm/local_cluster.sh start 2`` (unless ``$SLURM_CONF`` names a running cluster), then
    ``python -m lit_llm submit --job prepare --array_tasks 4 --cpus_per_task 1 --wait true``: read, clean (4
-   tasks), dedup, tokenize (4 tasks), merge. Wall time from the first sbatch to the merge's end; each job's own
+   tasks), dedup, tokenize (4 tasks), split (4 tasks), merge. Wall time from the first sbatch to the merge's end; each job's own
    time from its log (``stage ... done in S s``; the merge's ``merged in S s``), which leaves out the Python start.
-5. Projection: per MB of text, the serial stages (read, dedup, merge) cost what they cost here, and the parallel
-   ones (clean, tokenize) are divided by the cores: one 64-core node, and 16 such nodes as one array. Assumptions,
+5. Projection: per MB of text, the serial stages (read, dedup) cost what they cost here, and the parallel ones
+   (clean, tokenize, split) are divided by the cores: one 64-core node, and 16 such nodes as one array. The merge
+   job costs its measured seconds whatever the corpus: it moves the split files the array wrote, and writes the
+   manifest, report and document-length histogram (8 bytes a document, left out of the model). Assumptions,
    printed with the table: the corpus's documents average ``--doc_kb`` KB (FineWeb-Edu's 10B-token sample: about
    4.6 KB), the tokenizer is given (trained tokenizers train on a sample), deduplication is exact + MinHash
    at the in-memory cost measured here for 45 GB and at the on-disk cost of benchmarks/dedup_memory.py
@@ -77,14 +79,14 @@ def slurm_run(corpus: Path, spec_path: str, work: Path, shard_docs: int, tasks: 
     return {"wall_s": round(wall, 1), "job_s": jobs, "out": out}
 
 
-def projection(per_mb: dict, docs_per_mb: float, dedup_disk_us: float) -> list[dict]:
+def projection(per_mb: dict, merge_s: float, docs_per_mb: float, dedup_disk_us: float) -> list[dict]:
     """Hours for each corpus and layout, by the model of the module doc."""
     rows = []
     for corpus, gb, dedup_s_per_doc in (("45 GB", 45, per_mb["dedup_s_per_doc"]), ("1 TB", 1000, dedup_disk_us * 1e-6)):
         mb = gb * 1000
-        serial = mb * (per_mb["read"] + per_mb["merge"]) + mb * docs_per_mb * dedup_s_per_doc
+        serial = mb * per_mb["read"] + merge_s + mb * docs_per_mb * dedup_s_per_doc
         for layout, cores in (("1 node x 64 cores", 64), ("16 nodes x 64 cores", 1024)):
-            parallel = mb * (per_mb["clean"] + per_mb["tokenize"]) / cores
+            parallel = mb * (per_mb["clean"] + per_mb["tokenize"] + per_mb["split"]) / cores
             rows.append({"corpus": corpus, "layout": layout, "hours": round((serial + parallel) / 3600, 1),
                          "serial_hours": round(serial / 3600, 1), "parallel_hours": round(parallel / 3600, 2)})
     return rows
@@ -137,9 +139,9 @@ def main() -> None:
     identical = all(filecmp.cmp(one / f, slurm["out"] / f, shallow=False) and
                     filecmp.cmp(one / f, staged / f, shallow=False) for f in SAME)
     per_mb = {"read": stages["read"] / text_mb, "clean": stages["clean"] / text_mb,
-              "tokenize": stages["tokenize_and_write"] / text_mb,
-              "merge": sum(slurm["job_s"].get("merge", [0])) / text_mb,
+              "tokenize": stages["tokenize"] / text_mb, "split": stages["split"] / text_mb,
               "dedup_s_per_doc": stages["dedup"] / n_docs}
+    merge_s = sum(slurm["job_s"].get("merge", [0]))
     result = {
         "corpus_mb": round(text_mb, 1), "documents": n_docs, "shard_docs": args.shard_docs,
         "array_tasks": args.array_tasks, "identical_output": identical,
@@ -151,7 +153,8 @@ def main() -> None:
         "pipeline_over_tokenizer_per_core": round(tokenizer_s / sum(stages.values()), 2),
         "single_core_s_per_mb": {k: round(v, 4) if k != "dedup_s_per_doc" else round(v * 1e6, 2)
                                  for k, v in per_mb.items()},  # dedup in µs per document
-        "projection": projection(per_mb, 1000 / args.doc_kb, args.dedup_disk_us),
+        "merge_job_s": round(merge_s, 2),
+        "projection": projection(per_mb, merge_s, 1000 / args.doc_kb, args.dedup_disk_us),
         "assumptions": {"doc_kb": args.doc_kb, "dedup_disk_us_per_doc_1tb": args.dedup_disk_us,
                         "tokenizer": "given (tokenizer.path)", "io": "not modelled", "cores": "as fast as these"},
         "cores": len(os.sched_getaffinity(0)), "load_avg_1min_before": round(load_before, 2),

@@ -61,7 +61,7 @@ def test_any_number_of_workers_writes_the_same_bytes(corpus, reference, tmp_path
         assert {k: got[k] for k in ("cleaning", "documents_kept", "bytes", "tokens")} == \
                {k: report[k] for k in ("cleaning", "documents_kept", "bytes", "tokens")}
         assert got["workers"] == workers and set(got["seconds"]) == {"read", "clean", "dedup", "tokenizer",
-                                                                       "tokenize_and_write"}
+                                                                       "tokenize", "split"}
         assert not shard_folder(out, SHARD_DOCS).exists()  # the shards are removed once the folder is published
 
 
@@ -114,7 +114,8 @@ def test_a_bad_dedup_memory_bound_is_refused_before_any_work(bad, corpus, tmp_pa
 
 def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference, tmp_path):
     """The stages as separate SLURM jobs would run them: read; clean as 3 array tasks (out of order); dedup with
-    the tokenizer; tokenize as 2 tasks; merge (one process). The token folder is the one-process path's."""
+    the tokenizer; tokenize as 2 tasks; split as 3 tasks, of which 2 run (out of order), so the merge (one process)
+    writes the third's shards. The token folder is the one-process path's."""
     root = tmp_path / "staged"
     with pytest.raises(ValueError, match="the read stage .* has not finished"):
         _prepare(corpus, root, stage="clean")
@@ -131,6 +132,11 @@ def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference,
     for task in (1, 0):
         _prepare(corpus, root, stage="tokenize", task=task, tasks=2)
     assert len(list((work / "tokens").glob("*.json"))) == n_shards
+    for task in (2, 0):  # task 1 "failed": the merge writes its shards
+        _prepare(corpus, root, stage="split", task=task, tasks=3)
+    marked = {int(p.stem) for p in (work / "split").glob("*.json")}
+    assert marked == set(shards.part(n_shards, 0, 3)) | set(shards.part(n_shards, 2, 3))
+    (work / "split" / "train.bin").unlink()  # lost after its shards were marked: the merge writes them all again
     out = _prepare(corpus, root, stage="merge")
     assert _contents(out) == reference[0] and not work.exists()
     with pytest.raises(ValueError, match="need 0 <= task < tasks"):
@@ -169,19 +175,19 @@ def test_a_failed_shard_is_the_only_work_a_rerun_redoes(corpus, reference, tmp_p
 def test_a_damaged_shard_file_is_one_error_naming_it(corpus, reference, tmp_path, monkeypatch):
     root = tmp_path / "run"
     work = _work(corpus, root)
-    real = shards._token_shards
+    real = shards._split_shards
 
-    def truncate_then_merge(*args):  # between the tokenize stage and the merge that reads its files
+    def truncate_then_split(*args):  # between the tokenize stage and the split stage that reads its files
         victim = work / "tokens" / "00001.bin"
         victim.write_bytes(victim.read_bytes()[:-2])
         return real(*args)
 
-    monkeypatch.setattr(shards, "_token_shards", truncate_then_merge)
+    monkeypatch.setattr(shards, "_split_shards", truncate_then_split)
     with pytest.raises(ValueError, match=r"tokens/00001\.bin has \d+ bytes where its record 00001\.json says \d+"):
         _prepare(corpus, root, workers=2)
     # that shard's record is removed, the others stay: the next run tokenizes that shard alone
     assert not (work / "tokens" / "00001.json").exists() and (work / "tokens" / "00002.json").exists()
-    monkeypatch.setattr(shards, "_token_shards", real)
+    monkeypatch.setattr(shards, "_split_shards", real)
     assert _contents(_prepare(corpus, root, workers=2)) == reference[0]
 
 

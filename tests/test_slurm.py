@@ -330,7 +330,7 @@ def test_f_a_rank_killed_mid_run_then_resubmitted_resumes(cluster, tmp_path, uni
 @pytest.mark.slow
 def test_g_a_prepare_as_array_jobs_writes_the_one_process_bytes_and_retries_a_failed_task_alone(cluster, tmp_path):
     """``submit --job prepare``: read, clean (an array of 2 tasks, one per fake node), dedup, tokenize (2 tasks),
-    merge, chained by afterok. Task 1's first clean attempt is killed (the interpreter the jobs start is a wrapper
+    split (2 tasks writing one set of split files), merge, chained by afterok. Task 1's first clean attempt is killed (the interpreter the jobs start is a wrapper
     that does it once); that task alone runs again, and the token folder is the one-process prepare's, byte for
     byte. (benchmarks/prepare_slurm.py runs 4 tasks.)"""
     import yaml
@@ -364,7 +364,8 @@ exec {sys.executable} "$@"
                           timeout=600)
     every_log = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(logs.glob("*.out")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{every_log}"
-    assert re.findall(r"submitted job \d+ \((\w+)", proc.stdout) == ["read", "clean", "dedup", "tokenize", "merge"]
+    assert re.findall(r"submitted job \d+ \((\w+)", proc.stdout) == ["read", "clean", "dedup", "tokenize", "split",
+                                                                     "merge"]
     (out,) = [p.parent for p in (tmp_path / "array").glob("*/manifest.json")]
     for name in ("manifest.json", "tokenizer.json", "train.bin", "test.bin", "val.bin", "doc_lengths.npy"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
@@ -406,7 +407,7 @@ def test_submit_dry_run_and_bad_input(tmp_path):
 
 @pytest.mark.slow
 def test_submit_prepare_dry_run_and_a_stage_out_of_order(tmp_path):
-    """The prepare chain's scripts (arrays for clean and tokenize, each job retrying in place), and a stage run
+    """The prepare chain's scripts (arrays for clean, tokenize and split, each job retrying in place), and a stage run
     before the one it needs is one error line naming the stage to run first."""
     env = cli_env(tmp_path)
     cfg = str(REPO / "configs" / "data" / "tinyshakespeare.yaml")
@@ -415,9 +416,9 @@ def test_submit_prepare_dry_run_and_a_stage_out_of_order(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     scripts = dict(re.findall(r"# ---- (\w+)\.sbatch\n(.*?)(?=# ---- |\Z)", proc.stdout, re.S))
-    assert list(scripts) == ["read", "clean", "dedup", "tokenize", "merge"]
+    assert list(scripts) == ["read", "clean", "dedup", "tokenize", "split", "merge"]
     for stage, text in scripts.items():
-        array = stage in ("clean", "tokenize")
+        array = stage in ("clean", "tokenize", "split")
         assert ("#SBATCH --array=0-7" in text) == array and "#SBATCH --cpus-per-task=16" in text
         assert f"--data.workers 16 --stage {stage}" in text and "for attempt in $(seq 1 2)" in text
         assert ('--task "$SLURM_ARRAY_TASK_ID" --tasks 8' in text) == array

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from lit_llm.errors import UsageError
 
-Stage = Literal["all", "read", "clean", "dedup", "tokenize", "merge"]
+Stage = Literal["all", "read", "clean", "dedup", "tokenize", "split", "merge"]
 
 
 def prepare(fit_args: Optional[list[str]] = None, stage: Stage = "all", task: Optional[int] = None,
@@ -25,8 +25,10 @@ def prepare(fit_args: Optional[list[str]] = None, stage: Stage = "all", task: Op
         stage: ``all`` prepares the whole of it. The others run one stage of the parallel path in its work folder,
             as the jobs that ``submit --job prepare`` chains do: ``read`` (the documents into shards), ``clean``
             (this task's part of the shards, in data.workers processes), ``dedup`` (global deduplication and the
-            tokenizer), ``tokenize`` (this task's part), ``merge`` (the token folder, from the finished stages).
-        task: this task's part of the shards for ``clean`` and ``tokenize`` (default $SLURM_ARRAY_TASK_ID, else 0).
+            tokenizer), ``tokenize`` (this task's part), ``split`` (this task's part of the shards written into the
+            split files, at its place in the token stream), ``merge`` (the token folder, from the finished stages).
+        task: this task's part of the shards for ``clean``, ``tokenize`` and ``split`` (default
+            $SLURM_ARRAY_TASK_ID, else 0).
         tasks: the number of parts (default $SLURM_ARRAY_TASK_COUNT, else 1).
     """
     from jsonargparse import ArgumentParser
@@ -51,7 +53,7 @@ def prepare(fit_args: Optional[list[str]] = None, stage: Stage = "all", task: Op
             raise UsageError(f"--task {task} --tasks {tasks}: need 0 <= task < tasks")
         t0 = time.perf_counter()
         work = dm.prepare_stage(stage, task, tasks)
-        part = f" (part {task + 1} of {tasks})" if stage in ("clean", "tokenize") else ""
+        part = f" (part {task + 1} of {tasks})" if stage in ("clean", "tokenize", "split") else ""
         print(f"stage {stage}{part} done in {time.perf_counter() - t0:.2f} s: {work}")
         return work
     t0 = time.perf_counter()

@@ -207,7 +207,7 @@ def check_shard_docs(shard_docs: int) -> None:
                          f" got {shard_docs!r}")
 
 
-STAGES = ("read", "clean", "dedup", "tokenize")  # the parallel path's stages that run alone (lit_llm.data.shards)
+STAGES = ("read", "clean", "dedup", "tokenize", "split")  # the parallel path's stages that run alone (data.shards)
 
 
 def check_dedup_memory(memory_mb: Optional[float]) -> None:
@@ -267,7 +267,8 @@ def prepare(
     steps keep what they saw on disk, in that much page cache, and decide the same.
 
     ``stage`` runs one stage of the parallel path alone and returns its work folder: ``read``, ``dedup`` (with the
-    tokenizer), or ``clean`` / ``tokenize`` for shards part ``task`` of ``tasks`` (a SLURM array task's share).
+    tokenizer), or ``clean`` / ``tokenize`` / ``split`` for shards part ``task`` of ``tasks`` (a SLURM array task's
+    share).
     ``merge`` runs the parallel path to the end, finding done what the stages did, whatever ``workers`` is."""
     tokenizer = tokenizer or TokenizerSpec()
     cleaning = list(cleaning or [])
@@ -286,7 +287,7 @@ def prepare(
     if stage in STAGES:
         return _run_stage(stage, sources, data_dir, seed, encoding_errors, mixing, cleaning, cleaner, tokenizer,
                           progress, shard_folder(out_dir, shard_docs), n_workers, shard_docs, dedup_memory_mb, task,
-                          tasks)
+                          tasks, val_fraction, test_fraction)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         if build_sharded is not None:  # one parallel prepare per work folder: another waits, then reuses
@@ -359,7 +360,8 @@ def check_text_sources(sources: list[Source], data_dir: Optional[str], encoding_
 
 def _run_stage(stage: str, sources: list[Source], data_dir: Optional[str], seed: int, encoding_errors: str,
                mixing: str, cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, progress: bool, work: Path,
-               workers: int, shard_docs: int, dedup_memory_mb: Optional[float], task: int, tasks: int) -> Path:
+               workers: int, shard_docs: int, dedup_memory_mb: Optional[float], task: int, tasks: int,
+               val_fraction: float, test_fraction: float) -> Path:
     """One stage of the parallel path, alone, in ``work`` (``prepare``'s ``stage``); returns ``work``."""
     from lit_llm.data.shards import ShardedPrepare
 
@@ -372,8 +374,10 @@ def _run_stage(stage: str, sources: list[Source], data_dir: Optional[str], seed:
         stages.clean(task, tasks)
     elif stage == "dedup":
         stages.tokenizer()  # deduplication first, then the tokenizer on what it kept
-    else:
+    elif stage == "tokenize":
         stages.tokenize(task, tasks)
+    else:
+        stages.split(val_fraction, test_fraction, task, tasks)
     return work
 
 
@@ -488,13 +492,17 @@ def _tokenize(tok, texts: Iterable[str], dst: Path, dtype, eos: Optional[int], n
     return lengths
 
 
-def _split(parts: list[Path], out: Path, dtype, val_fraction: float, test_fraction: float) -> dict[str, int]:
-    """Cut the token stream, the concatenation of the ``parts`` files, by position: train first, then test, then
-    the last val_fraction as val."""
-    sizes = [p.stat().st_size // dtype.itemsize for p in parts]
-    n = sum(sizes)
+def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
+    """Where each split lies in a token stream of ``n`` tokens: train first, then test, then the last
+    ``val_fraction`` as val."""
     n_val, n_test = int(n * val_fraction), int(n * test_fraction)
-    bounds = {"train": (0, n - n_val - n_test), "test": (n - n_val - n_test, n - n_val), "val": (n - n_val, n)}
+    return {"train": (0, n - n_val - n_test), "test": (n - n_val - n_test, n - n_val), "val": (n - n_val, n)}
+
+
+def _split(parts: list[Path], out: Path, dtype, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Cut the token stream, the concatenation of the ``parts`` files, by position (``split_bounds``)."""
+    sizes = [p.stat().st_size // dtype.itemsize for p in parts]
+    bounds = split_bounds(sum(sizes), val_fraction, test_fraction)
     piece = 1 << 22  # copy in 4M-token pieces with plain reads (no mapping), so memory stays flat
     files = {split: open(out / f"{split}.bin", "wb") for split in bounds}
     try:

@@ -13,7 +13,10 @@ leaving files in the work folder (``prepare.shard_folder``: ``<token folder>.sha
    and the cleaning counts, in ``dedup.json``;
 4. tokenizer (this process): trained once on the kept texts, in order (its trainer uses every core);
 5. tokenize (one task per shard): ``tokens/00000.bin`` and the tokens per document beside it;
-6. the caller cuts the concatenated shard streams into the split files, as the one-process path does.
+6. split (one task per part of the shards): each shard's tokens written into the split files
+   (``split/train.bin``, ``test.bin``, ``val.bin``) at its place in the token stream, which the token counts of
+   stage 5 give, so array tasks fill one set of files together (``split/00000.json`` marks a shard written);
+   then the caller moves the files into the token folder, with the manifest and report (the merge).
 
 Every shard's files are written under a temporary name and renamed, then listed with their size and sha256 in
 a record (``clean/00000.json`` ...), written last: a shard is finished when its record exists and its files
@@ -44,11 +47,11 @@ from lit_llm.data.cleaning import Cleaner, Step, build_steps
 from lit_llm.data.prepare import (
     Built,
     _read_jsonl,
-    _split,
     _tokenize,
     end_of_document,
     refuse_empty,
     resolve_workers,
+    split_bounds,
 )
 from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
 from lit_llm.data.tokens import token_dtype
@@ -60,6 +63,7 @@ from lit_llm.io import atomic_path, file_sha256, write_text_atomic
 PER_DOCUMENT_STEPS = frozenset({"unicode", "strip_html", "remove_control", "whitespace", "regex_replace", "lowercase",
                                 "length", "quality", "stopwords", "stem"})
 GLOBAL_STEPS = frozenset({"dedup_exact", "dedup_minhash"})
+SPLITS = ("train", "test", "val")  # the split files, in the order prepare.split_bounds lays them in the stream
 
 
 class ShardedPrepare:
@@ -119,6 +123,77 @@ class ShardedPrepare:
                            self.spec.kind == "char", threads, not self.progress), self.shards(), self.workers,
              self.work / "logs" / "tokenize", not self.progress, ranks)
 
+    def split(self, val_fraction: float, test_fraction: float, task: int = 0, tasks: int = 1,
+              tok: Optional[Tokenizer] = None) -> dict[str, tuple[int, int]]:
+        """Stage 6 for this task's part of the shards: their tokens written into the split files at their place
+        in the stream (files the tasks share; each writes its own ranges). Returns where each split lies."""
+        tok = tok or self.tokenizer()
+        return _split_shards(self.work, self.shards(), part(self.shards(), task, tasks),
+                             token_dtype(tok.get_vocab_size()), val_fraction, test_fraction)
+
+    def split_files(self, out: Path, val_fraction: float, test_fraction: float, tok: Tokenizer) -> dict[str, int]:
+        """The merge's part: stage 6 for whatever shards the tasks left, then the split files, cut to their
+        exact sizes, moved into ``out``; the tokens per split."""
+        folder, dtype = self.work / "split", token_dtype(tok.get_vocab_size())
+        if any(not (folder / f"{name}.bin").is_file() for name in SPLITS):  # each task that writes opens all three
+            for done in folder.glob("*.json"):  # a split file lost after shards were marked: write those again
+                done.unlink()
+        bounds = self.split(val_fraction, test_fraction, tok=tok)
+        for name, (a, b) in bounds.items():
+            path = folder / f"{name}.bin"
+            path.touch()  # an empty split (test_fraction 0) too
+            os.truncate(path, (b - a) * dtype.itemsize)
+            os.replace(path, out / f"{name}.bin")
+        return {name: b - a for name, (a, b) in bounds.items()}
+
+
+def _split_shards(work: Path, n_shards: int, ranks: range, dtype: np.dtype, val_fraction: float,
+                  test_fraction: float) -> dict[str, tuple[int, int]]:
+    """Write the tokens of the shards ``ranks`` into ``work/split/{train,test,val}.bin`` at their offsets in the
+    stream (``os.pwrite``: tasks on other nodes write other ranges of the same files). A shard is marked written
+    (``split/00000.json``: its offset, size and the sha256 of its token file) once its bytes are on disk; a marked
+    shard is skipped, so a killed or retried task redoes only what it left."""
+    records = []
+    for k in range(n_shards):
+        record = work / "tokens" / f"{shard_name(k)}.json"
+        if not record.is_file():
+            raise ValueError(f"{record} is missing: the tokenize stage (prepare --stage tokenize) has not finished"
+                             " every shard; run it first")
+        records.append(_read_record(record))
+    starts = np.concatenate([[0], np.cumsum([r["tokens"] for r in records])]).astype(np.int64)
+    bounds = split_bounds(int(starts[-1]), val_fraction, test_fraction)
+    folder = work / "split"
+    folder.mkdir(parents=True, exist_ok=True)
+    piece = 1 << 22  # tokens per read: memory stays flat
+    files: dict[str, int] = {}
+    try:
+        for k in ranks:
+            stem = shard_name(k)
+            done = folder / f"{stem}.json"
+            want = {"at": int(starts[k]), "tokens": int(records[k]["tokens"]), "of": int(starts[-1]),
+                    "sha256": records[k]["files"][f"{stem}.bin"]["sha256"]}
+            if done.is_file() and _read_record(done) == want:
+                continue
+            _verify(work / "tokens" / f"{stem}.json", [f"{stem}.bin"])
+            if not files:
+                files = {name: os.open(folder / f"{name}.bin", os.O_RDWR | os.O_CREAT, 0o644) for name in bounds}
+            source = work / "tokens" / f"{stem}.bin"
+            for start in range(0, want["tokens"], piece):
+                tokens = np.fromfile(source, dtype=dtype, count=min(piece, want["tokens"] - start),
+                                     offset=start * dtype.itemsize)
+                at = want["at"] + start
+                for name, (a, b) in bounds.items():
+                    lo, hi = max(a, at), min(b, at + len(tokens))
+                    if lo < hi:
+                        os.pwrite(files[name], tokens[lo - at : hi - at].tobytes(), (lo - a) * dtype.itemsize)
+            for fd in files.values():
+                os.fsync(fd)
+            write_text_atomic(done, json.dumps(want))
+    finally:
+        for fd in files.values():
+            os.close(fd)
+    return bounds
+
 
 def part(n_shards: int, task: int, tasks: int) -> range:
     """The shards of array task ``task`` of ``tasks``: a contiguous range, the ranges together covering all once."""
@@ -149,10 +224,11 @@ def build_sharded(docs: Iterator[str], cleaning: list[Any], cleaner: Cleaner, sp
     seconds["tokenizer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     stages.tokenize(tok=tok)
-    parts, doc_tokens = _token_shards(work, stages.shards())
-    dtype = token_dtype(tok.get_vocab_size())
-    counts = _split(parts, tmp, dtype, val_fraction, test_fraction)
-    seconds["tokenize_and_write"] = time.perf_counter() - t0
+    seconds["tokenize"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    counts = stages.split_files(tmp, val_fraction, test_fraction, tok)
+    doc_tokens = _document_tokens(work, stages.shards())
+    seconds["split"] = time.perf_counter() - t0
     return Built(tok, end_of_document(tok, spec), dedup["read"], dedup["kept"], dedup["bytes"], doc_tokens, counts,
                  seconds)
 
@@ -172,6 +248,11 @@ class _ShardTask(PipelineStep):
         super().__init__()
         self.work, self.quiet = Path(work), quiet
 
+    def finished(self, rank: int) -> bool:
+        """Whether shard ``rank``'s record says it is done (its files are not read: the task checks them when it
+        runs, and the stage that reads them checks them again)."""
+        raise NotImplementedError
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled in a worker process: a quiet prepare silences datatrove's console logs there too (its task
         logs name each task and print its stats)."""
@@ -188,6 +269,9 @@ class CleanShard(_ShardTask):
     def __init__(self, work: Path, cleaning: list[Any], quiet: bool) -> None:
         super().__init__(work, quiet)
         self.cleaning = cleaning
+
+    def finished(self, rank: int) -> bool:
+        return (self.work / "clean" / f"{shard_name(rank)}.json").is_file()
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
         stem = shard_name(rank)
@@ -223,6 +307,13 @@ class TokenizeShard(_ShardTask):
         self.tokenizer_sha, self.eos, self.dtype, self.by_line = tokenizer_sha, eos, dtype, by_line
         self.threads, self.parent_pid = threads, os.getpid()
 
+    def finished(self, rank: int) -> bool:
+        record = self.work / "tokens" / f"{shard_name(rank)}.json"
+        try:
+            return _read_record(record)["tokenizer_hash"] == self.tokenizer_sha
+        except (OSError, ValueError, KeyError):
+            return False
+
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
         stem = shard_name(rank)
         record = self.work / "tokens" / f"{stem}.json"
@@ -250,10 +341,18 @@ class TokenizeShard(_ShardTask):
 def _run(task: _ShardTask, tasks: int, workers: int, logs: Path, quiet: bool, ranks: Optional[range] = None) -> None:
     """Run ``task`` for the shards ``ranks`` (default all ``tasks``) in ``workers`` processes (datatrove's local
     executor, forkserver; its local_rank_offset and local_tasks select the range, as on one node of many). Every
-    task checks its own record, so datatrove's completion markers are not consulted (skip_completed off)."""
+    task checks its own record, so datatrove's completion markers are not consulted (skip_completed off). The
+    finished shards at either end of the range are left out, so a stage that is done (the merge's pass over every
+    stage) starts no executor and reads no shard again."""
     from datatrove.executor import LocalPipelineExecutor
 
     ranks = range(tasks) if ranks is None else ranks
+    start, stop = ranks.start, ranks.stop
+    while start < stop and task.finished(start):
+        start += 1
+    while start < stop and task.finished(stop - 1):
+        stop -= 1
+    ranks = range(start, stop)
     if not ranks:
         return
     if quiet:
@@ -414,15 +513,14 @@ def _tokenizer(work: Path, spec: TokenizerSpec, n_shards: int, kept: int) -> Tok
     return tok
 
 
-def _token_shards(work: Path, n_shards: int) -> tuple[list[Path], np.ndarray]:
-    """The token files of every shard, in order, checked against their records, and the tokens per document."""
-    parts, lengths = [], []
+def _document_tokens(work: Path, n_shards: int) -> np.ndarray:
+    """The tokens of every document, in stream order, from the shards' records (each file checked)."""
+    lengths = []
     for k in range(n_shards):
         record = work / "tokens" / f"{shard_name(k)}.json"
-        _verify(record)
-        parts.append(record.with_suffix(".bin"))
+        _verify(record, [f"{shard_name(k)}.npy"])
         lengths.append(np.load(record.with_suffix(".npy")))
-    return parts, np.concatenate(lengths)
+    return np.concatenate(lengths)
 
 
 # ------------------------------------------------------------------------------------- records and checks
