@@ -112,7 +112,7 @@ def test_a_bad_dedup_memory_bound_is_refused_before_any_work(bad, corpus, tmp_pa
         PretrainDataModule(sources=[Source(path=str(corpus))], cache_dir=str(tmp_path), dedup_memory_mb=bad)
 
 
-def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference, tmp_path):
+def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference, tmp_path, monkeypatch):
     """The stages as separate SLURM jobs would run them: read; clean as 3 array tasks (out of order); dedup with
     the tokenizer; tokenize as 2 tasks; split as 3 tasks, of which 2 run (out of order), so the merge (one process)
     writes the third's shards. The token folder is the one-process path's."""
@@ -137,6 +137,11 @@ def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference,
     marked = {int(p.stem) for p in (work / "split").glob("*.json")}
     assert marked == set(shards.part(n_shards, 0, 3)) | set(shards.part(n_shards, 2, 3))
     (work / "split" / "train.bin").unlink()  # lost after its shards were marked: the merge writes them all again
+
+    def no_executor(self):  # every clean and tokenize shard is finished: the merge starts no process to check them
+        raise AssertionError("the merge started an executor for a finished stage")
+
+    monkeypatch.setattr("datatrove.executor.LocalPipelineExecutor.run", no_executor)
     out = _prepare(corpus, root, stage="merge")
     assert _contents(out) == reference[0] and not work.exists()
     with pytest.raises(ValueError, match="need 0 <= task < tasks"):
