@@ -5,7 +5,7 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
    ``prepare_throughput.build_corpus``) and a byte-level BPE from file, which every run loads (no run trains one).
 2. One process (``workers: 1``), in this process: the baseline, and the bytes every other run must equal.
 3. The stages' single-core costs: the sharded path in this process with one worker and one tokenizer thread
-   (``RAYON_NUM_THREADS=1``), from its report: read, clean, dedup, tokenizer (loaded), tokenize and write; and the
+   (``RAYON_NUM_THREADS=1``), from its report: read, clean, dedup, tokenizer (loaded), tokenize, split; and the
    tokenizer alone on one thread (``encode_batch_fast`` over the documents in memory), against which the whole
    pipeline's throughput per core is a ratio (issue 26's goal: at least 0.8).
 4. SLURM: ``slurm/local_cluster.sh start 2`` (unless ``$SLURM_CONF`` names a running cluster), then

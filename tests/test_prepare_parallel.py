@@ -276,3 +276,19 @@ def test_a_parallel_prepare_waits_for_one_of_the_same_config_and_reuses_what_it_
     waiting.join(timeout=120)
     assert got == [out] and not ran  # it reused the published folder
     assert _contents(out) == reference[0]
+
+
+def test_a_short_write_of_the_split_stage_is_finished_not_left_as_a_gap(tmp_path, monkeypatch):
+    """One os.pwrite may write fewer bytes than asked (network file systems, a nearly full disk): the split stage
+    writes the rest, where ignoring the count would leave zeros in the split file under a shard marked written."""
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real(fd, bytes(data[:3]), offset))
+    fd = os.open(tmp_path / "train.bin", os.O_RDWR | os.O_CREAT)
+    try:
+        shards._pwrite_all(fd, b"0123456789", 5)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "train.bin").read_bytes() == b"\0" * 5 + b"0123456789"
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
+    with pytest.raises(OSError, match="could not write the split file"):
+        shards._pwrite_all(-1, b"x", 0)

@@ -220,6 +220,35 @@ def test_the_messages_between_front_end_and_worker_survive_the_trip():
         CompletionJob([], 4, [])
 
 
+def test_a_worker_message_the_front_end_cannot_read_is_a_500_not_a_cut_stream(tmp_path):
+    """A piece of another shape (a worker of another version) ends the job's pieces with the APIError that
+    _answer and _sse turn into a 500 or an SSE error event, and the job is released."""
+    import asyncio
+
+    from lit_llm.serve.protocol import APIError
+
+    ckpt = write_lm_checkpoint(tmp_path / "lm.ckpt")
+    spec = CompletionSpec(read_served(str(ckpt), None, None, 64, 8), FeedbackStore(tmp_path / "fb.jsonl"))
+    released = []
+    spec.release = released.append
+
+    async def outputs(item):
+        yield {"text": "a"}, False
+        yield {"txt": "b"}, False
+
+    spec.outputs = outputs
+
+    async def read():
+        got = []
+        with pytest.raises(APIError) as e:
+            async for piece in spec._chunks("job", None):
+                got.append(piece)
+        return got, e.value
+
+    got, error = asyncio.run(read())
+    assert got == [Piece("a")] and error.status == 500 and released == ["job"]
+
+
 def test_the_litserve_internals_the_adapter_uses_are_there():
     """lit_llm/serve/_litserve_adapter.py uses LitServe internals (written against litserve 0.2.19): the spec base
     class, the request queue's item, the response buffer and how LitServe fills it, the statuses, the stream reader,

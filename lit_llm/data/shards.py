@@ -185,7 +185,7 @@ def _split_shards(work: Path, n_shards: int, ranks: range, dtype: np.dtype, val_
                 for name, (a, b) in bounds.items():
                     lo, hi = max(a, at), min(b, at + len(tokens))
                     if lo < hi:
-                        os.pwrite(files[name], tokens[lo - at : hi - at].tobytes(), (lo - a) * dtype.itemsize)
+                        _pwrite_all(files[name], tokens[lo - at : hi - at].tobytes(), (lo - a) * dtype.itemsize)
             for fd in files.values():
                 os.fsync(fd)
             write_text_atomic(done, json.dumps(want))
@@ -193,6 +193,16 @@ def _split_shards(work: Path, n_shards: int, ranks: range, dtype: np.dtype, val_
         for fd in files.values():
             os.close(fd)
     return bounds
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``os.pwrite`` until every byte is written: one call may write fewer (network file systems, a full disk)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(f"could not write the split file (pwrite wrote {written} bytes at offset {offset})")
+        view, offset = view[written:], offset + written
 
 
 def part(n_shards: int, task: int, tasks: int) -> range:

@@ -425,7 +425,11 @@ class CompletionSpec(_Spec):
             async for message, failed in self.outputs(item):
                 if failed:
                     _raise_worker_error(message)
-                piece = Piece.from_wire(message)  # None: nothing new for this job in a step of its batch
+                try:
+                    piece = Piece.from_wire(message)  # None: nothing new for this job in a step of its batch
+                except ValueError:  # a worker of another version: an error for the client, not a cut stream
+                    logger.exception("a model worker sent a message this front end cannot read")
+                    raise APIError(500, "The model worker failed; see the server log", code="internal_error")
                 if piece is not None:
                     yield piece
                     if piece.last:

@@ -150,6 +150,7 @@ def decode_static(model, tok: Tokenizer, jobs: list[CompletionJob], served: Opti
                 return
         return
     for k, run in enumerate(runs):
+        _stop_gone(runs, cancelled)  # a client gone while the jobs before it decoded: not even a prefill
         if run.done:
             continue
         ids = torch.tensor([run.job.ids], device=device)
