@@ -499,22 +499,32 @@ def split_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str,
     return {"train": (0, n - n_val - n_test), "test": (n - n_val - n_test, n - n_val), "val": (n - n_val, n)}
 
 
+def scatter_tokens(source: Path, dtype, count: int, at: int, bounds: dict[str, tuple[int, int]],
+                   write: Callable[[str, np.ndarray, int], None]) -> None:
+    """Hand each split its part of the ``count`` tokens in ``source``, which sit at position ``at`` of the stream:
+    ``write(split, tokens, position in the split)``. Read in 4M-token pieces with plain reads (no mapping), so
+    memory stays flat. Both paths cut their splits through here."""
+    piece = 1 << 22
+    for start in range(0, count, piece):
+        tokens = np.fromfile(source, dtype=dtype, count=min(piece, count - start), offset=start * dtype.itemsize)
+        first = at + start
+        for split, (a, b) in bounds.items():
+            lo, hi = max(a, first), min(b, first + len(tokens))
+            if lo < hi:
+                write(split, tokens[lo - first : hi - first], lo - a)
+
+
 def _split(parts: list[Path], out: Path, dtype, val_fraction: float, test_fraction: float) -> dict[str, int]:
     """Cut the token stream, the concatenation of the ``parts`` files, by position (``split_bounds``)."""
     sizes = [p.stat().st_size // dtype.itemsize for p in parts]
     bounds = split_bounds(sum(sizes), val_fraction, test_fraction)
-    piece = 1 << 22  # copy in 4M-token pieces with plain reads (no mapping), so memory stays flat
     files = {split: open(out / f"{split}.bin", "wb") for split in bounds}
     try:
-        at = 0  # position of the current piece in the stream
+        at = 0  # position of the current part in the stream
         for part, size in zip(parts, sizes):
-            for start in range(0, size, piece):
-                tokens = np.fromfile(part, dtype=dtype, count=min(piece, size - start), offset=start * dtype.itemsize)
-                for split, (a, b) in bounds.items():
-                    lo, hi = max(a, at), min(b, at + len(tokens))
-                    if lo < hi:
-                        tokens[lo - at : hi - at].tofile(files[split])
-                at += len(tokens)
+            # in stream order, so each split's file grows in order and the position needs no seek
+            scatter_tokens(part, dtype, size, at, bounds, lambda split, tokens, _: tokens.tofile(files[split]))
+            at += size
     finally:
         for f in files.values():
             f.close()

@@ -51,6 +51,7 @@ from lit_llm.data.prepare import (
     end_of_document,
     refuse_empty,
     resolve_workers,
+    scatter_tokens,
     split_bounds,
 )
 from lit_llm.data.tokenizer import TokenizerSpec, tokenizer_hash, train_tokenizer
@@ -127,8 +128,8 @@ class ShardedPrepare:
               tok: Optional[Tokenizer] = None) -> dict[str, tuple[int, int]]:
         """Stage 6 for this task's part of the shards: their tokens written into the split files at their place
         in the stream (files the tasks share; each writes its own ranges). Returns where each split lies."""
-        tok = tok or self.tokenizer()
-        return _split_shards(self.work, self.shards(), part(self.shards(), task, tasks),
+        tok, n_shards = tok or self.tokenizer(), self.shards()
+        return _split_shards(self.work, n_shards, part(n_shards, task, tasks),
                              token_dtype(tok.get_vocab_size()), val_fraction, test_fraction)
 
     def split_files(self, out: Path, val_fraction: float, test_fraction: float, tok: Tokenizer) -> dict[str, int]:
@@ -164,7 +165,6 @@ def _split_shards(work: Path, n_shards: int, ranks: range, dtype: np.dtype, val_
     bounds = split_bounds(int(starts[-1]), val_fraction, test_fraction)
     folder = work / "split"
     folder.mkdir(parents=True, exist_ok=True)
-    piece = 1 << 22  # tokens per read: memory stays flat
     files: dict[str, int] = {}
     try:
         for k in ranks:
@@ -177,15 +177,8 @@ def _split_shards(work: Path, n_shards: int, ranks: range, dtype: np.dtype, val_
             _verify(work / "tokens" / f"{stem}.json", [f"{stem}.bin"])
             if not files:
                 files = {name: os.open(folder / f"{name}.bin", os.O_RDWR | os.O_CREAT, 0o644) for name in bounds}
-            source = work / "tokens" / f"{stem}.bin"
-            for start in range(0, want["tokens"], piece):
-                tokens = np.fromfile(source, dtype=dtype, count=min(piece, want["tokens"] - start),
-                                     offset=start * dtype.itemsize)
-                at = want["at"] + start
-                for name, (a, b) in bounds.items():
-                    lo, hi = max(a, at), min(b, at + len(tokens))
-                    if lo < hi:
-                        _pwrite_all(files[name], tokens[lo - at : hi - at].tobytes(), (lo - a) * dtype.itemsize)
+            scatter_tokens(work / "tokens" / f"{stem}.bin", dtype, want["tokens"], want["at"], bounds,
+                           lambda name, tokens, pos: _pwrite_all(files[name], tokens.tobytes(), pos * dtype.itemsize))
             for fd in files.values():
                 os.fsync(fd)
             write_text_atomic(done, json.dumps(want))
