@@ -107,3 +107,48 @@ def test_a_stream_dir_of_other_blocks_is_refused_not_reused(streamed):
     assert stream.write_stream(dm.token_dir, BLOCK, folder, chunk_blocks=8) == folder  # the same: reused
     with pytest.raises(ValueError, match=f"data.stream_dir {folder} holds chunks of other tokens or blocks"):
         stream.write_stream(dm.token_dir, BLOCK + 1, folder, chunk_blocks=8)
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["litdata", "lit_llm"])
+def test_the_download_thread_deleting_a_chunk_while_the_reader_closes_it_is_no_error(streamed, tmp_path, locked):
+    """litdata's download thread deletes a chunk (``delete``) while the training thread unmaps it (``close``), the
+    interleaving held open at the one step where it breaks: litdata's own loader fails with ``KeyError`` (the CI
+    failure of the two-rank test above, once), ``lit_llm.data.stream_tokens.TokensLoader`` runs each call whole."""
+    import pickle
+    import shutil
+    import threading
+
+    import litdata
+
+    from lit_llm.data import stream_tokens
+
+    _, folder = streamed
+    chunk = json.loads((stream.Path(folder) / "index.json").read_text())["chunks"][0]
+    path = str(tmp_path / chunk["filename"])
+    shutil.copy(stream.Path(folder) / chunk["filename"], path)
+    closing, deleted = threading.Event(), threading.Event()
+
+    class Maps(dict):  # close() looks up the chunk's map, closes it, then deletes the key: hold it between
+        def __getitem__(self, key):
+            if threading.current_thread() is threading.main_thread() and not closing.is_set():
+                closing.set()
+                deleted.wait(timeout=1)  # the download thread runs here, unless a lock holds it back
+            return super().__getitem__(key)
+
+    loader = (stream_tokens if locked else litdata).TokensLoader(block_size=BLOCK + 1)
+    loader._chunks, loader._mmaps = [chunk], Maps()
+    loader._load_chunk(0, path)  # the training thread read chunk 0 and moves past it
+    downloader = threading.Thread(target=lambda: (closing.wait(5), loader.delete(0, path), deleted.set()))
+    downloader.start()
+    try:
+        if locked:
+            loader.close(0)
+        else:
+            with pytest.raises(KeyError):
+                loader.close(0)
+    finally:
+        downloader.join(5)
+    assert deleted.is_set() and not stream.Path(path).exists() and 0 not in loader._mmaps
+    if locked:  # and it pickles into a worker process with a lock of its own
+        copy = pickle.loads(pickle.dumps(loader))
+        assert copy._lock is not loader._lock and copy._lock.acquire(blocking=False)

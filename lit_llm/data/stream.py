@@ -202,13 +202,13 @@ def stream_loader(source: str, block_size: int, batch_size: int, seed: int, num_
     """litdata's ``StreamingDataLoader`` over the chunks at ``source``: shuffled blocks of ``block_size + 1``
     tokens (int64 batches, as the memory-mapped path gives), split between the ranks, resumed from ``state``."""
     litdata = _import_litdata()
-    from litdata import TokensLoader
+    from lit_llm.data import stream_tokens
 
     if not is_url(source):
         check_chunks(Path(source))
         if cache_dir is not None:  # a shared folder (NFS, Lustre) read like a store: each node copies its chunks
             source = "local:" + str(Path(source).resolve())
-    dataset = litdata.StreamingDataset(source, cache_dir=cache_dir, item_loader=TokensLoader(block_size=block_size + 1),
+    dataset = litdata.StreamingDataset(source, cache_dir=cache_dir, item_loader=stream_tokens.TokensLoader(block_size=block_size + 1),
                                        shuffle=True, drop_last=True, seed=seed)
     # its own generator, as the memory-mapped path's loader has: a DataLoader iterator otherwise draws its base
     # seed from the global RNG when it is created, and a resumed run creates one at the resume, after the
