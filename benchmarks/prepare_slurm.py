@@ -17,10 +17,12 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
    job costs its measured seconds whatever the corpus: it moves the split files the array wrote, and writes the
    manifest, report and document-length histogram (8 bytes a document, left out of the model). Assumptions,
    printed with the table: the corpus's documents average ``--doc_kb`` KB (FineWeb-Edu's 10B-token sample: about
-   4.6 KB), the tokenizer is given (trained tokenizers train on a sample), deduplication is exact + MinHash
-   at the in-memory cost measured here for 45 GB and at the on-disk cost of benchmarks/dedup_memory.py
-   (``--dedup_disk_us``, per document) for 1 TB, whose keys do not fit in memory, cores are as fast as these,
-   and storage keeps up (no I/O limit is modelled).
+   4.6 KB), the tokenizer is given (trained tokenizers train on a sample), the cleaning is the default one (its
+   global step is ``dedup_exact``), deduplicated at the in-memory cost measured here for 45 GB and at the
+   bounded-memory cost of benchmarks/dedup_decide.py (``--dedup_disk_us``, per document: digests sorted in buckets
+   of 16 MiB) for 1 TB, cores are as fast as these, and storage keeps up (no I/O limit is modelled). A cleaning
+   with ``dedup_minhash`` adds that step's document-by-document cost (benchmarks/dedup_memory.py: about 100 µs a
+   document on disk, 6 hours at 1 TB), serially.
 
     python benchmarks/prepare_slurm.py --mb 20
 
@@ -98,8 +100,9 @@ def main() -> None:
     p.add_argument("--shard_docs", type=int, default=2000)
     p.add_argument("--array_tasks", type=int, default=4)
     p.add_argument("--doc_kb", type=float, default=4.6, help="mean document size of the projected corpora")
-    p.add_argument("--dedup_disk_us", type=float, default=111.0,
-                   help="µs per document of deduplication on disk (benchmarks/dedup_memory.py at 400k documents)")
+    p.add_argument("--dedup_disk_us", type=float, default=0.44,
+                   help="µs per document of dedup_exact in bounded memory (benchmarks/dedup_decide.py's sort_buckets"
+                        " at 4 million documents, 16 MiB)")
     args = p.parse_args()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="lit_llm_prepare_slurm"))

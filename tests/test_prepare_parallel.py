@@ -67,8 +67,9 @@ def test_any_number_of_workers_writes_the_same_bytes(corpus, reference, tmp_path
 
 def test_deduplication_on_disk_with_a_small_memory_bound_removes_the_same_documents(corpus, reference, tmp_path,
                                                                                      monkeypatch):
-    """data.dedup_memory_mb: the deduplication keys go to SQLite files with a 64 KiB page cache between the three
-    steps, on both paths, and the planted duplicates (across shards) are removed exactly as in memory."""
+    """data.dedup_memory_mb: the deduplication keys go to SQLite files with a 64 KiB page cache between the steps
+    that keep them (one process: all three; the parallel path: dedup_minhash, while its dedup_exact steps sort
+    digests in buckets), and the planted duplicates (across shards) are removed exactly as in memory."""
     sizes = {}
     real_close = SeenKeys.close
 
@@ -83,10 +84,64 @@ def test_deduplication_on_disk_with_a_small_memory_bound_removes_the_same_docume
         out = _prepare(corpus, tmp_path / f"w{workers}", workers=workers, dedup_memory_mb=1 / 16)
         assert _contents(out) == reference[0]
         assert json.loads((out / "report.json").read_text())["cleaning"] == reference[1]["cleaning"]
-        assert sorted(sizes) == ["seen3", "seen4", "seen6"]  # one index per dedup step
+        assert sorted(sizes) == (["seen3", "seen4", "seen6"] if workers == 1 else ["seen4"])  # one per step
         assert all(size > 0 for size in sizes.values())
         assert not list(out.rglob("*.sqlite")) and not list(tmp_path.rglob("*.sqlite"))  # scratch, removed
         assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # nor is its folder published
+
+
+@pytest.mark.parametrize("memory_mb", [None, 1 / 64], ids=["in_memory", "buckets"])
+def test_the_dedup_decision_removes_what_one_process_removes_document_by_document(memory_mb, tmp_path):
+    """Stage 3 against the one-process rule, written out here: documents in corpus order, each through the global
+    steps it reaches, each step's own ``seen`` (first occurrence wins; one removed at a step reaches no later one).
+    4,000 documents in 7 shards, fates from per-document steps, digests and signatures drawn from small pools so
+    that duplicates fall across shards, two dedup_exact steps around a dedup_minhash; with 16 KiB, the exact
+    steps sort their digests in many buckets. The same documents are kept, with the same counts."""
+    from lit_llm.data.cleaning import Cleaner
+
+    spec = [{"length": {"min_chars": 1}}, "dedup_exact", {"dedup_minhash": {"num_perm": 16}}, "lowercase",
+            "dedup_exact"]
+    rng = np.random.default_rng(0)
+    digests = rng.integers(0, 256, (900, 16), dtype=np.uint8)
+    digests[1, :8] = digests[0, :8]  # two digests alike in their first 8 bytes (the bucket's) but not the rest
+    signatures = rng.integers(0, 2**32, (1500, 16), dtype=np.uint64)
+    work, sizes = tmp_path / "work", [700, 0, 650, 1, 900, 1000, 749]
+    (work / "clean").mkdir(parents=True)
+    corpus = []  # per document: its fate from the per-document steps and its keys at steps 1, 2 and 4
+    for k, size in enumerate(sizes):
+        fate = rng.choice([0, 3, 5, 5, 5, 5], size).astype(np.int32)
+        keys = {j: [] for j in (1, 2, 4)}
+        for f in fate:
+            doc = {1: digests[rng.integers(900)], 2: signatures[rng.integers(1500)], 4: digests[rng.integers(900)]}
+            corpus.append((int(f), doc))
+            for j in keys:
+                if f > j:
+                    keys[j].append(doc[j])
+        stem = shards.shard_name(k)
+        np.savez(work / "clean" / f"{stem}.npz", fate=fate, bytes=np.arange((fate == 5).sum(), dtype=np.int64),
+                 **{f"keys{j}": shards._stack(rows) for j, rows in keys.items()})
+        shards._write_record(work / "clean" / f"{stem}.json", [work / "clean" / f"{stem}.npz"])
+    one = Cleaner(spec)
+    expected = []
+    for f, doc in corpus:
+        final = f
+        for j in (1, 2, 4):
+            if j >= f:
+                break
+            if one.steps[j][1].seen(doc[j]):
+                final = j
+                break
+        expected.append(final)
+    expected = np.array(expected)
+    cleaner = Cleaner(spec)
+    record = shards._decide_duplicates(work, len(sizes), cleaner, memory_mb)
+    keep = np.concatenate([np.load(work / "keep" / f"{shards.shard_name(k)}.npy") for k in range(len(sizes))])
+    fates = np.array([f for f, _ in corpus])
+    assert np.array_equal(keep, expected[fates == 5] == 5)
+    assert record["counts"] == [[int((expected >= j).sum()), int((expected > j).sum())] for j in range(5)]
+    assert all(record["counts"][j][0] > record["counts"][j][1] for j in (1, 2, 4))  # each step removed some
+    assert record["kept"] == int((expected == 5).sum())
+    assert (record["buckets"]["1"] > 10) == (memory_mb is not None) and not (work / "decide").exists()
 
 
 def test_keys_on_disk_answer_as_the_set_does_beyond_their_cache(tmp_path):

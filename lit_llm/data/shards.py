@@ -8,9 +8,10 @@ leaving files in the work folder (``prepare.shard_folder``: ``<token folder>.sha
 2. clean (one datatrove task per shard, ``workers`` processes): the per-document cleaning steps; for each
    global step (deduplication) the key of every document that reaches it: its exact digest, or its MinHash
    signature; ``clean/00000.jsonl`` (the texts that survive), ``clean/00000.npz`` (fates, keys, sizes);
-3. dedup (this process): the global steps decide, shard by shard and document by document, with the same
-   state and order as one process (first occurrence wins), which survivors are duplicates: ``keep/00000.npy``
-   and the cleaning counts, in ``dedup.json``;
+3. dedup (this process): the global steps decide, one after another, which survivors are duplicates, as one
+   process decides (first occurrence wins): ``dedup_exact`` by sorting the digests (in buckets that
+   ``dedup_memory_mb`` bounds), ``dedup_minhash`` document by document; ``keep/00000.npy`` and the cleaning
+   counts, in ``dedup.json``;
 4. tokenizer (this process): trained once on the kept texts, in order (its trainer uses every core);
 5. tokenize (one task per shard): ``tokens/00000.bin`` and the tokens per document beside it;
 6. split (one task per part of the shards): each shard's tokens written into the split files
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -43,7 +46,7 @@ from loguru import logger
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from lit_llm.data.cleaning import Cleaner, Step, build_steps
+from lit_llm.data.cleaning import Cleaner, DedupExact, Step, build_steps
 from lit_llm.data.prepare import (
     Built,
     _read_jsonl,
@@ -439,56 +442,164 @@ def _write_texts(path: Path, texts: list[str]) -> Path:
 
 def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: Optional[float] = None
                        ) -> dict[str, Any]:
-    """Stage 3: the global steps decide, in shard order and document order, which documents are duplicates, with
-    the cleaner's own step state (first occurrence wins, as in one process); ``keep/<k>.npy`` says which
-    survivors of shard k stay. With ``memory_mb`` the steps keep their keys on disk (``index/``), in that much
-    cache. Sets the cleaner's counts and returns the record ``dedup.json``: documents read and kept, their bytes,
-    the counts. A complete record of a killed run is reused."""
+    """Stage 3: the global steps decide which documents are duplicates, exactly as one process does (first
+    occurrence wins, in shard order and document order); ``keep/<k>.npy`` says which survivors of shard k stay.
+
+    The steps are decided one after another, each over the documents that reach it (a document removed by an
+    earlier global step reaches no later one), which gives one process's answers: whether a document is a
+    duplicate at a step depends on the earlier documents that reached that step, never on a later step.
+    ``dedup_exact`` is decided by sorting (``_decide_exact``: every digest once, in buckets of a size that
+    ``memory_mb`` bounds, vectorized); ``dedup_minhash`` document by document through the step's own
+    ``seen``, since whether a document's bands are remembered depends on its own answer; with ``memory_mb``
+    its keys are on disk (SQLite, ``index/``), in that much cache. Sets the cleaner's counts and returns the
+    record ``dedup.json``: documents read and kept, their bytes, the counts. A complete record of a killed run
+    is reused."""
     record = work / "dedup.json"
     if _record_problem(record) is None:
         info = _read_record(record)
         cleaner.counts = info["counts"]
         return info
     n = len(cleaner.steps)
-    duplicate = {j: step.seen for j, (name, step) in enumerate(cleaner.steps) if name in GLOBAL_STEPS}
-    counts = np.zeros((n, 2), dtype=np.int64)
-    read = kept = text_bytes = 0
-    (work / "keep").mkdir(parents=True, exist_ok=True)
-    files = []
-    cleaner.spill(work / "index", memory_mb)
+    stems = [shard_name(k) for k in range(n_shards)]
+    scratch = work / "decide"  # a killed run's scratch is started over
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    sizes = []
+    for stem in stems:
+        _verify(work / "clean" / f"{stem}.json")
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            sizes.append(len(z["fate"]))
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    # each document's fate from the per-document steps (the step that removed it, n if none), and its final fate
+    fate, final = _scratch(scratch / "fate.npy", int(starts[-1])), _scratch(scratch / "final.npy", int(starts[-1]))
+    for k, stem in enumerate(stems):
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            fate[starts[k]:starts[k + 1]] = z["fate"]
+    final[:] = fate
+    ordered = [(j, step) for j, (name, step) in enumerate(cleaner.steps)
+               if name in GLOBAL_STEPS and not isinstance(step, DedupExact)]
+    if memory_mb is not None:  # this run's files: another prepare deciding in the same folder keeps its own
+        run = uuid.uuid4().hex[:12]
+        for j, step in ordered:
+            step.keys.spill(work / "index" / f"seen{j}-{run}.sqlite", memory_mb / len(ordered))
+    buckets = {}  # per dedup_exact step, how many buckets its digests were sorted in
     try:
-        for k in range(n_shards):
-            stem = shard_name(k)
-            _verify(work / "clean" / f"{stem}.json")
-            with np.load(work / "clean" / f"{stem}.npz") as z:
-                fates, doc_bytes = z["fate"], z["bytes"]
-                keys = {j: z[f"keys{j}"] for j in duplicate}
-            final = fates.tolist()
-            if duplicate:
-                rows = dict.fromkeys(duplicate, 0)
-                for i, fate in enumerate(final):
-                    for j in duplicate:  # in step order; the document reached step j, and had its key computed, if j < fate
-                        if j >= fate:
-                            break
-                        key = keys[j][rows[j]]
-                        rows[j] += 1
-                        if final[i] == fate and duplicate[j](key):
-                            final[i] = j  # removed here: it reaches no later step, but its later keys are skipped
-            final_arr = np.array(final, dtype=np.int32)
+        for j, (name, step) in enumerate(cleaner.steps):
+            if name not in GLOBAL_STEPS:
+                continue
+            if isinstance(step, DedupExact):
+                buckets[str(j)] = _decide_exact(work, stems, starts, fate, final, j, memory_mb, scratch)
+            else:
+                _decide_in_order(work, stems, starts, fate, final, j, step)
+        counts = np.zeros((n, 2), dtype=np.int64)
+        read = kept = text_bytes = 0
+        (work / "keep").mkdir(parents=True, exist_ok=True)
+        files = []
+        for k, stem in enumerate(stems):
+            shard_fate, shard_final = fate[starts[k]:starts[k + 1]], np.asarray(final[starts[k]:starts[k + 1]])
             for j in range(n):
-                counts[j] += ((final_arr >= j).sum(), (final_arr > j).sum())
-            keep = final_arr[fates == n] == n
+                counts[j] += ((shard_final >= j).sum(), (shard_final > j).sum())
+            keep = shard_final[shard_fate == n] == n
             with atomic_path(work / "keep" / f"{stem}.npy") as path, open(path, "wb") as f:
                 np.save(f, keep)
             files.append(work / "keep" / f"{stem}.npy")
-            read += len(fates)
+            with np.load(work / "clean" / f"{stem}.npz") as z:
+                doc_bytes = z["bytes"]
+            read += len(shard_fate)
             kept += int(keep.sum())
             text_bytes += int(doc_bytes[keep].sum())
     finally:
         cleaner.close()  # the keys on disk are scratch
-    _write_record(record, files, read=read, kept=kept, bytes=text_bytes, counts=counts.tolist())
+        del fate, final
+        shutil.rmtree(scratch, ignore_errors=True)
+    _write_record(record, files, read=read, kept=kept, bytes=text_bytes, counts=counts.tolist(), buckets=buckets)
     cleaner.counts = counts.tolist()
     return _read_record(record)
+
+
+def _scratch(path: Path, size: int) -> np.ndarray:
+    """An int32 array of ``size`` on disk (a memory map: a corpus's worth of fates is not held in memory)."""
+    if size == 0:
+        return np.zeros(0, dtype=np.int32)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(size,))
+
+
+def _reaching(z: Any, start: int, fate: np.ndarray, final: np.ndarray, j: int, shard: slice
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Shard ``shard``'s documents that reach global step ``j`` (their index in the corpus) and their keys there.
+    A worker computed step j's key for each document that its per-document steps let reach j, in order; of those,
+    the ones an earlier global step removed do not reach it."""
+    rows = np.flatnonzero(fate[shard] > j)
+    keys = z[f"keys{j}"]
+    alive = final[shard][rows] == fate[shard][rows]
+    return rows[alive] + start, keys[alive]
+
+
+# one document at an exact step: its 16-byte digest as two integers (a sort key), and its index in the corpus
+EXACT_ROW = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("doc", "<i8")])
+SORT_BYTES_PER_KEY = 64  # what a digest costs while its bucket is sorted: the row, the order, the sorted keys
+
+
+def _decide_exact(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray, j: int,
+                  memory_mb: Optional[float], scratch: Path) -> int:
+    """``dedup_exact`` at step ``j``, by sorting: a document whose digest an earlier document reaching the step
+    had is removed here. The digests go into buckets by their first 8 bytes (one bucket in memory without
+    ``memory_mb``; with it, as many as keep a bucket's sort within that much), written to disk in corpus order;
+    each bucket is sorted by digest (a stable sort: equal digests stay in corpus order) and all but the first of
+    each equal run are duplicates. Returns the number of buckets."""
+    reach = int(sum(int((fate[starts[k]:starts[k + 1]] > j).sum()) for k in range(len(stems))))
+    budget = None if memory_mb is None else memory_mb * 2**20
+    buckets = 1 if budget is None else max(1, -(-reach * SORT_BYTES_PER_KEY // int(budget)))
+    paths = [scratch / f"exact{j}-{b}.bin" for b in range(buckets)]
+    pending: list[np.ndarray] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal pending, held
+        if not pending:
+            return
+        rows = np.concatenate(pending)
+        pending, held = [], 0
+        bucket = rows["k0"] % buckets
+        order = np.argsort(bucket, kind="stable")  # corpus order kept within each bucket
+        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+        for b in range(buckets):
+            if bounds[b] < bounds[b + 1]:
+                with open(paths[b], "ab") as f:
+                    rows[order[bounds[b]:bounds[b + 1]]].tofile(f)
+
+    for k, stem in enumerate(stems):
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            docs, keys = _reaching(z, int(starts[k]), fate, final, j, slice(starts[k], starts[k + 1]))
+        rows = np.empty(len(docs), dtype=EXACT_ROW)
+        pairs = np.ascontiguousarray(keys, dtype=np.uint8).view("<u8").reshape(-1, 2)
+        rows["k0"], rows["k1"], rows["doc"] = pairs[:, 0], pairs[:, 1], docs
+        pending.append(rows)
+        held += rows.nbytes
+        if budget is None or held * 2 >= budget:  # the buffer, and its copy while it is cut into buckets
+            flush()
+    flush()
+    for path in paths:
+        if not path.is_file():
+            continue
+        rows = np.fromfile(path, dtype=EXACT_ROW)
+        order = np.lexsort((rows["k1"], rows["k0"]))  # stable: equal digests in corpus order
+        k0, k1 = rows["k0"][order], rows["k1"][order]
+        repeat = np.zeros(len(rows), dtype=bool)
+        repeat[1:] = (k0[1:] == k0[:-1]) & (k1[1:] == k1[:-1])
+        final[np.sort(rows["doc"][order[repeat]])] = j
+        path.unlink()
+    return buckets
+
+
+def _decide_in_order(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray,
+                     j: int, step: Any) -> None:
+    """A global step that is decided document by document, in corpus order, by its own ``seen``."""
+    for k, stem in enumerate(stems):
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            docs, keys = _reaching(z, int(starts[k]), fate, final, j, slice(starts[k], starts[k + 1]))
+        removed = [doc for doc, key in zip(docs.tolist(), keys) if step.seen(key)]
+        final[removed] = j
 
 
 def kept_texts(work: Path, k: int) -> Iterator[str]:
