@@ -461,8 +461,8 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
         return info
     n = len(cleaner.steps)
     stems = [shard_name(k) for k in range(n_shards)]
-    scratch = work / "decide"  # a killed run's scratch is started over
-    shutil.rmtree(scratch, ignore_errors=True)
+    run = uuid.uuid4().hex[:12]  # this run's scratch: another prepare deciding in the same folder keeps its own
+    scratch = work / f"decide-{run}"  # (the work folder, and a killed run's scratch in it, go once published)
     scratch.mkdir(parents=True)
     sizes = []
     for stem in stems:
@@ -478,8 +478,7 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
     final[:] = fate
     ordered = [(j, step) for j, (name, step) in enumerate(cleaner.steps)
                if name in GLOBAL_STEPS and not isinstance(step, DedupExact)]
-    if memory_mb is not None:  # this run's files: another prepare deciding in the same folder keeps its own
-        run = uuid.uuid4().hex[:12]
+    if memory_mb is not None:
         for j, step in ordered:
             step.keys.spill(work / "index" / f"seen{j}-{run}.sqlite", memory_mb / len(ordered))
     buckets = {}  # per dedup_exact step, how many buckets its digests were sorted in
