@@ -8,7 +8,10 @@ shard), then
 one fresh process per mode decides it. Reported per mode: seconds, microseconds a document, the process's peak
 resident memory above its memory before the decision (Linux's ``VmHWM``, reset before), and the documents removed, which must be
 the same in every mode. The peak counts the documents' fates (``fates_mib``: two int32 a document, which the sort
-modes memory-map from scratch files and the one-by-one modes hold as arrays), beside the keys.
+modes memory-map from scratch files and the one-by-one modes hold as arrays; stage 3 before held one shard's
+at a time, so subtract ``fates_mib`` from their peaks to compare), beside the keys. The one-by-one modes run
+``shards._decide_in_order``, the loop stage 3 ran for every step, without the keep files and counts that the sort
+modes' figures include.
 
     python benchmarks/dedup_decide.py --docs 200000 400000 800000 --memory_mb 16
 

@@ -459,11 +459,24 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
         info = _read_record(record)
         cleaner.counts = info["counts"]
         return info
-    n = len(cleaner.steps)
     stems = [shard_name(k) for k in range(n_shards)]
     run = uuid.uuid4().hex[:12]  # this run's scratch: another prepare deciding in the same folder keeps its own
     scratch = work / f"decide-{run}"  # (the work folder, and a killed run's scratch in it, go once published)
     scratch.mkdir(parents=True)
+    try:
+        files, info = _decide(work, stems, cleaner, memory_mb, scratch, run)
+    finally:
+        cleaner.close()  # the keys on disk are scratch, and so are the fates (no map of them is left open)
+        shutil.rmtree(scratch, ignore_errors=True)
+    _write_record(record, files, **info)
+    cleaner.counts = info["counts"]
+    return _read_record(record)
+
+
+def _decide(work: Path, stems: list[str], cleaner: Cleaner, memory_mb: Optional[float], scratch: Path, run: str
+            ) -> tuple[list[Path], dict[str, Any]]:
+    """``_decide_duplicates``'s work, its scratch in ``scratch``: the keep files written, and the record's info."""
+    n = len(cleaner.steps)
     sizes = []
     for stem in stems:
         _verify(work / "clean" / f"{stem}.json")
@@ -476,44 +489,37 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
         with np.load(work / "clean" / f"{stem}.npz") as z:
             fate[starts[k]:starts[k + 1]] = z["fate"]
     final[:] = fate
-    ordered = [(j, step) for j, (name, step) in enumerate(cleaner.steps)
-               if name in GLOBAL_STEPS and not isinstance(step, DedupExact)]
-    if memory_mb is not None:
-        for j, step in ordered:
-            step.keys.spill(work / "index" / f"seen{j}-{run}.sqlite", memory_mb / len(ordered))
+    global_steps = [(j, step) for j, (name, step) in enumerate(cleaner.steps) if name in GLOBAL_STEPS]
+    # the setting is shared by the steps: the caches of those decided one by one stay open while a sort runs
+    share = None if memory_mb is None or not global_steps else memory_mb / len(global_steps)
+    if share is not None:
+        for j, step in global_steps:
+            if not isinstance(step, DedupExact):
+                step.keys.spill(work / "index" / f"seen{j}-{run}.sqlite", share)
     buckets = {}  # per dedup_exact step, how many buckets its digests were sorted in
-    try:
-        for j, (name, step) in enumerate(cleaner.steps):
-            if name not in GLOBAL_STEPS:
-                continue
-            if isinstance(step, DedupExact):
-                buckets[str(j)] = _decide_exact(work, stems, starts, fate, final, j, memory_mb, scratch)
-            else:
-                _decide_in_order(work, stems, starts, fate, final, j, step)
-        counts = np.zeros((n, 2), dtype=np.int64)
-        read = kept = text_bytes = 0
-        (work / "keep").mkdir(parents=True, exist_ok=True)
-        files = []
-        for k, stem in enumerate(stems):
-            shard_fate, shard_final = fate[starts[k]:starts[k + 1]], np.asarray(final[starts[k]:starts[k + 1]])
-            for j in range(n):
-                counts[j] += ((shard_final >= j).sum(), (shard_final > j).sum())
-            keep = shard_final[shard_fate == n] == n
-            with atomic_path(work / "keep" / f"{stem}.npy") as path, open(path, "wb") as f:
-                np.save(f, keep)
-            files.append(work / "keep" / f"{stem}.npy")
-            with np.load(work / "clean" / f"{stem}.npz") as z:
-                doc_bytes = z["bytes"]
-            read += len(shard_fate)
-            kept += int(keep.sum())
-            text_bytes += int(doc_bytes[keep].sum())
-    finally:
-        cleaner.close()  # the keys on disk are scratch
-        del fate, final
-        shutil.rmtree(scratch, ignore_errors=True)
-    _write_record(record, files, read=read, kept=kept, bytes=text_bytes, counts=counts.tolist(), buckets=buckets)
-    cleaner.counts = counts.tolist()
-    return _read_record(record)
+    for j, step in global_steps:
+        if isinstance(step, DedupExact):
+            buckets[str(j)] = _decide_exact(work, stems, starts, fate, final, j, share, scratch)
+        else:
+            _decide_in_order(work, stems, starts, fate, final, j, step)
+    counts = np.zeros((n, 2), dtype=np.int64)
+    read = kept = text_bytes = 0
+    (work / "keep").mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, stem in enumerate(stems):
+        shard_fate, shard_final = np.asarray(fate[starts[k]:starts[k + 1]]), np.asarray(final[starts[k]:starts[k + 1]])
+        for j in range(n):
+            counts[j] += ((shard_final >= j).sum(), (shard_final > j).sum())
+        keep = shard_final[shard_fate == n] == n
+        with atomic_path(work / "keep" / f"{stem}.npy") as path, open(path, "wb") as f:
+            np.save(f, keep)
+        files.append(work / "keep" / f"{stem}.npy")
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            doc_bytes = z["bytes"]
+        read += len(shard_fate)
+        kept += int(keep.sum())
+        text_bytes += int(doc_bytes[keep].sum())
+    return files, {"read": read, "kept": kept, "bytes": text_bytes, "counts": counts.tolist(), "buckets": buckets}
 
 
 def _scratch(path: Path, size: int) -> np.ndarray:
@@ -547,8 +553,8 @@ def _decide_exact(work: Path, stems: list[str], starts: np.ndarray, fate: np.nda
     each bucket is sorted by digest (a stable sort: equal digests stay in corpus order) and all but the first of
     each equal run are duplicates. Returns the number of buckets."""
     reach = int(sum(int((fate[starts[k]:starts[k + 1]] > j).sum()) for k in range(len(stems))))
-    budget = None if memory_mb is None else memory_mb * 2**20
-    buckets = 1 if budget is None else max(1, -(-reach * SORT_BYTES_PER_KEY // int(budget)))
+    budget = None if memory_mb is None else max(1024, int(memory_mb * 2**20))
+    buckets = 1 if budget is None else max(1, -(-reach * SORT_BYTES_PER_KEY // budget))
     paths = [scratch / f"exact{j}-{b}.bin" for b in range(buckets)]
     pending: list[np.ndarray] = []
     held = 0

@@ -6,7 +6,9 @@ room for (``delete``), while the training thread unmaps the chunk it has finishe
 chunk's buffer, then its memory map, in two steps; a download thread that maps the same chunk in between sees a map
 without a buffer, drops it, and ``close`` then fails with ``KeyError: <chunk>`` (seen once in CI, in
 ``test_two_ranks_read_disjoint_chunks_that_cover_the_split_once``: the download thread was late for a chunk the
-training thread had waited for, read and moved past). Here those four methods take one lock, so each runs whole (`tests/test_stream.py` holds the interleaving open).
+training thread had waited for, read and moved past). Here those four methods take one lock, so each runs whole
+(``tests/test_stream.py`` holds that interleaving open). ``load_item_from_chunk`` is left unlocked: it waits for
+the download thread, which would then wait for the lock; its own reads of the maps stay as litdata wrote them.
 
 A module of its own, imported only where litdata is used, so that worker processes can unpickle the class.
 """
