@@ -4,6 +4,7 @@ across shards, checksummed shards, resume from the shards a failed run finished 
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,6 +202,41 @@ def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference,
     assert _contents(out) == reference[0] and not work.exists()
     with pytest.raises(ValueError, match="need 0 <= task < tasks"):
         shards.part(4, 2, 2)
+
+
+def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_bytes(corpus, tmp_path, monkeypatch):
+    """One source of 5 JSONL files (one of a single document), cut into groups of consecutive files: the read as 2
+    array tasks (the second first: no spool until both are done), and the read in 2 workers, give the token folder
+    of the one-process path over the same files; each group's shards start at the group."""
+    lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
+    folder = tmp_path / "files"
+    folder.mkdir()
+    cuts = [0, 45, 46, 100, 150, len(lines)]  # 45, 1, 54, 50 and 12 documents
+    for i in range(5):
+        (folder / f"part-{i}.jsonl").write_text("".join(lines[cuts[i]:cuts[i + 1]]), encoding="utf-8")
+    sources = [Source(path=str(folder / "*.jsonl"))]
+
+    def run(root, **kw):
+        return prepare(sources, tmp_path / root, cleaning=CLEANING, tokenizer=TOKENIZER, val_fraction=0.1,
+                       test_fraction=0.05, progress=False, shard_docs=SHARD_DOCS, **kw)
+
+    one = _contents(run("one"))
+    assert shards.read_plan(sources, None, "strict") is None  # 5 small files: one group, read in one process
+    size = [(folder / f"part-{i}.jsonl").stat().st_size for i in range(5)]
+    monkeypatch.setattr(shards, "READ_GROUP_BYTES", min(size[0], size[1] + size[2], size[3]))
+    plan = shards.read_plan(sources, None, "strict")
+    assert [[Path(f).name for f in g] for g in plan["groups"]] == [["part-0.jsonl"], ["part-1.jsonl", "part-2.jsonl"],
+                                                                   ["part-3.jsonl"], ["part-4.jsonl"]]
+    work = run("staged", stage="read", task=1, tasks=2)
+    assert sorted(p.name for p in (work / "raw").glob("g*.json")) == ["g00002.json", "g00003.json"]
+    assert not (work / "spool.json").exists()
+    run("staged", stage="read", task=0, tasks=2)
+    spool = json.loads((work / "spool.json").read_text())
+    assert spool["documents"] == len(lines) and spool["raw"] == [  # 45 | 1 + 54 | 50 | 12 documents, 30 a shard
+        "raw/g00000-00000.jsonl", "raw/g00000-00001.jsonl", "raw/g00001-00000.jsonl", "raw/g00001-00001.jsonl",
+        "raw/g00002-00000.jsonl", "raw/g00002-00001.jsonl", "raw/g00003-00000.jsonl"] and spool["shards"] == 7
+    assert _contents(run("staged", stage="merge")) == one
+    assert _contents(run("workers", workers=2)) == one
 
 
 def test_a_failed_shard_is_the_only_work_a_rerun_redoes(corpus, reference, tmp_path, monkeypatch):

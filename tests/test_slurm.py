@@ -407,7 +407,7 @@ def test_submit_dry_run_and_bad_input(tmp_path):
 
 @pytest.mark.slow
 def test_submit_prepare_dry_run_and_a_stage_out_of_order(tmp_path):
-    """The prepare chain's scripts (arrays for clean, tokenize and split, each job retrying in place), and a stage run
+    """The prepare chain's scripts (arrays for read, clean, tokenize and split, each job retrying in place), and a stage run
     before the one it needs is one error line naming the stage to run first."""
     env = cli_env(tmp_path)
     cfg = str(REPO / "configs" / "data" / "tinyshakespeare.yaml")
@@ -418,7 +418,7 @@ def test_submit_prepare_dry_run_and_a_stage_out_of_order(tmp_path):
     scripts = dict(re.findall(r"# ---- (\w+)\.sbatch\n(.*?)(?=# ---- |\Z)", proc.stdout, re.S))
     assert list(scripts) == ["read", "clean", "dedup", "tokenize", "split", "merge"]
     for stage, text in scripts.items():
-        array = stage in ("clean", "tokenize", "split")
+        array = stage in ("read", "clean", "tokenize", "split")
         assert ("#SBATCH --array=0-7" in text) == array and "#SBATCH --cpus-per-task=16" in text
         assert f"--data.workers 16 --stage {stage}" in text and "for attempt in $(seq 1 2)" in text
         assert ('--task "$SLURM_ARRAY_TASK_ID" --tasks 8' in text) == array

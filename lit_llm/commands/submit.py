@@ -103,7 +103,7 @@ def render_script(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, t
 
 
 PREPARE_JOBS = ("read", "clean", "dedup", "tokenize", "split", "merge")  # in order, each after the one before succeeded
-ARRAY_JOBS = ("clean", "tokenize", "split")  # one array task per part of the shards
+ARRAY_JOBS = ("read", "clean", "tokenize", "split")  # one array task per part of the file groups or shards
 
 
 def render_prepare_scripts(prepare_args: list[str], array_tasks: int = 4, cpus_per_task: int = 8,
@@ -111,7 +111,8 @@ def render_prepare_scripts(prepare_args: list[str], array_tasks: int = 4, cpus_p
                            job_name: str = "lit_llm", output_dir: str = "slurm_logs", python: str = "python",
                            retries: int = 2) -> list[tuple[str, str]]:
     """The sbatch scripts of a parallel ``prepare``, ``[(stage, text)]`` in the order they run: ``read`` the
-    documents into shards; ``clean`` them as an array of ``array_tasks`` tasks, each a contiguous part of the
+    documents into shards (an array: each task reads its part of the file groups of a source of many files, and
+    task 0 the whole read of any other source, ``shards.read_plan``); ``clean`` them as an array of ``array_tasks`` tasks, each a contiguous part of the
     shards in ``cpus_per_task`` processes; ``dedup`` (global deduplication and the tokenizer); ``tokenize`` as an
     array; ``split`` as an array (each task writes its shards' tokens into the shared split files); ``merge`` the
     token folder, manifest and report. Every job runs ``prepare --stage`` on the same
@@ -191,7 +192,7 @@ def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_pe
 
     The fit arguments are checked here with fit's parser (config files, keys, values) before anything is
     written or submitted, and the job runs ``fit`` with exactly them. With ``--job prepare`` it submits the
-    config's parallel data stage instead: six jobs in a chain, three of them arrays (docs/data.md#slurm).
+    config's parallel data stage instead: six jobs in a chain, four of them arrays (docs/data.md#slurm).
 
     Args:
         fit_args: fit's arguments: ``--config FILE`` (repeatable, composed in order) and overrides such as
@@ -211,7 +212,7 @@ def submit(fit_args: list[str], nodes: int = 1, gpus_per_node: int = 0, tasks_pe
         script: where to write the job script (default ``<output_dir>/<job_name>.sbatch``).
         dry_run: print the script and submit nothing.
         wait: wait for the job to end (``sbatch --wait``).
-        job: ``fit`` (one job), or ``prepare``: read, clean (an array), dedup, tokenize (an array), split (an array), merge, each job
+        job: ``fit`` (one job), or ``prepare``: read (an array), clean (an array), dedup, tokenize (an array), split (an array), merge, each job
             on one node with ``cpus_per_task`` cores (``nodes``, ``gpus_per_node`` and the signal do not apply).
         array_tasks: tasks of the prepare arrays, each a contiguous part of the shards.
         retries: times a failed prepare job (or array task) runs again in place, redoing only what it left.

@@ -266,9 +266,10 @@ def prepare(
     the output, so neither is part of the folder's name. Nor is ``dedup_memory_mb``: with it the deduplication
     steps keep what they saw on disk, in that much page cache, and decide the same.
 
-    ``stage`` runs one stage of the parallel path alone and returns its work folder: ``read``, ``dedup`` (with the
-    tokenizer), or ``clean`` / ``tokenize`` / ``split`` for shards part ``task`` of ``tasks`` (a SLURM array task's
-    share).
+    ``stage`` runs one stage of the parallel path alone and returns its work folder: ``dedup`` (with the
+    tokenizer), ``clean`` / ``tokenize`` / ``split`` for shards part ``task`` of ``tasks`` (a SLURM array task's
+    share), or ``read``: part ``task`` of the file groups where the source is read in groups (``shards.read_plan``),
+    else the whole read in task 0.
     ``merge`` runs the parallel path to the end, finding done what the stages did, whatever ``workers`` is."""
     tokenizer = tokenizer or TokenizerSpec()
     cleaning = list(cleaning or [])
@@ -306,9 +307,12 @@ def prepare(
                 built = _build_in_process(docs, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
                                           dedup_memory_mb)
             else:
+                from lit_llm.data.shards import read_plan
+
                 built = build_sharded(docs, cleaning, cleaner, tokenizer, tmp, val_fraction, test_fraction, progress,
                                       work=shard_folder(out_dir, shard_docs), workers=n_workers, shard_docs=shard_docs,
-                                      dedup_memory_mb=dedup_memory_mb)
+                                      dedup_memory_mb=dedup_memory_mb,
+                                      plan=read_plan(sources, data_dir, encoding_errors))
             built.tokenizer.save(str(tmp / "tokenizer.json"))
             np.save(tmp / "doc_lengths.npy", built.doc_tokens)  # tokens per document (EOS included), in stream order
             n_tokens = int(built.doc_tokens.sum())
@@ -368,8 +372,11 @@ def _run_stage(stage: str, sources: list[Source], data_dir: Optional[str], seed:
     stages = ShardedPrepare(cleaning, cleaner, spec, progress, work=work, workers=workers, shard_docs=shard_docs,
                             dedup_memory_mb=dedup_memory_mb)
     if stage == "read":
+        from lit_llm.data.shards import read_plan
+
         check_text_sources(sources, data_dir, encoding_errors)
-        stages.read(iter_documents(sources, data_dir, seed, encoding_errors, mixing))
+        stages.read(iter_documents(sources, data_dir, seed, encoding_errors, mixing),
+                    read_plan(sources, data_dir, encoding_errors), task, tasks)
     elif stage == "clean":
         stages.clean(task, tasks)
     elif stage == "dedup":

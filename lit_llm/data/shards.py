@@ -32,6 +32,7 @@ truncated one (docs/data.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -86,12 +87,25 @@ class ShardedPrepare:
         self.cleaning, self.cleaner, self.spec, self.progress = cleaning, cleaner, spec, progress
         self.work, self.workers, self.shard_docs, self.dedup_memory_mb = work, workers, shard_docs, dedup_memory_mb
 
-    def read(self, docs: Iterator[str]) -> int:
-        """Stage 1 (this process); the number of shards."""
-        n_shards = _spool(docs, self.work, self.shard_docs, self.progress)["shards"]
-        if n_shards == 0:
+    def read(self, docs: Iterator[str], plan: Optional[dict[str, Any]] = None, task: int = 0, tasks: int = 1
+             ) -> Optional[int]:
+        """Stage 1; the number of shards, once every part of the read is done (None while one is not). Without a
+        ``plan``, this process streams ``docs`` (task 0 alone: the others have nothing to do); with one
+        (``read_plan``), this task's part of the file groups, in ``workers`` processes."""
+        if plan is None:
+            if task != 0:
+                return None
+            spool = _spool(docs, self.work, self.shard_docs, self.progress)
+        else:
+            groups = len(plan["groups"])
+            _run(ReadGroup(self.work, plan, self.shard_docs, not self.progress), groups, self.workers,
+                 self.work / "logs" / "read", not self.progress, part(groups, task, tasks))
+            spool = _index_groups(self.work, groups, self.shard_docs)
+            if spool is None:
+                return None
+        if spool["shards"] == 0:
             refuse_empty(0, 0, self.cleaner)
-        return n_shards
+        return spool["shards"]
 
     def shards(self) -> int:
         """The number of shards the read stage wrote."""
@@ -210,14 +224,16 @@ def part(n_shards: int, task: int, tasks: int) -> range:
 
 def build_sharded(docs: Iterator[str], cleaning: list[Any], cleaner: Cleaner, spec: TokenizerSpec, tmp: Path,
                   val_fraction: float, test_fraction: float, progress: bool, *, work: Path, workers: int,
-                  shard_docs: int, dedup_memory_mb: Optional[float] = None) -> Built:
+                  shard_docs: int, dedup_memory_mb: Optional[float] = None, plan: Optional[dict[str, Any]] = None
+                  ) -> Built:
     """The parallel path: stages 1-5 of the module doc in ``work``, then the split files into ``tmp``. Reuses what
-    a killed run, or the stages run apart as SLURM jobs, finished there with the same config and ``shard_docs``."""
+    a killed run, or the stages run apart as SLURM jobs, finished there with the same config and ``shard_docs``.
+    With a ``plan`` (``read_plan``) the read stage reads file groups in the workers instead of streaming ``docs``."""
     stages = ShardedPrepare(cleaning, cleaner, spec, progress, work=work, workers=workers, shard_docs=shard_docs,
                             dedup_memory_mb=dedup_memory_mb)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    stages.read(docs)
+    stages.read(docs, plan)
     seconds["read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     stages.clean()
@@ -284,8 +300,9 @@ class CleanShard(_ShardTask):
         record = self.work / "clean" / f"{stem}.json"
         if _record_problem(record) is None:  # finished by an earlier run
             return
-        _verify(self.work / "spool.json", [f"raw/{stem}.jsonl"])
-        raw = _read_jsonl(self.work / "raw" / f"{stem}.jsonl")
+        name = raw_name(_read_record(self.work / "spool.json"), rank)
+        _verify(self.work / "spool.json", [name])
+        raw = _read_jsonl(self.work / name)
         with self.track_time(unit="shard"):
             fates, texts, keys = clean_documents(build_steps(self.cleaning), raw)
         with atomic_path(self.work / "clean" / f"{stem}.jsonl") as path, open(path, "w", encoding="utf-8") as f:
@@ -430,6 +447,111 @@ def _spool(docs: Iterator[str], work: Path, shard_docs: int, progress: bool) -> 
         files.append(_write_texts(work / "raw" / f"{shard_name(len(files))}.jsonl", batch))
     _write_record(record, files, shards=len(files), documents=documents, shard_docs=shard_docs)
     return _read_record(record)
+
+
+READ_GROUP_BYTES = 256 << 20  # the files one read task reads together (its start costs about a second)
+
+
+def read_plan(sources: list[Any], data_dir: Optional[str], encoding_errors: str) -> Optional[dict[str, Any]]:
+    """How the read stage can run in parallel, or None where it streams in one process. One local source of
+    several files (a web crawl's dump: FineWeb's is thousands of Parquet or JSONL files) is cut into groups of
+    consecutive files of about ``READ_GROUP_BYTES``, in the sources' order; read tasks read groups apart and each
+    writes its group's documents as shards of ``shard_docs`` (the last one short). The groups depend on the files
+    alone, never on the workers, and the shards in group order hold the documents in the one-process order, so
+    the output is the same bytes. Mixed sources (their order comes from interleaving streams), a hub dataset, a
+    ``max_documents`` limit or a feedback store stream in one process, as does a source of a single group."""
+    from lit_llm.data.sources import resolve_files, source_format
+
+    if len(sources) != 1 or sources[0].path is None or sources[0].max_documents is not None:
+        return None
+    source = sources[0]
+    files = resolve_files(source, data_dir)
+    fmt = source_format(source, files)
+    if fmt == "feedback":
+        return None
+    groups: list[list[str]] = [[]]
+    size = 0
+    for f in files:
+        if size >= READ_GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(str(f.resolve()))
+        size += f.stat().st_size
+    if len(groups) < 2:
+        return None
+    return {"source": {**dataclasses.asdict(source), "format": fmt, "weight": 1.0}, "encoding_errors": encoding_errors,
+            "groups": groups}
+
+
+class ReadGroup(_ShardTask):
+    """Stage 1 for one group of files (``read_plan``): its documents as shards ``raw/g<group>-<k>.jsonl``, and its
+    record ``raw/g<group>.json``."""
+
+    name = "read"
+
+    def __init__(self, work: Path, plan: dict[str, Any], shard_docs: int, quiet: bool) -> None:
+        super().__init__(work, quiet)
+        self.plan, self.shard_docs = plan, shard_docs
+
+    def finished(self, rank: int) -> bool:
+        return (self.work / "raw" / f"g{shard_name(rank)}.json").is_file()
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
+        import glob
+
+        from lit_llm.data.sources import Source, iter_documents
+
+        group = f"g{shard_name(rank)}"
+        record = self.work / "raw" / f"{group}.json"
+        if _record_problem(record) is None:  # finished by an earlier run
+            return
+        (self.work / "raw").mkdir(parents=True, exist_ok=True)
+        source = Source(**self.plan["source"])
+        files: list[Path] = []
+        batch: list[str] = []
+        documents = 0
+        with self.track_time(unit="group"):
+            for path in self.plan["groups"][rank]:  # one file at a time: its path as a glob that matches it alone
+                one = dataclasses.replace(source, path=glob.escape(path))
+                for text in iter_documents([one], encoding_errors=self.plan["encoding_errors"]):
+                    batch.append(text)
+                    documents += 1
+                    if len(batch) == self.shard_docs:
+                        files.append(_write_texts(self.work / "raw" / f"{group}-{shard_name(len(files))}.jsonl",
+                                                  batch))
+                        batch = []
+            if batch:
+                files.append(_write_texts(self.work / "raw" / f"{group}-{shard_name(len(files))}.jsonl", batch))
+        _write_record(record, files, documents=documents)
+        self.stat_update("documents", value=documents, unit="group")
+
+
+def _index_groups(work: Path, groups: int, shard_docs: int) -> Optional[dict[str, Any]]:
+    """The record ``spool.json`` of a read in groups, once every group's record is there (None before): the
+    groups' shards in order, numbered 0, 1, ... by their place (``raw_name``), with the sizes and checksums their
+    records hold (the clean tasks check each file against them). Any read task may write it, and all write the
+    same bytes."""
+    record = work / "spool.json"
+    if record.is_file():
+        return _read_record(record)
+    records = [work / "raw" / f"g{shard_name(g)}.json" for g in range(groups)]
+    if not all(r.is_file() for r in records):
+        return None
+    files: dict[str, Any] = {}
+    documents = 0
+    for r in records:
+        info = _read_record(r)
+        files.update({f"raw/{name}": digest for name, digest in info["files"].items()})
+        documents += info["documents"]
+    write_text_atomic(record, json.dumps({"files": files, "shards": len(files), "documents": documents,
+                                          "shard_docs": shard_docs, "raw": list(files)}, indent=1))
+    return _read_record(record)
+
+
+def raw_name(spool: dict[str, Any], k: int) -> str:
+    """Shard ``k``'s raw file, relative to the work folder: the read in one process numbers them itself, a read
+    in groups lists them in order."""
+    return spool["raw"][k] if "raw" in spool else f"raw/{shard_name(k)}.jsonl"
 
 
 def _write_texts(path: Path, texts: list[str]) -> Path:
