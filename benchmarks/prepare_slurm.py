@@ -12,8 +12,11 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
    ``python -m lit_llm submit --job prepare --array_tasks 4 --cpus_per_task 1 --wait true``: read, clean (4
    tasks), dedup, tokenize (4 tasks), split (4 tasks), merge. Wall time from the first sbatch to the merge's end; each job's own
    time from its log (``stage ... done in S s``; the merge's ``merged in S s``), which leaves out the Python start.
-5. Projection: per MB of text, the serial stages (read, dedup) cost what they cost here, and the parallel ones
-   (clean, tokenize, split) are divided by the cores: one 64-core node, and 16 such nodes as one array. The merge
+5. Projection: per MB of text, the serial stages (dedup, and read where it streams) cost what they cost here,
+   and the parallel ones (clean, tokenize, split, and read where the source is one of many files, read in file
+   groups: benchmarks/read_groups.py measures a group's read at the streamed read's cost per MB) are divided by
+   the cores: one 64-core node, and 16 such nodes as one array. Each task's start (about 1.5 s to import
+   datasets in a fresh worker) is left out. The merge
    job costs its measured seconds whatever the corpus: it moves the split files the array wrote, and writes the
    manifest, report and document-length histogram (8 bytes a document, left out of the model). Assumptions,
    printed with the table: the corpus's documents average ``--doc_kb`` KB (FineWeb-Edu's 10B-token sample: about
@@ -82,15 +85,18 @@ def slurm_run(corpus: Path, spec_path: str, work: Path, shard_docs: int, tasks: 
 
 
 def projection(per_mb: dict, merge_s: float, docs_per_mb: float, dedup_disk_us: float) -> list[dict]:
-    """Hours for each corpus and layout, by the model of the module doc."""
+    """Hours for each corpus, layout and read, by the model of the module doc."""
     rows = []
     for corpus, gb, dedup_s_per_doc in (("45 GB", 45, per_mb["dedup_s_per_doc"]), ("1 TB", 1000, dedup_disk_us * 1e-6)):
         mb = gb * 1000
-        serial = mb * per_mb["read"] + merge_s + mb * docs_per_mb * dedup_s_per_doc
-        for layout, cores in (("1 node x 64 cores", 64), ("16 nodes x 64 cores", 1024)):
-            parallel = mb * (per_mb["clean"] + per_mb["tokenize"] + per_mb["split"]) / cores
-            rows.append({"corpus": corpus, "layout": layout, "hours": round((serial + parallel) / 3600, 1),
-                         "serial_hours": round(serial / 3600, 1), "parallel_hours": round(parallel / 3600, 2)})
+        for read in ("streamed", "groups"):
+            serial = (mb * per_mb["read"] if read == "streamed" else 0) + merge_s + mb * docs_per_mb * dedup_s_per_doc
+            for layout, cores in (("1 node x 64 cores", 64), ("16 nodes x 64 cores", 1024)):
+                parallel = mb * (per_mb["clean"] + per_mb["tokenize"] + per_mb["split"]
+                                 + (per_mb["read"] if read == "groups" else 0)) / cores
+                rows.append({"corpus": corpus, "read": read, "layout": layout,
+                             "hours": round((serial + parallel) / 3600, 2), "serial_hours": round(serial / 3600, 2),
+                             "parallel_hours": round(parallel / 3600, 2)})
     return rows
 
 

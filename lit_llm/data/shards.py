@@ -4,7 +4,9 @@ The corpus is cut into shards of ``shard_docs`` documents by position in the sou
 the shards, and every byte written, depend on the input and never on the number of workers. Stages, each
 leaving files in the work folder (``prepare.shard_folder``: ``<token folder>.shards<shard_docs>``):
 
-1. read (this process): the documents, in order, into ``raw/00000.jsonl`` ...; record ``spool.json``;
+1. read (this process; or, for one local source of many files, one task per group of files: ``read_plan``): the
+   documents, in order, into ``raw/00000.jsonl`` ... (``raw/g00000-00000.jsonl`` ... in groups); record
+   ``spool.json``;
 2. clean (one datatrove task per shard, ``workers`` processes): the per-document cleaning steps; for each
    global step (deduplication) the key of every document that reaches it: its exact digest, or its MinHash
    signature; ``clean/00000.jsonl`` (the texts that survive), ``clean/00000.npz`` (fates, keys, sizes);
