@@ -230,7 +230,10 @@ def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_b
     work = run("staged", stage="read", task=1, tasks=2)
     assert sorted(p.name for p in (work / "raw").glob("g*.json")) == ["g00002.json", "g00003.json"]
     assert not (work / "spool.json").exists()
+    first = {p.name: p.stat().st_mtime_ns for p in (work / "raw").glob("g0000[23]*")}
     run("staged", stage="read", task=0, tasks=2)
+    run("staged", stage="read", task=1, tasks=2)  # a retried task: its finished groups are not read again
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "raw").glob("g0000[23]*")} == first
     spool = json.loads((work / "spool.json").read_text())
     assert spool["documents"] == len(lines) and spool["raw"] == [  # 45 | 1 + 54 | 50 | 12 documents, 30 a shard
         "raw/g00000-00000.jsonl", "raw/g00000-00001.jsonl", "raw/g00001-00000.jsonl", "raw/g00001-00001.jsonl",
