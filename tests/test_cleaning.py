@@ -1,6 +1,8 @@
 """Each cleaning step on its own."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lit_llm.data.cleaning import (
     Cleaner,
@@ -119,3 +121,17 @@ def test_minhash_dedup_decides_as_datasketchs_lsh_index(on_disk, tmp_path):
             lsh.insert(str(n), m)
         reference.append(duplicate)
     assert ours == reference and 3 <= sum(ours) < 14  # the nearest copies removed, the farther kept
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([" ", "  ", "\t", "\u00a0", "\u3000", "\n", "\r", "\r\n", "a", "b\u0085"]),
+                max_size=30).map("".join))
+def test_whitespace_gives_what_its_three_patterns_give_applied_unconditionally(text):
+    """Whitespace runs each pattern only where a substring test says it would change something (a speed-up); the
+    output is the patterns' applied to every text, as the step was first written."""
+    from lit_llm.data.cleaning import Whitespace
+
+    step = Whitespace()
+    reference = step._spaces.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+    reference = step._blank.sub("\n\n", step._trailing.sub("\n", reference)).strip()
+    assert step(text) == reference
