@@ -205,15 +205,16 @@ def test_stages_run_apart_as_array_tasks_write_the_same_bytes(corpus, reference,
 
 
 def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_bytes(corpus, tmp_path, monkeypatch):
-    """One source of 5 JSONL files (one of a single document), cut into groups of consecutive files: the read as 2
-    array tasks (the second first: no spool until both are done), and the read in 2 workers, give the token folder
-    of the one-process path over the same files; each group's shards start at the group."""
+    """One source of 6 JSONL files (one of a single document, one blank), cut into groups of consecutive files: the
+    read as 2 array tasks (the second first: no spool until both are done), and the read in 2 workers, give the
+    token folder of the one-process path over the same files; each group's shards start at the group."""
     lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
     folder = tmp_path / "files"
     folder.mkdir()
     cuts = [0, 45, 46, 100, 150, len(lines)]  # 45, 1, 54, 50 and 12 documents
     for i in range(5):
         (folder / f"part-{i}.jsonl").write_text("".join(lines[cuts[i]:cuts[i + 1]]), encoding="utf-8")
+    (folder / "part-5.jsonl").write_text("\n \n", encoding="utf-8")  # no document: the stream passes over it
     sources = [Source(path=str(folder / "*.jsonl"))]
 
     def run(root, **kw):
@@ -226,7 +227,7 @@ def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_b
     monkeypatch.setattr(shards, "READ_GROUP_BYTES", min(size[0], size[1] + size[2], size[3]))
     plan = shards.read_plan(sources, None, "strict")
     assert [[Path(f).name for f in g] for g in plan["groups"]] == [["part-0.jsonl"], ["part-1.jsonl", "part-2.jsonl"],
-                                                                   ["part-3.jsonl"], ["part-4.jsonl"]]
+                                                                   ["part-3.jsonl"], ["part-4.jsonl", "part-5.jsonl"]]
     work = run("staged", stage="read", task=1, tasks=2)
     assert sorted(p.name for p in (work / "raw").glob("g*.json")) == ["g00002.json", "g00003.json"]
     assert not (work / "spool.json").exists()
@@ -238,6 +239,16 @@ def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_b
     assert spool["documents"] == len(lines) and spool["raw"] == [  # 45 | 1 + 54 | 50 | 12 documents, 30 a shard
         "raw/g00000-00000.jsonl", "raw/g00000-00001.jsonl", "raw/g00001-00000.jsonl", "raw/g00001-00001.jsonl",
         "raw/g00002-00000.jsonl", "raw/g00002-00001.jsonl", "raw/g00003-00000.jsonl"] and spool["shards"] == 7
+    # a raw file damaged after the read: one error naming it, and the next read redoes that group alone; a spool
+    # that a task did not write (a file system that hid the other tasks' records) is written by the next stage
+    damaged = work / "raw" / "g00001-00000.jsonl"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    (work / "spool.json").unlink()
+    with pytest.raises(ValueError, match=f"damaged: {damaged} has"):
+        run("staged", stage="clean")
+    assert json.loads((work / "spool.json").read_text()) == spool and not (work / "raw" / "g00001.json").exists()
+    run("staged", stage="read", task=0, tasks=2)
+    assert (work / "raw" / "g00001.json").is_file()
     assert _contents(run("staged", stage="merge")) == one
     assert _contents(run("workers", workers=2)) == one
 

@@ -300,7 +300,8 @@ def prepare(
         failed.unlink(missing_ok=True)  # an earlier attempt's failure; this one may succeed
         tmp = None
         try:
-            check_text_sources(sources, data_dir, encoding_errors)
+            if build_sharded is None or not (shard_folder(out_dir, shard_docs) / "spool.json").is_file():
+                check_text_sources(sources, data_dir, encoding_errors)  # (a finished read checked them already)
             tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
             docs = iter_documents(sources, data_dir, seed, encoding_errors, mixing)
             if build_sharded is None:
@@ -372,11 +373,16 @@ def _run_stage(stage: str, sources: list[Source], data_dir: Optional[str], seed:
     stages = ShardedPrepare(cleaning, cleaner, spec, progress, work=work, workers=workers, shard_docs=shard_docs,
                             dedup_memory_mb=dedup_memory_mb)
     if stage == "read":
-        from lit_llm.data.shards import read_plan
+        from lit_llm.data.shards import part, read_plan
 
-        check_text_sources(sources, data_dir, encoding_errors)
-        stages.read(iter_documents(sources, data_dir, seed, encoding_errors, mixing),
-                    read_plan(sources, data_dir, encoding_errors), task, tasks)
+        plan = read_plan(sources, data_dir, encoding_errors)
+        if plan is None:
+            check_text_sources(sources, data_dir, encoding_errors)
+        elif plan["source"]["format"] != "parquet":  # each task checks the files it reads, not the whole corpus
+            for group in part(len(plan["groups"]), task, tasks):
+                for f in plan["groups"][group]:
+                    check_utf8(Path(f), encoding_errors)
+        stages.read(iter_documents(sources, data_dir, seed, encoding_errors, mixing), plan, task, tasks)
     elif stage == "clean":
         stages.clean(task, tasks)
     elif stage == "dedup":

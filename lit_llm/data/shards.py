@@ -100,9 +100,11 @@ class ShardedPrepare:
             spool = _spool(docs, self.work, self.shard_docs, self.progress)
         else:
             groups = len(plan["groups"])
+            self.work.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.work / "read_plan.json", json.dumps(plan))  # every task writes the same bytes
             _run(ReadGroup(self.work, plan, self.shard_docs, not self.progress), groups, self.workers,
                  self.work / "logs" / "read", not self.progress, part(groups, task, tasks))
-            spool = _index_groups(self.work, groups, self.shard_docs)
+            spool = _index_groups(self.work, plan, self.shard_docs)
             if spool is None:
                 return None
         if spool["shards"] == 0:
@@ -111,7 +113,9 @@ class ShardedPrepare:
 
     def shards(self) -> int:
         """The number of shards the read stage wrote."""
-        record = self.work / "spool.json"
+        record, plan = self.work / "spool.json", self.work / "read_plan.json"
+        if not record.is_file() and plan.is_file():  # a read in groups whose last task did not see the others'
+            _index_groups(self.work, json.loads(plan.read_text(encoding="utf-8")), self.shard_docs)  # (NFS caches)
         if not record.is_file():
             raise ValueError(f"{record} is missing: the read stage (prepare --stage read) has not finished for this"
                              " config and shard_docs; run it first")
@@ -303,6 +307,8 @@ class CleanShard(_ShardTask):
         if _record_problem(record) is None:  # finished by an earlier run
             return
         name = raw_name(_read_record(self.work / "spool.json"), rank)
+        if name.startswith("raw/g"):  # a damaged file of a group: its record goes, so the read redoes that group
+            _verify(self.work / "raw" / f"{name[4:10]}.json", [name[4:]])
         _verify(self.work / "spool.json", [name])
         raw = _read_jsonl(self.work / name)
         with self.track_time(unit="shard"):
@@ -496,7 +502,7 @@ class ReadGroup(_ShardTask):
         self.plan, self.shard_docs = plan, shard_docs
 
     def finished(self, rank: int) -> bool:
-        return (self.work / "raw" / f"g{shard_name(rank)}.json").is_file()
+        return _group_done(self.work, self.plan, rank)
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
         import glob
@@ -505,7 +511,7 @@ class ReadGroup(_ShardTask):
 
         group = f"g{shard_name(rank)}"
         record = self.work / "raw" / f"{group}.json"
-        if _record_problem(record) is None:  # finished by an earlier run
+        if _record_problem(record) is None and _group_done(self.work, self.plan, rank):  # by an earlier run
             return
         (self.work / "raw").mkdir(parents=True, exist_ok=True)
         source = Source(**self.plan["source"])
@@ -514,6 +520,8 @@ class ReadGroup(_ShardTask):
         documents = 0
         with self.track_time(unit="group"):
             for path in self.plan["groups"][rank]:  # one file at a time: its path as a glob that matches it alone
+                if source.format == "json" and _blank_file(Path(path)):
+                    continue  # datasets' json reader fails on a file with no row, which the stream passes over
                 one = dataclasses.replace(source, path=glob.escape(path))
                 for text in iter_documents([one], encoding_errors=self.plan["encoding_errors"]):
                     batch.append(text)
@@ -524,11 +532,27 @@ class ReadGroup(_ShardTask):
                         batch = []
             if batch:
                 files.append(_write_texts(self.work / "raw" / f"{group}-{shard_name(len(files))}.jsonl", batch))
-        _write_record(record, files, documents=documents)
+        _write_record(record, files, documents=documents, sources=self.plan["groups"][rank])
         self.stat_update("documents", value=documents, unit="group")
 
 
-def _index_groups(work: Path, groups: int, shard_docs: int) -> Optional[dict[str, Any]]:
+def _group_done(work: Path, plan: dict[str, Any], rank: int) -> bool:
+    """Whether group ``rank``'s record is there and was written for this plan's files (a record of a run with
+    other groups is not this group's)."""
+    try:
+        return _read_record(work / "raw" / f"g{shard_name(rank)}.json").get("sources") == plan["groups"][rank]
+    except (OSError, ValueError):
+        return False
+
+
+def _blank_file(path: Path) -> bool:
+    """Whether a file holds nothing but white space (checked from its first MB; a larger file is not blank)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return len(head) < (1 << 20) and not head.strip()
+
+
+def _index_groups(work: Path, plan: dict[str, Any], shard_docs: int) -> Optional[dict[str, Any]]:
     """The record ``spool.json`` of a read in groups, once every group's record is there (None before): the
     groups' shards in order, numbered 0, 1, ... by their place (``raw_name``), with the sizes and checksums their
     records hold (the clean tasks check each file against them). Any read task may write it, and all write the
@@ -536,9 +560,10 @@ def _index_groups(work: Path, groups: int, shard_docs: int) -> Optional[dict[str
     record = work / "spool.json"
     if record.is_file():
         return _read_record(record)
-    records = [work / "raw" / f"g{shard_name(g)}.json" for g in range(groups)]
-    if not all(r.is_file() for r in records):
+    groups = len(plan["groups"])
+    if not all(_group_done(work, plan, g) for g in range(groups)):
         return None
+    records = [work / "raw" / f"g{shard_name(g)}.json" for g in range(groups)]
     files: dict[str, Any] = {}
     documents = 0
     for r in records:
