@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -486,7 +487,7 @@ def _tokenize(tok, texts: Iterable[str], dst: Path, dtype, eos: Optional[int], n
     character tokenizer and lets one long document use every core too. Both paths tokenize through here, so
     they write the same bytes."""
     lengths = np.zeros(n_docs, dtype=np.int64)
-    eos_arr = np.array([] if eos is None else [eos], dtype=dtype)
+    tail = [] if eos is None else [eos]
     i = 0
     with open(dst, "wb") as out, tqdm(total=n_docs, desc="tokenize", unit="doc", disable=not progress,
                                       mininterval=1.0) as bar:
@@ -495,12 +496,16 @@ def _tokenize(tok, texts: Iterable[str], dst: Path, dtype, eos: Optional[int], n
                 pieces = split_lines(text, keepends=True) if by_line else batch
                 # encode_batch_fast: the same ids as encode_batch, without the character offsets nobody reads here
                 encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
-                arrays = [np.asarray(e.ids, dtype=dtype) for e in encodings]
-                docs = [np.concatenate(arrays + [eos_arr])] if by_line else [np.concatenate([a, eos_arr]) for a in arrays]
+                # .ids builds a new list at each access: read each once, then one array and one write per batch
+                # (an array and a write per document took twice as long, 0.02 s/MB, on 4.6 KB documents)
+                ids = [e.ids for e in encodings]
+                docs = [list(itertools.chain.from_iterable(ids))] if by_line else ids
                 for d in docs:
-                    d.tofile(out)
-                    lengths[i] = len(d)
-                    i += 1
+                    d.extend(tail)
+                n = [len(d) for d in docs]
+                lengths[i : i + len(docs)] = n
+                i += len(docs)
+                np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=sum(n)).tofile(out)
             bar.update(len(batch))
     return lengths
 
