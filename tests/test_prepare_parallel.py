@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 import lit_llm.data.shards as shards
 from lit_llm.data import PretrainDataModule
-from lit_llm.data.cleaning import STEPS, SeenKeys
+from lit_llm.data.cleaning import STEPS, Cleaner, SeenKeys
 from lit_llm.data.prepare import prepare, resolve_workers, shard_folder, token_folder
 from lit_llm.data.sources import Source
 from lit_llm.data.tokenizer import TokenizerSpec, declare_special_tokens, train_tokenizer
@@ -121,7 +121,7 @@ def test_the_dedup_decision_removes_what_one_process_removes_document_by_documen
         stem = shards.shard_name(k)
         np.savez(work / "clean" / f"{stem}.npz", fate=fate, bytes=np.arange((fate == 5).sum(), dtype=np.int64),
                  **{f"keys{j}": shards._stack(rows) for j, rows in keys.items()})
-        shards._write_record(work / "clean" / f"{stem}.json", [work / "clean" / f"{stem}.npz"])
+        shards._write_record(work / "clean" / f"{stem}.json", [work / "clean" / f"{stem}.npz"], documents=len(fate))
     one = Cleaner(spec)
     expected = []
     for f, doc in corpus:
@@ -237,11 +237,11 @@ def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_b
     assert {p.name: p.stat().st_mtime_ns for p in (work / "raw").glob("g0000[23]*")} == first
     spool = json.loads((work / "spool.json").read_text())
     assert spool["documents"] == len(lines) and spool["raw"] == [  # 45 | 1 + 54 | 50 | 12 documents, 30 a shard
-        "raw/g00000-00000.jsonl", "raw/g00000-00001.jsonl", "raw/g00001-00000.jsonl", "raw/g00001-00001.jsonl",
-        "raw/g00002-00000.jsonl", "raw/g00002-00001.jsonl", "raw/g00003-00000.jsonl"] and spool["shards"] == 7
+        "raw/g00000-00000.texts", "raw/g00000-00001.texts", "raw/g00001-00000.texts", "raw/g00001-00001.texts",
+        "raw/g00002-00000.texts", "raw/g00002-00001.texts", "raw/g00003-00000.texts"] and spool["shards"] == 7
     # a raw file damaged after the read: one error naming it, and the next read redoes that group alone; a spool
     # that a task did not write (a file system that hid the other tasks' records) is written by the next stage
-    damaged = work / "raw" / "g00001-00000.jsonl"
+    damaged = work / "raw" / "g00001-00000.texts"
     damaged.write_bytes(damaged.read_bytes()[:-10])
     (work / "spool.json").unlink()
     with pytest.raises(ValueError, match=f"damaged: {damaged} has"):
@@ -256,9 +256,9 @@ def test_a_source_of_many_files_is_read_in_groups_by_tasks_and_writes_the_same_b
 def test_a_failed_shard_is_the_only_work_a_rerun_redoes(corpus, reference, tmp_path, monkeypatch):
     root = tmp_path / "run"
     work = _work(corpus, root)
-    blocker = work / "clean" / "00003.jsonl"
+    blocker = work / "clean" / "00003.texts"
     blocker.mkdir(parents=True)  # shard 3's output cannot be written, so its worker fails
-    with pytest.raises(OSError, match="00003.jsonl"):
+    with pytest.raises(OSError, match="00003.texts"):
         _prepare(corpus, root, workers=2)
     finished = sorted(p.stem for p in (work / "clean").glob("*.json"))
     assert finished and "00003" not in finished
@@ -316,16 +316,39 @@ def test_a_declared_end_of_text_ends_the_documents_of_both_paths(corpus, tmp_pat
 
 
 def test_a_changed_byte_is_caught_by_the_checksum(tmp_path):
-    data = tmp_path / "clean" / "00000.jsonl"
+    data = tmp_path / "clean" / "00000.texts"
     data.parent.mkdir()
-    data.write_text('"to be"\n"or not"\n', encoding="utf-8")
+    shards._write_texts(data, ["to be", "or not"])
     record = tmp_path / "clean" / "00000.json"
     shards._write_record(record, [data], documents=2)
     assert shards._verify(record)["documents"] == 2
-    data.write_text('"to be"\n"or NOT"\n', encoding="utf-8")  # same size
-    with pytest.raises(ValueError, match=r"00000\.jsonl does not match the sha256 in its record 00000\.json"):
+    shards._write_texts(data, ["to be", "or NOT"])  # same size
+    with pytest.raises(ValueError, match=r"00000\.texts does not match the sha256 in its record 00000\.json"):
         shards._verify(record)
     assert not record.exists()
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 1 << 22])
+def test_a_shard_file_gives_back_any_texts_and_a_cut_one_is_an_error(tmp_path, block):
+    """The shards' own format (texts ended by 0xFF) read in blocks of any size, texts longer than a block
+    included: empty texts, newlines, NUL, 0xFF's character, a lone surrogate (a JSON source can hold one)."""
+    texts = ["", "to be\nor not", "\x00", "\u00ff\xff", "\ud800 alone", "", "long " * 40, "\n"]
+    path = shards._write_texts(tmp_path / "a.texts", texts)
+    assert list(shards._read_texts(path, block)) == texts
+    assert list(shards._read_texts(shards._write_texts(tmp_path / "none.texts", []), block)) == []
+    path.write_bytes(path.read_bytes()[:-1])  # the last text lost its end
+    with pytest.raises(ValueError, match=r"a\.texts ends inside a text: it was cut short"):
+        list(shards._read_texts(path, block))
+
+
+def test_a_work_folder_an_older_lit_llm_left_is_refused_with_the_fix(tmp_path):
+    raw = tmp_path / "raw" / "00000.jsonl"  # the JSON Lines shards of lit_llm before the .texts format
+    raw.parent.mkdir()
+    raw.write_text('"to be"\n', encoding="utf-8")
+    shards._write_record(tmp_path / "spool.json", [raw], shards=1, documents=1, shard_docs=2)
+    work = shards.ShardedPrepare([], Cleaner([]), TokenizerSpec(), False, work=tmp_path, workers=1, shard_docs=2)
+    with pytest.raises(ValueError, match=r"left by an older lit_llm.*raw/00000\.jsonl.*delete .* and run prepare again"):
+        work.shards()
 
 
 def test_the_one_process_path_works_without_datatrove(small_corpus, tmp_path, monkeypatch):

@@ -5,11 +5,11 @@ the shards, and every byte written, depend on the input and never on the number 
 leaving files in the work folder (``prepare.shard_folder``: ``<token folder>.shards<shard_docs>``):
 
 1. read (this process; or, for one local source of many files, one task per group of files: ``read_plan``): the
-   documents, in order, into ``raw/00000.jsonl`` ... (``raw/g00000-00000.jsonl`` ... in groups); record
-   ``spool.json``;
+   documents, in order, into ``raw/00000.texts`` ... (``raw/g00000-00000.texts`` ... in groups; the format is
+   ``_write_texts``'s); record ``spool.json``;
 2. clean (one datatrove task per shard, ``workers`` processes): the per-document cleaning steps; for each
    global step (deduplication) the key of every document that reaches it: its exact digest, or its MinHash
-   signature; ``clean/00000.jsonl`` (the texts that survive), ``clean/00000.npz`` (fates, keys, sizes);
+   signature; ``clean/00000.texts`` (the texts that survive), ``clean/00000.npz`` (fates, keys, sizes);
 3. dedup (this process): the global steps decide, one after another, which survivors are duplicates, as one
    process decides (first occurrence wins): ``dedup_exact`` by sorting the digests (in buckets that
    ``dedup_memory_mb`` bounds), ``dedup_minhash`` document by document; ``keep/00000.npy`` and the cleaning
@@ -41,7 +41,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from lit_llm.data.cleaning import Cleaner, DedupExact, Step, build_steps
 from lit_llm.data.prepare import (
     Built,
-    _read_jsonl,
+    _batches,
     _tokenize,
     end_of_document,
     refuse_empty,
@@ -119,7 +119,7 @@ class ShardedPrepare:
         if not record.is_file():
             raise ValueError(f"{record} is missing: the read stage (prepare --stage read) has not finished for this"
                              " config and shard_docs; run it first")
-        return _read_record(record)["shards"]
+        return _read_spool(self.work)["shards"]
 
     def clean(self, task: int = 0, tasks: int = 1) -> None:
         """Stage 2 for this task's part of the shards (all of them by default), in ``workers`` processes."""
@@ -290,7 +290,7 @@ class _ShardTask(PipelineStep):
 
 
 class CleanShard(_ShardTask):
-    """Stage 2 for one shard: the per-document steps on ``raw/<k>.jsonl``, and the keys the global steps need."""
+    """Stage 2 for one shard: the per-document steps on ``raw/<k>.texts``, and the keys the global steps need."""
 
     name = "clean"
 
@@ -306,21 +306,19 @@ class CleanShard(_ShardTask):
         record = self.work / "clean" / f"{stem}.json"
         if _record_problem(record) is None:  # finished by an earlier run
             return
-        name = raw_name(_read_record(self.work / "spool.json"), rank)
+        name = raw_name(_read_spool(self.work), rank)
         if name.startswith("raw/g"):  # a damaged file of a group: its record goes, so the read redoes that group
             _verify(self.work / "raw" / f"{name[4:10]}.json", [name[4:]])
         _verify(self.work / "spool.json", [name])
-        raw = _read_jsonl(self.work / name)
+        raw = _read_texts(self.work / name)
         with self.track_time(unit="shard"):
             fates, texts, keys = clean_documents(build_steps(self.cleaning), raw)
-        with atomic_path(self.work / "clean" / f"{stem}.jsonl") as path, open(path, "w", encoding="utf-8") as f:
-            for text in texts:
-                f.write(json.dumps(text, ensure_ascii=False))
-                f.write("\n")
+        _write_texts(self.work / "clean" / f"{stem}{TEXTS}", texts)
         with atomic_path(self.work / "clean" / f"{stem}.npz") as path, open(path, "wb") as f:
-            np.savez(f, fate=fates, bytes=np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64),
+            np.savez(f, fate=fates, bytes=np.array([len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts],
+                                                  dtype=np.int64),
                      **{f"keys{j}": _stack(rows) for j, rows in keys.items()})
-        _write_record(record, [record.with_suffix(".jsonl"), record.with_suffix(".npz")], documents=len(fates))
+        _write_record(record, [record.with_suffix(TEXTS), record.with_suffix(".npz")], documents=len(fates))
         self.stat_update("documents", value=len(fates), unit="shard")
         self.stat_update("survivors", value=len(texts), unit="shard")
 
@@ -352,10 +350,7 @@ class TokenizeShard(_ShardTask):
             return  # finished by an earlier run, with this tokenizer
         if os.getpid() != self.parent_pid:  # a worker process, whose thread pool starts at its first encode
             os.environ["RAYON_NUM_THREADS"] = str(self.threads)
-        tok = Tokenizer.from_file(str(self.work / "tokenizer.json"))
-        if tokenizer_hash(tok) != self.tokenizer_sha:
-            raise ValueError(f"{self.work / 'tokenizer.json'} is not the tokenizer this prepare built (was it changed"
-                             f" while prepare ran?); delete {self.work} and run prepare again")
+        tok = _load_tokenizer(self.work / "tokenizer.json", self.tokenizer_sha)
         texts = list(kept_texts(self.work, rank))
         with self.track_time(unit="shard"):
             with atomic_path(record.with_suffix(".bin")) as path:
@@ -367,6 +362,22 @@ class TokenizeShard(_ShardTask):
                       tokenizer_hash=self.tokenizer_sha, tokens=int(lengths.sum()))
         self.stat_update("documents", value=len(texts), unit="shard")
         self.stat_update("tokens", value=int(lengths.sum()), unit="shard")
+
+
+_LOADED: dict[tuple[str, str], Tokenizer] = {}  # this process's tokenizer, by file and hash
+
+
+def _load_tokenizer(path: Path, sha: str) -> Tokenizer:
+    """The tokenizer at ``path``, which must hash to ``sha``; loaded once per process (a worker tokenizes many
+    shards, and a load costs as much as tokenizing 40 KB)."""
+    if (str(path), sha) not in _LOADED:
+        tok = Tokenizer.from_file(str(path))
+        if tokenizer_hash(tok) != sha:
+            raise ValueError(f"{path} is not the tokenizer this prepare built (was it changed while prepare ran?);"
+                             f" delete {path.parent} and run prepare again")
+        _LOADED.clear()
+        _LOADED[(str(path), sha)] = tok
+    return _LOADED[(str(path), sha)]
 
 
 def _run(task: _ShardTask, tasks: int, workers: int, logs: Path, quiet: bool, ranks: Optional[range] = None) -> None:
@@ -435,24 +446,15 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- the stages in this process
 def _spool(docs: Iterator[str], work: Path, shard_docs: int, progress: bool) -> dict[str, Any]:
-    """Stage 1: the documents in their deterministic order into ``raw/<k>.jsonl``, ``shard_docs`` per shard, then
+    """Stage 1: the documents in their deterministic order into ``raw/<k>.texts``, ``shard_docs`` per shard, then
     the record ``spool.json`` (shards, documents, checksums). A complete spool of a killed run is reused; its
     files are checked when a task reads them."""
     record = work / "spool.json"
     if record.is_file():
-        return _read_record(record)
+        return _read_spool(work)
     (work / "raw").mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    documents = 0
-    batch: list[str] = []
-    for text in tqdm(docs, desc="read", unit="doc", disable=not progress, mininterval=1.0):
-        batch.append(text)
-        documents += 1
-        if len(batch) == shard_docs:
-            files.append(_write_texts(work / "raw" / f"{shard_name(len(files))}.jsonl", batch))
-            batch = []
-    if batch:
-        files.append(_write_texts(work / "raw" / f"{shard_name(len(files))}.jsonl", batch))
+    docs = tqdm(docs, desc="read", unit="doc", disable=not progress, mininterval=1.0)
+    files, documents = _write_shards(docs, shard_docs, lambda k: work / "raw" / f"{shard_name(k)}{TEXTS}")
     _write_record(record, files, shards=len(files), documents=documents, shard_docs=shard_docs)
     return _read_record(record)
 
@@ -492,7 +494,7 @@ def read_plan(sources: list[Any], data_dir: Optional[str], encoding_errors: str)
 
 
 class ReadGroup(_ShardTask):
-    """Stage 1 for one group of files (``read_plan``): its documents as shards ``raw/g<group>-<k>.jsonl``, and its
+    """Stage 1 for one group of files (``read_plan``): its documents as shards ``raw/g<group>-<k>.texts``, and its
     record ``raw/g<group>.json``."""
 
     name = "read"
@@ -515,23 +517,18 @@ class ReadGroup(_ShardTask):
             return
         (self.work / "raw").mkdir(parents=True, exist_ok=True)
         source = Source(**self.plan["source"])
-        files: list[Path] = []
-        batch: list[str] = []
-        documents = 0
-        with self.track_time(unit="group"):
+        encoding_errors = self.plan["encoding_errors"]
+
+        def texts() -> Iterator[str]:
             for path in self.plan["groups"][rank]:  # one file at a time: its path as a glob that matches it alone
                 if source.format == "json" and _blank_file(Path(path)):
                     continue  # datasets' json reader fails on a file with no row, which the stream passes over
-                one = dataclasses.replace(source, path=glob.escape(path))
-                for text in iter_documents([one], encoding_errors=self.plan["encoding_errors"]):
-                    batch.append(text)
-                    documents += 1
-                    if len(batch) == self.shard_docs:
-                        files.append(_write_texts(self.work / "raw" / f"{group}-{shard_name(len(files))}.jsonl",
-                                                  batch))
-                        batch = []
-            if batch:
-                files.append(_write_texts(self.work / "raw" / f"{group}-{shard_name(len(files))}.jsonl", batch))
+                yield from iter_documents([dataclasses.replace(source, path=glob.escape(path))],
+                                          encoding_errors=encoding_errors)
+
+        with self.track_time(unit="group"):
+            files, documents = _write_shards(texts(), self.shard_docs,
+                                             lambda k: self.work / "raw" / f"{group}-{shard_name(k)}{TEXTS}")
         _write_record(record, files, documents=documents, sources=self.plan["groups"][rank])
         self.stat_update("documents", value=documents, unit="group")
 
@@ -559,7 +556,7 @@ def _index_groups(work: Path, plan: dict[str, Any], shard_docs: int) -> Optional
     same bytes."""
     record = work / "spool.json"
     if record.is_file():
-        return _read_record(record)
+        return _read_spool(work)
     groups = len(plan["groups"])
     if not all(_group_done(work, plan, g) for g in range(groups)):
         return None
@@ -575,18 +572,63 @@ def _index_groups(work: Path, plan: dict[str, Any], shard_docs: int) -> Optional
     return _read_record(record)
 
 
+def _read_spool(work: Path) -> dict[str, Any]:
+    """The read stage's record ``spool.json``, refused where its shards are in an older lit_llm's format."""
+    spool = _read_record(work / "spool.json")
+    old = [name for name in spool["files"] if not name.endswith(TEXTS)]
+    if old:
+        raise ValueError(f"{work} was left by an older lit_llm, whose shards ({old[0]} ...) this one does not read;"
+                         f" delete {work} and run prepare again")
+    return spool
+
+
 def raw_name(spool: dict[str, Any], k: int) -> str:
     """Shard ``k``'s raw file, relative to the work folder: the read in one process numbers them itself, a read
     in groups lists them in order."""
-    return spool["raw"][k] if "raw" in spool else f"raw/{shard_name(k)}.jsonl"
+    return spool["raw"][k] if "raw" in spool else f"raw/{shard_name(k)}{TEXTS}"
 
 
-def _write_texts(path: Path, texts: list[str]) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+TEXTS = ".texts"  # a shard's documents (_write_texts); JSON Lines cost 3 times as much to write and read back
+
+
+def _write_texts(path: Path, texts: Iterable[str]) -> Path:
+    """``texts`` into the shard file ``path``: each one's UTF-8 followed by the byte 0xFF, which UTF-8 never holds
+    (lone surrogates, which a JSON source can hold, pass as their 3-byte forms), so a text may hold any
+    character, newlines and NUL included."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for text in texts:
-            f.write(json.dumps(text, ensure_ascii=False))
-            f.write("\n")
+            f.write(text.encode("utf-8", "surrogatepass"))
+            f.write(b"\xff")
     return path
+
+
+def _read_texts(path: Path, block: int = 1 << 22) -> Iterator[str]:
+    """The texts of a shard file (``_write_texts``), in order, read in blocks of ``block`` bytes (a text longer
+    than a block is gathered from its pieces)."""
+    pending: list[bytes] = []
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            *ends, rest = chunk.split(b"\xff")
+            if ends:
+                pending.append(ends[0])
+                yield b"".join(pending).decode("utf-8", "surrogatepass")
+                for piece in ends[1:]:
+                    yield piece.decode("utf-8", "surrogatepass")
+                pending = []
+            pending.append(rest)
+    if any(pending):
+        raise ValueError(f"{path} ends inside a text: it was cut short; delete it and run prepare again")
+
+
+def _write_shards(texts: Iterable[str], shard_docs: int, path: Callable[[int], Path]) -> tuple[list[Path], int]:
+    """``texts`` as shard files of ``shard_docs`` texts (the last one short), shard k at ``path(k)``: the files
+    and the number of texts. The read in one process and a read task of a file group both write through here."""
+    files: list[Path] = []
+    documents = 0
+    for batch in _batches(texts, shard_docs):
+        files.append(_write_texts(path(len(files)), batch))
+        documents += len(batch)
+    return files, documents
 
 
 def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: Optional[float] = None
@@ -613,7 +655,7 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
     scratch = work / f"decide-{run}"  # (the work folder, and a killed run's scratch in it, go once published)
     scratch.mkdir(parents=True)
     try:
-        files, info = _decide(work, stems, cleaner, memory_mb, scratch, run)
+        files, info = _decide(work, stems, cleaner, memory_mb, scratch)
     finally:
         cleaner.close()  # the keys on disk are scratch, and so are the fates (no map of them is left open)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -622,15 +664,11 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
     return _read_record(record)
 
 
-def _decide(work: Path, stems: list[str], cleaner: Cleaner, memory_mb: Optional[float], scratch: Path, run: str
+def _decide(work: Path, stems: list[str], cleaner: Cleaner, memory_mb: Optional[float], scratch: Path
             ) -> tuple[list[Path], dict[str, Any]]:
     """``_decide_duplicates``'s work, its scratch in ``scratch``: the keep files written, and the record's info."""
     n = len(cleaner.steps)
-    sizes = []
-    for stem in stems:
-        _verify(work / "clean" / f"{stem}.json")
-        with np.load(work / "clean" / f"{stem}.npz") as z:
-            sizes.append(len(z["fate"]))
+    sizes = [_verify(work / "clean" / f"{stem}.json")["documents"] for stem in stems]
     starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     # each document's fate from the per-document steps (the step that removed it, n if none), and its final fate
     fate, final = _scratch(scratch / "fate.npy", int(starts[-1])), _scratch(scratch / "final.npy", int(starts[-1]))
@@ -641,10 +679,7 @@ def _decide(work: Path, stems: list[str], cleaner: Cleaner, memory_mb: Optional[
     global_steps = [(j, step) for j, (name, step) in enumerate(cleaner.steps) if name in GLOBAL_STEPS]
     # the setting is shared by the steps: the caches of those decided one by one stay open while a sort runs
     share = None if memory_mb is None or not global_steps else memory_mb / len(global_steps)
-    if share is not None:
-        for j, step in global_steps:
-            if not isinstance(step, DedupExact):
-                step.keys.spill(work / "index" / f"seen{j}-{run}.sqlite", share)
+    cleaner.spill(work / "index", memory_mb, sort=(DedupExact,))  # dedup_exact's share bounds its sort's buckets
     buckets = {}  # per dedup_exact step, how many buckets its digests were sorted in
     for j, step in global_steps:
         if isinstance(step, DedupExact):
@@ -762,7 +797,7 @@ def kept_texts(work: Path, k: int) -> Iterator[str]:
     _verify(work / "clean" / f"{stem}.json")
     _verify(work / "dedup.json", [f"keep/{stem}.npy"])
     keep = np.load(work / "keep" / f"{stem}.npy")
-    for text, kept in zip(_read_jsonl(work / "clean" / f"{stem}.jsonl"), keep):
+    for text, kept in zip(_read_texts(work / "clean" / f"{stem}{TEXTS}"), keep):
         if kept:
             yield text
 
