@@ -135,3 +135,16 @@ def test_whitespace_gives_what_its_three_patterns_give_applied_unconditionally(t
     reference = step._spaces.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
     reference = step._blank.sub("\n\n", step._trailing.sub("\n", reference)).strip()
     assert step(text) == reference
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", " ", "\n", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u200b", "\ufeff", "é", "#",
+                                 "~"]), max_size=30).map("".join),
+       st.sampled_from(["", "#", "#é", "\u200b"]))
+def test_remove_control_gives_what_its_table_gives(text, extra):
+    """RemoveControl deletes from ASCII text with bytes.translate (a speed-up); the output is str.translate's with
+    the step's table, ASCII or not, with or without extra characters."""
+    from lit_llm.data.cleaning import RemoveControl
+
+    step = RemoveControl(extra)
+    assert step(text) == text.translate(step._table)
