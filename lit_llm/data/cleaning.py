@@ -340,18 +340,15 @@ class Cleaner:
             count[1] += 1
         return text
 
-    def spill(self, folder: Path, memory_mb: Optional[float], sort: tuple[type, ...] = ()) -> None:
+    def spill(self, folder: Path, memory_mb: Optional[float]) -> None:
         """With ``memory_mb`` (data.dedup_memory_mb), the deduplication steps keep their keys on disk in ``folder``
-        with that much page cache between them, instead of in memory; None leaves them in memory. Steps of the
-        types in ``sort`` keep their keys where they are but take their share (the parallel prepare decides
-        ``dedup_exact`` by sorting its digests in buckets of that size)."""
+        with that much page cache between them, instead of in memory; None leaves them in memory."""
         indexed = [(j, step) for j, (_, step) in enumerate(self.steps) if isinstance(getattr(step, "keys", None),
                                                                                      SeenKeys)]
         if memory_mb is not None:
             run = uuid.uuid4().hex[:12]  # this run's files: another prepare deciding in the same folder keeps its own
             for j, step in indexed:
-                if not isinstance(step, sort):
-                    step.keys.spill(folder / f"seen{j}-{run}.sqlite", memory_mb / len(indexed))
+                step.keys.spill(folder / f"seen{j}-{run}.sqlite", memory_mb / len(indexed))
 
     def close(self) -> None:
         """Forget what the deduplication steps saw (deleting any index on disk)."""

@@ -639,12 +639,11 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
     The steps are decided one after another, each over the documents that reach it (a document removed by an
     earlier global step reaches no later one), which gives one process's answers: whether a document is a
     duplicate at a step depends on the earlier documents that reached that step, never on a later step.
-    ``dedup_exact`` is decided by sorting (``_decide_exact``: every digest once, in buckets of a size that
-    ``memory_mb`` bounds, vectorized); ``dedup_minhash`` document by document through the step's own
-    ``seen``, since whether a document's bands are remembered depends on its own answer; with ``memory_mb``
-    its keys are on disk (SQLite, ``index/``), in that much cache. Sets the cleaner's counts and returns the
-    record ``dedup.json``: documents read and kept, their bytes, the counts. A complete record of a killed run
-    is reused."""
+    Both steps are decided by sorting their keys (``_sorted_runs``: in buckets of at most ``SORT_MB``, or
+    ``memory_mb`` where that is smaller; the steps run one after another, each within it), vectorized: ``dedup_exact`` in ``_decide_exact``, ``dedup_minhash`` in
+    ``_decide_minhash``, which walks in corpus order only the documents that share a band with another. Sets the
+    cleaner's counts and returns the record ``dedup.json``: documents read and kept, their bytes, the counts, the
+    buckets. A complete record of a killed run is reused."""
     record = work / "dedup.json"
     if _record_problem(record) is None:
         info = _read_record(record)
@@ -657,7 +656,7 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
     try:
         files, info = _decide(work, stems, cleaner, memory_mb, scratch)
     finally:
-        cleaner.close()  # the keys on disk are scratch, and so are the fates (no map of them is left open)
+        cleaner.close()  # the fates are scratch (no map of them is left open)
         shutil.rmtree(scratch, ignore_errors=True)
     _write_record(record, files, **info)
     cleaner.counts = info["counts"]
@@ -677,15 +676,13 @@ def _decide(work: Path, stems: list[str], cleaner: Cleaner, memory_mb: Optional[
             fate[starts[k]:starts[k + 1]] = z["fate"]
     final[:] = fate
     global_steps = [(j, step) for j, (name, step) in enumerate(cleaner.steps) if name in GLOBAL_STEPS]
-    # the setting is shared by the steps: the caches of those decided one by one stay open while a sort runs
-    share = None if memory_mb is None or not global_steps else memory_mb / len(global_steps)
-    cleaner.spill(work / "index", memory_mb, sort=(DedupExact,))  # dedup_exact's share bounds its sort's buckets
-    buckets = {}  # per dedup_exact step, how many buckets its digests were sorted in
-    for j, step in global_steps:
-        if isinstance(step, DedupExact):
-            buckets[str(j)] = _decide_exact(work, stems, starts, fate, final, j, share, scratch)
-        else:
-            _decide_in_order(work, stems, starts, fate, final, j, step)
+    buckets = {}  # per global step, how many buckets its keys were sorted in
+    # without the setting the buckets are bounded too: smaller buckets sort faster (a 256 MiB bucket took 1.5 times
+    # as long per document as 16 to 64 MiB ones: benchmarks/dedup_decide.py), and memory stays flat by default
+    budget = max(1024, int(min(SORT_MB if memory_mb is None else memory_mb, SORT_MB) * 2**20))
+    for j, step in global_steps:  # one after another: the setting bounds each sort alone
+        decide = _decide_exact if isinstance(step, DedupExact) else _decide_minhash
+        buckets[str(j)] = decide(work, stems, starts, fate, final, j, step, budget, scratch)
     counts = np.zeros((n, 2), dtype=np.int64)
     read = kept = text_bytes = 0
     (work / "keep").mkdir(parents=True, exist_ok=True)
@@ -713,33 +710,30 @@ def _scratch(path: Path, size: int) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(size,))
 
 
-def _reaching(z: Any, start: int, fate: np.ndarray, final: np.ndarray, j: int, shard: slice
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Shard ``shard``'s documents that reach global step ``j`` (their index in the corpus) and their keys there.
-    A worker computed step j's key for each document that its per-document steps let reach j, in order; of those,
-    the ones an earlier global step removed do not reach it."""
+def _reaching(start: int, fate: np.ndarray, final: np.ndarray, j: int, shard: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Shard ``shard``'s documents that reach global step ``j``: their index in the corpus, and their row in the
+    shard's keys of step j. A worker computed step j's key for each document that its per-document steps let
+    reach j, in order; of those, the ones an earlier global step removed do not reach it."""
     rows = np.flatnonzero(fate[shard] > j)
-    keys = z[f"keys{j}"]
     alive = final[shard][rows] == fate[shard][rows]
-    return rows[alive] + start, keys[alive]
+    return rows[alive] + start, np.flatnonzero(alive)
 
 
-# one document at an exact step: its 16-byte digest as two integers (a sort key), and its index in the corpus
-EXACT_ROW = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("doc", "<i8")])
-SORT_BYTES_PER_KEY = 64  # what a digest costs while its bucket is sorted: the row, the order, the sorted keys
+SORT_MB = 64  # the largest bucket, with or without data.dedup_memory_mb
+SORT_BYTES_PER_COLUMN = 24  # what a row costs while its bucket is sorted, per 8-byte column: the row, its keys
+#                            and their sorted copy, and the order and the documents (one column's worth each)
 
 
-def _decide_exact(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray, j: int,
-                  memory_mb: Optional[float], scratch: Path) -> int:
-    """``dedup_exact`` at step ``j``, by sorting: a document whose digest an earlier document reaching the step
-    had is removed here. The digests go into buckets by their first 8 bytes (one bucket in memory without
-    ``memory_mb``; with it, as many as keep a bucket's sort within that much), written to disk in corpus order;
-    each bucket is sorted by digest (a stable sort: equal digests stay in corpus order) and all but the first of
-    each equal run are duplicates. Returns the number of buckets."""
-    reach = int(sum(int((fate[starts[k]:starts[k + 1]] > j).sum()) for k in range(len(stems))))
-    budget = None if memory_mb is None else max(1024, int(memory_mb * 2**20))
-    buckets = 1 if budget is None else max(1, -(-reach * SORT_BYTES_PER_KEY // budget))
-    paths = [scratch / f"exact{j}-{b}.bin" for b in range(buckets)]
+def _sorted_runs(rows: Iterator[np.ndarray], width: int, reach: int, budget: int, scratch: Path, name: str
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Group equal keys, whatever the corpus size. ``rows`` are uint64 arrays of ``width`` columns, the key's
+    then the document's index, in corpus order; ``reach`` is how many there are in all. They go into buckets by
+    their key's second column (as many as keep one bucket's sort within ``budget`` bytes), on disk in ``scratch``
+    in corpus order; then, bucket by bucket, the documents sorted by key (a
+    stable sort: equal keys stay in corpus order), and for each a flag: its key equals the one before it. Rows
+    with equal keys share a bucket, so every run of equal keys is whole in one bucket."""
+    buckets = max(1, -(-reach * width * SORT_BYTES_PER_COLUMN // budget))
+    paths = [scratch / f"{name}-{b}.bin" for b in range(buckets)]
     pending: list[np.ndarray] = []
     held = 0
 
@@ -747,48 +741,165 @@ def _decide_exact(work: Path, stems: list[str], starts: np.ndarray, fate: np.nda
         nonlocal pending, held
         if not pending:
             return
-        rows = np.concatenate(pending)
+        block = np.concatenate(pending)
         pending, held = [], 0
-        bucket = rows["k0"] % buckets
+        bucket = block[:, 1] % buckets
         order = np.argsort(bucket, kind="stable")  # corpus order kept within each bucket
         bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
         for b in range(buckets):
             if bounds[b] < bounds[b + 1]:
                 with open(paths[b], "ab") as f:
-                    rows[order[bounds[b]:bounds[b + 1]]].tofile(f)
+                    block[order[bounds[b]:bounds[b + 1]]].tofile(f)
 
-    for k, stem in enumerate(stems):
-        with np.load(work / "clean" / f"{stem}.npz") as z:
-            docs, keys = _reaching(z, int(starts[k]), fate, final, j, slice(starts[k], starts[k + 1]))
-        rows = np.empty(len(docs), dtype=EXACT_ROW)
-        pairs = np.ascontiguousarray(keys, dtype=np.uint8).view("<u8").reshape(-1, 2)
-        rows["k0"], rows["k1"], rows["doc"] = pairs[:, 0], pairs[:, 1], docs
-        pending.append(rows)
-        held += rows.nbytes
-        if budget is None or held * 2 >= budget:  # the buffer, and its copy while it is cut into buckets
+    for block in rows:
+        pending.append(block)
+        held += block.nbytes
+        if held * 2 >= budget:  # the buffer, and its copy while it is cut into buckets
             flush()
     flush()
     for path in paths:
+        if path.is_file():
+            block = np.fromfile(path, dtype=np.uint64).reshape(-1, width)
+            path.unlink()
+            # each key as one opaque value of its bytes: a stable sort of those (equal keys stay in corpus order) is
+            # 4 times as fast as np.lexsort over a band's 14 columns, and as fast over a digest's 2
+            keys = np.ascontiguousarray(block[:, : width - 1]).view(np.dtype((np.void, 8 * (width - 1)))).ravel()
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+            repeat = np.zeros(len(block), dtype=bool)
+            repeat[1:] = keys[1:] == keys[:-1]
+            del keys
+            yield block[order, width - 1], repeat
+
+
+def _reaching_rows(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray, j: int,
+                   rows: Callable[[np.ndarray, np.ndarray], np.ndarray], doc_bytes: int, budget: int
+                   ) -> Iterator[np.ndarray]:
+    """``rows(docs, keys)`` for the documents that reach step ``j``, in corpus order, in blocks of at most an
+    eighth of ``budget`` bytes (``doc_bytes`` a document), beside one shard's keys as the clean stage stored them."""
+    chunk = max(1, budget // 8 // doc_bytes)
+    for k, stem in enumerate(stems):
+        docs, which = _reaching(int(starts[k]), fate, final, j, slice(starts[k], starts[k + 1]))
+        with np.load(work / "clean" / f"{stem}.npz") as z:
+            keys = z[f"keys{j}"]
+        for at in range(0, len(docs), chunk):
+            yield rows(docs[at : at + chunk], keys[which[at : at + chunk]])
+
+
+def _reach(stems: list[str], starts: np.ndarray, fate: np.ndarray, j: int) -> int:
+    """An upper bound on the documents that reach step ``j`` (the per-document steps let them; an earlier global
+    step may have removed some): what sizes the buckets."""
+    return int(sum(int((fate[starts[k]:starts[k + 1]] > j).sum()) for k in range(len(stems))))
+
+
+def _decide_exact(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray, j: int,
+                  step: DedupExact, budget: int, scratch: Path) -> int:
+    """``dedup_exact`` at step ``j``: a document whose digest an earlier document reaching the step had is removed
+    here: every row of a run of equal digests but the first. Returns the number of buckets."""
+
+    def rows(docs: np.ndarray, keys: np.ndarray) -> np.ndarray:  # the 16-byte digest as two columns, the document
+        digest = np.ascontiguousarray(keys, dtype=np.uint8).view("<u8").reshape(-1, 2)
+        return np.column_stack([digest, docs.astype(np.uint64)])
+
+    reach, buckets = _reach(stems, starts, fate, j), 0
+    blocks = _reaching_rows(work, stems, starts, fate, final, j, rows, 24, budget)
+    for docs, repeat in _sorted_runs(blocks, 3, reach, budget, scratch, f"exact{j}"):
+        final[np.sort(docs[repeat].astype(np.int64))] = j
+        buckets += 1
+    return max(1, buckets)
+
+
+def _decide_minhash(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray, j: int,
+                    step: Any, budget: int, scratch: Path) -> int:
+    """``dedup_minhash`` at step ``j``, as its ``seen`` decides one document after another (a document is removed
+    when one of its bands equals that band of an earlier *kept* document; a kept document's bands are
+    remembered, a removed one's are not), without holding the bands. Rows are (band, its values, document),
+    sorted in buckets; a run of equal rows is a group of documents that share a band. A document in no group of
+    two or more shares no band with any other: it is kept. The others, each with its groups (written to disk as
+    (document, group) pairs), are walked in corpus order: removed if one of its groups already holds a kept
+    document, else kept and its groups marked. Returns the number of buckets."""
+    bands = step.bands
+    width = bands[0][1] - bands[0][0]
+    if any(end - start != width for start, end in bands):
+        raise ValueError(f"dedup_minhash's bands differ in width ({bands}); the sort needs bands of one width")
+
+    def rows(docs: np.ndarray, keys: np.ndarray) -> np.ndarray:  # one row per (document, band)
+        out = np.empty((len(docs), len(bands), width + 2), dtype=np.uint64)
+        if not len(docs):  # (a shard with no signature stores them as shape (0, 0))
+            return out.reshape(0, width + 2)
+        for i, (start, end) in enumerate(bands):
+            out[:, i, 0] = i
+            out[:, i, 1 : width + 1] = keys[:, start:end]
+        out[:, :, width + 1] = docs[:, None]
+        return out.reshape(-1, width + 2)
+
+    reach = _reach(stems, starts, fate, j) * len(bands)
+    pairs_path = scratch / f"minhash{j}-pairs.bin"
+    groups = buckets = 0
+    with open(pairs_path, "wb") as pairs:
+        blocks = _reaching_rows(work, stems, starts, fate, final, j, rows, len(bands) * (width + 2) * 8, budget)
+        for docs, repeat in _sorted_runs(blocks, width + 2, reach, budget, scratch, f"minhash{j}"):
+            buckets += 1
+            run = np.cumsum(~repeat) - 1  # each row's run, numbered in this bucket
+            shared = np.bincount(run)[run] > 1
+            ids, group = np.unique(run[shared], return_inverse=True)  # the runs of two or more, numbered 0, 1, ...
+            np.column_stack([docs[shared], group.astype(np.uint64) + groups]).tofile(pairs)
+            groups += len(ids)
+    removed = _walk_groups(pairs_path, groups, int(starts[-1]), budget, scratch / f"minhash{j}")
+    pairs_path.unlink()
+    final[removed] = j
+    return max(1, buckets)
+
+
+WALK_BYTES_PER_PAIR = 128  # a (document, group) pair while its range is sorted and walked (Python ints included)
+
+
+def _walk_groups(pairs_path: Path, groups: int, documents: int, budget: int, prefix: Path) -> np.ndarray:
+    """The documents removed by the walk of ``_decide_minhash``, sorted. ``pairs_path`` holds (document, group)
+    rows in any order, for documents below ``documents``; they are cut into ranges of documents (as many as keep
+    one range's walk within ``budget`` bytes), each sorted and walked in document order. A group's mark is one byte,
+    memory-mapped on disk where the groups outgrow the setting."""
+    n = pairs_path.stat().st_size // 16
+    if groups <= budget // 4:
+        marked = np.zeros(groups, dtype=np.uint8)
+    else:
+        marked = np.lib.format.open_memmap(prefix.with_name(prefix.name + "-marks.npy"), mode="w+", dtype=np.uint8,
+                                           shape=(groups,))
+    ranges = max(1, -(-n * WALK_BYTES_PER_PAIR // budget))
+    span = max(1, -(-documents // ranges))
+    paths = [prefix.with_name(f"{prefix.name}-docs{r}.bin") for r in range(ranges)]
+    for block in _blocks(pairs_path, budget):
+        part = block[:, 0] // span
+        for r in np.unique(part).tolist():
+            with open(paths[r], "ab") as f:
+                block[part == r].tofile(f)
+    removed: list[int] = []
+    for path in paths:
         if not path.is_file():
             continue
-        rows = np.fromfile(path, dtype=EXACT_ROW)
-        order = np.lexsort((rows["k1"], rows["k0"]))  # stable: equal digests in corpus order
-        k0, k1 = rows["k0"][order], rows["k1"][order]
-        repeat = np.zeros(len(rows), dtype=bool)
-        repeat[1:] = (k0[1:] == k0[:-1]) & (k1[1:] == k1[:-1])
-        final[np.sort(rows["doc"][order[repeat]])] = j
+        block = np.fromfile(path, dtype=np.uint64).reshape(-1, 2)
         path.unlink()
-    return buckets
+        block = block[np.lexsort((block[:, 1], block[:, 0]))]  # by document, then group
+        docs, gids = block[:, 0].tolist(), block[:, 1].tolist()
+        ends = np.flatnonzero(np.diff(block[:, 0])).tolist() + [len(docs) - 1]
+        del block
+        first = 0
+        for last in ends:
+            own = gids[first : last + 1]
+            if any(marked[g] for g in own):
+                removed.append(docs[first])
+            else:
+                marked[own] = 1
+            first = last + 1
+    return np.array(removed, dtype=np.int64)
 
 
-def _decide_in_order(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray,
-                     j: int, step: Any) -> None:
-    """A global step that is decided document by document, in corpus order, by its own ``seen``."""
-    for k, stem in enumerate(stems):
-        with np.load(work / "clean" / f"{stem}.npz") as z:
-            docs, keys = _reaching(z, int(starts[k]), fate, final, j, slice(starts[k], starts[k + 1]))
-        removed = [doc for doc, key in zip(docs.tolist(), keys) if step.seen(key)]
-        final[removed] = j
+def _blocks(path: Path, budget: int) -> Iterator[np.ndarray]:
+    """The (document, group) rows of ``path`` in blocks of at most a quarter of ``budget`` bytes."""
+    n = path.stat().st_size // 16
+    step = max(1, budget // 4 // 16)
+    for start in range(0, n, step):
+        yield np.fromfile(path, dtype=np.uint64, count=min(step, n - start) * 2, offset=start * 16).reshape(-1, 2)
 
 
 def kept_texts(work: Path, k: int) -> Iterator[str]:
