@@ -1,5 +1,6 @@
 """Token shards that stream (data.stream, litdata): ranks read disjoint chunks that cover the train split once,
-each copying only its own chunks; a damaged chunk is one error naming it. The resumed run is in
+each copying only its own chunks; a damaged chunk is one error naming it; chunks in an object store (an S3
+endpoint of moto's) stream as a folder's do. The resumed run is in
 tests/test_training.py::test_a_run_on_streaming_shards_resumes_at_the_next_unseen_batch."""
 
 import json
@@ -152,3 +153,50 @@ def test_the_download_thread_deleting_a_chunk_while_the_reader_closes_it_is_no_e
     if locked:  # and it pickles into a worker process with a lock of its own
         copy = pickle.loads(pickle.dumps(loader))
         assert copy._lock is not loader._lock and copy._lock.acquire(blocking=False)
+
+
+@pytest.fixture
+def object_store(monkeypatch):
+    """An S3 endpoint on this machine: moto's threaded server, a real HTTP server speaking the S3 protocol, with a
+    bucket ``corpus``. boto3 and obstore (litdata's two S3 clients) find it through AWS_ENDPOINT_URL. litdata
+    gives obstore fixed client options that refuse plain http, which only a local endpoint uses, so the test adds
+    allow_http to them."""
+    moto_server = pytest.importorskip("moto.server", reason="the object store test needs moto: pip install -e '.[dev]'")
+    import boto3
+    import litdata.streaming.downloader as downloader
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(downloader, "_OBSTORE_CLIENT_OPTIONS", {**downloader._OBSTORE_CLIENT_OPTIONS, "allow_http": True})
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="corpus")
+    yield s3
+    server.stop()
+
+
+@pytest.mark.slow  # litdata.optimize starts a worker process
+def test_chunks_written_to_an_object_store_stream_back_as_the_folders_do(streamed, object_store, tmp_path):
+    """data.stream_dir: s3://...: the train split's chunks are written to the bucket (litdata.optimize), with the
+    lit_llm.json that says what they were cut from; a rank streams them through its node cache in the very order
+    the local folder gives for the same seed; a second write finds them finished and leaves them; chunks of other
+    blocks at that URL are refused."""
+    dm, folder = streamed
+    url = "s3://corpus/shakespeare"
+    assert stream.write_stream(dm.token_dir, BLOCK, url, chunk_blocks=8) == url
+    keys = {o["Key"] for o in object_store.list_objects_v2(Bucket="corpus")["Contents"]}
+    chunks = {c["filename"] for c in json.loads((stream.Path(folder) / "index.json").read_text())["chunks"]}
+    assert keys == {f"shakespeare/{name}" for name in chunks | {"index.json", stream.ORIGIN}}
+    remote = [b[0].numpy().tobytes() for b in stream.stream_loader(url, BLOCK, 1, seed=3, num_workers=0,
+                                                                    cache_dir=str(tmp_path / "node0"))]
+    local = [b[0].numpy().tobytes() for b in stream.stream_loader(folder, BLOCK, 1, seed=3, num_workers=0)]
+    assert remote == local and len(local) > 100
+    assert {p.name for p in (tmp_path / "node0").rglob("chunk-*.bin")} == chunks  # copied down, one rank: all
+    before = object_store.head_object(Bucket="corpus", Key="shakespeare/index.json")["LastModified"]
+    assert stream.write_stream(dm.token_dir, BLOCK, url, chunk_blocks=8) == url  # finished: not written again
+    assert object_store.head_object(Bucket="corpus", Key="shakespeare/index.json")["LastModified"] == before
+    with pytest.raises(ValueError, match=f"data.stream_dir {url} holds chunks of other tokens or blocks"):
+        stream.write_stream(dm.token_dir, BLOCK + 1, url, chunk_blocks=8)
