@@ -117,6 +117,8 @@ def main() -> None:
                    help="µs per document of dedup_exact in bounded memory (benchmarks/dedup_decide.py's sort_buckets"
                         " at 4 million documents, 16 MiB)")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="lit_llm_prepare_slurm"))
     corpus = work / "corpus.jsonl"

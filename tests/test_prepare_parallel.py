@@ -106,8 +106,10 @@ def test_the_dedup_decision_removes_what_one_process_removes_document_by_documen
             "dedup_exact"]
     rng = np.random.default_rng(0)
     digests = rng.integers(0, 256, (900, 16), dtype=np.uint8)
-    digests[1, :8] = digests[0, :8]  # two digests alike in their first 8 bytes (the bucket's) but not the rest
+    digests[1, :8] = digests[0, :8]  # two digests alike in their first 8 bytes but not the rest,
+    digests[3, 8:] = digests[2, 8:]  # and two in their last 8 (the column the buckets are chosen by)
     bands = rng.integers(0, 2**32, (2, 700, 8), dtype=np.uint64)  # num_perm 16: 2 bands of 8, each from its pool
+    bands[0, 1, 0] = bands[0, 0, 0]  # two bands alike in their first value (the buckets' column) but not the rest
     work, sizes = tmp_path / "work", [700, 0, 650, 1, 900, 1000, 749]
     (work / "clean").mkdir(parents=True)
     corpus = []  # per document: its fate from the per-document steps and its keys at steps 1, 2 and 4
@@ -147,6 +149,40 @@ def test_the_dedup_decision_removes_what_one_process_removes_document_by_documen
     assert record["kept"] == int((expected == 5).sum())
     assert all((record["buckets"][j] > 10) == (memory_mb is not None) for j in "124")
     assert not list(work.glob("decide*"))
+
+
+def test_the_minhash_walk_halves_a_range_where_near_duplicates_cluster(tmp_path, monkeypatch):
+    """The walk's ranges of documents are cut as if the pairs were spread evenly; where they cluster (here all in
+    300 of 100,000 documents), a range over the budget is halved until it fits: with 1 KiB (8 pairs), no walk loads
+    more than 8 pairs, and the documents removed are those of one walk over all pairs in memory."""
+    rng = np.random.default_rng(1)
+    docs = np.repeat(np.arange(10, 310, dtype=np.uint64), 2)
+    pairs = np.column_stack([docs, rng.integers(0, 60, len(docs)).astype(np.uint64)])
+    pairs = pairs[rng.permutation(len(pairs))]  # in any order, as the buckets write them
+    path = tmp_path / "pairs.bin"
+    pairs.tofile(path)
+    marked, expected = set(), []  # the walk, written out
+    for doc in range(10, 310):
+        own = {int(g) for d, g in pairs if d == doc}
+        if own & marked:
+            expected.append(doc)
+        else:
+            marked |= own
+    loaded = []
+    real = np.fromfile
+
+    def fromfile(file, *args, **kwargs):  # note the size of every whole-file read (a walk's)
+        out = real(file, *args, **kwargs)
+        if "count" not in kwargs:
+            loaded.append(len(out) // 2)
+        return out
+
+    monkeypatch.setattr(np, "fromfile", fromfile)
+    final = np.full(100_000, 9, dtype=np.int32)
+    shards._walk_groups(path, 60, 100_000, 1024, tmp_path / "walk", final, 4)
+    assert np.flatnonzero(final == 4).tolist() == expected and 0 < len(expected) < 300
+    assert max(loaded) <= 1024 // shards.WALK_BYTES_PER_PAIR and sum(loaded) == len(pairs)
+    assert not list(tmp_path.iterdir())  # the pairs and the ranges' files are gone (60 marks: in memory)
 
 
 def test_keys_on_disk_answer_as_the_set_does_beyond_their_cache(tmp_path):
@@ -336,11 +372,11 @@ def test_a_changed_byte_is_caught_by_the_checksum(tmp_path):
 def test_a_shard_file_gives_back_any_texts_and_a_cut_one_is_an_error(tmp_path, block):
     """The shards' own format (texts ended by 0xFF) read in blocks of any size, texts longer than a block
     included: empty texts, newlines, NUL, 0xFF's character, a lone surrogate (a JSON source can hold one)."""
-    texts = ["", "to be\nor not", "\x00", "\u00ff\xff", "\ud800 alone", "", "long " * 40, "\n"]
+    texts = ["", "to be\nor not", "\x00", "\u00ff\xff", "\ud800 alone", "", "long " * 40, "\n"]  # last: not empty
     path = shards._write_texts(tmp_path / "a.texts", texts)
     assert list(shards._read_texts(path, block)) == texts
     assert list(shards._read_texts(shards._write_texts(tmp_path / "none.texts", []), block)) == []
-    path.write_bytes(path.read_bytes()[:-1])  # the last text lost its end
+    path.write_bytes(path.read_bytes()[:-1])  # the last text lost its end (a cut after it is the record's to see)
     with pytest.raises(ValueError, match=r"a\.texts ends inside a text: it was cut short"):
         list(shards._read_texts(path, block))
 

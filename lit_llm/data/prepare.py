@@ -265,7 +265,8 @@ def prepare(
     ``workers`` = 1 runs in this process; N > 1 (0: every core) cleans and tokenizes shards of ``shard_docs``
     documents in N processes and resumes a killed run from the shards it finished. Neither changes a byte of
     the output, so neither is part of the folder's name. Nor is ``dedup_memory_mb``: with it the deduplication
-    steps keep what they saw on disk, in that much page cache, and decide the same.
+    steps keep what they saw on disk, in that much page cache (``workers`` = 1), or sort their keys in buckets of
+    at most that size (the parallel path), and decide the same.
 
     ``stage`` runs one stage of the parallel path alone and returns its work folder: ``dedup`` (with the
     tokenizer), ``clean`` / ``tokenize`` / ``split`` for shards part ``task`` of ``tasks`` (a SLURM array task's
@@ -499,13 +500,17 @@ def _tokenize(tok, texts: Iterable[str], dst: Path, dtype, eos: Optional[int], n
                 # .ids builds a new list at each access: read each once, then one array and one write per batch
                 # (an array and a write per document took twice as long, 0.02 s/MB, on 4.6 KB documents)
                 ids = [e.ids for e in encodings]
-                docs = [list(itertools.chain.from_iterable(ids))] if by_line else ids
-                for d in docs:
-                    d.extend(tail)
-                n = [len(d) for d in docs]
-                lengths[i : i + len(docs)] = n
-                i += len(docs)
-                np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=sum(n)).tofile(out)
+                if by_line:  # one document: its lines' ids, then the tail
+                    n = [sum(len(d) for d in ids) + len(tail)]
+                    docs = itertools.chain(itertools.chain.from_iterable(ids), tail)
+                else:
+                    for d in ids:
+                        d.extend(tail)
+                    n = [len(d) for d in ids]
+                    docs = itertools.chain.from_iterable(ids)
+                lengths[i : i + len(n)] = n
+                i += len(n)
+                np.fromiter(docs, dtype=dtype, count=sum(n)).tofile(out)
             bar.update(len(batch))
     return lengths
 

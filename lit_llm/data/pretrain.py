@@ -126,10 +126,10 @@ class PretrainDataModule(L.LightningDataModule):
             for any value (docs/data.md).
         shard_docs: documents per shard when ``workers`` is not 1. Shards are cut from the input, never by the
             number of workers; this only sets the unit of work and of resume.
-        dedup_memory_mb: with a number, deduplication holds about that many MiB whatever the corpus: the steps
-            keep their keys on disk (SQLite, beside the output) with that much cache, except ``dedup_exact`` with
-            ``workers`` other than 1, which sorts its digests in buckets of that size; null keeps them in memory
-            (faster while they fit). The same documents are removed either way.
+        dedup_memory_mb: with a number, deduplication holds about that many MiB whatever the corpus: with
+            ``workers: 1`` the steps keep their keys on disk (SQLite, beside the output) with that much cache;
+            otherwise they sort their keys in buckets of at most that size (64 MiB without it). null keeps the
+            one-process path's keys in memory (faster while they fit). The same documents are removed either way.
         stream: train from token shards that stream (litdata chunks of the train split, ``lit_llm.data.stream``):
             each rank reads only the chunks it trains on, and the loader's position is in every checkpoint (needs
             ``lit_llm[stream]``).

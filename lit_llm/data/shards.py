@@ -11,8 +11,8 @@ leaving files in the work folder (``prepare.shard_folder``: ``<token folder>.sha
    global step (deduplication) the key of every document that reaches it: its exact digest, or its MinHash
    signature; ``clean/00000.texts`` (the texts that survive), ``clean/00000.npz`` (fates, keys, sizes);
 3. dedup (this process): the global steps decide, one after another, which survivors are duplicates, as one
-   process decides (first occurrence wins): ``dedup_exact`` by sorting the digests (in buckets that
-   ``dedup_memory_mb`` bounds), ``dedup_minhash`` document by document; ``keep/00000.npy`` and the cleaning
+   process decides (first occurrence wins), each by sorting its keys in buckets that ``dedup_memory_mb``
+   bounds (``dedup_minhash`` then walks the documents that share a band); ``keep/00000.npy`` and the cleaning
    counts, in ``dedup.json``;
 4. tokenizer (this process): trained once on the kept texts, in order (its trainer uses every core);
 5. tokenize (one task per shard): ``tokens/00000.bin`` and the tokens per document beside it;
@@ -569,7 +569,7 @@ def _index_groups(work: Path, plan: dict[str, Any], shard_docs: int) -> Optional
         documents += info["documents"]
     write_text_atomic(record, json.dumps({"files": files, "shards": len(files), "documents": documents,
                                           "shard_docs": shard_docs, "raw": list(files)}, indent=1))
-    return _read_record(record)
+    return _read_spool(work)
 
 
 def _read_spool(work: Path) -> dict[str, Any]:
@@ -592,9 +592,9 @@ TEXTS = ".texts"  # a shard's documents (_write_texts); JSON Lines cost 3 times 
 
 
 def _write_texts(path: Path, texts: Iterable[str]) -> Path:
-    """``texts`` into the shard file ``path``: each one's UTF-8 followed by the byte 0xFF, which UTF-8 never holds
-    (lone surrogates, which a JSON source can hold, pass as their 3-byte forms), so a text may hold any
-    character, newlines and NUL included."""
+    """``texts`` into the shard file ``path``: each one's UTF-8 followed by the byte 0xFF, which UTF-8 never holds,
+    so a text may hold any character, newlines and NUL included (and a lone surrogate passes unchanged, as its
+    3-byte form)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for text in texts:
             f.write(text.encode("utf-8", "surrogatepass"))
@@ -604,10 +604,13 @@ def _write_texts(path: Path, texts: Iterable[str]) -> Path:
 
 def _read_texts(path: Path, block: int = 1 << 22) -> Iterator[str]:
     """The texts of a shard file (``_write_texts``), in order, read in blocks of ``block`` bytes (a text longer
-    than a block is gathered from its pieces)."""
+    than a block is gathered from its pieces). A file cut inside a text is an error; one cut just after a text's
+    end reads as fewer texts, which only the shard's record (its size and sha256, checked before a read) tells."""
     pending: list[bytes] = []
+    last = b"\xff"  # the file's last byte (an empty file is whole)
     with open(path, "rb") as f:
         while chunk := f.read(block):
+            last = chunk[-1:]
             *ends, rest = chunk.split(b"\xff")
             if ends:
                 pending.append(ends[0])
@@ -616,7 +619,7 @@ def _read_texts(path: Path, block: int = 1 << 22) -> Iterator[str]:
                     yield piece.decode("utf-8", "surrogatepass")
                 pending = []
             pending.append(rest)
-    if any(pending):
+    if last != b"\xff":
         raise ValueError(f"{path} ends inside a text: it was cut short; delete it and run prepare again")
 
 
@@ -640,10 +643,11 @@ def _decide_duplicates(work: Path, n_shards: int, cleaner: Cleaner, memory_mb: O
     earlier global step reaches no later one), which gives one process's answers: whether a document is a
     duplicate at a step depends on the earlier documents that reached that step, never on a later step.
     Both steps are decided by sorting their keys (``_sorted_runs``: in buckets of at most ``SORT_MB``, or
-    ``memory_mb`` where that is smaller; the steps run one after another, each within it), vectorized: ``dedup_exact`` in ``_decide_exact``, ``dedup_minhash`` in
-    ``_decide_minhash``, which walks in corpus order only the documents that share a band with another. Sets the
-    cleaner's counts and returns the record ``dedup.json``: documents read and kept, their bytes, the counts, the
-    buckets. A complete record of a killed run is reused."""
+    ``memory_mb`` where that is smaller; the steps run one after another, each within it), vectorized:
+    ``dedup_exact`` in ``_decide_exact``, ``dedup_minhash`` in ``_decide_minhash``, which walks in corpus order
+    only the documents that share a band with another. Sets the cleaner's counts and returns the record
+    ``dedup.json``: documents read and kept, their bytes, the counts, the buckets per step. A complete record of
+    a killed run is reused."""
     record = work / "dedup.json"
     if _record_problem(record) is None:
         info = _read_record(record)
@@ -724,15 +728,24 @@ SORT_BYTES_PER_COLUMN = 24  # what a row costs while its bucket is sorted, per 8
 #                            and their sorted copy, and the order and the documents (one column's worth each)
 
 
-def _sorted_runs(rows: Iterator[np.ndarray], width: int, reach: int, budget: int, scratch: Path, name: str
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _buckets(reach: int, width: int, budget: int) -> int:
+    """How many buckets ``reach`` rows of ``width`` columns take for one bucket's sort to fit ``budget`` bytes."""
+    return max(1, -(-reach * width * SORT_BYTES_PER_COLUMN // budget))
+
+
+def _sorted_runs(rows: Iterator[np.ndarray], width: int, reach: int, budget: int, scratch: Path, name: str,
+                 on_repeat: Optional[Callable[[np.ndarray], None]] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Group equal keys, whatever the corpus size. ``rows`` are uint64 arrays of ``width`` columns, the key's
     then the document's index, in corpus order; ``reach`` is how many there are in all. They go into buckets by
     their key's second column (as many as keep one bucket's sort within ``budget`` bytes), on disk in ``scratch``
     in corpus order; then, bucket by bucket, the documents sorted by key (a
     stable sort: equal keys stay in corpus order), and for each a flag: its key equals the one before it. Rows
-    with equal keys share a bucket, so every run of equal keys is whole in one bucket."""
-    buckets = max(1, -(-reach * width * SORT_BYTES_PER_COLUMN // budget))
+    with equal keys share a bucket, so every run of equal keys is whole in one bucket. With ``on_repeat``, a row
+    whose key an earlier row of the same buffer has is handed to it (its documents) instead of a bucket: where
+    only the first of equal keys matters (``dedup_exact``), a document repeated a million times then costs a
+    bucket one row per buffer, not a million. (Without it, a key held by more rows than a bucket's share is sorted
+    in memory whole: MinHash groups need every member.)"""
+    buckets = _buckets(reach, width, budget)
     paths = [scratch / f"{name}-{b}.bin" for b in range(buckets)]
     pending: list[np.ndarray] = []
     held = 0
@@ -743,6 +756,13 @@ def _sorted_runs(rows: Iterator[np.ndarray], width: int, reach: int, budget: int
             return
         block = np.concatenate(pending)
         pending, held = [], 0
+        if on_repeat is not None:
+            keys = np.ascontiguousarray(block[:, : width - 1]).view(np.dtype((np.void, 8 * (width - 1)))).ravel()
+            first = np.zeros(len(block), dtype=bool)
+            first[np.unique(keys, return_index=True)[1]] = True  # the first of equal keys, in corpus order
+            del keys
+            on_repeat(block[~first, width - 1])
+            block = block[first]
         bucket = block[:, 1] % buckets
         order = np.argsort(bucket, kind="stable")  # corpus order kept within each bucket
         bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
@@ -754,7 +774,7 @@ def _sorted_runs(rows: Iterator[np.ndarray], width: int, reach: int, budget: int
     for block in rows:
         pending.append(block)
         held += block.nbytes
-        if held * 2 >= budget:  # the buffer, and its copy while it is cut into buckets
+        if held * (4 if on_repeat else 2) >= budget:  # the buffer and its copy (and on_repeat's sort of it)
             flush()
     flush()
     for path in paths:
@@ -801,12 +821,14 @@ def _decide_exact(work: Path, stems: list[str], starts: np.ndarray, fate: np.nda
         digest = np.ascontiguousarray(keys, dtype=np.uint8).view("<u8").reshape(-1, 2)
         return np.column_stack([digest, docs.astype(np.uint64)])
 
-    reach, buckets = _reach(stems, starts, fate, j), 0
+    def remove(docs: np.ndarray) -> None:
+        final[np.sort(docs.astype(np.int64))] = j
+
+    reach = _reach(stems, starts, fate, j)
     blocks = _reaching_rows(work, stems, starts, fate, final, j, rows, 24, budget)
-    for docs, repeat in _sorted_runs(blocks, 3, reach, budget, scratch, f"exact{j}"):
-        final[np.sort(docs[repeat].astype(np.int64))] = j
-        buckets += 1
-    return max(1, buckets)
+    for docs, repeat in _sorted_runs(blocks, 3, reach, budget, scratch, f"exact{j}", on_repeat=remove):
+        remove(docs[repeat])
+    return _buckets(reach, 3, budget)
 
 
 def _decide_minhash(work: Path, stems: list[str], starts: np.ndarray, fate: np.ndarray, final: np.ndarray, j: int,
@@ -835,30 +857,29 @@ def _decide_minhash(work: Path, stems: list[str], starts: np.ndarray, fate: np.n
 
     reach = _reach(stems, starts, fate, j) * len(bands)
     pairs_path = scratch / f"minhash{j}-pairs.bin"
-    groups = buckets = 0
+    groups = 0
     with open(pairs_path, "wb") as pairs:
         blocks = _reaching_rows(work, stems, starts, fate, final, j, rows, len(bands) * (width + 2) * 8, budget)
         for docs, repeat in _sorted_runs(blocks, width + 2, reach, budget, scratch, f"minhash{j}"):
-            buckets += 1
             run = np.cumsum(~repeat) - 1  # each row's run, numbered in this bucket
             shared = np.bincount(run)[run] > 1
             ids, group = np.unique(run[shared], return_inverse=True)  # the runs of two or more, numbered 0, 1, ...
             np.column_stack([docs[shared], group.astype(np.uint64) + groups]).tofile(pairs)
             groups += len(ids)
-    removed = _walk_groups(pairs_path, groups, int(starts[-1]), budget, scratch / f"minhash{j}")
-    pairs_path.unlink()
-    final[removed] = j
-    return max(1, buckets)
+    _walk_groups(pairs_path, groups, int(starts[-1]), budget, scratch / f"minhash{j}", final, j)
+    return _buckets(reach, width + 2, budget)
 
 
 WALK_BYTES_PER_PAIR = 128  # a (document, group) pair while its range is sorted and walked (Python ints included)
 
 
-def _walk_groups(pairs_path: Path, groups: int, documents: int, budget: int, prefix: Path) -> np.ndarray:
-    """The documents removed by the walk of ``_decide_minhash``, sorted. ``pairs_path`` holds (document, group)
-    rows in any order, for documents below ``documents``; they are cut into ranges of documents (as many as keep
-    one range's walk within ``budget`` bytes), each sorted and walked in document order. A group's mark is one byte,
-    memory-mapped on disk where the groups outgrow the setting."""
+def _walk_groups(pairs_path: Path, groups: int, documents: int, budget: int, prefix: Path, final: np.ndarray,
+                 j: int) -> None:
+    """The walk of ``_decide_minhash``: sets ``final`` to ``j`` for the documents it removes. ``pairs_path`` holds
+    (document, group) rows in any order, for documents below ``documents``; they are cut into ranges of documents
+    (as many as would keep one range's walk within ``budget`` bytes were the pairs spread evenly, and a range that
+    still holds too many, where near-duplicates cluster, is halved until it fits), each sorted and walked in
+    document order. A group's mark is one byte, memory-mapped on disk where the groups outgrow the budget."""
     n = pairs_path.stat().st_size // 16
     if groups <= budget // 4:
         marked = np.zeros(groups, dtype=np.uint8)
@@ -867,23 +888,26 @@ def _walk_groups(pairs_path: Path, groups: int, documents: int, budget: int, pre
                                            shape=(groups,))
     ranges = max(1, -(-n * WALK_BYTES_PER_PAIR // budget))
     span = max(1, -(-documents // ranges))
-    paths = [prefix.with_name(f"{prefix.name}-docs{r}.bin") for r in range(ranges)]
-    for block in _blocks(pairs_path, budget):
-        part = block[:, 0] // span
-        for r in np.unique(part).tolist():
-            with open(paths[r], "ab") as f:
-                block[part == r].tofile(f)
-    removed: list[int] = []
-    for path in paths:
-        if not path.is_file():
+    paths = _partition(pairs_path, budget, [(r * span, min(documents, (r + 1) * span)) for r in range(ranges)],
+                       prefix)
+    pairs_path.unlink()
+    todo = list(reversed(paths))  # a stack, in document order
+    while todo:
+        path, lo, hi = todo.pop()
+        if path.stat().st_size // 16 * WALK_BYTES_PER_PAIR > budget and hi - lo > 1:
+            mid = (lo + hi) // 2  # one document has at most a pair per band, so halving ends
+            todo.extend(reversed(_partition(path, budget, [(lo, mid), (mid, hi)], prefix)))
+            path.unlink()
             continue
         block = np.fromfile(path, dtype=np.uint64).reshape(-1, 2)
         path.unlink()
+        if not len(block):
+            continue
         block = block[np.lexsort((block[:, 1], block[:, 0]))]  # by document, then group
         docs, gids = block[:, 0].tolist(), block[:, 1].tolist()
         ends = np.flatnonzero(np.diff(block[:, 0])).tolist() + [len(docs) - 1]
         del block
-        first = 0
+        removed, first = [], 0
         for last in ends:
             own = gids[first : last + 1]
             if any(marked[g] for g in own):
@@ -891,7 +915,26 @@ def _walk_groups(pairs_path: Path, groups: int, documents: int, budget: int, pre
             else:
                 marked[own] = 1
             first = last + 1
-    return np.array(removed, dtype=np.int64)
+        final[np.array(removed, dtype=np.int64)] = j
+
+
+def _partition(path: Path, budget: int, ranges: list[tuple[int, int]], prefix: Path) -> list[tuple[Path, int, int]]:
+    """The (document, group) rows of ``path`` cut by document into the consecutive ``ranges`` [lo, hi), each in a
+    file of its own: (file, lo, hi), in order (a file may be empty)."""
+    stamp = uuid.uuid4().hex[:8]
+    out = [(prefix.with_name(f"{prefix.name}-{stamp}-{r}.bin"), lo, hi) for r, (lo, hi) in enumerate(ranges)]
+    for p, _, _ in out:
+        p.touch()
+    edges = np.array([lo for lo, _ in ranges[1:]], dtype=np.uint64)
+    for block in _blocks(path, budget):
+        part = np.searchsorted(edges, block[:, 0], side="right")
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(len(ranges) + 1))
+        for r in range(len(ranges)):
+            if bounds[r] < bounds[r + 1]:
+                with open(out[r][0], "ab") as f:
+                    block[order[bounds[r]:bounds[r + 1]]].tofile(f)
+    return out
 
 
 def _blocks(path: Path, budget: int) -> Iterator[np.ndarray]:
