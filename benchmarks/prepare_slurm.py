@@ -30,7 +30,7 @@ a projection to a 45 GB and a 1 TB corpus from the measured cost of each stage.
    bounded-memory cost of benchmarks/dedup_decide.py (``--dedup_disk_us``, per document: digests sorted in buckets
    of 16 MiB) for 1 TB, cores are as fast as these, and storage keeps up (no I/O limit is modelled). A cleaning
    with ``dedup_minhash`` adds that step's decision, serially (``benchmarks/dedup_decide.py --step
-   dedup_minhash``: about 7 µs a document in 16 MiB buckets, 0.45 hours at 1 TB; its signatures, the costly part,
+   dedup_minhash``: about 10 µs a document in 16 MiB buckets, 0.6 hours at 1 TB; its signatures, the costly part,
    are computed in the clean tasks).
 
     python benchmarks/prepare_slurm.py --mb 20
@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--array_tasks", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3, help="pairs of (tokenizer alone, pipeline) for the per-core ratio")
     p.add_argument("--doc_kb", type=float, default=4.6, help="mean document size of the projected corpora")
-    p.add_argument("--dedup_disk_us", type=float, default=0.44,
+    p.add_argument("--dedup_disk_us", type=float, default=0.66,
                    help="µs per document of dedup_exact in bounded memory (benchmarks/dedup_decide.py's sort_buckets"
                         " at 4 million documents, 16 MiB)")
     args = p.parse_args()
